@@ -1,0 +1,174 @@
+//! chokepoint: a deliberately fragile backend that reproduces production collapses on demand.
+//!
+//! [`App::build`] assembles the service from settings (binding its own listener, so port 0
+//! works), and [`App::run_until_stopped`] serves it until a shutdown signal, draining in-flight
+//! requests within the grace period. The binary and the tests build the very same app.
+
+pub mod downstream;
+pub mod error;
+pub mod infra;
+pub mod params;
+pub mod scenarios;
+pub mod settings;
+pub mod telemetry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::MatchedPath;
+use axum::http::{HeaderName, Request};
+use axum::routing::get;
+use axum::Router;
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::downstream::EmbeddedDownstream;
+use crate::infra::database::Database;
+use crate::infra::http_client::DownstreamClient;
+use crate::scenarios::memory::MemoryStore;
+use crate::settings::Settings;
+use crate::telemetry::HttpMetrics;
+
+/// Everything a handler may reach. Cheap to clone; no process-wide statics.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub registry: Registry,
+    pub http_metrics: HttpMetrics,
+    pub db: Arc<Database>,
+    pub downstream: DownstreamClient,
+    pub memory: Arc<MemoryStore>,
+    /// Set once shutdown starts: `/ready` fails so load balancers stop sending traffic.
+    pub draining: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}
+
+pub struct App {
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+    embedded_downstream: Option<EmbeddedDownstream>,
+}
+
+impl App {
+    /// Connects the database (running migrations), starts the embedded downstream simulator when
+    /// no `DOWNSTREAM_SERVICE_URL` is set, and binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        let registry = telemetry::new_registry();
+        let http_metrics = HttpMetrics::new(&registry);
+        let db = Database::connect(&settings, &registry).await?;
+
+        let (downstream_url, embedded_downstream) = match &settings.downstream_service_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                let embedded = EmbeddedDownstream::start().context("starting the embedded downstream simulator")?;
+                (format!("http://{}", embedded.addr()), Some(embedded))
+            }
+        };
+        let downstream = DownstreamClient::new(&downstream_url, settings.downstream_timeout(), &registry);
+        let memory = MemoryStore::new(settings.memory_limit_bytes(), &registry);
+
+        let listener = TcpListener::bind(settings.bind_addr())
+            .await
+            .with_context(|| format!("cannot bind {} (HOST/PORT)", settings.bind_addr()))?;
+
+        let state = AppState {
+            settings: Arc::new(settings),
+            registry,
+            http_metrics,
+            db: Arc::new(db),
+            downstream,
+            memory: Arc::new(memory),
+            draining: Arc::new(AtomicBool::new(false)),
+        };
+        let router = router(state.clone());
+        Ok(App { listener, router, state, embedded_downstream })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, marks the app not ready and gives
+    /// in-flight requests `SHUTDOWN_GRACE_MS` to finish.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let App { listener, router, state, embedded_downstream } = self;
+        let grace = state.settings.shutdown_grace();
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let draining = state.draining.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            draining.store(true, Ordering::SeqCst);
+            tracing::info!(grace_ms = grace.as_millis() as u64, "shutdown requested: draining in-flight requests");
+            let _ = stop_tx.send(true);
+        });
+        let mut graceful_rx = stop_rx.clone();
+        let serve = axum::serve(listener, router.into_make_service()).with_graceful_shutdown(async move {
+            let _ = graceful_rx.wait_for(|stop| *stop).await;
+        });
+        let grace_expired = async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+            tokio::time::sleep(grace).await;
+        };
+        let result = tokio::select! {
+            r = serve => r,
+            _ = grace_expired => {
+                tracing::warn!("grace period expired with requests still in flight; exiting anyway");
+                Ok(())
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(2), state.db.close()).await.is_err() {
+            tracing::warn!("database pool did not close within 2 s");
+        }
+        drop(embedded_downstream);
+        result
+    }
+}
+
+/// The whole HTTP surface: every scenario's routes, probes and metrics, behind the telemetry
+/// layers.
+pub fn router(state: AppState) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .merge(scenarios::healthy::router())
+        .merge(scenarios::cpu::router())
+        .merge(scenarios::io::router())
+        .merge(scenarios::memory::router())
+        .merge(scenarios::db_pool::router())
+        .merge(scenarios::downstream::router())
+        .route("/metrics", get(telemetry::metrics_handler))
+        .fallback(scenarios::healthy::not_found)
+        .method_not_allowed_fallback(scenarios::healthy::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), telemetry::track_http))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map(|p| p.as_str())
+                .unwrap_or(telemetry::UNMATCHED_ROUTE);
+            let request_id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            tracing::info_span!("request", method = %req.method(), route, request_id)
+        }))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}

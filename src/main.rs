@@ -1,0 +1,113 @@
+//! Thin main: parse settings, initialise telemetry, build the runtime and the app, run until a
+//! signal arrives.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use chokepoint::settings::{Cli, Command, DownstreamSettings, Settings};
+use chokepoint::{downstream, telemetry, App};
+
+fn main() -> ExitCode {
+    let cli = match Cli::parse_with_default_serve(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help / --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One clear line naming the variable, instead of clap's multi-line block.
+            let rendered = e.to_string();
+            let line = rendered.lines().next().unwrap_or("invalid configuration");
+            eprintln!("chokepoint: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Serve(settings) => serve(*settings),
+        Command::Downstream(settings) => run_downstream(settings),
+    }
+}
+
+fn serve(settings: Settings) -> ExitCode {
+    telemetry::init_tracing(&settings.log_format);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name("chokepoint-worker");
+    if let Some(n) = settings.worker_count {
+        builder.worker_threads(usize::from(n));
+    }
+    let runtime = match builder.build() {
+        Ok(rt) => rt,
+        Err(e) => return fail("cannot start the async runtime", &e),
+    };
+    runtime.block_on(async move {
+        let app = match App::build(settings).await {
+            Ok(app) => app,
+            Err(e) => return fail_anyhow(e),
+        };
+        tracing::info!(addr = %app.local_addr(), database = ?app.state().db.backend(),
+            downstream = app.state().downstream.base_url(), "chokepoint listening");
+        match app.run_until_stopped(shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail("server error", &e),
+        }
+    })
+}
+
+fn run_downstream(settings: DownstreamSettings) -> ExitCode {
+    telemetry::init_tracing(&settings.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail("cannot start the async runtime", &e),
+    };
+    runtime.block_on(async move {
+        let addr = SocketAddr::new(settings.host, settings.port);
+        let (listener, app) = match downstream::bind(addr).await {
+            Ok(bound) => bound,
+            Err(e) => return fail(&format!("cannot bind {addr} (HOST/PORT)"), &e),
+        };
+        tracing::info!(%addr, "downstream simulator listening");
+        match axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail("server error", &e),
+        }
+    })
+}
+
+fn fail(context: &str, err: &(dyn std::error::Error + 'static)) -> ExitCode {
+    eprintln!("chokepoint: {context}: {}", chokepoint::error::error_chain(err));
+    ExitCode::FAILURE
+}
+
+fn fail_anyhow(err: anyhow::Error) -> ExitCode {
+    eprintln!("chokepoint: {err:#}");
+    ExitCode::FAILURE
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (Kubernetes).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

@@ -1,0 +1,121 @@
+//! Query-parameter parsing with the seed's defaults and ranges. Every failure (missing, not a
+//! number, out of range) becomes a 422 whose body names the parameter and its allowed range,
+//! so a k6 script or a person sees at once what to change.
+
+use std::collections::HashMap;
+use std::ops::RangeInclusive;
+use std::str::FromStr;
+
+use axum::extract::{FromRequestParts, Query};
+use axum::http::request::Parts;
+
+use crate::error::AppError;
+
+/// The request's query string as name → value (the last occurrence wins).
+#[derive(Debug, Default)]
+pub struct Params(HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+            .map_err(|e| AppError::invalid("query", format!("malformed query string: {e}")))?;
+        Ok(Params(pairs.into_iter().collect()))
+    }
+}
+
+impl Params {
+    /// A number within `range`, `default` when absent.
+    pub fn num<T>(&self, name: &str, default: T, range: RangeInclusive<T>) -> Result<T, AppError>
+    where
+        T: FromStr + PartialOrd + Copy + std::fmt::Display,
+    {
+        match self.0.get(name) {
+            None => Ok(default),
+            Some(raw) => parse_in_range(name, raw, &range),
+        }
+    }
+
+    /// A required number within `range`.
+    pub fn required_num<T>(&self, name: &str, range: RangeInclusive<T>) -> Result<T, AppError>
+    where
+        T: FromStr + PartialOrd + Copy + std::fmt::Display,
+    {
+        match self.0.get(name) {
+            None => Err(AppError::InvalidParameter {
+                param: name.to_string(),
+                detail: format!("`{name}` is required: a number between {} and {}", range.start(), range.end()),
+                range: Some((range.start().to_string(), range.end().to_string())),
+            }),
+            Some(raw) => parse_in_range(name, raw, &range),
+        }
+    }
+
+    /// A string whose length (in characters) is within `len`; `None` when absent and optional.
+    pub fn text(&self, name: &str, required: bool, len: RangeInclusive<usize>) -> Result<Option<String>, AppError> {
+        match self.0.get(name) {
+            None if required => Err(AppError::InvalidParameter {
+                param: name.to_string(),
+                detail: format!("`{name}` is required ({} to {} characters)", len.start(), len.end()),
+                range: Some((len.start().to_string(), len.end().to_string())),
+            }),
+            None => Ok(None),
+            Some(v) => {
+                let n = v.chars().count();
+                if len.contains(&n) {
+                    Ok(Some(v.clone()))
+                } else {
+                    Err(AppError::InvalidParameter {
+                        param: name.to_string(),
+                        detail: format!("`{name}` must be {} to {} characters long (got {n})", len.start(), len.end()),
+                        range: Some((len.start().to_string(), len.end().to_string())),
+                    })
+                }
+            }
+        }
+    }
+}
+
+fn parse_in_range<T>(name: &str, raw: &str, range: &RangeInclusive<T>) -> Result<T, AppError>
+where
+    T: FromStr + PartialOrd + Copy + std::fmt::Display,
+{
+    let value: T = raw.trim().parse().map_err(|_| AppError::InvalidParameter {
+        param: name.to_string(),
+        detail: format!("`{name}` must be a number between {} and {} (got {raw:?})", range.start(), range.end()),
+        range: Some((range.start().to_string(), range.end().to_string())),
+    })?;
+    // `contains` is false for NaN, so NaN is refused with the range message too.
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(AppError::out_of_range(name, range.start(), range.end(), raw))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Params {
+        Params(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    #[test]
+    fn default_when_absent_and_range_enforced() {
+        let p = params(&[("complexity", "41"), ("delay", "NaN"), ("size", "x")]);
+        assert_eq!(p.num("missing", 30u32, 1..=40).unwrap(), 30);
+        assert_eq!(p.num("complexity", 30u32, 1..=40).unwrap_err().status().as_u16(), 422);
+        assert!(p.num("delay", 5.0f64, 1.0..=30.0).is_err());
+        assert!(p.num("size", 1u32, 1..=10).is_err());
+        assert!(p.required_num::<u32>("missing", 1..=2).is_err());
+    }
+
+    #[test]
+    fn text_length_is_checked() {
+        let p = params(&[("title", "")]);
+        assert!(p.text("title", true, 1..=200).is_err());
+        assert!(p.text("description", false, 0..=10).unwrap().is_none());
+    }
+}

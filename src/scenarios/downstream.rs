@@ -1,0 +1,82 @@
+//! `downstream` — the cascade-failure report: a slow dependency (2-30 s), no timeout and
+//! unbounded concurrency, so in-flight requests pile up behind it.
+//!
+//! `/api/call-downstream` calls `/slow?delay=3` with the caller's timeout (504 when it expires,
+//! 502 on an error answer); `/api/cascade-failure` fans out 5 parallel calls (delay 2 s, timeout
+//! 5 s each) and reports each one; `/api/no-timeout` waits 30 s with no timeout at all.
+//! Metrics: `downstream_calls_total{endpoint,outcome}`, `downstream_call_duration_seconds`,
+//! `downstream_calls_in_flight`, `http_requests_in_flight`.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::error::AppResult;
+use crate::infra::http_client::CallTimeout;
+use crate::params::Params;
+use crate::AppState;
+
+/// The seed's fixed downstream delays and fan-out.
+const CALL_DELAY_S: u32 = 3;
+const CASCADE_CALLS: usize = 5;
+const CASCADE_DELAY_S: u32 = 2;
+const CASCADE_TIMEOUT: Duration = Duration::from_secs(5);
+const NO_TIMEOUT_DELAY_S: u32 = 30;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/call-downstream", get(call_downstream))
+        .route("/api/cascade-failure", get(cascade_failure))
+        .route("/api/no-timeout", get(no_timeout))
+}
+
+async fn call_downstream(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
+    let timeout: f64 = params.num("timeout", 5.0, 1.0..=60.0)?;
+    let ok = state
+        .downstream
+        .get_json("/slow", &format!("/slow?delay={CALL_DELAY_S}"), CallTimeout::After(Duration::from_secs_f64(timeout)))
+        .await?;
+    Ok(Json(json!({
+        "timeout": timeout,
+        "elapsed_ms": ok.elapsed.as_secs_f64() * 1e3,
+        "downstream": ok.body,
+    })))
+}
+
+async fn cascade_failure(State(state): State<AppState>) -> Json<Value> {
+    let calls = (0..CASCADE_CALLS).map(|i| {
+        let client = state.downstream.clone();
+        async move {
+            let path = format!("/slow?delay={CASCADE_DELAY_S}");
+            match client.get_json("/slow", &path, CallTimeout::After(CASCADE_TIMEOUT)).await {
+                Ok(ok) => json!({"call": i, "ok": true, "status": 200, "elapsed_ms": ok.elapsed.as_secs_f64() * 1e3}),
+                Err(e) => json!({"call": i, "ok": false, "status": e.status().as_u16(), "error": e.code(),
+                                 "detail": e.to_string()}),
+            }
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let succeeded = results.iter().filter(|r| r["ok"] == true).count();
+    Json(json!({
+        "calls": CASCADE_CALLS,
+        "succeeded": succeeded,
+        "failed": CASCADE_CALLS - succeeded,
+        "timeout_seconds": CASCADE_TIMEOUT.as_secs(),
+        "results": results,
+    }))
+}
+
+async fn no_timeout(State(state): State<AppState>) -> AppResult<Json<Value>> {
+    let ok = state
+        .downstream
+        .get_json("/slow", &format!("/slow?delay={NO_TIMEOUT_DELAY_S}"), CallTimeout::Never)
+        .await?;
+    Ok(Json(json!({
+        "elapsed_ms": ok.elapsed.as_secs_f64() * 1e3,
+        "message": "waited for the downstream with no timeout",
+        "downstream": ok.body,
+    })))
+}

@@ -1,0 +1,67 @@
+//! Slow I/O and blocked threads. `/api/slow` and `/api/random-delay` wait asynchronously (cheap:
+//! thousands can wait at once). `/api/blocking` calls a blocking sleep on the async worker it runs
+//! on: that worker serves nothing else meanwhile, so `WORKER_COUNT` blocking calls freeze every
+//! route, probes included. That is the lesson of the thread-pool-exhaustion reports.
+//! Metrics that move: `http_requests_in_flight`, `/health` latency in `http_request_duration_seconds`.
+
+use std::time::{Duration, Instant};
+
+use axum::routing::get;
+use axum::{Json, Router};
+use rand::Rng;
+use serde_json::{json, Value};
+
+use crate::error::AppResult;
+use crate::params::Params;
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/slow", get(slow))
+        .route("/api/random-delay", get(random_delay))
+        .route("/api/blocking", get(blocking))
+        .route("/api/parallel-io", get(parallel_io))
+}
+
+async fn slow(params: Params) -> AppResult<Json<Value>> {
+    let delay: f64 = params.num("delay", 5.0, 1.0..=30.0)?;
+    tokio::time::sleep(Duration::from_secs_f64(delay)).await;
+    Ok(Json(json!({"delay": delay, "message": format!("responded after {delay} s")})))
+}
+
+async fn random_delay() -> Json<Value> {
+    let delay = rand::rng().random_range(0.5..=5.0);
+    tokio::time::sleep(Duration::from_secs_f64(delay)).await;
+    Json(json!({"delay": delay, "message": "responded after a random delay"}))
+}
+
+async fn blocking(params: Params) -> AppResult<Json<Value>> {
+    let duration: f64 = params.num("duration", 5.0, 1.0..=30.0)?;
+    // Deliberately blocking: this parks the async worker thread itself.
+    std::thread::sleep(Duration::from_secs_f64(duration));
+    Ok(Json(json!({
+        "duration": duration,
+        "message": "blocked an async worker thread; nothing else ran on it meanwhile",
+    })))
+}
+
+async fn parallel_io(params: Params) -> AppResult<Json<Value>> {
+    let count: u32 = params.num("count", 5, 1..=20)?;
+    let delays: Vec<f64> = {
+        let mut rng = rand::rng();
+        (0..count).map(|_| rng.random_range(0.1..=0.5)).collect()
+    };
+    let start = Instant::now();
+    let ops = delays.iter().enumerate().map(|(i, d)| async move {
+        tokio::time::sleep(Duration::from_secs_f64(*d)).await;
+        json!({"operation": i, "delay": d})
+    });
+    let results = futures::future::join_all(ops).await;
+    let sequential: f64 = delays.iter().sum();
+    Ok(Json(json!({
+        "count": count,
+        "results": results,
+        "elapsed_seconds": start.elapsed().as_secs_f64(),
+        "sequential_seconds": sequential,
+    })))
+}

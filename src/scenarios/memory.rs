@@ -1,0 +1,213 @@
+//! `memory` — the memory-stress report: 20 VUs each retaining 10-30 MB until the pod is
+//! OOMKilled and restarts into the same load.
+//!
+//! Allocations are anonymous mappings with every page written, so RSS really grows by the amount
+//! requested (an untouched allocation would only reserve address space), and clearing unmaps them,
+//! so RSS really falls. A safety cap (`MEMORY_LEAK_LIMIT_MB`, default 1024) bounds what the
+//! memory endpoints may hold at once (retained + in-flight spikes); past it they answer 507 with
+//! a body saying how to lift it. Metrics: `memory_retained_bytes`, `memory_spike_bytes`,
+//! `memory_cap_refusals_total`, `process_resident_memory_bytes`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use memmap2::MmapMut;
+use prometheus::{IntCounter, IntGauge, Registry};
+use serde_json::{json, Value};
+
+use crate::error::{AppError, AppResult};
+use crate::params::Params;
+use crate::telemetry::register;
+use crate::AppState;
+
+const MIB: u64 = 1024 * 1024;
+/// Touch stride: the smallest page size we run on, so every page gets written.
+const PAGE: usize = 4096;
+/// How long `/api/memory-spike` holds its allocation.
+const SPIKE_HOLD: Duration = Duration::from_secs(1);
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/memory-leak", get(memory_leak))
+        .route("/api/memory-spike", get(memory_spike))
+        .route("/api/clear-memory", post(clear_memory))
+}
+
+pub struct MemoryStore {
+    retained: Mutex<Vec<MmapMut>>,
+    /// Bytes held by the memory endpoints (retained + spikes), checked against `limit`.
+    reserved: AtomicU64,
+    limit: u64,
+    retained_gauge: IntGauge,
+    spike_gauge: IntGauge,
+    refusals: IntCounter,
+}
+
+impl MemoryStore {
+    pub fn new(limit_bytes: u64, registry: &Registry) -> Self {
+        let limit_gauge = register(
+            registry,
+            IntGauge::new("memory_limit_bytes", "Safety cap on memory the memory endpoints may hold").unwrap(),
+        );
+        limit_gauge.set(limit_bytes as i64);
+        Self {
+            retained: Mutex::new(Vec::new()),
+            reserved: AtomicU64::new(0),
+            limit: limit_bytes,
+            retained_gauge: register(
+                registry,
+                IntGauge::new("memory_retained_bytes", "Bytes retained by /api/memory-leak until cleared").unwrap(),
+            ),
+            spike_gauge: register(
+                registry,
+                IntGauge::new("memory_spike_bytes", "Bytes held right now by in-flight /api/memory-spike calls").unwrap(),
+            ),
+            refusals: register(
+                registry,
+                IntCounter::new("memory_cap_refusals_total", "Allocations refused by the memory safety cap").unwrap(),
+            ),
+        }
+    }
+
+    pub fn retained_bytes(&self) -> u64 {
+        self.retained_gauge.get().max(0) as u64
+    }
+
+    /// Reserves `bytes` under the cap, or refuses with 507.
+    fn reserve(&self, bytes: u64) -> AppResult<()> {
+        let limit = self.limit;
+        let res = self
+            .reserved
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |cur| cur.checked_add(bytes).filter(|n| *n <= limit));
+        match res {
+            Ok(_) => Ok(()),
+            Err(current) => {
+                self.refusals.inc();
+                Err(AppError::MemoryCap {
+                    detail: format!(
+                        "allocating {} MiB would exceed the {} MiB safety cap ({} MiB already held); \
+                         clear with POST /api/clear-memory or raise MEMORY_LEAK_LIMIT_MB",
+                        bytes / MIB,
+                        limit / MIB,
+                        current / MIB
+                    ),
+                    limit_mb: limit / MIB,
+                })
+            }
+        }
+    }
+
+    fn release(&self, bytes: u64) {
+        self.reserved.fetch_sub(bytes, Ordering::SeqCst);
+    }
+
+    /// Reserves and allocates `bytes` of resident memory off the async workers.
+    async fn allocate(self: &Arc<Self>, bytes: u64) -> AppResult<MmapMut> {
+        self.reserve(bytes)?;
+        let len = bytes as usize;
+        match tokio::task::spawn_blocking(move || allocate_touched(len)).await {
+            Ok(Ok(map)) => Ok(map),
+            Ok(Err(e)) => {
+                self.release(bytes);
+                Err(AppError::internal(e))
+            }
+            Err(join) => {
+                self.release(bytes);
+                Err(AppError::internal(join))
+            }
+        }
+    }
+
+    /// Drops every retained chunk; returns (bytes, chunks) released.
+    pub fn clear(&self) -> (u64, usize) {
+        let chunks: Vec<MmapMut> = std::mem::take(&mut *self.retained.lock().unwrap_or_else(|p| p.into_inner()));
+        let bytes: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        let n = chunks.len();
+        drop(chunks);
+        self.release(bytes);
+        self.retained_gauge.sub(bytes as i64);
+        (bytes, n)
+    }
+}
+
+/// An anonymous mapping of `len` bytes with every page written, so it is resident.
+fn allocate_touched(len: usize) -> std::io::Result<MmapMut> {
+    let mut map = MmapMut::map_anon(len)?;
+    for i in (0..len).step_by(PAGE) {
+        map[i] = 0xA5;
+    }
+    Ok(map)
+}
+
+async fn memory_leak(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
+    let size_mb: u64 = params.num("size_mb", 10, 1..=100)?;
+    let store = &state.memory;
+    let map = store.allocate(size_mb * MIB).await?;
+    let chunks = {
+        let mut retained = store.retained.lock().unwrap_or_else(|p| p.into_inner());
+        retained.push(map);
+        retained.len()
+    };
+    store.retained_gauge.add((size_mb * MIB) as i64);
+    Ok(Json(json!({
+        "allocated_mb": size_mb,
+        "retained_mb": store.retained_bytes() / MIB,
+        "chunks": chunks,
+        "limit_mb": store.limit / MIB,
+        "message": "retained until POST /api/clear-memory",
+    })))
+}
+
+async fn memory_spike(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
+    let size_mb: u64 = params.num("size_mb", 50, 1..=500)?;
+    let bytes = size_mb * MIB;
+    let store = &state.memory;
+    let map = store.allocate(bytes).await?;
+    store.spike_gauge.add(bytes as i64);
+    // Released even if the client goes away mid-hold.
+    let _held = SpikeGuard { store: store.clone(), bytes, map: Some(map) };
+    tokio::time::sleep(SPIKE_HOLD).await;
+    Ok(Json(json!({
+        "spike_mb": size_mb,
+        "held_ms": SPIKE_HOLD.as_millis() as u64,
+        "message": "allocated, held, then freed",
+    })))
+}
+
+struct SpikeGuard {
+    store: Arc<MemoryStore>,
+    bytes: u64,
+    map: Option<MmapMut>,
+}
+
+impl Drop for SpikeGuard {
+    fn drop(&mut self) {
+        drop(self.map.take());
+        self.store.spike_gauge.sub(self.bytes as i64);
+        self.store.release(self.bytes);
+    }
+}
+
+async fn clear_memory(State(state): State<AppState>) -> Json<Value> {
+    let (bytes, chunks) = state.memory.clear();
+    Json(json!({"released_mb": bytes / MIB, "chunks": chunks, "retained_mb": state.memory.retained_bytes() / MIB}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_refuses_and_release_restores() {
+        let store = MemoryStore::new(10 * MIB, &Registry::new());
+        store.reserve(8 * MIB).unwrap();
+        let err = store.reserve(4 * MIB).unwrap_err();
+        assert_eq!(err.status().as_u16(), 507);
+        store.release(8 * MIB);
+        store.reserve(10 * MIB).unwrap();
+    }
+}

@@ -1,0 +1,276 @@
+//! Typed settings, parsed once from environment and flags (flags win) and validated at start-up.
+//!
+//! The environment names are the ones users of the Python "backend under load" app already set
+//! (`DATABASE_URL`, `DB_POOL_SIZE`, `DB_MAX_OVERFLOW`, ...). An invalid value stops start-up with
+//! one line naming the variable and its allowed range.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use clap::{Args, FromArgMatches, Parser, Subcommand};
+
+/// chokepoint: a deliberately fragile backend that reproduces production collapses on demand.
+#[derive(Debug, Parser)]
+#[command(name = "chokepoint", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the lab (the default when no subcommand is given).
+    Serve(Box<Settings>),
+    /// Run the downstream dependency simulator.
+    Downstream(DownstreamSettings),
+}
+
+impl Cli {
+    /// Parses the command line, treating a missing subcommand as `serve`.
+    pub fn parse_with_default_serve<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let needs_serve = match args.get(1).and_then(|a| a.to_str()) {
+            None => true,
+            Some("-h" | "--help" | "-V" | "--version" | "help") => false,
+            Some(first) => first.starts_with('-'),
+        };
+        if needs_serve {
+            args.insert(1.min(args.len()), "serve".into());
+        }
+        Cli::try_parse_from(args)
+    }
+}
+
+/// Settings of `chokepoint serve`.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Address to bind. A non-loopback address exposes the lab (and its admin API) to the network.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// Port to bind; 0 picks a free port (tests use this).
+    #[arg(long, env = "PORT", default_value_t = 8000)]
+    pub port: u16,
+
+    /// Database URL: `sqlite://path` or `postgres://...` (`postgresql+asyncpg://` is accepted).
+    /// Unset: an SQLite file in the system temp directory, no set-up needed.
+    #[arg(long, env = "DATABASE_URL", value_parser = parse_database_url)]
+    pub database_url: Option<String>,
+
+    /// Connections the pool keeps open (SQLAlchemy's `pool_size`).
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_pool_size: u32,
+
+    /// Extra connections opened under load on top of the pool size (SQLAlchemy's `max_overflow`).
+    #[arg(long, env = "DB_MAX_OVERFLOW", default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub db_max_overflow: u32,
+
+    /// Seconds a request waits for a pooled connection before failing with 503 (acquire timeout).
+    /// The field reports' 30 s is why waiters queue "silently" for so long.
+    #[arg(long, env = "DB_POOL_TIMEOUT", default_value = "30", value_parser = seconds(0.01, 600.0))]
+    pub db_pool_timeout: f64,
+
+    /// Redis URL; unset disables the cache scenario (it answers 503 saying so).
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Base URL of the downstream dependency. Unset: an embedded simulator is started on its
+    /// own thread and runtime, so a collapse of the app never slows the simulated dependency.
+    #[arg(long, env = "DOWNSTREAM_SERVICE_URL", value_parser = parse_http_url)]
+    pub downstream_service_url: Option<String>,
+
+    /// Seconds: the downstream client's default timeout for calls that do not set their own.
+    #[arg(long, env = "DOWNSTREAM_TIMEOUT", default_value = "30", value_parser = seconds(0.1, 600.0))]
+    pub downstream_timeout: f64,
+
+    /// Async runtime worker threads (default: one per CPU). Few workers make CPU and
+    /// thread-blocking collapses visible sooner.
+    #[arg(long, env = "WORKER_COUNT", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub worker_count: Option<u16>,
+
+    /// Accepted for compatibility; the breaker is part of the runtime-knobs work.
+    #[arg(long, env = "ENABLE_CIRCUIT_BREAKER", default_value = "false", value_parser = parse_bool)]
+    pub enable_circuit_breaker: bool,
+
+    /// Accepted for compatibility; rate limiting is part of the runtime-knobs work.
+    #[arg(long, env = "ENABLE_RATE_LIMITING", default_value = "false", value_parser = parse_bool)]
+    pub enable_rate_limiting: bool,
+
+    /// Safety cap (MiB) on memory the memory endpoints may hold at once (retained + spikes).
+    /// Raise it explicitly to let the process grow into the container limit (OOM demos).
+    #[arg(long, env = "MEMORY_LEAK_LIMIT_MB", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub memory_leak_limit_mb: u64,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
+    /// Milliseconds in-flight requests get to finish after SIGTERM/SIGINT before exit.
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub shutdown_grace_ms: u64,
+}
+
+/// Settings of `chokepoint downstream`.
+#[derive(Debug, Clone, Args)]
+pub struct DownstreamSettings {
+    /// Address to bind.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// Port to bind.
+    #[arg(long, env = "PORT", default_value_t = 8001)]
+    pub port: u16,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+impl Settings {
+    /// Settings from the given flags only, ignoring the environment (used by tests so that a
+    /// developer's exported `DATABASE_URL` never leaks into them).
+    pub fn from_flags<I, T>(flags: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let cmd = clap::Command::new("serve").mut_args(|a| a.env(None));
+        let cmd = Settings::augment_args(cmd);
+        let matches = cmd.try_get_matches_from(
+            std::iter::once(std::ffi::OsString::from("serve")).chain(flags.into_iter().map(Into::into)),
+        )?;
+        Settings::from_arg_matches(&matches)
+    }
+
+    pub fn bind_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
+    }
+
+    pub fn db_acquire_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.db_pool_timeout)
+    }
+
+    pub fn downstream_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.downstream_timeout)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    pub fn memory_limit_bytes(&self) -> u64 {
+        self.memory_leak_limit_mb * 1024 * 1024
+    }
+
+    /// Total connections the pool may open: kept + overflow.
+    pub fn db_max_connections(&self) -> u32 {
+        self.db_pool_size + self.db_max_overflow
+    }
+
+    /// The database URL in use, with the embedded SQLite default filled in.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => {
+                let path = std::env::temp_dir().join("chokepoint.db");
+                format!("sqlite://{}?mode=rwc", path.display())
+            }
+        }
+    }
+}
+
+/// Accepts `postgres://`, `postgresql://`, `postgresql+asyncpg://` (rewritten) and `sqlite:` URLs.
+fn parse_database_url(raw: &str) -> Result<String, String> {
+    let url = raw.trim();
+    if let Some(rest) = url.strip_prefix("postgresql+asyncpg://") {
+        return Ok(format!("postgres://{rest}"));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:") {
+        return Ok(url.to_string());
+    }
+    Err("expected a postgres://, postgresql+asyncpg:// or sqlite:// URL".into())
+}
+
+fn parse_http_url(raw: &str) -> Result<String, String> {
+    let url = raw.trim().trim_end_matches('/');
+    if (url.starts_with("http://") || url.starts_with("https://")) && url.len() > "https://".len() {
+        Ok(url.to_string())
+    } else {
+        Err("expected an http:// or https:// URL".into())
+    }
+}
+
+fn parse_bool(raw: &str) -> Result<bool, String> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+/// A parser for a number of seconds (fractions allowed) within `min..=max`.
+fn seconds(min: f64, max: f64) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
+    move |raw: &str| {
+        let value: f64 = raw
+            .trim()
+            .parse()
+            .map_err(|_| format!("expected a number of seconds in {min}..={max}"))?;
+        if value.is_finite() && (min..=max).contains(&value) {
+            Ok(value)
+        } else {
+            Err(format!("expected a number of seconds in {min}..={max}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let s = Settings::from_flags(Vec::<String>::new()).unwrap();
+        assert_eq!(s.port, 8000);
+        assert_eq!(s.db_pool_size, 5);
+        assert_eq!(s.db_max_overflow, 10);
+        assert_eq!(s.db_acquire_timeout(), Duration::from_secs(30));
+        assert_eq!(s.db_max_connections(), 15);
+        assert!(!s.enable_circuit_breaker);
+    }
+
+    #[test]
+    fn asyncpg_urls_are_accepted() {
+        let s = Settings::from_flags(["--database-url", "postgresql+asyncpg://u:p@db:5432/app"]).unwrap();
+        assert_eq!(s.database_url.as_deref(), Some("postgres://u:p@db:5432/app"));
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_naming_the_variable() {
+        let err = Settings::from_flags(["--db-pool-size", "0"]).unwrap_err().to_string();
+        assert!(err.contains("DB_POOL_SIZE"), "{err}");
+        let err = Settings::from_flags(["--db-pool-timeout", "-1"]).unwrap_err().to_string();
+        assert!(err.contains("DB_POOL_TIMEOUT"), "{err}");
+        let err = Settings::from_flags(["--database-url", "mysql://x"]).unwrap_err().to_string();
+        assert!(err.contains("DATABASE_URL"), "{err}");
+    }
+
+    #[test]
+    fn missing_subcommand_means_serve() {
+        let cli = Cli::parse_with_default_serve(["chokepoint", "--port", "9000"]).unwrap();
+        assert!(matches!(cli.command, Command::Serve(s) if s.port == 9000));
+        let cli = Cli::parse_with_default_serve(["chokepoint"]).unwrap();
+        assert!(matches!(cli.command, Command::Serve(_)));
+        let cli = Cli::parse_with_default_serve(["chokepoint", "downstream"]).unwrap();
+        assert!(matches!(cli.command, Command::Downstream(d) if d.port == 8001));
+    }
+}

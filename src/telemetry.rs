@@ -1,0 +1,135 @@
+//! Telemetry at the edge: tracing set-up, the Prometheus registry, and the HTTP layer that
+//! counts requests by route template (`MatchedPath`, never the raw path; unmatched paths share
+//! the label `unmatched`) with latency buckets reaching past the longest timeout we demonstrate.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, State};
+use axum::http::{header, Request, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use tracing_subscriber::EnvFilter;
+
+use crate::AppState;
+
+/// Latency buckets (seconds) shared by every histogram: fine at the fast end, and reaching past
+/// the 30 s acquire timeout and the 60 s downstream timeout the lab demonstrates.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0,
+];
+
+/// Label used for requests that matched no route, so scanners cannot explode label cardinality.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// Installs the global tracing subscriber (`RUST_LOG` filter, default `info`). Safe to call
+/// twice: the second call is a no-op, which lets tests spawn many apps.
+pub fn init_tracing(format: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let _ = if format == "json" {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// A new registry with the process collector (RSS, CPU seconds, open fds) registered.
+pub fn new_registry() -> Registry {
+    let registry = Registry::new();
+    #[cfg(target_os = "linux")]
+    {
+        let pc = prometheus::process_collector::ProcessCollector::for_self();
+        registry.register(Box::new(pc)).expect("process collector registers once");
+    }
+    registry
+}
+
+/// Registers a collector on the app's registry. Metric names are fixed at compile time, so a
+/// failure here is a programming error caught by every test.
+pub fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+    registry.register(Box::new(c.clone())).expect("metric names are unique");
+    c
+}
+
+#[derive(Clone)]
+pub struct HttpMetrics {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    in_flight: IntGauge,
+}
+
+impl HttpMetrics {
+    pub fn new(registry: &Registry) -> Self {
+        let requests = IntCounterVec::new(
+            Opts::new("http_requests_total", "HTTP requests answered, by method, route template and status"),
+            &["method", "route", "status"],
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency by method and route template")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["method", "route"],
+        )
+        .expect("valid metric");
+        let in_flight = IntGauge::new("http_requests_in_flight", "HTTP requests being served right now").expect("valid metric");
+        Self {
+            requests: register(registry, requests),
+            duration: register(registry, duration),
+            in_flight: register(registry, in_flight),
+        }
+    }
+}
+
+/// Increments a gauge now and decrements it when dropped, so in-flight counts stay right even
+/// when a request future is cancelled (client gone).
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    pub fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Middleware recording count, latency and in-flight requests per route template.
+pub async fn track_http(State(state): State<AppState>, req: Request<Body>, next: Next) -> Response {
+    let metrics = &state.http_metrics;
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| UNMATCHED_ROUTE.to_owned());
+    let method = req.method().as_str().to_owned();
+    let _in_flight = GaugeGuard::new(&metrics.in_flight);
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    metrics.duration.with_label_values(&[&method, &route]).observe(elapsed);
+    metrics
+        .requests
+        .with_label_values(&[&method, &route, resp.status().as_str()])
+        .inc();
+    resp
+}
+
+/// `GET /metrics`: Prometheus text format. Pool gauges are sampled at scrape time.
+pub async fn metrics_handler(State(state): State<AppState>) -> Response {
+    state.db.refresh_gauges();
+    let families = state.registry.gather();
+    let mut buf = Vec::with_capacity(16 * 1024);
+    match TextEncoder::new().encode(&families, &mut buf) {
+        Ok(()) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], buf).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "encoding metrics failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
