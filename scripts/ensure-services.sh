@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Makes sure what the tests need is installed and running:
+#   - PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379 (started if stopped; a hard error
+#     if they are not installed at all: tests never skip a real service);
+#   - promtool (Debian's `prometheus` package) for `promtool check metrics`.
+# Safe to run repeatedly; prints what it does.
+set -euo pipefail
+
+log() { printf '[ensure-services] %s\n' "$*"; }
+die() { printf '[ensure-services] ERROR: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi
+}
+
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" = 0 ]; then
+    as_root apt-get update -qq
+    apt_updated=1
+  fi
+  # Debian packages for daemons try to start them; we start what we need ourselves.
+  printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+  as_root chmod +x /usr/sbin/policy-rc.d
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  as_root rm -f /usr/sbin/policy-rc.d
+}
+
+# --- PostgreSQL --------------------------------------------------------------------------
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  if ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    log "PostgreSQL is stopped: starting it"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+    for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+  fi
+  pg_isready -q -h 127.0.0.1 -p 5432 || die "PostgreSQL is not reachable on 127.0.0.1:5432 and could not be started (tests need a real server)"
+fi
+log "PostgreSQL: ready on 127.0.0.1:5432"
+
+# --- Redis -------------------------------------------------------------------------------
+redis_up() { command -v redis-cli >/dev/null && [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = PONG ]; }
+if ! redis_up; then
+  command -v redis-server >/dev/null || die "Redis is not installed (expected redis-server; tests need a real server)"
+  log "Redis is stopped: starting it"
+  as_root mkdir -p /var/lib/redis /var/log/redis
+  as_root redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log
+  for _ in $(seq 1 30); do redis_up && break; sleep 1; done
+  redis_up || die "Redis is not reachable on 127.0.0.1:6379 and could not be started"
+fi
+log "Redis: ready on 127.0.0.1:6379"
+
+# --- promtool ----------------------------------------------------------------------------
+if ! command -v promtool >/dev/null; then
+  log "installing promtool (Debian package prometheus)"
+  apt_install prometheus
+fi
+command -v promtool >/dev/null || die "promtool is still missing after installing prometheus"
+log "promtool: $(promtool --version 2>&1 | head -n1)"

@@ -1,0 +1,242 @@
+//! Shared test harness: `spawn_app` runs the real app (the same `App::build` as the binary) on
+//! port 0, on its own thread and runtime like the binary (so `--worker-count` means what it
+//! means in production), against either a fresh SQLite file or a fresh PostgreSQL database that
+//! is dropped when the test ends. Logs stay silent unless `TEST_LOG` is set.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use chokepoint::settings::Settings;
+use chokepoint::App;
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+
+/// Admin connection for creating test databases (the machine's PostgreSQL, trust auth).
+pub fn pg_admin_url() -> String {
+    std::env::var("TEST_PG_ADMIN_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn pg_server_url() -> String {
+    let admin = pg_admin_url();
+    admin[..admin.rfind('/').expect("admin URL has a database part")].to_string()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// A PostgreSQL database created for one test and dropped (forcefully) when this is dropped.
+pub struct TestPgDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestPgDatabase {
+    pub async fn create() -> Self {
+        let name = format!("chokepoint_t_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&pg_admin_url()).await.unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL must be running for the tests ({}): {e}. Run scripts/ensure-services.sh",
+                pg_admin_url()
+            )
+        });
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create test database");
+        let url = format!("{}/{name}", pg_server_url());
+        Self { name, url }
+    }
+}
+
+impl Drop for TestPgDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let admin_url = pg_admin_url();
+        // Drop runs outside any runtime guarantee: use a private one on a private thread.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let mut admin = PgConnection::connect(&admin_url).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await?;
+                Ok::<_, sqlx::Error>(())
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("warning: could not drop test database {}: {e}", self.name);
+        }
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub pg: Option<TestPgDatabase>,
+    _sqlite_dir: Option<tempfile::TempDir>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn init_test_log() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        chokepoint::telemetry::init_tracing("text");
+    }
+}
+
+/// Spawns the app with the given extra flags (e.g. `["--db-pool-size", "2"]`).
+pub async fn spawn_app(db: Db, flags: &[&str]) -> TestApp {
+    init_test_log();
+    let (pg, sqlite_dir, url) = match db {
+        Db::Postgres => {
+            let pg = TestPgDatabase::create().await;
+            let url = pg.url.clone();
+            (Some(pg), None, url)
+        }
+        Db::Sqlite => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
+            (None, Some(dir), url)
+        }
+    };
+    let mut all: Vec<String> = vec!["--port".into(), "0".into(), "--database-url".into(), url];
+    all.extend(["--shutdown-grace-ms".into(), "1000".into()]);
+    all.extend(flags.iter().map(|s| s.to_string()));
+    let settings = Settings::from_flags(&all).expect("valid test flags");
+    let workers = settings.worker_count.map(usize::from).unwrap_or(2);
+
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .expect("app runtime");
+        rt.block_on(async move {
+            let app = match App::build(settings).await {
+                Ok(app) => app,
+                Err(e) => {
+                    let _ = addr_tx.send(Err(format!("{e:#}")));
+                    return;
+                }
+            };
+            let _ = addr_tx.send(Ok(app.local_addr()));
+            app.run_until_stopped(async {
+                let _ = stop_rx.await;
+            })
+            .await
+            .expect("app ran");
+        });
+        // Blocked workers (e.g. /api/blocking) must not hold the test hostage.
+        rt.shutdown_timeout(Duration::from_secs(1));
+    });
+    let addr = addr_rx.await.expect("app thread alive").unwrap_or_else(|e| panic!("app failed to start: {e}"));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .timeout(Duration::from_secs(90))
+        .build()
+        .unwrap();
+    TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        client,
+        pg,
+        _sqlite_dir: sqlite_dir,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        // `pg` is dropped after this, once the app has closed its pool.
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    pub async fn post(&self, path: &str) -> reqwest::Response {
+        self.client.post(self.url(path)).send().await.unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    /// GET returning status and JSON body.
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let resp = self.get(path).await;
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or_else(|e| panic!("GET {path}: body is not JSON: {e}"));
+        (status, body)
+    }
+
+    pub async fn post_json(&self, path: &str) -> (u16, Value) {
+        let resp = self.post(path).await;
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or_else(|e| panic!("POST {path}: body is not JSON: {e}"));
+        (status, body)
+    }
+
+    /// The raw `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        self.get("/metrics").await.text().await.unwrap()
+    }
+
+    /// The value of one series, e.g. `db_pool_waiting` or `memory_retained_bytes`, or
+    /// `http_requests_total{method="GET",route="/health",status="200"}` (labels as printed).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics_text().await;
+        metric_in(&text, series).unwrap_or_else(|| panic!("series {series} not in /metrics"))
+    }
+
+    /// The base URL of the downstream the app talks to (the embedded simulator by default).
+    pub async fn downstream_url(&self) -> String {
+        let (_, index) = self.get_json("/").await;
+        index["downstream"].as_str().expect("index names the downstream").to_string()
+    }
+}
+
+pub fn metric_in(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Median of durations.
+pub fn median(mut xs: Vec<Duration>) -> Duration {
+    assert!(!xs.is_empty());
+    xs.sort();
+    xs[xs.len() / 2]
+}
+
+/// Polls `check` every 50 ms until it is true or `limit` passes; returns whether it became true.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
