@@ -13,7 +13,11 @@ use serde_json::{json, Value};
 pub enum AppError {
     /// A query parameter is missing, malformed or out of its documented range.
     #[error("invalid parameter `{param}`: {detail}")]
-    InvalidParameter { param: String, detail: String, range: Option<(String, String)> },
+    InvalidParameter {
+        param: String,
+        detail: String,
+        range: Option<(String, String)>,
+    },
 
     /// No pooled connection became free within the acquire timeout.
     #[error("database pool exhausted: no connection within {waited:?}")]
@@ -25,7 +29,10 @@ pub enum AppError {
 
     /// The downstream dependency answered with an error or could not be reached.
     #[error("downstream error: {detail}")]
-    DownstreamError { detail: String, upstream_status: Option<u16> },
+    DownstreamError {
+        detail: String,
+        upstream_status: Option<u16>,
+    },
 
     /// The memory safety cap would be exceeded.
     #[error("memory cap reached: {detail}")]
@@ -47,7 +54,11 @@ pub enum AppError {
 
 impl AppError {
     pub fn invalid(param: &str, detail: impl Into<String>) -> Self {
-        AppError::InvalidParameter { param: param.to_string(), detail: detail.into(), range: None }
+        AppError::InvalidParameter {
+            param: param.to_string(),
+            detail: detail.into(),
+            range: None,
+        }
     }
 
     pub fn out_of_range(param: &str, min: impl ToString, max: impl ToString, got: impl std::fmt::Display) -> Self {
@@ -110,7 +121,10 @@ impl AppError {
                 "detail": format!("downstream did not answer within {} ms", elapsed.as_millis()),
                 "elapsed_ms": elapsed.as_millis() as u64,
             }),
-            AppError::DownstreamError { detail, upstream_status } => {
+            AppError::DownstreamError {
+                detail,
+                upstream_status,
+            } => {
                 json!({"error": code, "detail": detail, "upstream_status": upstream_status})
             }
             AppError::MemoryCap { detail, limit_mb } => {
@@ -152,7 +166,8 @@ impl IntoResponse for AppError {
         }
         let mut resp = (status, Json(self.body())).into_response();
         if let AppError::PoolTimeout { .. } = self {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
     }

@@ -93,7 +93,12 @@ impl App {
             draining: Arc::new(AtomicBool::new(false)),
         };
         let router = router(state.clone());
-        Ok(App { listener, router, state, embedded_downstream })
+        Ok(App {
+            listener,
+            router,
+            state,
+            embedded_downstream,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -107,14 +112,22 @@ impl App {
     /// Serves until `shutdown` resolves, then stops accepting, marks the app not ready and gives
     /// in-flight requests `SHUTDOWN_GRACE_MS` to finish.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let App { listener, router, state, embedded_downstream } = self;
+        let App {
+            listener,
+            router,
+            state,
+            embedded_downstream,
+        } = self;
         let grace = state.settings.shutdown_grace();
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let draining = state.draining.clone();
         tokio::spawn(async move {
             shutdown.await;
             draining.store(true, Ordering::SeqCst);
-            tracing::info!(grace_ms = grace.as_millis() as u64, "shutdown requested: draining in-flight requests");
+            tracing::info!(
+                grace_ms = grace.as_millis() as u64,
+                "shutdown requested: draining in-flight requests"
+            );
             let _ = stop_tx.send(true);
         });
         let mut graceful_rx = stop_rx.clone();
@@ -132,7 +145,10 @@ impl App {
                 Ok(())
             }
         };
-        if tokio::time::timeout(Duration::from_secs(2), state.db.close()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(2), state.db.close())
+            .await
+            .is_err()
+        {
             tracing::warn!("database pool did not close within 2 s");
         }
         drop(embedded_downstream);
@@ -154,7 +170,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(telemetry::metrics_handler))
         .fallback(scenarios::healthy::not_found)
         .method_not_allowed_fallback(scenarios::healthy::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), telemetry::track_http))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            telemetry::track_http,
+        ))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             let route = req
                 .extensions()

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use chokepoint::settings::{Cli, Command, DownstreamSettings, Settings};
+use chokepoint::settings::{self, Cli, Command, DownstreamSettings, Settings};
 use chokepoint::{downstream, telemetry, App};
 
 fn main() -> ExitCode {
@@ -17,9 +17,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             // One clear line naming the variable, instead of clap's multi-line block.
-            let rendered = e.to_string();
-            let line = rendered.lines().next().unwrap_or("invalid configuration");
-            eprintln!("chokepoint: {}", line.trim_start_matches("error: "));
+            eprintln!("chokepoint: {}", settings::one_line_error(&e));
             return ExitCode::from(2);
         }
     };
@@ -67,7 +65,10 @@ fn run_downstream(settings: DownstreamSettings) -> ExitCode {
             Err(e) => return fail(&format!("cannot bind {addr} (HOST/PORT)"), &e),
         };
         tracing::info!(%addr, "downstream simulator listening");
-        match axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await {
+        match axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail("server error", &e),
         }

@@ -45,7 +45,11 @@ impl Params {
         match self.0.get(name) {
             None => Err(AppError::InvalidParameter {
                 param: name.to_string(),
-                detail: format!("`{name}` is required: a number between {} and {}", range.start(), range.end()),
+                detail: format!(
+                    "`{name}` is required: a number between {} and {}",
+                    range.start(),
+                    range.end()
+                ),
                 range: Some((range.start().to_string(), range.end().to_string())),
             }),
             Some(raw) => parse_in_range(name, raw, &range),
@@ -68,7 +72,11 @@ impl Params {
                 } else {
                     Err(AppError::InvalidParameter {
                         param: name.to_string(),
-                        detail: format!("`{name}` must be {} to {} characters long (got {n})", len.start(), len.end()),
+                        detail: format!(
+                            "`{name}` must be {} to {} characters long (got {n})",
+                            len.start(),
+                            len.end()
+                        ),
                         range: Some((len.start().to_string(), len.end().to_string())),
                     })
                 }
@@ -83,7 +91,11 @@ where
 {
     let value: T = raw.trim().parse().map_err(|_| AppError::InvalidParameter {
         param: name.to_string(),
-        detail: format!("`{name}` must be a number between {} and {} (got {raw:?})", range.start(), range.end()),
+        detail: format!(
+            "`{name}` must be a number between {} and {} (got {raw:?})",
+            range.start(),
+            range.end()
+        ),
         range: Some((range.start().to_string(), range.end().to_string())),
     })?;
     // `contains` is false for NaN, so NaN is refused with the range message too.

@@ -7,7 +7,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use clap::{Args, FromArgMatches, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// chokepoint: a deliberately fragile backend that reproduces production collapses on demand.
 #[derive(Debug, Parser)]
@@ -130,6 +130,30 @@ pub struct DownstreamSettings {
     pub log_format: String,
 }
 
+/// One line for a command-line or environment error, naming the environment variable behind
+/// the offending flag, e.g. `invalid value 'abc' for DB_POOL_SIZE (--db-pool-size): ...`.
+pub fn one_line_error(err: &clap::Error) -> String {
+    let rendered = err.to_string();
+    let first = rendered
+        .lines()
+        .next()
+        .unwrap_or("invalid configuration")
+        .trim_start_matches("error: ");
+    let Some(clap::error::ContextValue::String(arg)) = err.get(clap::error::ContextKind::InvalidArg) else {
+        return first.to_string();
+    };
+    let long = arg.split_whitespace().next().unwrap_or("").trim_start_matches("--");
+    let env = Cli::command()
+        .get_subcommands()
+        .flat_map(|sub| sub.get_arguments().cloned().collect::<Vec<_>>())
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()));
+    match env {
+        Some(env) if !first.contains(&format!("<{env}>")) => format!("{first} (environment variable {env})"),
+        _ => first.to_string(),
+    }
+}
+
 impl Settings {
     /// Settings from the given flags only, ignoring the environment (used by tests so that a
     /// developer's exported `DATABASE_URL` never leaks into them).
@@ -230,7 +254,6 @@ fn seconds(min: f64, max: f64) -> impl Fn(&str) -> Result<f64, String> + Clone +
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_definition_is_consistent() {
@@ -258,9 +281,11 @@ mod tests {
     fn out_of_range_values_are_refused_naming_the_variable() {
         let err = Settings::from_flags(["--db-pool-size", "0"]).unwrap_err().to_string();
         assert!(err.contains("DB_POOL_SIZE"), "{err}");
-        let err = Settings::from_flags(["--db-pool-timeout", "-1"]).unwrap_err().to_string();
+        let err = Settings::from_flags(["--db-pool-timeout=-1"]).unwrap_err().to_string();
         assert!(err.contains("DB_POOL_TIMEOUT"), "{err}");
-        let err = Settings::from_flags(["--database-url", "mysql://x"]).unwrap_err().to_string();
+        let err = Settings::from_flags(["--database-url", "mysql://x"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("DATABASE_URL"), "{err}");
     }
 

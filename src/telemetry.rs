@@ -41,7 +41,9 @@ pub fn new_registry() -> Registry {
     #[cfg(target_os = "linux")]
     {
         let pc = prometheus::process_collector::ProcessCollector::for_self();
-        registry.register(Box::new(pc)).expect("process collector registers once");
+        registry
+            .register(Box::new(pc))
+            .expect("process collector registers once");
     }
     registry
 }
@@ -63,17 +65,24 @@ pub struct HttpMetrics {
 impl HttpMetrics {
     pub fn new(registry: &Registry) -> Self {
         let requests = IntCounterVec::new(
-            Opts::new("http_requests_total", "HTTP requests answered, by method, route template and status"),
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests answered, by method, route template and status",
+            ),
             &["method", "route", "status"],
         )
         .expect("valid metric");
         let duration = HistogramVec::new(
-            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency by method and route template")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "HTTP request latency by method and route template",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["method", "route"],
         )
         .expect("valid metric");
-        let in_flight = IntGauge::new("http_requests_in_flight", "HTTP requests being served right now").expect("valid metric");
+        let in_flight =
+            IntGauge::new("http_requests_in_flight", "HTTP requests being served right now").expect("valid metric");
         Self {
             requests: register(registry, requests),
             duration: register(registry, duration),

@@ -12,7 +12,14 @@ use common::{spawn_app, Db, TestApp};
 use futures::future::join_all;
 use sqlx::{Connection, PgConnection};
 
-const SMALL_POOL: &[&str] = &["--db-pool-size", "2", "--db-max-overflow", "0", "--db-pool-timeout", "0.2"];
+const SMALL_POOL: &[&str] = &[
+    "--db-pool-size",
+    "2",
+    "--db-max-overflow",
+    "0",
+    "--db-pool-timeout",
+    "0.2",
+];
 
 async fn starvation_refuses_exactly_the_excess(db: Db) {
     // Arrange: pool of 2, no overflow, 200 ms acquire timeout.
@@ -31,7 +38,10 @@ async fn starvation_refuses_exactly_the_excess(db: Db) {
     for (_, body) in &refused {
         assert_eq!(body["error"], "db_pool_timeout");
         let waited = body["waited_ms"].as_u64().unwrap();
-        assert!((150..2000).contains(&waited), "waited {waited} ms for a 200 ms acquire timeout");
+        assert!(
+            (150..2000).contains(&waited),
+            "waited {waited} ms for a 200 ms acquire timeout"
+        );
     }
     assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
     assert_eq!(app.metric("db_pool_acquire_timeouts_total").await, 18.0);
@@ -62,7 +72,18 @@ async fn saturated_throughput(app: &TestApp, total: usize, concurrency: usize, h
 
 async fn throughput_matches_littles_law(db: Db) {
     // Arrange: pool of 2, generous acquire timeout so every request is eventually served.
-    let app = spawn_app(db, &["--db-pool-size", "2", "--db-max-overflow", "0", "--db-pool-timeout", "30"]).await;
+    let app = spawn_app(
+        db,
+        &[
+            "--db-pool-size",
+            "2",
+            "--db-max-overflow",
+            "0",
+            "--db-pool-timeout",
+            "30",
+        ],
+    )
+    .await;
     let (pool, hold_ms) = (2.0, 250u64);
     let predicted = pool / (hold_ms as f64 / 1000.0); // 8 req/s
 
@@ -72,7 +93,10 @@ async fn throughput_matches_littles_law(db: Db) {
     eprintln!("{db:?}: measured {measured:.2} req/s, predicted {predicted:.2}");
     // Assert: within ±15% of pool / hold.
     let ratio = measured / predicted;
-    assert!((0.85..=1.15).contains(&ratio), "measured {measured:.2} req/s, predicted {predicted:.2} (ratio {ratio:.3})");
+    assert!(
+        (0.85..=1.15).contains(&ratio),
+        "measured {measured:.2} req/s, predicted {predicted:.2} (ratio {ratio:.3})"
+    );
     // The wait histogram saw the queueing: 24 of 32 waited at least one hold.
     let waited_long = app.metric("db_pool_acquire_wait_seconds_count").await
         - app.metric("db_pool_acquire_wait_seconds_bucket{le=\"0.1\"}").await;
@@ -125,7 +149,10 @@ async fn postgres_db_pool_exhaust_returns_every_connection() {
         assert_eq!(body["succeeded"], 10, "run {run}: {body}");
         assert_eq!(body["queries"].as_array().unwrap().len(), 10);
         let elapsed = body["elapsed_seconds"].as_f64().unwrap();
-        assert!(elapsed < 8.0, "run {run} took {elapsed} s: queries waited for leaked connections");
+        assert!(
+            elapsed < 8.0,
+            "run {run} took {elapsed} s: queries waited for leaked connections"
+        );
     }
 
     // Assert: nothing checked out, every server connection of the pool idle, and the server's
@@ -153,7 +180,12 @@ async fn db_pool_exhaust_reports_per_query_pool_errors() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["succeeded"], 2, "{body}");
     assert_eq!(body["failed"], 2, "{body}");
-    let failures: Vec<_> = body["queries"].as_array().unwrap().iter().filter(|q| q["ok"] == false).collect();
+    let failures: Vec<_> = body["queries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|q| q["ok"] == false)
+        .collect();
     for q in failures {
         assert_eq!(q["error"], "db_pool_timeout", "{q}");
         assert!(q["wait_ms"].as_f64().unwrap() >= 150.0, "{q}");
@@ -163,7 +195,9 @@ async fn db_pool_exhaust_reports_per_query_pool_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_tasks_and_expensive_query_work() {
     let app = spawn_app(Db::Postgres, &[]).await;
-    let (status, task) = app.post_json("/api/tasks?title=write%20tests&description=real%20pg").await;
+    let (status, task) = app
+        .post_json("/api/tasks?title=write%20tests&description=real%20pg")
+        .await;
     assert_eq!(status, 200, "{task}");
     assert_eq!(task["title"], "write tests");
     assert_eq!(task["status"], "pending");

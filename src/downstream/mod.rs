@@ -49,7 +49,12 @@ type Sim = Arc<Simulator>;
 
 impl Simulator {
     fn count(&self, endpoint: &'static str) {
-        *self.calls.lock().unwrap_or_else(|p| p.into_inner()).entry(endpoint).or_default() += 1;
+        *self
+            .calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(endpoint)
+            .or_default() += 1;
     }
 
     fn injected(&self, status: StatusCode, code: &str, detail: String) -> Response {
@@ -59,7 +64,9 @@ impl Simulator {
 
     fn outage_remaining(&self) -> Option<Duration> {
         let until = *self.outage_until.lock().unwrap_or_else(|p| p.into_inner());
-        until.and_then(|u| u.checked_duration_since(Instant::now())).filter(|d| !d.is_zero())
+        until
+            .and_then(|u| u.checked_duration_since(Instant::now()))
+            .filter(|d| !d.is_zero())
     }
 }
 
@@ -76,7 +83,10 @@ pub fn router(sim: Sim) -> Router {
         .layer(axum::middleware::from_fn_with_state(sim.clone(), faults));
     Router::new()
         .merge(simulated)
-        .route("/health", get(|| async { Json(json!({"status": "healthy", "service": "downstream"})) }))
+        .route(
+            "/health",
+            get(|| async { Json(json!({"status": "healthy", "service": "downstream"})) }),
+        )
         .route("/stats", get(stats))
         .route("/control", get(control_state))
         .route("/control/fail-first", post(control_fail_first))
@@ -102,7 +112,11 @@ async fn faults(State(sim): State<Sim>, req: Request, next: Next) -> Response {
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok();
     if took_one {
-        return sim.injected(StatusCode::SERVICE_UNAVAILABLE, "injected_failure", "fail-first control".into());
+        return sim.injected(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "injected_failure",
+            "fail-first control".into(),
+        );
     }
     sim.in_flight.fetch_add(1, Ordering::Relaxed);
     let resp = next.run(req).await;
@@ -132,7 +146,10 @@ async fn random(params: Params) -> AppResult<Response> {
     let min: f64 = params.num("min_delay", 0.1, 0.0..=120.0)?;
     let max: f64 = params.num("max_delay", 2.0, 0.0..=120.0)?;
     if max < min {
-        return Err(crate::error::AppError::invalid("max_delay", format!("`max_delay` ({max}) must be >= `min_delay` ({min})")));
+        return Err(crate::error::AppError::invalid(
+            "max_delay",
+            format!("`max_delay` ({max}) must be >= `min_delay` ({min})"),
+        ));
     }
     let delay = rand::rng().random_range(min..=max);
     tokio::time::sleep(Duration::from_secs_f64(delay)).await;
@@ -162,7 +179,10 @@ async fn timeout_trap(params: Params) -> AppResult<Response> {
             return None;
         }
         if sent == duration {
-            return Some((Ok::<_, std::io::Error>(Bytes::from_static(b"{\"trap\":true}")), sent + 1));
+            return Some((
+                Ok::<_, std::io::Error>(Bytes::from_static(b"{\"trap\":true}")),
+                sent + 1,
+            ));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         Some((Ok(Bytes::from_static(b" ")), sent + 1))
@@ -205,7 +225,11 @@ async fn cascade(State(sim): State<Sim>, params: Params) -> AppResult<Response> 
             "cascade_failed",
             format!("level {} answered {}", levels - 1, resp.status()),
         )),
-        Err(e) => Ok(sim.injected(StatusCode::BAD_GATEWAY, "cascade_failed", format!("level {} unreachable: {e}", levels - 1))),
+        Err(e) => Ok(sim.injected(
+            StatusCode::BAD_GATEWAY,
+            "cascade_failed",
+            format!("level {} unreachable: {e}", levels - 1),
+        )),
     }
 }
 
@@ -273,37 +297,42 @@ impl EmbeddedDownstream {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         // Detached: joining on stop would wait for slow simulated calls (up to minutes); the
         // thread ends by itself once its connections close, and logs a serve error if any.
-        std::thread::Builder::new().name("downstream-sim".into()).spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = addr_tx.send(Err(e));
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let (listener, app) = match bind(SocketAddr::from(([127, 0, 0, 1], 0))).await {
-                    Ok(bound) => bound,
+        std::thread::Builder::new()
+            .name("downstream-sim".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
                     Err(e) => {
                         let _ = addr_tx.send(Err(e));
                         return;
                     }
                 };
-                let _ = addr_tx.send(listener.local_addr());
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stop_rx.await;
-                    })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "embedded downstream simulator stopped with an error");
-                }
-            });
-        })?;
+                rt.block_on(async move {
+                    let (listener, app) = match bind(SocketAddr::from(([127, 0, 0, 1], 0))).await {
+                        Ok(bound) => bound,
+                        Err(e) => {
+                            let _ = addr_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = addr_tx.send(listener.local_addr());
+                    let served = axum::serve(listener, app)
+                        .with_graceful_shutdown(async {
+                            let _ = stop_rx.await;
+                        })
+                        .await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "embedded downstream simulator stopped with an error");
+                    }
+                });
+            })?;
         let addr = addr_rx
             .recv()
             .map_err(|_| std::io::Error::other("the simulator thread exited before binding"))??;
-        Ok(Self { addr, stop: Some(stop_tx) })
+        Ok(Self {
+            addr,
+            stop: Some(stop_tx),
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {

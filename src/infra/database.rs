@@ -58,7 +58,11 @@ impl DbMetrics {
         Self {
             max: register(
                 registry,
-                IntGauge::new("db_pool_max_connections", "Connections the pool may open (pool size + overflow)").unwrap(),
+                IntGauge::new(
+                    "db_pool_max_connections",
+                    "Connections the pool may open (pool size + overflow)",
+                )
+                .unwrap(),
             ),
             connections: register(
                 registry,
@@ -75,15 +79,21 @@ impl DbMetrics {
             acquire_wait: register(
                 registry,
                 Histogram::with_opts(
-                    HistogramOpts::new("db_pool_acquire_wait_seconds", "Time spent waiting for a pooled connection")
-                        .buckets(LATENCY_BUCKETS.to_vec()),
+                    HistogramOpts::new(
+                        "db_pool_acquire_wait_seconds",
+                        "Time spent waiting for a pooled connection",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
                 )
                 .unwrap(),
             ),
             acquire_timeouts: register(
                 registry,
-                IntCounter::new("db_pool_acquire_timeouts_total", "Acquires that gave up after the acquire timeout")
-                    .unwrap(),
+                IntCounter::new(
+                    "db_pool_acquire_timeouts_total",
+                    "Acquires that gave up after the acquire timeout",
+                )
+                .unwrap(),
             ),
         }
     }
@@ -199,7 +209,9 @@ impl Database {
                 Pool::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.map(|_| ()),
             }
         };
-        tokio::time::timeout(PROBE_TIMEOUT, run).await.unwrap_or(Err(sqlx::Error::PoolTimedOut))
+        tokio::time::timeout(PROBE_TIMEOUT, run)
+            .await
+            .unwrap_or(Err(sqlx::Error::PoolTimedOut))
     }
 
     /// Pool occupancy right now.
@@ -221,8 +233,14 @@ impl Database {
     /// Samples the pool into the gauges (called at scrape time).
     pub fn refresh_gauges(&self) {
         let s = self.stats();
-        self.metrics.connections.with_label_values(&["in_use"]).set(i64::from(s.in_use));
-        self.metrics.connections.with_label_values(&["idle"]).set(i64::from(s.idle));
+        self.metrics
+            .connections
+            .with_label_values(&["in_use"])
+            .set(i64::from(s.in_use));
+        self.metrics
+            .connections
+            .with_label_values(&["idle"])
+            .set(i64::from(s.idle));
     }
 
     /// Closes both pools, waiting for checked-out connections to come back.

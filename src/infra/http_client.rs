@@ -49,7 +49,10 @@ impl DownstreamClient {
             calls: register(
                 registry,
                 IntCounterVec::new(
-                    Opts::new("downstream_calls_total", "Calls to the downstream dependency by endpoint and outcome"),
+                    Opts::new(
+                        "downstream_calls_total",
+                        "Calls to the downstream dependency by endpoint and outcome",
+                    ),
                     &["endpoint", "outcome"],
                 )
                 .unwrap(),
@@ -57,22 +60,34 @@ impl DownstreamClient {
             duration: register(
                 registry,
                 HistogramVec::new(
-                    HistogramOpts::new("downstream_call_duration_seconds", "Downstream call latency by endpoint")
-                        .buckets(LATENCY_BUCKETS.to_vec()),
+                    HistogramOpts::new(
+                        "downstream_call_duration_seconds",
+                        "Downstream call latency by endpoint",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
                     &["endpoint"],
                 )
                 .unwrap(),
             ),
             in_flight: register(
                 registry,
-                IntGauge::new("downstream_calls_in_flight", "Downstream calls waiting for an answer right now").unwrap(),
+                IntGauge::new(
+                    "downstream_calls_in_flight",
+                    "Downstream calls waiting for an answer right now",
+                )
+                .unwrap(),
             ),
         };
         let http = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .expect("a plain HTTP client always builds");
-        Self { base_url: base_url.trim_end_matches('/').into(), http, default_timeout, metrics }
+        Self {
+            base_url: base_url.trim_end_matches('/').into(),
+            http,
+            default_timeout,
+            metrics,
+        }
     }
 
     pub fn base_url(&self) -> &str {
@@ -80,7 +95,12 @@ impl DownstreamClient {
     }
 
     /// `GET {base}{path_and_query}` expecting a 2xx JSON body. `endpoint` is the metric label.
-    pub async fn get_json(&self, endpoint: &'static str, path_and_query: &str, timeout: CallTimeout) -> Result<CallOk, AppError> {
+    pub async fn get_json(
+        &self,
+        endpoint: &'static str,
+        path_and_query: &str,
+        timeout: CallTimeout,
+    ) -> Result<CallOk, AppError> {
         let url = format!("{}{}", self.base_url, path_and_query);
         let mut req = self.http.get(&url);
         match timeout {
@@ -92,7 +112,10 @@ impl DownstreamClient {
         let start = Instant::now();
         let result = Self::send(req).await;
         let elapsed = start.elapsed();
-        self.metrics.duration.with_label_values(&[endpoint]).observe(elapsed.as_secs_f64());
+        self.metrics
+            .duration
+            .with_label_values(&[endpoint])
+            .observe(elapsed.as_secs_f64());
         let outcome = match &result {
             Ok(_) => "ok",
             Err(Failure::Timeout) => "timeout",

@@ -35,7 +35,10 @@ pub fn router() -> Router<AppState> {
 pub async fn hold_connection(conn: &mut Conn, d: Duration) -> Result<(), sqlx::Error> {
     match conn {
         Conn::Pg(c) => {
-            sqlx::query("SELECT pg_sleep($1)").bind(d.as_secs_f64()).execute(&mut **c).await?;
+            sqlx::query("SELECT pg_sleep($1)")
+                .bind(d.as_secs_f64())
+                .execute(&mut **c)
+                .await?;
         }
         Conn::Sqlite(c) => {
             let mut tx = c.begin().await?;
@@ -109,8 +112,7 @@ struct Task {
     created_at: String,
 }
 
-const PG_TASK_COLUMNS: &str =
-    r#"id, title, description, status, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at"#;
+const PG_TASK_COLUMNS: &str = r#"id, title, description, status, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at"#;
 const SQLITE_TASK_COLUMNS: &str = "id, title, description, status, created_at";
 
 async fn create_task(State(state): State<AppState>, params: Params) -> AppResult<Json<Task>> {
@@ -120,11 +122,19 @@ async fn create_task(State(state): State<AppState>, params: Params) -> AppResult
     let task = match &mut conn {
         Conn::Pg(c) => {
             let sql = format!("INSERT INTO tasks (title, description) VALUES ($1, $2) RETURNING {PG_TASK_COLUMNS}");
-            sqlx::query_as::<_, Task>(&sql).bind(&title).bind(&description).fetch_one(&mut **c).await?
+            sqlx::query_as::<_, Task>(&sql)
+                .bind(&title)
+                .bind(&description)
+                .fetch_one(&mut **c)
+                .await?
         }
         Conn::Sqlite(c) => {
             let sql = format!("INSERT INTO tasks (title, description) VALUES (?, ?) RETURNING {SQLITE_TASK_COLUMNS}");
-            sqlx::query_as::<_, Task>(&sql).bind(&title).bind(&description).fetch_one(&mut **c).await?
+            sqlx::query_as::<_, Task>(&sql)
+                .bind(&title)
+                .bind(&description)
+                .fetch_one(&mut **c)
+                .await?
         }
     };
     Ok(Json(task))

@@ -37,7 +37,11 @@ async fn call_downstream(State(state): State<AppState>, params: Params) -> AppRe
     let timeout: f64 = params.num("timeout", 5.0, 1.0..=60.0)?;
     let ok = state
         .downstream
-        .get_json("/slow", &format!("/slow?delay={CALL_DELAY_S}"), CallTimeout::After(Duration::from_secs_f64(timeout)))
+        .get_json(
+            "/slow",
+            &format!("/slow?delay={CALL_DELAY_S}"),
+            CallTimeout::After(Duration::from_secs_f64(timeout)),
+        )
         .await?;
     Ok(Json(json!({
         "timeout": timeout,
@@ -51,7 +55,10 @@ async fn cascade_failure(State(state): State<AppState>) -> Json<Value> {
         let client = state.downstream.clone();
         async move {
             let path = format!("/slow?delay={CASCADE_DELAY_S}");
-            match client.get_json("/slow", &path, CallTimeout::After(CASCADE_TIMEOUT)).await {
+            match client
+                .get_json("/slow", &path, CallTimeout::After(CASCADE_TIMEOUT))
+                .await
+            {
                 Ok(ok) => json!({"call": i, "ok": true, "status": 200, "elapsed_ms": ok.elapsed.as_secs_f64() * 1e3}),
                 Err(e) => json!({"call": i, "ok": false, "status": e.status().as_u16(), "error": e.code(),
                                  "detail": e.to_string()}),
@@ -72,7 +79,11 @@ async fn cascade_failure(State(state): State<AppState>) -> Json<Value> {
 async fn no_timeout(State(state): State<AppState>) -> AppResult<Json<Value>> {
     let ok = state
         .downstream
-        .get_json("/slow", &format!("/slow?delay={NO_TIMEOUT_DELAY_S}"), CallTimeout::Never)
+        .get_json(
+            "/slow",
+            &format!("/slow?delay={NO_TIMEOUT_DELAY_S}"),
+            CallTimeout::Never,
+        )
         .await?;
     Ok(Json(json!({
         "elapsed_ms": ok.elapsed.as_secs_f64() * 1e3,

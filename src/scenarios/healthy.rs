@@ -23,16 +23,36 @@ pub fn router() -> Router<AppState> {
 
 /// The seed's endpoint table, grouped by the collapse each one shows.
 const ENDPOINTS: &[(&str, &str, &str)] = &[
-    ("GET /health", "healthy", "liveness; slows down when workers are starved"),
-    ("GET /ready", "healthy", "readiness: database reachable and not draining"),
+    (
+        "GET /health",
+        "healthy",
+        "liveness; slows down when workers are starved",
+    ),
+    (
+        "GET /ready",
+        "healthy",
+        "readiness: database reachable and not draining",
+    ),
     ("GET /api/ping", "healthy", "the canary for unrelated-route latency"),
     ("GET /api/fast", "healthy", "fast response"),
-    ("GET /api/cpu-intensive?complexity=30", "cpu", "recursive fibonacci, inline on the async workers"),
+    (
+        "GET /api/cpu-intensive?complexity=30",
+        "cpu",
+        "recursive fibonacci, inline on the async workers",
+    ),
     ("GET /api/hash?iterations=10000", "cpu", "chained SHA-256"),
-    ("GET /api/json-processing?size=1000", "cpu", "serialize + parse + aggregate"),
+    (
+        "GET /api/json-processing?size=1000",
+        "cpu",
+        "serialize + parse + aggregate",
+    ),
     ("GET /api/slow?delay=5", "io", "async sleep"),
     ("GET /api/random-delay", "io", "async sleep of 0.5-5 s"),
-    ("GET /api/blocking?duration=5", "io", "blocks the worker thread it runs on"),
+    (
+        "GET /api/blocking?duration=5",
+        "io",
+        "blocks the worker thread it runs on",
+    ),
     ("GET /api/parallel-io?count=5", "io", "concurrent simulated I/O"),
     ("GET /api/memory-leak?size_mb=10", "memory", "retained until cleared"),
     ("GET /api/memory-spike?size_mb=50", "memory", "held ~1 s then freed"),
@@ -40,9 +60,17 @@ const ENDPOINTS: &[(&str, &str, &str)] = &[
     ("POST /api/tasks?title=..&description=..", "db-pool", "insert a task"),
     ("GET /api/tasks?limit=10", "db-pool", "list tasks"),
     ("GET /api/db/hold?ms=1000", "db-pool", "holds one pooled connection"),
-    ("GET /api/db-pool-exhaust?concurrent_queries=10", "db-pool", "each query holds a connection 5 s"),
+    (
+        "GET /api/db-pool-exhaust?concurrent_queries=10",
+        "db-pool",
+        "each query holds a connection 5 s",
+    ),
     ("GET /api/expensive-query?iterations=1000", "db-pool", "heavy SQL"),
-    ("GET /api/call-downstream?timeout=5", "downstream", "downstream /slow?delay=3 with a timeout"),
+    (
+        "GET /api/call-downstream?timeout=5",
+        "downstream",
+        "downstream /slow?delay=3 with a timeout",
+    ),
     ("GET /api/cascade-failure", "downstream", "5 parallel downstream calls"),
     ("GET /api/no-timeout", "downstream", "downstream delay 30 s, no timeout"),
     ("GET /metrics", "telemetry", "Prometheus metrics"),
@@ -69,14 +97,21 @@ async fn health() -> Json<Value> {
 
 async fn ready(State(state): State<AppState>) -> Response {
     if state.is_draining() {
-        return AppError::Unavailable { code: "not_ready", detail: "shutting down: draining in-flight requests".into() }
-            .into_response();
+        return AppError::Unavailable {
+            code: "not_ready",
+            detail: "shutting down: draining in-flight requests".into(),
+        }
+        .into_response();
     }
     match state.db.ping().await {
         Ok(()) => Json(json!({"status": "ready", "database": state.db.backend()})).into_response(),
         Err(e) => {
             tracing::warn!(error = %crate::error::error_chain(&e), "readiness: database unreachable");
-            AppError::Unavailable { code: "not_ready", detail: "database unreachable".into() }.into_response()
+            AppError::Unavailable {
+                code: "not_ready",
+                detail: "database unreachable".into(),
+            }
+            .into_response()
         }
     }
 }
@@ -91,11 +126,17 @@ async fn fast() -> Json<Value> {
 
 /// Fallback for unknown paths: the same JSON error shape as everything else.
 pub async fn not_found(uri: Uri) -> AppError {
-    AppError::NotFound { detail: format!("no route for {}", uri.path()) }
+    AppError::NotFound {
+        detail: format!("no route for {}", uri.path()),
+    }
 }
 
 /// A known path called with the wrong method.
 pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     let detail = format!("{method} is not allowed on {}", uri.path());
-    (StatusCode::METHOD_NOT_ALLOWED, Json(json!({"error": "method_not_allowed", "detail": detail}))).into_response()
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(json!({"error": "method_not_allowed", "detail": detail})),
+    )
+        .into_response()
 }

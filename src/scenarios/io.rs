@@ -26,7 +26,9 @@ pub fn router() -> Router<AppState> {
 async fn slow(params: Params) -> AppResult<Json<Value>> {
     let delay: f64 = params.num("delay", 5.0, 1.0..=30.0)?;
     tokio::time::sleep(Duration::from_secs_f64(delay)).await;
-    Ok(Json(json!({"delay": delay, "message": format!("responded after {delay} s")})))
+    Ok(Json(
+        json!({"delay": delay, "message": format!("responded after {delay} s")}),
+    ))
 }
 
 async fn random_delay() -> Json<Value> {

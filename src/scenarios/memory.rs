@@ -51,7 +51,11 @@ impl MemoryStore {
     pub fn new(limit_bytes: u64, registry: &Registry) -> Self {
         let limit_gauge = register(
             registry,
-            IntGauge::new("memory_limit_bytes", "Safety cap on memory the memory endpoints may hold").unwrap(),
+            IntGauge::new(
+                "memory_limit_bytes",
+                "Safety cap on memory the memory endpoints may hold",
+            )
+            .unwrap(),
         );
         limit_gauge.set(limit_bytes as i64);
         Self {
@@ -60,15 +64,27 @@ impl MemoryStore {
             limit: limit_bytes,
             retained_gauge: register(
                 registry,
-                IntGauge::new("memory_retained_bytes", "Bytes retained by /api/memory-leak until cleared").unwrap(),
+                IntGauge::new(
+                    "memory_retained_bytes",
+                    "Bytes retained by /api/memory-leak until cleared",
+                )
+                .unwrap(),
             ),
             spike_gauge: register(
                 registry,
-                IntGauge::new("memory_spike_bytes", "Bytes held right now by in-flight /api/memory-spike calls").unwrap(),
+                IntGauge::new(
+                    "memory_spike_bytes",
+                    "Bytes held right now by in-flight /api/memory-spike calls",
+                )
+                .unwrap(),
             ),
             refusals: register(
                 registry,
-                IntCounter::new("memory_cap_refusals_total", "Allocations refused by the memory safety cap").unwrap(),
+                IntCounter::new(
+                    "memory_cap_refusals_total",
+                    "Allocations refused by the memory safety cap",
+                )
+                .unwrap(),
             ),
         }
     }
@@ -80,9 +96,9 @@ impl MemoryStore {
     /// Reserves `bytes` under the cap, or refuses with 507.
     fn reserve(&self, bytes: u64) -> AppResult<()> {
         let limit = self.limit;
-        let res = self
-            .reserved
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |cur| cur.checked_add(bytes).filter(|n| *n <= limit));
+        let res = self.reserved.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |cur| {
+            cur.checked_add(bytes).filter(|n| *n <= limit)
+        });
         match res {
             Ok(_) => Ok(()),
             Err(current) => {
@@ -169,7 +185,11 @@ async fn memory_spike(State(state): State<AppState>, params: Params) -> AppResul
     let map = store.allocate(bytes).await?;
     store.spike_gauge.add(bytes as i64);
     // Released even if the client goes away mid-hold.
-    let _held = SpikeGuard { store: store.clone(), bytes, map: Some(map) };
+    let _held = SpikeGuard {
+        store: store.clone(),
+        bytes,
+        map: Some(map),
+    };
     tokio::time::sleep(SPIKE_HOLD).await;
     Ok(Json(json!({
         "spike_mb": size_mb,

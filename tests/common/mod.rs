@@ -44,7 +44,10 @@ impl TestPgDatabase {
                 pg_admin_url()
             )
         });
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create test database");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
         let url = format!("{}/{name}", pg_server_url());
         Self { name, url }
     }
@@ -56,10 +59,15 @@ impl Drop for TestPgDatabase {
         let admin_url = pg_admin_url();
         // Drop runs outside any runtime guarantee: use a private one on a private thread.
         let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let mut admin = PgConnection::connect(&admin_url).await?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await?;
                 Ok::<_, sqlx::Error>(())
             })
         })
@@ -133,7 +141,10 @@ pub async fn spawn_app(db: Db, flags: &[&str]) -> TestApp {
         // Blocked workers (e.g. /api/blocking) must not hold the test hostage.
         rt.shutdown_timeout(Duration::from_secs(1));
     });
-    let addr = addr_rx.await.expect("app thread alive").unwrap_or_else(|e| panic!("app failed to start: {e}"));
+    let addr = addr_rx
+        .await
+        .expect("app thread alive")
+        .unwrap_or_else(|e| panic!("app failed to start: {e}"));
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .timeout(Duration::from_secs(90))
@@ -168,25 +179,39 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client.get(self.url(path)).send().await.unwrap_or_else(|e| panic!("GET {path}: {e}"))
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
     pub async fn post(&self, path: &str) -> reqwest::Response {
-        self.client.post(self.url(path)).send().await.unwrap_or_else(|e| panic!("POST {path}: {e}"))
+        self.client
+            .post(self.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
     }
 
     /// GET returning status and JSON body.
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
         let resp = self.get(path).await;
         let status = resp.status().as_u16();
-        let body = resp.json().await.unwrap_or_else(|e| panic!("GET {path}: body is not JSON: {e}"));
+        let body = resp
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: body is not JSON: {e}"));
         (status, body)
     }
 
     pub async fn post_json(&self, path: &str) -> (u16, Value) {
         let resp = self.post(path).await;
         let status = resp.status().as_u16();
-        let body = resp.json().await.unwrap_or_else(|e| panic!("POST {path}: body is not JSON: {e}"));
+        let body = resp
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: body is not JSON: {e}"));
         (status, body)
     }
 
@@ -205,7 +230,10 @@ impl TestApp {
     /// The base URL of the downstream the app talks to (the embedded simulator by default).
     pub async fn downstream_url(&self) -> String {
         let (_, index) = self.get_json("/").await;
-        index["downstream"].as_str().expect("index names the downstream").to_string()
+        index["downstream"]
+            .as_str()
+            .expect("index names the downstream")
+            .to_string()
     }
 }
 

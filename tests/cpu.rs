@@ -1,0 +1,97 @@
+//! `cpu`: CPU work inline on the async workers slows *unrelated* routes. With 2 workers busy
+//! computing fibonacci, `/health` latency rises by a large factor over its idle latency.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{median, spawn_app, Db, TestApp};
+
+async fn health_latency(app: &TestApp, samples: usize) -> Duration {
+    let mut xs = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let start = Instant::now();
+        let resp = app.get("/health").await;
+        assert_eq!(resp.status(), 200);
+        xs.push(start.elapsed());
+    }
+    median(xs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_cpu_work_slows_the_health_probe() {
+    // Arrange: 2 async workers, as in a small pod.
+    let app = spawn_app(Db::Sqlite, &["--worker-count", "2"]).await;
+    health_latency(&app, 5).await; // warm the connection
+    let idle = health_latency(&app, 30).await;
+
+    // Act: 4 clients keep both workers computing fib(32), bounded in time and count.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = (0..4).map(|_| {
+        let (stop, client, url) = (
+            stop.clone(),
+            app.client.clone(),
+            app.url("/api/cpu-intensive?complexity=32"),
+        );
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && n < 5_000 {
+                let resp = client.get(&url).send().await.unwrap();
+                assert_eq!(resp.status(), 200);
+                n += 1;
+            }
+            n
+        })
+    });
+    let load: Vec<_> = load.collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let loaded = health_latency(&app, 30).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut cpu_requests = 0;
+    for h in load {
+        cpu_requests += h.await.unwrap();
+    }
+
+    // Assert: the probe is at least 5x slower while the workers compute.
+    let ratio = loaded.as_secs_f64() / idle.as_secs_f64();
+    eprintln!("idle {idle:?}, loaded {loaded:?}, ratio {ratio:.1}, cpu requests {cpu_requests}");
+    assert!(cpu_requests > 4, "the load never ran");
+    assert!(
+        ratio >= 5.0,
+        "/health median went from {idle:?} to {loaded:?} (ratio {ratio:.1})"
+    );
+
+    // And it recovers once the load stops.
+    let after = health_latency(&app, 30).await;
+    assert!(
+        after.as_secs_f64() < loaded.as_secs_f64() / 2.0,
+        "after {after:?} vs loaded {loaded:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_call_freezes_its_worker() {
+    // Arrange: a single async worker, the extreme case of thread-pool exhaustion.
+    let app = spawn_app(Db::Sqlite, &["--worker-count", "1"]).await;
+    health_latency(&app, 3).await;
+
+    // Act: one request blocks the only worker for 1 s; a probe sent right after must wait.
+    let blocker = {
+        let (client, url) = (app.client.clone(), app.url("/api/blocking?duration=1"));
+        tokio::spawn(async move { client.get(&url).send().await.unwrap().status().as_u16() })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let start = Instant::now();
+    assert_eq!(app.get("/health").await.status(), 200);
+    let probe = start.elapsed();
+
+    // Assert: the probe waited for most of the blocked second.
+    assert_eq!(blocker.await.unwrap(), 200);
+    assert!(
+        probe >= Duration::from_millis(500),
+        "probe took only {probe:?} while the worker was blocked"
+    );
+}

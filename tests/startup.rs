@@ -1,0 +1,166 @@
+//! Start-up: the real binary refuses an invalid setting with one clear line naming the variable,
+//! and `chokepoint downstream` serves the simulator.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn chokepoint() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chokepoint"));
+    for var in [
+        "DATABASE_URL",
+        "DB_POOL_SIZE",
+        "DB_MAX_OVERFLOW",
+        "DB_POOL_TIMEOUT",
+        "PORT",
+        "HOST",
+        "WORKER_COUNT",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+#[test]
+fn invalid_environment_stops_startup_with_one_line_naming_the_variable() {
+    let cases = [
+        ("DB_POOL_SIZE", "abc"),
+        ("DB_POOL_SIZE", "0"),
+        ("DB_MAX_OVERFLOW", "-1"),
+        ("DB_POOL_TIMEOUT", "forever"),
+        ("DATABASE_URL", "mysql://localhost/x"),
+        ("WORKER_COUNT", "0"),
+        ("ENABLE_CIRCUIT_BREAKER", "maybe"),
+        ("MEMORY_LEAK_LIMIT_MB", "0"),
+        ("PORT", "99999"),
+    ];
+    for (var, value) in cases {
+        let out = chokepoint().env(var, value).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}={value} should stop start-up");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<_> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{var}={value}: expected one line, got {stderr}");
+        assert!(
+            lines[0].contains(var),
+            "{var}={value}: line does not name the variable: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn unreachable_database_stops_startup_with_a_clear_error() {
+    let out = chokepoint()
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .env("PORT", "0")
+        .env("DB_POOL_TIMEOUT", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot connect to PostgreSQL at postgres://nobody@127.0.0.1:1/none"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn serve_starts_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+    let mut child = chokepoint()
+        .args(["serve", "--port", "0"])
+        .env("DATABASE_URL", db)
+        .env("LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The JSON log line announcing the address.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let addr = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("listening line");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("LOG_FORMAT=json logs JSON lines");
+        if v["message"] == "chokepoint listening" {
+            break v["addr"].as_str().unwrap().to_string();
+        }
+    };
+    let body = http_get::blocking_get(&format!("http://{addr}/api/ping"));
+    assert_eq!(body, r#"{"ping":"pong"}"#);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let start = Instant::now();
+    loop {
+        if let Some(code) = child.try_wait().unwrap() {
+            assert!(code.success(), "exit status {code:?}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn downstream_subcommand_serves_the_simulator() {
+    let port = free_port();
+    let mut child = chokepoint()
+        .args(["downstream", "--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/health");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        if let Some(body) = http_get::try_blocking_get(&url) {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "simulator did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(body.contains("downstream"), "{body}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A tiny blocking GET over std's TcpStream (no runtime needed in these process tests).
+mod http_get {
+    use std::io::{Read, Write};
+
+    pub fn try_blocking_get(url: &str) -> Option<String> {
+        let rest = url.strip_prefix("http://")?;
+        let (host, path) = rest.split_at(rest.find('/')?);
+        let mut stream = std::net::TcpStream::connect(host).ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut resp = String::new();
+        stream.read_to_string(&mut resp).ok()?;
+        resp.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+    }
+
+    pub fn blocking_get(url: &str) -> String {
+        try_blocking_get(url).unwrap_or_else(|| panic!("GET {url} failed"))
+    }
+}

@@ -1,0 +1,104 @@
+//! Telemetry: `/metrics` is valid Prometheus text (checked by the real `promtool`), routes are
+//! labelled by template (unmatched paths share one label), and every request carries an id.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::{spawn_app, Db};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_check() {
+    let app = spawn_app(Db::Sqlite, &[]).await;
+    // Move every family so each has samples.
+    app.get("/api/ping").await;
+    app.get("/api/db/hold?ms=5").await;
+    app.get("/api/memory-spike?size_mb=1").await;
+    app.get("/api/call-downstream?timeout=1").await;
+    let resp = app.get("/metrics").await;
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = resp.text().await.unwrap();
+
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool must be installed (scripts/ensure-services.sh installs it)");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for family in [
+        "http_requests_total",
+        "http_request_duration_seconds_bucket",
+        "http_requests_in_flight",
+        "db_pool_max_connections",
+        "db_pool_connections",
+        "db_pool_waiting",
+        "db_pool_acquire_wait_seconds_bucket",
+        "db_pool_acquire_timeouts_total",
+        "memory_retained_bytes",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "downstream_calls_total",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(family)),
+            "{family} missing from /metrics"
+        );
+    }
+    assert!(text.contains(r#"http_request_duration_seconds_bucket{method="GET",route="/api/ping",le="60"}"#));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_are_labelled_by_template_never_raw_path() {
+    let app = spawn_app(Db::Sqlite, &[]).await;
+    app.get("/api/tasks?limit=3").await;
+    for i in 0..3 {
+        app.get(&format!("/scanner/probe/{i}")).await;
+    }
+    let text = app.metrics_text().await;
+    assert_eq!(
+        common::metric_in(
+            &text,
+            r#"http_requests_total{method="GET",route="/api/tasks",status="200"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        common::metric_in(
+            &text,
+            r#"http_requests_total{method="GET",route="unmatched",status="404"}"#
+        ),
+        Some(3.0)
+    );
+    assert!(!text.contains("/scanner/probe"), "raw paths leaked into labels");
+    assert!(!text.contains("limit=3"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_carry_an_id() {
+    let app = spawn_app(Db::Sqlite, &[]).await;
+    let resp = app.get("/api/ping").await;
+    let generated = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(generated.len(), 36, "{generated}");
+    let resp = app
+        .client
+        .get(app.url("/api/ping"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "abc-123");
+}
