@@ -75,7 +75,7 @@ pub struct Settings {
     pub db_pool_timeout: f64,
 
     /// Redis URL; unset disables the cache scenario (it answers 503 saying so).
-    #[arg(long, env = "REDIS_URL")]
+    #[arg(long, env = "REDIS_URL", value_parser = parse_redis_url)]
     pub redis_url: Option<String>,
 
     /// Base URL of the downstream dependency. Unset: an embedded simulator is started on its
@@ -217,6 +217,15 @@ fn parse_database_url(raw: &str) -> Result<String, String> {
         return Ok(url.to_string());
     }
     Err("expected a postgres://, postgresql+asyncpg:// or sqlite:// URL".into())
+}
+
+fn parse_redis_url(raw: &str) -> Result<String, String> {
+    let url = raw.trim();
+    if url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://") {
+        Ok(url.to_string())
+    } else {
+        Err("expected a redis:// or rediss:// URL".into())
+    }
 }
 
 fn parse_http_url(raw: &str) -> Result<String, String> {

@@ -32,6 +32,8 @@ fn invalid_environment_stops_startup_with_one_line_naming_the_variable() {
         ("ENABLE_CIRCUIT_BREAKER", "maybe"),
         ("MEMORY_LEAK_LIMIT_MB", "0"),
         ("PORT", "99999"),
+        ("REDIS_URL", "localhost:6379"),
+        ("DOWNSTREAM_SERVICE_URL", "ftp://x"),
     ];
     for (var, value) in cases {
         let out = chokepoint().env(var, value).output().unwrap();
