@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 fn chokepoint() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_chokepoint"));
+    // A developer's or CI's exported settings must not change what these tests see.
     for var in [
         "DATABASE_URL",
         "DB_POOL_SIZE",
@@ -14,6 +15,14 @@ fn chokepoint() -> Command {
         "PORT",
         "HOST",
         "WORKER_COUNT",
+        "REDIS_URL",
+        "DOWNSTREAM_SERVICE_URL",
+        "DOWNSTREAM_TIMEOUT",
+        "ENABLE_CIRCUIT_BREAKER",
+        "ENABLE_RATE_LIMITING",
+        "MEMORY_LEAK_LIMIT_MB",
+        "LOG_FORMAT",
+        "SHUTDOWN_GRACE_MS",
     ] {
         cmd.env_remove(var);
     }
