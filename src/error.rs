@@ -34,9 +34,33 @@ pub enum AppError {
         upstream_status: Option<u16>,
     },
 
-    /// The memory safety cap would be exceeded.
+    /// The memory safety cap or the memory budget would be exceeded.
     #[error("memory cap reached: {detail}")]
-    MemoryCap { detail: String, limit_mb: u64 },
+    MemoryCap {
+        detail: String,
+        limit_mb: u64,
+        lift_with: &'static str,
+    },
+
+    /// A query ran past the statement timeout (knob `db_statement_timeout_ms`).
+    #[error("statement timeout after {after:?}")]
+    StatementTimeout { after: Duration },
+
+    /// Refused at once instead of queued (load shedding, a full bulkhead, an open breaker).
+    #[error("shed: {detail}")]
+    Shed { detail: String },
+
+    /// The downstream circuit breaker is open.
+    #[error("circuit open: {detail}")]
+    CircuitOpen { detail: String, retry_after: Duration },
+
+    /// Above the configured request rate.
+    #[error("rate limited")]
+    RateLimited { retry_after: Duration },
+
+    /// The route group's request timeout expired.
+    #[error("request timed out after {after:?}")]
+    RequestTimeout { group: &'static str, after: Duration },
 
     /// A dependency this endpoint needs is not configured or not reachable.
     #[error("service unavailable: {detail}")]
@@ -82,6 +106,11 @@ impl AppError {
             AppError::DownstreamTimeout { .. } => "downstream_timeout",
             AppError::DownstreamError { .. } => "downstream_error",
             AppError::MemoryCap { .. } => "memory_cap",
+            AppError::StatementTimeout { .. } => "db_statement_timeout",
+            AppError::Shed { .. } => "shed",
+            AppError::CircuitOpen { .. } => "circuit_open",
+            AppError::RateLimited { .. } => "rate_limited",
+            AppError::RequestTimeout { .. } => "request_timeout",
             AppError::Unavailable { code, .. } => code,
             AppError::NotFound { .. } => "not_found",
             AppError::Database(_) => "database_error",
@@ -92,7 +121,13 @@ impl AppError {
     pub fn status(&self) -> StatusCode {
         match self {
             AppError::InvalidParameter { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            AppError::PoolTimeout { .. } | AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::PoolTimeout { .. }
+            | AppError::Unavailable { .. }
+            | AppError::StatementTimeout { .. }
+            | AppError::Shed { .. }
+            | AppError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AppError::RequestTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             AppError::DownstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             AppError::DownstreamError { .. } => StatusCode::BAD_GATEWAY,
             AppError::MemoryCap { .. } => StatusCode::INSUFFICIENT_STORAGE,
@@ -127,9 +162,29 @@ impl AppError {
             } => {
                 json!({"error": code, "detail": detail, "upstream_status": upstream_status})
             }
-            AppError::MemoryCap { detail, limit_mb } => {
-                json!({"error": code, "detail": detail, "limit_mb": limit_mb, "lift_with": "MEMORY_LEAK_LIMIT_MB"})
+            AppError::MemoryCap {
+                detail,
+                limit_mb,
+                lift_with,
+            } => {
+                json!({"error": code, "detail": detail, "limit_mb": limit_mb, "lift_with": lift_with})
             }
+            AppError::StatementTimeout { after } => json!({
+                "error": code,
+                "detail": format!("the query ran past the {} ms statement timeout", after.as_millis()),
+            }),
+            AppError::Shed { detail } | AppError::CircuitOpen { detail, .. } => {
+                json!({"error": code, "detail": detail})
+            }
+            AppError::RateLimited { retry_after } => json!({
+                "error": code,
+                "detail": "request rate above the limit (rate_limit_rps)",
+                "retry_after_ms": retry_after.as_millis() as u64,
+            }),
+            AppError::RequestTimeout { group, after } => json!({
+                "error": code,
+                "detail": format!("the {group} route group's {} ms request timeout expired", after.as_millis()),
+            }),
             AppError::Unavailable { detail, .. } | AppError::NotFound { detail } => {
                 json!({"error": code, "detail": detail})
             }
@@ -161,13 +216,19 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() && !matches!(self, AppError::Unavailable { .. }) {
+        let retry_after = match &self {
+            AppError::PoolTimeout { .. } | AppError::Shed { .. } => Some(Duration::from_secs(1)),
+            AppError::RateLimited { retry_after } | AppError::CircuitOpen { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        };
+        if status.is_server_error() && !matches!(self, AppError::Unavailable { .. } | AppError::Shed { .. }) {
             tracing::warn!(error = %error_chain(&self), code = self.code(), "request failed");
         }
         let mut resp = (status, Json(self.body())).into_response();
-        if let AppError::PoolTimeout { .. } = self {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        if let Some(after) = retry_after {
+            // Whole seconds, rounded up, at least 1.
+            let secs = after.as_millis().div_ceil(1000).max(1) as u64;
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

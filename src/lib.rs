@@ -4,10 +4,13 @@
 //! works), and [`App::run_until_stopped`] serves it until a shutdown signal, draining in-flight
 //! requests within the grace period. The binary and the tests build the very same app.
 
+pub mod admin;
 pub mod downstream;
 pub mod error;
 pub mod infra;
+pub mod knobs;
 pub mod params;
+pub mod resilience;
 pub mod scenarios;
 pub mod settings;
 pub mod telemetry;
@@ -31,6 +34,9 @@ use tower_http::trace::TraceLayer;
 use crate::downstream::EmbeddedDownstream;
 use crate::infra::database::Database;
 use crate::infra::http_client::DownstreamClient;
+use crate::knobs::KnobStore;
+use crate::resilience::bulkhead::Bulkhead;
+use crate::resilience::guard::Guard;
 use crate::scenarios::memory::MemoryStore;
 use crate::settings::Settings;
 use crate::telemetry::HttpMetrics;
@@ -44,6 +50,11 @@ pub struct AppState {
     pub db: Arc<Database>,
     pub downstream: DownstreamClient,
     pub memory: Arc<MemoryStore>,
+    pub knobs: Arc<KnobStore>,
+    /// Rate limiting, load shedding and request timeouts in front of the scenario routes.
+    pub guard: Arc<Guard>,
+    /// CPU jobs running on the blocking pool in `offload` mode (bounded by `cpu_max_concurrency`).
+    pub cpu_pool: Arc<Bulkhead>,
     /// Set once shutdown starts: `/ready` fails so load balancers stop sending traffic.
     pub draining: Arc<AtomicBool>,
 }
@@ -67,7 +78,8 @@ impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
         let registry = telemetry::new_registry();
         let http_metrics = HttpMetrics::new(&registry);
-        let db = Database::connect(&settings, &registry).await?;
+        let knobs = KnobStore::new(&settings, &registry);
+        let db = Database::connect(&settings, &knobs.current(), &registry).await?;
 
         let (downstream_url, embedded_downstream) = match &settings.downstream_service_url {
             Some(url) => (url.clone(), None),
@@ -85,11 +97,14 @@ impl App {
 
         let state = AppState {
             settings: Arc::new(settings),
-            registry,
+            registry: registry.clone(),
             http_metrics,
             db: Arc::new(db),
             downstream,
             memory: Arc::new(memory),
+            knobs: Arc::new(knobs),
+            guard: Arc::new(Guard::new(&registry)),
+            cpu_pool: Bulkhead::new(Some(scenarios::cpu::offload_gauge(&registry))),
             draining: Arc::new(AtomicBool::new(false)),
         };
         let router = router(state.clone());
@@ -167,6 +182,7 @@ pub fn router(state: AppState) -> Router {
         .merge(scenarios::memory::router())
         .merge(scenarios::db_pool::router())
         .merge(scenarios::downstream::router())
+        .merge(admin::router())
         .route("/metrics", get(telemetry::metrics_handler))
         .fallback(scenarios::healthy::not_found)
         .method_not_allowed_fallback(scenarios::healthy::method_not_allowed)

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use crate::knobs::{CpuMode, Profile};
+
 /// chokepoint: a deliberately fragile backend that reproduces production collapses on demand.
 #[derive(Debug, Parser)]
 #[command(name = "chokepoint", version, about)]
@@ -61,18 +63,24 @@ pub struct Settings {
     #[arg(long, env = "DATABASE_URL", value_parser = parse_database_url)]
     pub database_url: Option<String>,
 
-    /// Connections the pool keeps open (SQLAlchemy's `pool_size`).
-    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub db_pool_size: u32,
+    /// Knob profile at start-up: `fragile` behaves like the field reports, `hardened` turns every
+    /// fix on. Single knobs below override it.
+    #[arg(long, env = "PROFILE", value_enum, default_value = "fragile")]
+    pub profile: Profile,
 
-    /// Extra connections opened under load on top of the pool size (SQLAlchemy's `max_overflow`).
-    #[arg(long, env = "DB_MAX_OVERFLOW", default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=1000))]
-    pub db_max_overflow: u32,
+    /// Connections the pool keeps open (SQLAlchemy's `pool_size`; profile default 5).
+    #[arg(long, env = "DB_POOL_SIZE", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_pool_size: Option<u32>,
 
-    /// Seconds a request waits for a pooled connection before failing with 503 (acquire timeout).
-    /// The field reports' 30 s is why waiters queue "silently" for so long.
-    #[arg(long, env = "DB_POOL_TIMEOUT", default_value = "30", value_parser = seconds(0.01, 600.0))]
-    pub db_pool_timeout: f64,
+    /// Extra connections opened under load on top of the pool size (SQLAlchemy's `max_overflow`;
+    /// profile default 10).
+    #[arg(long, env = "DB_MAX_OVERFLOW", value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub db_max_overflow: Option<u32>,
+
+    /// Seconds a request waits for a pooled connection before failing with 503 (acquire timeout;
+    /// fragile 30 like the reports, hardened 0.25).
+    #[arg(long, env = "DB_POOL_TIMEOUT", value_parser = seconds(0.01, 600.0))]
+    pub db_pool_timeout: Option<f64>,
 
     /// Redis URL; unset disables the cache scenario (it answers 503 saying so).
     #[arg(long, env = "REDIS_URL", value_parser = parse_redis_url)]
@@ -92,13 +100,83 @@ pub struct Settings {
     #[arg(long, env = "WORKER_COUNT", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub worker_count: Option<u16>,
 
-    /// Accepted for compatibility; the breaker is part of the runtime-knobs work.
-    #[arg(long, env = "ENABLE_CIRCUIT_BREAKER", default_value = "false", value_parser = parse_bool)]
-    pub enable_circuit_breaker: bool,
+    /// Circuit breaker on downstream calls (knob `breaker_enabled`).
+    #[arg(long, env = "ENABLE_CIRCUIT_BREAKER", value_parser = parse_bool)]
+    pub enable_circuit_breaker: Option<bool>,
 
-    /// Accepted for compatibility; rate limiting is part of the runtime-knobs work.
-    #[arg(long, env = "ENABLE_RATE_LIMITING", default_value = "false", value_parser = parse_bool)]
-    pub enable_rate_limiting: bool,
+    /// Rate limiting: 429 above `RATE_LIMIT_RPS` (knob `rate_limit_enabled`).
+    #[arg(long, env = "ENABLE_RATE_LIMITING", value_parser = parse_bool)]
+    pub enable_rate_limiting: Option<bool>,
+
+    /// Bearer token required by mutating `/admin` calls when bound to a non-loopback address.
+    /// Never logged.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    // Runtime knobs settable at start-up; see docs/knobs.md. Unset: the profile's value.
+    /// Knob `db_statement_timeout_ms`.
+    #[arg(long, env = "DB_STATEMENT_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub db_statement_timeout_ms: Option<u64>,
+    /// Knob `cpu_mode`: `inline` or `offload`.
+    #[arg(long, env = "CPU_MODE", value_enum)]
+    pub cpu_mode: Option<CpuMode>,
+    /// Knob `cpu_max_concurrency`.
+    #[arg(long, env = "CPU_MAX_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub cpu_max_concurrency: Option<u32>,
+    /// Knob `max_in_flight` (load shedding; 0 = unlimited).
+    #[arg(long, env = "MAX_IN_FLIGHT", value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub max_in_flight: Option<u32>,
+    /// Knob `rate_limit_rps`.
+    #[arg(long, env = "RATE_LIMIT_RPS", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate_limit_rps: Option<u32>,
+    /// Knob `rate_limit_burst`.
+    #[arg(long, env = "RATE_LIMIT_BURST", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate_limit_burst: Option<u32>,
+    /// Knob `request_timeout_cpu_ms`.
+    #[arg(long, env = "REQUEST_TIMEOUT_CPU_MS", value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub request_timeout_cpu_ms: Option<u64>,
+    /// Knob `request_timeout_io_ms`.
+    #[arg(long, env = "REQUEST_TIMEOUT_IO_MS", value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub request_timeout_io_ms: Option<u64>,
+    /// Knob `request_timeout_db_ms`.
+    #[arg(long, env = "REQUEST_TIMEOUT_DB_MS", value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub request_timeout_db_ms: Option<u64>,
+    /// Knob `request_timeout_downstream_ms`.
+    #[arg(long, env = "REQUEST_TIMEOUT_DOWNSTREAM_MS", value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub request_timeout_downstream_ms: Option<u64>,
+    /// Knob `downstream_timeout_cap_ms`.
+    #[arg(long, env = "DOWNSTREAM_TIMEOUT_CAP_MS", value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub downstream_timeout_cap_ms: Option<u64>,
+    /// Knob `downstream_max_concurrency` (bulkhead; 0 = unbounded).
+    #[arg(long, env = "DOWNSTREAM_MAX_CONCURRENCY", value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub downstream_max_concurrency: Option<u32>,
+    /// Knob `breaker_failure_rate`.
+    #[arg(long, env = "BREAKER_FAILURE_RATE", value_parser = fraction(0.01, 1.0))]
+    pub breaker_failure_rate: Option<f64>,
+    /// Knob `breaker_min_calls`.
+    #[arg(long, env = "BREAKER_MIN_CALLS", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub breaker_min_calls: Option<u32>,
+    /// Knob `breaker_window_calls`.
+    #[arg(long, env = "BREAKER_WINDOW_CALLS", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub breaker_window_calls: Option<u32>,
+    /// Knob `breaker_open_ms`.
+    #[arg(long, env = "BREAKER_OPEN_MS", value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub breaker_open_ms: Option<u64>,
+    /// Knob `retry_max_attempts` (1 = no retry).
+    #[arg(long, env = "RETRY_MAX_ATTEMPTS", value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub retry_max_attempts: Option<u32>,
+    /// Knob `retry_base_ms` (0 = immediate retries).
+    #[arg(long, env = "RETRY_BASE_MS", value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub retry_base_ms: Option<u64>,
+    /// Knob `retry_max_backoff_ms`.
+    #[arg(long, env = "RETRY_MAX_BACKOFF_MS", value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub retry_max_backoff_ms: Option<u64>,
+    /// Knob `retry_budget_percent` (0 = unlimited).
+    #[arg(long, env = "RETRY_BUDGET_PERCENT", value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub retry_budget_percent: Option<u32>,
+    /// Knob `memory_budget_mb` (0 = only the safety cap).
+    #[arg(long, env = "MEMORY_BUDGET_MB", value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
+    pub memory_budget_mb: Option<u64>,
 
     /// Safety cap (MiB) on memory the memory endpoints may hold at once (retained + spikes).
     /// Raise it explicitly to let the process grow into the container limit (OOM demos).
@@ -174,10 +252,6 @@ impl Settings {
         SocketAddr::new(self.host, self.port)
     }
 
-    pub fn db_acquire_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.db_pool_timeout)
-    }
-
     pub fn downstream_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.downstream_timeout)
     }
@@ -188,11 +262,6 @@ impl Settings {
 
     pub fn memory_limit_bytes(&self) -> u64 {
         self.memory_leak_limit_mb * 1024 * 1024
-    }
-
-    /// Total connections the pool may open: kept + overflow.
-    pub fn db_max_connections(&self) -> u32 {
-        self.db_pool_size + self.db_max_overflow
     }
 
     /// The database URL in use, with the embedded SQLite default filled in.
@@ -245,6 +314,19 @@ fn parse_bool(raw: &str) -> Result<bool, String> {
     }
 }
 
+/// A parser for a fraction within `min..=max`.
+fn fraction(min: f64, max: f64) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
+    move |raw: &str| {
+        let msg = || format!("expected a number in {min}..={max}");
+        let value: f64 = raw.trim().parse().map_err(|_| msg())?;
+        if (min..=max).contains(&value) {
+            Ok(value)
+        } else {
+            Err(msg())
+        }
+    }
+}
+
 /// A parser for a number of seconds (fractions allowed) within `min..=max`.
 fn seconds(min: f64, max: f64) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
     move |raw: &str| {
@@ -273,11 +355,12 @@ mod tests {
     fn defaults_match_the_seed() {
         let s = Settings::from_flags(Vec::<String>::new()).unwrap();
         assert_eq!(s.port, 8000);
-        assert_eq!(s.db_pool_size, 5);
-        assert_eq!(s.db_max_overflow, 10);
-        assert_eq!(s.db_acquire_timeout(), Duration::from_secs(30));
-        assert_eq!(s.db_max_connections(), 15);
-        assert!(!s.enable_circuit_breaker);
+        assert_eq!(s.profile, Profile::Fragile);
+        let (k, _) = crate::knobs::from_settings(&s);
+        assert_eq!(k.db_pool_size, 5);
+        assert_eq!(k.db_max_overflow, 10);
+        assert_eq!(k.db_pool_timeout_ms, 30_000);
+        assert!(!k.breaker_enabled);
     }
 
     #[test]

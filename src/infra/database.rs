@@ -5,11 +5,18 @@
 //!
 //! Readiness uses a separate one-connection probe pool, so a starved main pool (a scenario) never
 //! fails `/ready` while the database itself is reachable.
+//!
+//! Live resizing (knobs `db_pool_size`, `db_max_overflow`): a new pool is built and swapped in;
+//! the old one closes in the background once its checked-out connections come back, and a waiter
+//! caught on the old pool moves to the new one, so no request fails because of the swap. The
+//! acquire timeout (`db_pool_timeout_ms`) is enforced here, per acquire, so it changes instantly.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -17,6 +24,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{ConnectOptions, PgPool, Postgres, Sqlite, SqlitePool};
 
 use crate::error::AppError;
+use crate::knobs::Knobs;
 use crate::settings::Settings;
 use crate::telemetry::{register, GaugeGuard, LATENCY_BUCKETS};
 
@@ -37,6 +45,25 @@ enum Pool {
     Pg(PgPool),
     Sqlite(SqlitePool),
 }
+
+impl Pool {
+    async fn close(&self) {
+        match self {
+            Pool::Pg(p) => p.close().await,
+            Pool::Sqlite(p) => p.close().await,
+        }
+    }
+}
+
+/// How to open connections, kept to rebuild the pool with a new size.
+#[derive(Clone)]
+enum ConnectOpts {
+    Pg(PgConnectOptions),
+    Sqlite(SqliteConnectOptions),
+}
+
+/// The pool's own acquire timeout is only a backstop: the knob is enforced per acquire.
+const POOL_BACKSTOP_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// A pooled connection of either backend; returned to the pool when dropped.
 pub enum Conn {
@@ -100,93 +127,122 @@ impl DbMetrics {
 }
 
 pub struct Database {
-    pool: Pool,
+    pool: ArcSwap<Pool>,
     probe: Pool,
-    max_connections: u32,
-    acquire_timeout: Duration,
+    opts: ConnectOpts,
+    /// (size, overflow) of the current pool.
+    shape: std::sync::Mutex<(u32, u32)>,
     metrics: DbMetrics,
 }
 
 impl Database {
-    /// Opens the pool described by the settings and runs the migrations.
-    pub async fn connect(settings: &Settings, registry: &Registry) -> anyhow::Result<Self> {
+    /// Opens the pool described by the knobs (at the database the settings name) and runs the
+    /// migrations.
+    pub async fn connect(settings: &Settings, knobs: &Knobs, registry: &Registry) -> anyhow::Result<Self> {
         let url = settings.effective_database_url();
-        let max = settings.db_max_connections();
-        let (pool, probe) = if url.starts_with("sqlite:") {
+        let (opts, probe) = if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(&url)
                 .with_context(|| "DATABASE_URL is not a valid sqlite URL")?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .busy_timeout(Duration::from_secs(5))
                 .disable_statement_logging();
-            let pool = SqlitePoolOptions::new()
-                .max_connections(max)
-                .min_connections(settings.db_pool_size)
-                .acquire_timeout(settings.db_acquire_timeout())
-                .test_before_acquire(false)
-                .connect_with(opts.clone())
-                .await
-                .with_context(|| format!("cannot open the SQLite database {}", redact(&url)))?;
-            sqlx::migrate!("./migrations/sqlite")
-                .run(&pool)
-                .await
-                .context("running SQLite migrations")?;
             let probe = SqlitePoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(PROBE_TIMEOUT)
-                .connect_lazy_with(opts);
-            (Pool::Sqlite(pool), Pool::Sqlite(probe))
+                .connect_lazy_with(opts.clone());
+            (ConnectOpts::Sqlite(opts), Pool::Sqlite(probe))
         } else {
             let opts = PgConnectOptions::from_str(&url)
                 .with_context(|| "DATABASE_URL is not a valid postgres URL")?
                 .application_name(APPLICATION_NAME)
                 .disable_statement_logging();
-            let pool = PgPoolOptions::new()
-                .max_connections(max)
-                .min_connections(settings.db_pool_size)
-                .acquire_timeout(settings.db_acquire_timeout())
-                .test_before_acquire(false)
-                .connect_with(opts.clone())
-                .await
-                .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(&url)))?;
-            sqlx::migrate!("./migrations/postgres")
-                .run(&pool)
-                .await
-                .context("running PostgreSQL migrations")?;
             let probe = PgPoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(PROBE_TIMEOUT)
                 .idle_timeout(Duration::from_secs(60))
-                .connect_lazy_with(opts.application_name(PROBE_APPLICATION_NAME));
-            (Pool::Pg(pool), Pool::Pg(probe))
+                .connect_lazy_with(opts.clone().application_name(PROBE_APPLICATION_NAME));
+            (ConnectOpts::Pg(opts), Pool::Pg(probe))
         };
+        let within = Duration::from_millis(knobs.db_pool_timeout_ms).max(Duration::from_secs(5));
+        check_reachable(&opts, within).await.with_context(|| match &opts {
+            ConnectOpts::Pg(_) => format!("cannot connect to PostgreSQL at {}", redact(&url)),
+            ConnectOpts::Sqlite(_) => format!("cannot open the SQLite database {}", redact(&url)),
+        })?;
+        let pool = build_pool(&opts, knobs.db_pool_size, knobs.db_max_overflow);
+        match &pool {
+            Pool::Pg(p) => sqlx::migrate!("./migrations/postgres")
+                .run(p)
+                .await
+                .context("running PostgreSQL migrations")?,
+            Pool::Sqlite(p) => sqlx::migrate!("./migrations/sqlite")
+                .run(p)
+                .await
+                .context("running SQLite migrations")?,
+        }
         let metrics = DbMetrics::new(registry);
-        metrics.max.set(i64::from(max));
+        metrics.max.set(i64::from(knobs.db_pool_size + knobs.db_max_overflow));
         Ok(Self {
-            pool,
+            pool: ArcSwap::from_pointee(pool),
             probe,
-            max_connections: max,
-            acquire_timeout: settings.db_acquire_timeout(),
+            opts,
+            shape: std::sync::Mutex::new((knobs.db_pool_size, knobs.db_max_overflow)),
             metrics,
         })
     }
 
+    /// Rebuilds the pool when size or overflow changed; the old pool drains in the background.
+    pub async fn apply(&self, knobs: &Knobs) -> anyhow::Result<()> {
+        let wanted = (knobs.db_pool_size, knobs.db_max_overflow);
+        if *self.shape.lock().unwrap_or_else(|p| p.into_inner()) == wanted {
+            return Ok(());
+        }
+        let new = build_pool(&self.opts, wanted.0, wanted.1);
+        let old = self.pool.swap(Arc::new(new));
+        *self.shape.lock().unwrap_or_else(|p| p.into_inner()) = wanted;
+        self.metrics.max.set(i64::from(wanted.0 + wanted.1));
+        tracing::info!(
+            size = wanted.0,
+            overflow = wanted.1,
+            "database pool resized; draining the old pool"
+        );
+        tokio::spawn(async move {
+            // Waits for connections still checked out (in-flight queries) to come back.
+            old.close().await;
+            tracing::debug!("old database pool closed");
+        });
+        Ok(())
+    }
+
     pub fn backend(&self) -> Backend {
-        match self.pool {
-            Pool::Pg(_) => Backend::Postgres,
-            Pool::Sqlite(_) => Backend::Sqlite,
+        match self.opts {
+            ConnectOpts::Pg(_) => Backend::Postgres,
+            ConnectOpts::Sqlite(_) => Backend::Sqlite,
         }
     }
 
-    /// Acquires a pooled connection, recording the wait. Gives up after the acquire timeout
-    /// with [`AppError::PoolTimeout`]; the time waited is returned with the connection.
-    pub async fn acquire(&self) -> Result<(Conn, Duration), AppError> {
+    /// Acquires a pooled connection, recording the wait. Gives up after `timeout` (the knob
+    /// `db_pool_timeout_ms`) with [`AppError::PoolTimeout`]; the time waited is returned with
+    /// the connection.
+    pub async fn acquire(&self, timeout: Duration) -> Result<(Conn, Duration), AppError> {
         let start = Instant::now();
         // Counts the waiter for as long as it waits, even if its request is cancelled mid-wait.
         let waiting = GaugeGuard::new(&self.metrics.waiting);
-        let result = match &self.pool {
-            Pool::Pg(p) => p.acquire().await.map(Conn::Pg),
-            Pool::Sqlite(p) => p.acquire().await.map(Conn::Sqlite),
+        let result = loop {
+            let pool = self.pool.load_full();
+            let left = timeout.saturating_sub(start.elapsed());
+            let attempt = async {
+                match &*pool {
+                    Pool::Pg(p) => p.acquire().await.map(Conn::Pg),
+                    Pool::Sqlite(p) => p.acquire().await.map(Conn::Sqlite),
+                }
+            };
+            match tokio::time::timeout(left, attempt).await {
+                Err(_) => break Err(sqlx::Error::PoolTimedOut),
+                // Caught on a pool that was swapped out: wait on the new one instead.
+                Ok(Err(sqlx::Error::PoolClosed)) if !Arc::ptr_eq(&pool, &self.pool.load_full()) => continue,
+                Ok(r) => break r,
+            }
         };
         drop(waiting);
         let waited = start.elapsed();
@@ -216,17 +272,17 @@ impl Database {
 
     /// Pool occupancy right now.
     pub fn stats(&self) -> PoolStats {
-        let (size, idle) = match &self.pool {
+        let (size, idle) = match &**self.pool.load() {
             Pool::Pg(p) => (p.size(), p.num_idle() as u32),
             Pool::Sqlite(p) => (p.size(), p.num_idle() as u32),
         };
+        let (kept, overflow) = *self.shape.lock().unwrap_or_else(|p| p.into_inner());
         PoolStats {
-            max_connections: self.max_connections,
+            max_connections: kept + overflow,
             open: size,
             idle,
             in_use: size.saturating_sub(idle),
             waiting: self.metrics.waiting.get().max(0) as u64,
-            acquire_timeout_ms: self.acquire_timeout.as_millis() as u64,
         }
     }
 
@@ -245,12 +301,8 @@ impl Database {
 
     /// Closes both pools, waiting for checked-out connections to come back.
     pub async fn close(&self) {
-        for pool in [&self.pool, &self.probe] {
-            match pool {
-                Pool::Pg(p) => p.close().await,
-                Pool::Sqlite(p) => p.close().await,
-            }
-        }
+        self.pool.load_full().close().await;
+        self.probe.close().await;
     }
 }
 
@@ -261,7 +313,44 @@ pub struct PoolStats {
     pub idle: u32,
     pub in_use: u32,
     pub waiting: u64,
-    pub acquire_timeout_ms: u64,
+}
+
+/// A pool of `size` kept + `overflow` extra connections, opened lazily (the kept ones are
+/// opened in the background).
+fn build_pool(opts: &ConnectOpts, size: u32, overflow: u32) -> Pool {
+    match opts {
+        ConnectOpts::Pg(o) => Pool::Pg(
+            PgPoolOptions::new()
+                .max_connections(size + overflow)
+                .min_connections(size)
+                .acquire_timeout(POOL_BACKSTOP_TIMEOUT)
+                .test_before_acquire(false)
+                .connect_lazy_with(o.clone()),
+        ),
+        ConnectOpts::Sqlite(o) => Pool::Sqlite(
+            SqlitePoolOptions::new()
+                .max_connections(size + overflow)
+                .min_connections(size)
+                .acquire_timeout(POOL_BACKSTOP_TIMEOUT)
+                .test_before_acquire(false)
+                .connect_lazy_with(o.clone()),
+        ),
+    }
+}
+
+/// Opens one connection outside any pool, so an unreachable database fails start-up with its
+/// real cause (refused, unknown host, bad password) instead of a pool timeout.
+async fn check_reachable(opts: &ConnectOpts, within: Duration) -> anyhow::Result<()> {
+    let connect = async {
+        match opts {
+            ConnectOpts::Pg(o) => o.connect().await.map(|_| ()),
+            ConnectOpts::Sqlite(o) => o.connect().await.map(|_| ()),
+        }
+    };
+    match tokio::time::timeout(within, connect).await {
+        Ok(result) => Ok(result?),
+        Err(_) => anyhow::bail!("no connection within {} ms", within.as_millis()),
+    }
 }
 
 /// The URL without its password, for error messages and logs.

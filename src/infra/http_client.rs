@@ -1,13 +1,23 @@
 //! The HTTP client to the downstream dependency. Each call states its own timeout policy, because
 //! the missing timeout *is* the lesson of `/api/no-timeout`. Outcomes are counted per simulated
 //! endpoint (a fixed label, not the raw URL): `ok`, `timeout`, `http_error`, `bad_body`, `error`.
+//!
+//! The downstream mitigations wrap every call, each read from the live knobs: a timeout cap
+//! (`downstream_timeout_cap_ms`), a bulkhead (`downstream_max_concurrency`), the circuit breaker
+//! and retries with backoff, jitter and a budget. `downstream_attempts_total{kind}` and
+//! `downstream_attempts_per_call` show retry amplification.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use serde_json::Value;
 
 use crate::error::AppError;
+use crate::knobs::Knobs;
+use crate::resilience::breaker::Breaker;
+use crate::resilience::bulkhead::Bulkhead;
+use crate::resilience::retry::{backoff, RetryBudget};
 use crate::telemetry::{register, GaugeGuard, LATENCY_BUCKETS};
 
 /// How long a call may take.
@@ -26,26 +36,15 @@ struct ClientMetrics {
     calls: IntCounterVec,
     duration: HistogramVec,
     in_flight: IntGauge,
+    attempts: IntCounterVec,
+    attempts_per_call: Histogram,
+    retries_denied: IntCounter,
+    bulkhead_rejections: IntCounter,
 }
 
-#[derive(Clone)]
-pub struct DownstreamClient {
-    base_url: std::sync::Arc<str>,
-    http: reqwest::Client,
-    default_timeout: Duration,
-    metrics: ClientMetrics,
-}
-
-/// A successful call: the parsed body and how long it took.
-#[derive(Debug)]
-pub struct CallOk {
-    pub body: Value,
-    pub elapsed: Duration,
-}
-
-impl DownstreamClient {
-    pub fn new(base_url: &str, default_timeout: Duration, registry: &Registry) -> Self {
-        let metrics = ClientMetrics {
+impl ClientMetrics {
+    fn new(registry: &Registry) -> Self {
+        Self {
             calls: register(
                 registry,
                 IntCounterVec::new(
@@ -77,7 +76,65 @@ impl DownstreamClient {
                 )
                 .unwrap(),
             ),
-        };
+            attempts: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "downstream_attempts_total",
+                        "Downstream attempts sent, first tries and retries",
+                    ),
+                    &["kind"],
+                )
+                .unwrap(),
+            ),
+            attempts_per_call: register(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "downstream_attempts_per_call",
+                        "Attempts one logical downstream call took",
+                    )
+                    .buckets(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0]),
+                )
+                .unwrap(),
+            ),
+            retries_denied: register(
+                registry,
+                IntCounter::new("downstream_retries_denied_total", "Retries refused by the retry budget").unwrap(),
+            ),
+            bulkhead_rejections: register(
+                registry,
+                IntCounter::new(
+                    "downstream_bulkhead_rejections_total",
+                    "Downstream calls refused because downstream_max_concurrency were in flight",
+                )
+                .unwrap(),
+            ),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct DownstreamClient {
+    base_url: Arc<str>,
+    http: reqwest::Client,
+    default_timeout: Duration,
+    metrics: ClientMetrics,
+    bulkhead: Arc<Bulkhead>,
+    pub breaker: Arc<Breaker>,
+    budget: Arc<RetryBudget>,
+}
+
+/// A successful call: the parsed body, how long it took (all attempts) and how many attempts.
+#[derive(Debug)]
+pub struct CallOk {
+    pub body: Value,
+    pub elapsed: Duration,
+    pub attempts: u32,
+}
+
+impl DownstreamClient {
+    pub fn new(base_url: &str, default_timeout: Duration, registry: &Registry) -> Self {
         let http = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
@@ -86,7 +143,10 @@ impl DownstreamClient {
             base_url: base_url.trim_end_matches('/').into(),
             http,
             default_timeout,
-            metrics,
+            metrics: ClientMetrics::new(registry),
+            bulkhead: Bulkhead::new(None),
+            breaker: Arc::new(Breaker::new(registry)),
+            budget: Arc::new(RetryBudget::default()),
         }
     }
 
@@ -94,19 +154,84 @@ impl DownstreamClient {
         &self.base_url
     }
 
-    /// `GET {base}{path_and_query}` expecting a 2xx JSON body. `endpoint` is the metric label.
+    /// `GET {base}{path_and_query}` expecting a 2xx JSON body, through the mitigations the knobs
+    /// turn on. `endpoint` is the metric label.
     pub async fn get_json(
         &self,
+        knobs: &Knobs,
         endpoint: &'static str,
         path_and_query: &str,
         timeout: CallTimeout,
     ) -> Result<CallOk, AppError> {
         let url = format!("{}{}", self.base_url, path_and_query);
-        let mut req = self.http.get(&url);
-        match timeout {
-            CallTimeout::Default => req = req.timeout(self.default_timeout),
-            CallTimeout::After(d) => req = req.timeout(d),
-            CallTimeout::Never => {}
+        let own = match timeout {
+            CallTimeout::Default => Some(self.default_timeout),
+            CallTimeout::After(d) => Some(d),
+            CallTimeout::Never => None,
+        };
+        let timeout = match (own, knobs.downstream_timeout_cap_ms) {
+            (own, 0) => own,
+            (None, cap) => Some(Duration::from_millis(cap)),
+            (Some(own), cap) => Some(own.min(Duration::from_millis(cap))),
+        };
+        let started = Instant::now();
+        let mut attempt: u32 = 1;
+        self.budget.first_attempt();
+        let result = loop {
+            let kind = if attempt == 1 { "first" } else { "retry" };
+            self.metrics.attempts.with_label_values(&[kind]).inc();
+            let result = self.attempt(knobs, endpoint, &url, timeout).await;
+            let retryable = matches!(
+                &result,
+                Err(AppError::DownstreamTimeout { .. }) | Err(AppError::DownstreamError { .. })
+            );
+            if !retryable || attempt >= knobs.retry_max_attempts {
+                break result;
+            }
+            if !self.budget.try_retry(knobs) {
+                self.metrics.retries_denied.inc();
+                break result;
+            }
+            tokio::time::sleep(backoff(knobs, attempt)).await;
+            attempt += 1;
+        };
+        self.metrics.attempts_per_call.observe(f64::from(attempt));
+        result.map(|body| CallOk {
+            body,
+            elapsed: started.elapsed(),
+            attempts: attempt,
+        })
+    }
+
+    /// One attempt: bulkhead, breaker admission, the HTTP call, and the breaker's record.
+    async fn attempt(
+        &self,
+        knobs: &Knobs,
+        endpoint: &'static str,
+        url: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Value, AppError> {
+        let Some(_permit) = self.bulkhead.try_enter(knobs.downstream_max_concurrency) else {
+            self.metrics.bulkhead_rejections.inc();
+            return Err(AppError::Shed {
+                detail: format!(
+                    "{} downstream calls already in flight (downstream_max_concurrency)",
+                    knobs.downstream_max_concurrency
+                ),
+            });
+        };
+        if let Err(wait) = self.breaker.admit(knobs) {
+            return Err(AppError::CircuitOpen {
+                detail: format!(
+                    "the downstream circuit breaker is open; next trial in {} ms",
+                    wait.as_millis()
+                ),
+                retry_after: wait,
+            });
+        }
+        let mut req = self.http.get(url);
+        if let Some(t) = timeout {
+            req = req.timeout(t);
         }
         let _in_flight = GaugeGuard::new(&self.metrics.in_flight);
         let start = Instant::now();
@@ -124,8 +249,11 @@ impl DownstreamClient {
             Err(Failure::Transport(_)) => "error",
         };
         self.metrics.calls.with_label_values(&[endpoint, outcome]).inc();
+        // 4xx is the caller's mistake, not the dependency failing.
+        self.breaker
+            .record(knobs, !matches!(result, Ok(_) | Err(Failure::Status(400..=499, _))));
         match result {
-            Ok(body) => Ok(CallOk { body, elapsed }),
+            Ok(body) => Ok(body),
             Err(Failure::Timeout) => Err(AppError::DownstreamTimeout { elapsed }),
             Err(Failure::Status(status, snippet)) => Err(AppError::DownstreamError {
                 detail: format!("downstream {endpoint} answered {status}: {snippet}"),

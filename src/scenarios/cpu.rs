@@ -1,21 +1,69 @@
 //! `cpu` — the CPU-stress report: 50 req/s of fib(25..35) made *unrelated* endpoints slow and
 //! failed the liveness probe.
 //!
-//! The work runs inline on the async runtime's worker threads (`WORKER_COUNT` of them), which is
-//! the fragile behaviour: while every worker computes, `/health` and `/api/ping` wait in line.
-//! Metrics that move: `http_request_duration_seconds{route="/health"}`, `process_cpu_seconds_total`.
+//! Knob `cpu_mode`: `inline` (fragile) runs the work on the async runtime's worker threads
+//! (`WORKER_COUNT` of them): while every worker computes, `/health` and `/api/ping` wait in line.
+//! `offload` (the fix) runs it on the blocking pool, at most `cpu_max_concurrency` jobs at once;
+//! the excess is shed with 503 + `Retry-After`, so the workers stay free for healthy routes.
+//! Metrics that move: `http_request_duration_seconds{route="/health"}`, `process_cpu_seconds_total`,
+//! `cpu_offload_jobs_running`, `requests_shed_total{reason="cpu"}`.
 
 use std::hint::black_box;
 use std::time::Instant;
 
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use prometheus::{IntGauge, Registry};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::error::AppResult;
+use crate::error::{AppError, AppResult};
+use crate::knobs::CpuMode;
 use crate::params::Params;
 use crate::AppState;
+
+/// The gauge of CPU jobs running on the blocking pool (offload mode).
+pub fn offload_gauge(registry: &Registry) -> IntGauge {
+    crate::telemetry::register(
+        registry,
+        IntGauge::new(
+            "cpu_offload_jobs_running",
+            "CPU jobs running on the blocking pool (offload mode)",
+        )
+        .unwrap(),
+    )
+}
+
+/// Runs CPU work the way the `cpu_mode` knob says; returns the result and the mode used.
+async fn run_cpu<T, F>(state: &AppState, work: F) -> AppResult<(T, &'static str)>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let knobs = state.knobs.current();
+    match knobs.cpu_mode {
+        CpuMode::Inline => Ok((work(), "inline")),
+        CpuMode::Offload => {
+            let Some(permit) = state.cpu_pool.try_enter(knobs.cpu_max_concurrency) else {
+                state.guard.count_shed("cpu");
+                return Err(AppError::Shed {
+                    detail: format!(
+                        "{} CPU jobs already running (cpu_max_concurrency)",
+                        knobs.cpu_max_concurrency
+                    ),
+                });
+            };
+            let out = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                work()
+            })
+            .await
+            .map_err(AppError::internal)?;
+            Ok((out, "offload"))
+        }
+    }
+}
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -43,26 +91,27 @@ pub fn chained_sha256(seed: &[u8], iterations: u32) -> [u8; 32] {
     digest
 }
 
-async fn cpu_intensive(params: Params) -> AppResult<Json<Value>> {
+async fn cpu_intensive(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
     let complexity: u32 = params.num("complexity", 30, 1..=40)?;
     let start = Instant::now();
-    let result = fib(complexity);
+    let (result, mode) = run_cpu(&state, move || fib(complexity)).await?;
     Ok(Json(json!({
         "complexity": complexity,
         "result": result,
         "duration_ms": start.elapsed().as_secs_f64() * 1e3,
-        "mode": "inline",
+        "mode": mode,
     })))
 }
 
-async fn hash(params: Params) -> AppResult<Json<Value>> {
+async fn hash(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
     let iterations: u32 = params.num("iterations", 10_000, 1..=100_000)?;
     let start = Instant::now();
-    let digest = chained_sha256(b"chokepoint", iterations);
+    let (digest, mode) = run_cpu(&state, move || chained_sha256(b"chokepoint", iterations)).await?;
     Ok(Json(json!({
         "iterations": iterations,
         "hash": hex::encode(digest),
         "duration_ms": start.elapsed().as_secs_f64() * 1e3,
+        "mode": mode,
     })))
 }
 
@@ -74,9 +123,18 @@ struct Record {
     tags: Vec<String>,
 }
 
-async fn json_processing(params: Params) -> AppResult<Json<Value>> {
+async fn json_processing(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
     let size: u32 = params.num("size", 1000, 1..=10_000)?;
     let start = Instant::now();
+    let (summary, mode) = run_cpu(&state, move || process_json(size)).await?;
+    let mut body = summary.map_err(AppError::internal)?;
+    body["duration_ms"] = json!(start.elapsed().as_secs_f64() * 1e3);
+    body["mode"] = json!(mode);
+    Ok(Json(body))
+}
+
+/// Builds `size` records, serializes, parses back and aggregates them.
+fn process_json(size: u32) -> Result<Value, serde_json::Error> {
     let records: Vec<Record> = (0..size)
         .map(|i| Record {
             id: i,
@@ -85,19 +143,18 @@ async fn json_processing(params: Params) -> AppResult<Json<Value>> {
             tags: vec![format!("group-{}", i % 10), "chokepoint".to_string()],
         })
         .collect();
-    let encoded = serde_json::to_vec(&records).map_err(crate::error::AppError::internal)?;
-    let mut decoded: Vec<Record> = serde_json::from_slice(&encoded).map_err(crate::error::AppError::internal)?;
+    let encoded = serde_json::to_vec(&records)?;
+    let mut decoded: Vec<Record> = serde_json::from_slice(&encoded)?;
     decoded.sort_by(|a, b| b.value.total_cmp(&a.value).then(a.id.cmp(&b.id)));
     let sum: f64 = decoded.iter().map(|r| r.value).sum();
     let top: Vec<u32> = decoded.iter().take(5).map(|r| r.id).collect();
-    Ok(Json(json!({
+    Ok(json!({
         "size": size,
         "bytes": encoded.len(),
         "sum": sum,
         "average": sum / f64::from(size),
         "top_ids": top,
-        "duration_ms": start.elapsed().as_secs_f64() * 1e3,
-    })))
+    }))
 }
 
 #[cfg(test)]

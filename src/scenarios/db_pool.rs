@@ -31,20 +31,64 @@ pub fn router() -> Router<AppState> {
         .route("/api/expensive-query", get(expensive_query))
 }
 
+/// The knobs' acquire timeout and statement timeout (`None` = unlimited).
+fn db_timeouts(state: &AppState) -> (Duration, Option<Duration>) {
+    let k = state.knobs.current();
+    let statement = (k.db_statement_timeout_ms > 0).then(|| Duration::from_millis(k.db_statement_timeout_ms));
+    (Duration::from_millis(k.db_pool_timeout_ms), statement)
+}
+
+/// Sets the server-side statement timeout on a PostgreSQL connection (0 = none); connections are
+/// reused, so it is set on every use.
+async fn set_statement_timeout(conn: &mut Conn, statement: Option<Duration>) -> Result<(), sqlx::Error> {
+    if let Conn::Pg(c) = conn {
+        let ms = statement.map_or(0, |d| d.as_millis());
+        sqlx::query("SELECT set_config('statement_timeout', $1, false)")
+            .bind(format!("{ms}ms"))
+            .execute(&mut **c)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Maps PostgreSQL's "canceling statement due to statement timeout" (57014) to its own error.
+fn db_error(e: sqlx::Error, statement: Option<Duration>) -> AppError {
+    match (&e, statement) {
+        (sqlx::Error::Database(db), Some(after)) if db.code().as_deref() == Some("57014") => {
+            AppError::StatementTimeout { after }
+        }
+        _ => AppError::Database(e),
+    }
+}
+
 /// Keeps `conn` busy for `d`: a server-side sleep on PostgreSQL, an open transaction on SQLite.
-pub async fn hold_connection(conn: &mut Conn, d: Duration) -> Result<(), sqlx::Error> {
+/// The statement timeout cuts it short on both.
+pub async fn hold_connection(conn: &mut Conn, d: Duration, statement: Option<Duration>) -> Result<(), AppError> {
+    set_statement_timeout(conn, statement)
+        .await
+        .map_err(AppError::Database)?;
     match conn {
         Conn::Pg(c) => {
             sqlx::query("SELECT pg_sleep($1)")
                 .bind(d.as_secs_f64())
                 .execute(&mut **c)
-                .await?;
+                .await
+                .map_err(|e| db_error(e, statement))?;
         }
         Conn::Sqlite(c) => {
-            let mut tx = c.begin().await?;
-            sqlx::query("SELECT count(*) FROM tasks").execute(&mut *tx).await?;
-            tokio::time::sleep(d).await;
-            tx.commit().await?;
+            let held = async {
+                let mut tx = c.begin().await?;
+                sqlx::query("SELECT count(*) FROM tasks").execute(&mut *tx).await?;
+                tokio::time::sleep(d).await;
+                tx.commit().await
+            };
+            match statement {
+                None => held.await?,
+                // Dropping the transaction rolls it back and returns the connection.
+                Some(after) => tokio::time::timeout(after, held)
+                    .await
+                    .map_err(|_| AppError::StatementTimeout { after })??,
+            }
         }
     }
     Ok(())
@@ -52,9 +96,10 @@ pub async fn hold_connection(conn: &mut Conn, d: Duration) -> Result<(), sqlx::E
 
 async fn hold(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
     let ms: u64 = params.num("ms", 1000, 1..=60_000)?;
-    let (mut conn, waited) = state.db.acquire().await?;
+    let (acquire, statement) = db_timeouts(&state);
+    let (mut conn, waited) = state.db.acquire(acquire).await?;
     let start = Instant::now();
-    hold_connection(&mut conn, Duration::from_millis(ms)).await?;
+    hold_connection(&mut conn, Duration::from_millis(ms), statement).await?;
     Ok(Json(json!({
         "held_ms": start.elapsed().as_millis() as u64,
         "wait_ms": waited.as_secs_f64() * 1e3,
@@ -65,20 +110,21 @@ async fn hold(State(state): State<AppState>, params: Params) -> AppResult<Json<V
 async fn db_pool_exhaust(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
     let n: u32 = params.num("concurrent_queries", 10, 1..=50)?;
     let start = Instant::now();
+    let (acquire, statement) = db_timeouts(&state);
     let queries = (0..n).map(|i| {
         let db = state.db.clone();
         async move {
             // Each query acquires, holds and *returns* its connection (dropping it), success or not.
-            match db.acquire().await {
+            match db.acquire(acquire).await {
                 Ok((mut conn, waited)) => {
                     let held = Instant::now();
-                    let result = hold_connection(&mut conn, EXHAUST_HOLD).await;
+                    let result = hold_connection(&mut conn, EXHAUST_HOLD, statement).await;
                     let wait_ms = waited.as_secs_f64() * 1e3;
                     let held_ms = held.elapsed().as_secs_f64() * 1e3;
                     match result {
                         Ok(()) => json!({"query": i, "ok": true, "wait_ms": wait_ms, "held_ms": held_ms}),
                         Err(e) => json!({"query": i, "ok": false, "wait_ms": wait_ms, "held_ms": held_ms,
-                                         "error": "database_error", "detail": e.to_string()}),
+                                         "error": e.code(), "detail": crate::error::error_chain(&e)}),
                     }
                 }
                 Err(AppError::PoolTimeout { waited }) => json!({
@@ -118,7 +164,7 @@ const SQLITE_TASK_COLUMNS: &str = "id, title, description, status, created_at";
 async fn create_task(State(state): State<AppState>, params: Params) -> AppResult<Json<Task>> {
     let title = params.text("title", true, 1..=200)?.unwrap_or_default();
     let description = params.text("description", false, 0..=2000)?;
-    let (mut conn, _) = state.db.acquire().await?;
+    let (mut conn, _) = state.db.acquire(db_timeouts(&state).0).await?;
     let task = match &mut conn {
         Conn::Pg(c) => {
             let sql = format!("INSERT INTO tasks (title, description) VALUES ($1, $2) RETURNING {PG_TASK_COLUMNS}");
@@ -142,7 +188,7 @@ async fn create_task(State(state): State<AppState>, params: Params) -> AppResult
 
 async fn list_tasks(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
     let limit: i64 = params.num("limit", 10, 1..=100)?;
-    let (mut conn, _) = state.db.acquire().await?;
+    let (mut conn, _) = state.db.acquire(db_timeouts(&state).0).await?;
     let tasks: Vec<Task> = match &mut conn {
         Conn::Pg(c) => {
             let sql = format!("SELECT {PG_TASK_COLUMNS} FROM tasks ORDER BY id DESC LIMIT $1");
@@ -162,18 +208,19 @@ const ROWS_PER_ITERATION: i64 = 100;
 async fn expensive_query(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
     let iterations: i64 = params.num("iterations", 1000, 1..=10_000)?;
     let rows = iterations * ROWS_PER_ITERATION;
-    let (mut conn, waited) = state.db.acquire().await?;
+    let (acquire, statement) = db_timeouts(&state);
+    let (mut conn, waited) = state.db.acquire(acquire).await?;
+    set_statement_timeout(&mut conn, statement).await?;
     let start = Instant::now();
     let (count, checksum): (i64, i64) = match &mut conn {
-        Conn::Pg(c) => {
-            sqlx::query_as(
-                "WITH RECURSIVE cnt(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM cnt WHERE x < $1) \
+        Conn::Pg(c) => sqlx::query_as(
+            "WITH RECURSIVE cnt(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM cnt WHERE x < $1) \
                  SELECT count(*)::bigint, coalesce(sum(x % 7), 0)::bigint FROM cnt",
-            )
-            .bind(rows as i32)
-            .fetch_one(&mut **c)
-            .await?
-        }
+        )
+        .bind(rows as i32)
+        .fetch_one(&mut **c)
+        .await
+        .map_err(|e| db_error(e, statement))?,
         Conn::Sqlite(c) => {
             sqlx::query_as(
                 "WITH RECURSIVE cnt(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM cnt WHERE x < ?) \

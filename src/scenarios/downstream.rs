@@ -38,6 +38,7 @@ async fn call_downstream(State(state): State<AppState>, params: Params) -> AppRe
     let ok = state
         .downstream
         .get_json(
+            &state.knobs.current(),
             "/slow",
             &format!("/slow?delay={CALL_DELAY_S}"),
             CallTimeout::After(Duration::from_secs_f64(timeout)),
@@ -51,12 +52,14 @@ async fn call_downstream(State(state): State<AppState>, params: Params) -> AppRe
 }
 
 async fn cascade_failure(State(state): State<AppState>) -> Json<Value> {
+    let knobs = state.knobs.current();
     let calls = (0..CASCADE_CALLS).map(|i| {
         let client = state.downstream.clone();
+        let knobs = knobs.clone();
         async move {
             let path = format!("/slow?delay={CASCADE_DELAY_S}");
             match client
-                .get_json("/slow", &path, CallTimeout::After(CASCADE_TIMEOUT))
+                .get_json(&knobs, "/slow", &path, CallTimeout::After(CASCADE_TIMEOUT))
                 .await
             {
                 Ok(ok) => json!({"call": i, "ok": true, "status": 200, "elapsed_ms": ok.elapsed.as_secs_f64() * 1e3}),
@@ -80,6 +83,7 @@ async fn no_timeout(State(state): State<AppState>) -> AppResult<Json<Value>> {
     let ok = state
         .downstream
         .get_json(
+            &state.knobs.current(),
             "/slow",
             &format!("/slow?delay={NO_TIMEOUT_DELAY_S}"),
             CallTimeout::Never,

@@ -5,7 +5,8 @@
 //! requested (an untouched allocation would only reserve address space), and clearing unmaps them,
 //! so RSS really falls. A safety cap (`MEMORY_LEAK_LIMIT_MB`, default 1024) bounds what the
 //! memory endpoints may hold at once (retained + in-flight spikes); past it they answer 507 with
-//! a body saying how to lift it. Metrics: `memory_retained_bytes`, `memory_spike_bytes`,
+//! a body saying how to lift it. The runtime knob `memory_budget_mb` (the fix) refuses earlier,
+//! below the container limit, so the process stays flat instead of being OOMKilled. Metrics: `memory_retained_bytes`, `memory_spike_bytes`,
 //! `memory_cap_refusals_total`, `process_resident_memory_bytes`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,9 +94,11 @@ impl MemoryStore {
         self.retained_gauge.get().max(0) as u64
     }
 
-    /// Reserves `bytes` under the cap, or refuses with 507.
-    fn reserve(&self, bytes: u64) -> AppResult<()> {
-        let limit = self.limit;
+    /// Reserves `bytes` under the safety cap and the runtime budget (`budget == 0`: no budget),
+    /// or refuses with 507.
+    fn reserve(&self, bytes: u64, budget: u64) -> AppResult<()> {
+        let by_budget = budget > 0 && budget < self.limit;
+        let limit = if by_budget { budget } else { self.limit };
         let res = self.reserved.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |cur| {
             cur.checked_add(bytes).filter(|n| *n <= limit)
         });
@@ -103,15 +106,24 @@ impl MemoryStore {
             Ok(_) => Ok(()),
             Err(current) => {
                 self.refusals.inc();
+                let (what, lift_with) = if by_budget {
+                    (
+                        "memory budget",
+                        "memory_budget_mb (PATCH /admin/config) or MEMORY_BUDGET_MB",
+                    )
+                } else {
+                    ("safety cap", "MEMORY_LEAK_LIMIT_MB")
+                };
                 Err(AppError::MemoryCap {
                     detail: format!(
-                        "allocating {} MiB would exceed the {} MiB safety cap ({} MiB already held); \
-                         clear with POST /api/clear-memory or raise MEMORY_LEAK_LIMIT_MB",
+                        "allocating {} MiB would exceed the {} MiB {what} ({} MiB already held); \
+                         clear with POST /api/clear-memory or raise {lift_with}",
                         bytes / MIB,
                         limit / MIB,
                         current / MIB
                     ),
                     limit_mb: limit / MIB,
+                    lift_with,
                 })
             }
         }
@@ -122,8 +134,8 @@ impl MemoryStore {
     }
 
     /// Reserves and allocates `bytes` of resident memory off the async workers.
-    async fn allocate(self: &Arc<Self>, bytes: u64) -> AppResult<MmapMut> {
-        self.reserve(bytes)?;
+    async fn allocate(self: &Arc<Self>, bytes: u64, budget: u64) -> AppResult<MmapMut> {
+        self.reserve(bytes, budget)?;
         let len = bytes as usize;
         match tokio::task::spawn_blocking(move || allocate_touched(len)).await {
             Ok(Ok(map)) => Ok(map),
@@ -162,7 +174,8 @@ fn allocate_touched(len: usize) -> std::io::Result<MmapMut> {
 async fn memory_leak(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
     let size_mb: u64 = params.num("size_mb", 10, 1..=100)?;
     let store = &state.memory;
-    let map = store.allocate(size_mb * MIB).await?;
+    let budget = state.knobs.current().memory_budget_mb * MIB;
+    let map = store.allocate(size_mb * MIB, budget).await?;
     let chunks = {
         let mut retained = store.retained.lock().unwrap_or_else(|p| p.into_inner());
         retained.push(map);
@@ -182,7 +195,8 @@ async fn memory_spike(State(state): State<AppState>, params: Params) -> AppResul
     let size_mb: u64 = params.num("size_mb", 50, 1..=500)?;
     let bytes = size_mb * MIB;
     let store = &state.memory;
-    let map = store.allocate(bytes).await?;
+    let budget = state.knobs.current().memory_budget_mb * MIB;
+    let map = store.allocate(bytes, budget).await?;
     store.spike_gauge.add(bytes as i64);
     // Released even if the client goes away mid-hold.
     let _held = SpikeGuard {
@@ -224,10 +238,14 @@ mod tests {
     #[test]
     fn cap_refuses_and_release_restores() {
         let store = MemoryStore::new(10 * MIB, &Registry::new());
-        store.reserve(8 * MIB).unwrap();
-        let err = store.reserve(4 * MIB).unwrap_err();
+        store.reserve(8 * MIB, 0).unwrap();
+        let err = store.reserve(4 * MIB, 0).unwrap_err();
         assert_eq!(err.status().as_u16(), 507);
         store.release(8 * MIB);
-        store.reserve(10 * MIB).unwrap();
+        store.reserve(10 * MIB, 0).unwrap();
+        store.release(10 * MIB);
+        // A budget below the cap refuses first, and says which knob to change.
+        let err = store.reserve(6 * MIB, 5 * MIB).unwrap_err();
+        assert!(matches!(err, AppError::MemoryCap { lift_with, .. } if lift_with.contains("memory_budget_mb")));
     }
 }

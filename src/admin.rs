@@ -1,0 +1,177 @@
+//! The admin API: read every knob, change knobs while the load runs, switch profiles, reset.
+//!
+//! - `GET /admin/config`: every knob with value, start-up value, source, range and profile values,
+//!   plus the start-up-only settings.
+//! - `PATCH /admin/config`: a partial JSON object; every field is validated before any applies
+//!   (422 names each refused knob; 409 when only start-up settings were asked for).
+//! - `POST /admin/profile/{fragile|hardened}`, `POST /admin/reset` (start-up values, retained
+//!   memory cleared).
+//!
+//! Writes are open on a loopback bind. On any other bind they need
+//! `Authorization: Bearer $ADMIN_TOKEN`, and without a configured token they are refused (403).
+//! When a token is configured it is required on every bind. The token is never logged.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::knobs::{self, Knobs, Profile, Source};
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/admin/config", get(get_config).patch(patch_config))
+        .route("/admin/profile/{name}", post(set_profile))
+        .route("/admin/reset", post(reset))
+}
+
+fn admin_error(status: StatusCode, code: &str, detail: impl Into<String>) -> Response {
+    (status, Json(json!({"error": code, "detail": detail.into()}))).into_response()
+}
+
+/// Checks the caller may change the configuration.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match (&state.settings.admin_token, presented) {
+        (Some(expected), Some(given)) if constant_time_eq(expected.as_bytes(), given.as_bytes()) => Ok(()),
+        (Some(_), _) => Err(admin_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "changing the configuration needs `Authorization: Bearer <ADMIN_TOKEN>`",
+        )),
+        (None, _) if state.settings.host.is_loopback() => Ok(()),
+        (None, _) => Err(admin_error(
+            StatusCode::FORBIDDEN,
+            "admin_token_required",
+            format!(
+                "the lab is bound to {} (not loopback), so configuration changes need a token: restart with \
+                 ADMIN_TOKEN=<secret> and send `Authorization: Bearer <secret>`",
+                state.settings.host
+            ),
+        )),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn config_view(state: &AppState) -> Value {
+    let mut view = state.knobs.describe(&state.settings);
+    view["profile_at_startup"] = json!(state.settings.profile.as_str());
+    view
+}
+
+async fn get_config(State(state): State<AppState>) -> Json<Value> {
+    Json(config_view(&state))
+}
+
+/// Applies `new` (rebuilding what must be rebuilt) and publishes it.
+async fn apply(state: &AppState, new: Knobs, source: Source) -> Result<(), Response> {
+    if let Err(e) = state.db.apply(&new).await {
+        tracing::error!(error = format!("{e:#}"), "applying database knobs failed");
+        return Err(admin_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "apply_failed",
+            "the database pool could not be rebuilt with the new size; nothing was changed",
+        ));
+    }
+    state.knobs.publish(new, source);
+    Ok(())
+}
+
+async fn patch_config(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(resp) = authorize(&state, &headers) {
+        return resp;
+    }
+    let patch: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return admin_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                format!("not JSON: {e}"),
+            )
+        }
+    };
+    let _serialised = state.knobs.change_lock.lock().await;
+    let new = match knobs::merge(&state.knobs.current(), &patch) {
+        Ok(new) => new,
+        Err(refused) => {
+            let only_startup = refused.iter().all(|r| r.startup_only);
+            let (status, code) = if only_startup {
+                (StatusCode::CONFLICT, "startup_only")
+            } else {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_knob")
+            };
+            let detail = refused.iter().map(|r| r.detail.as_str()).collect::<Vec<_>>().join("; ");
+            return (
+                status,
+                Json(json!({"error": code, "detail": detail, "refused": refused})),
+            )
+                .into_response();
+        }
+    };
+    let changed: Vec<String> = patch
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    if let Err(resp) = apply(&state, new, Source::Runtime).await {
+        return resp;
+    }
+    tracing::info!(knobs = ?changed, "configuration changed at runtime");
+    Json(config_view(&state)).into_response()
+}
+
+async fn set_profile(State(state): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> Response {
+    if let Err(resp) = authorize(&state, &headers) {
+        return resp;
+    }
+    let profile = match name.as_str() {
+        "fragile" => Profile::Fragile,
+        "hardened" => Profile::Hardened,
+        other => {
+            return admin_error(
+                StatusCode::NOT_FOUND,
+                "unknown_profile",
+                format!("no profile `{other}`; use fragile or hardened"),
+            )
+        }
+    };
+    let _serialised = state.knobs.change_lock.lock().await;
+    if let Err(resp) = apply(&state, Knobs::for_profile(profile), Source::RuntimeProfile).await {
+        return resp;
+    }
+    tracing::info!(profile = profile.as_str(), "profile switched at runtime");
+    Json(config_view(&state)).into_response()
+}
+
+async fn reset(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(resp) = authorize(&state, &headers) {
+        return resp;
+    }
+    let _serialised = state.knobs.change_lock.lock().await;
+    let startup = (*state.knobs.startup()).clone();
+    if let Err(e) = state.db.apply(&startup).await {
+        tracing::error!(error = format!("{e:#}"), "reset: rebuilding the database pool failed");
+        return admin_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "apply_failed",
+            "the database pool could not be rebuilt",
+        );
+    }
+    state.knobs.reset();
+    let (bytes, chunks) = state.memory.clear();
+    tracing::info!(released_bytes = bytes, chunks, "configuration reset to start-up values");
+    let mut view = config_view(&state);
+    view["released_memory_mb"] = json!(bytes / (1024 * 1024));
+    Json(view).into_response()
+}

@@ -1,0 +1,191 @@
+//! The request guard in front of every scenario route: rate limiting (429), global load
+//! shedding (503 + `Retry-After` past `max_in_flight`) and a request timeout per route group.
+//! Probes (`/health`, `/ready`), `/metrics` and `/admin` are never guarded: an operator must
+//! always be able to see and fix the system.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::body::Body;
+use axum::extract::{MatchedPath, State};
+use axum::http::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+
+use crate::error::AppError;
+use crate::knobs::Knobs;
+use crate::resilience::bulkhead::Bulkhead;
+use crate::telemetry::register;
+use crate::AppState;
+
+/// Route groups that share a request timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    Cpu,
+    Io,
+    Db,
+    Downstream,
+    Other,
+}
+
+impl Group {
+    pub fn of(route: &str) -> Group {
+        match route {
+            "/api/cpu-intensive" | "/api/hash" | "/api/json-processing" => Group::Cpu,
+            "/api/slow" | "/api/random-delay" | "/api/blocking" | "/api/parallel-io" => Group::Io,
+            "/api/tasks" | "/api/db/hold" | "/api/db-pool-exhaust" | "/api/expensive-query" => Group::Db,
+            "/api/call-downstream" | "/api/cascade-failure" | "/api/no-timeout" => Group::Downstream,
+            _ => Group::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Group::Cpu => "cpu",
+            Group::Io => "io",
+            Group::Db => "db",
+            Group::Downstream => "downstream",
+            Group::Other => "other",
+        }
+    }
+
+    fn timeout(self, k: &Knobs) -> Option<Duration> {
+        let ms = match self {
+            Group::Cpu => k.request_timeout_cpu_ms,
+            Group::Io => k.request_timeout_io_ms,
+            Group::Db => k.request_timeout_db_ms,
+            Group::Downstream => k.request_timeout_downstream_ms,
+            Group::Other => 0,
+        };
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+}
+
+/// Routes no mitigation may touch.
+pub fn is_exempt(route: &str) -> bool {
+    matches!(route, "/health" | "/ready" | "/metrics") || route.starts_with("/admin")
+}
+
+struct Limiter {
+    rps: u32,
+    burst: u32,
+    limiter: DefaultDirectRateLimiter,
+}
+
+pub struct Guard {
+    in_flight: Arc<Bulkhead>,
+    limiter: ArcSwap<Limiter>,
+    shed: IntCounterVec,
+    rate_limited: IntCounter,
+    timeouts: IntCounterVec,
+}
+
+fn limiter(rps: u32, burst: u32) -> Limiter {
+    let quota = Quota::per_second(NonZeroU32::new(rps.max(1)).expect("max(1) is non-zero"))
+        .allow_burst(NonZeroU32::new(burst.max(1)).expect("max(1) is non-zero"));
+    Limiter {
+        rps,
+        burst,
+        limiter: RateLimiter::direct(quota),
+    }
+}
+
+impl Guard {
+    pub fn new(registry: &Registry) -> Self {
+        Self {
+            in_flight: Bulkhead::new(None),
+            limiter: ArcSwap::from_pointee(limiter(100, 200)),
+            shed: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "requests_shed_total",
+                        "Requests refused with 503 instead of queued, by reason",
+                    ),
+                    &["reason"],
+                )
+                .unwrap(),
+            ),
+            rate_limited: register(
+                registry,
+                IntCounter::new(
+                    "requests_rate_limited_total",
+                    "Requests refused with 429 by the rate limiter",
+                )
+                .unwrap(),
+            ),
+            timeouts: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new("request_timeouts_total", "Requests cut by their route group's timeout"),
+                    &["group"],
+                )
+                .unwrap(),
+            ),
+        }
+    }
+
+    /// Counts a request refused by a bulkhead somewhere else (CPU pool, downstream calls).
+    pub fn count_shed(&self, reason: &str) {
+        self.shed.with_label_values(&[reason]).inc();
+    }
+
+    fn rate_check(&self, k: &Knobs) -> Result<(), Duration> {
+        let current = self.limiter.load();
+        let current = if current.rps != k.rate_limit_rps || current.burst != k.rate_limit_burst {
+            self.limiter
+                .store(Arc::new(limiter(k.rate_limit_rps, k.rate_limit_burst)));
+            self.limiter.load()
+        } else {
+            current
+        };
+        current
+            .limiter
+            .check()
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+}
+
+/// The middleware: rate limit, then shed, then time out by group.
+pub async fn guard(State(state): State<AppState>, req: Request<Body>, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let route = route.as_deref().unwrap_or(crate::telemetry::UNMATCHED_ROUTE);
+    if is_exempt(route) {
+        return next.run(req).await;
+    }
+    let knobs = state.knobs.current();
+    let guard = &state.guard;
+    if knobs.rate_limit_enabled {
+        if let Err(wait) = guard.rate_check(&knobs) {
+            guard.rate_limited.inc();
+            return AppError::RateLimited { retry_after: wait }.into_response();
+        }
+    }
+    let Some(_permit) = guard.in_flight.try_enter(knobs.max_in_flight) else {
+        guard.count_shed("in_flight");
+        return AppError::Shed {
+            detail: format!("{} requests already in flight (max_in_flight)", knobs.max_in_flight),
+        }
+        .into_response();
+    };
+    let group = Group::of(route);
+    match group.timeout(&knobs) {
+        None => next.run(req).await,
+        Some(limit) => match tokio::time::timeout(limit, next.run(req)).await {
+            Ok(resp) => resp,
+            Err(_) => {
+                guard.timeouts.with_label_values(&[group.as_str()]).inc();
+                AppError::RequestTimeout {
+                    group: group.as_str(),
+                    after: limit,
+                }
+                .into_response()
+            }
+        },
+    }
+}
