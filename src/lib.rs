@@ -188,6 +188,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(scenarios::healthy::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            resilience::guard::guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             telemetry::track_http,
         ))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {

@@ -215,6 +215,35 @@ impl TestApp {
         (status, body)
     }
 
+    /// `PATCH /admin/config` with a JSON body (and a bearer token if given).
+    pub async fn patch_config(&self, body: Value, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.client.patch(self.url("/admin/config")).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap())
+    }
+
+    /// Changes knobs on loopback (no token needed), asserting success.
+    pub async fn set_knobs(&self, body: Value) {
+        let (status, resp) = self.patch_config(body.clone(), None).await;
+        assert_eq!(status, 200, "PATCH {body}: {resp}");
+    }
+
+    /// `POST /admin/profile/{name}`, asserting success.
+    pub async fn switch_profile(&self, name: &str) {
+        let (status, body) = self.post_json(&format!("/admin/profile/{name}")).await;
+        assert_eq!(status, 200, "profile {name}: {body}");
+    }
+
+    /// The current value of one knob from `/admin/config`.
+    pub async fn knob(&self, name: &str) -> Value {
+        let (_, config) = self.get_json("/admin/config").await;
+        config["knobs"][name]["value"].clone()
+    }
+
     /// The raw `/metrics` text.
     pub async fn metrics_text(&self) -> String {
         self.get("/metrics").await.text().await.unwrap()

@@ -1,0 +1,270 @@
+//! The admin API and the knob system: every knob is listed; invalid changes are refused whole;
+//! profiles and reset work; writes need a token off loopback; pools resize under load without
+//! failing a request; probes, metrics and admin are never shed, limited or timed out.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{spawn_app, Db};
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_lists_every_knob_with_value_source_and_range() {
+    let app = spawn_app(Db::Sqlite, &["--db-pool-size", "3"]).await;
+    let (status, config) = app.get_json("/admin/config").await;
+    assert_eq!(status, 200);
+    let knobs = config["knobs"].as_object().unwrap();
+    assert_eq!(knobs.len(), chokepoint::knobs::SPECS.len());
+    for (name, k) in knobs {
+        for field in [
+            "value",
+            "default",
+            "source",
+            "runtime_tunable",
+            "range",
+            "profiles",
+            "env",
+        ] {
+            assert!(k.get(field).is_some(), "{name} lacks {field}: {k}");
+        }
+    }
+    assert_eq!(knobs["db_pool_size"]["value"], 3);
+    assert_eq!(knobs["db_pool_size"]["source"], "startup");
+    assert_eq!(knobs["db_max_overflow"]["source"], "profile");
+    assert_eq!(knobs["db_pool_timeout_ms"]["value"], 30_000);
+    assert_eq!(
+        knobs["cpu_mode"]["profiles"],
+        json!({"fragile": "inline", "hardened": "offload"})
+    );
+    assert_eq!(config["startup_only"]["port"]["runtime_tunable"], false);
+    assert_eq!(config["startup_only"]["admin_token"]["value"], "(unset)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_patches_are_refused_and_change_nothing() {
+    let app = spawn_app(Db::Sqlite, &[]).await;
+    let (_, before) = app.get_json("/admin/config").await;
+    let cases: &[(Value, u16, &str)] = &[
+        (json!({"no_such_knob": 1}), 422, "no_such_knob"),
+        (json!({"db_pool_size": "5"}), 422, "db_pool_size"),
+        (json!({"db_pool_size": 0}), 422, "db_pool_size"),
+        (json!({"db_pool_size": 1001}), 422, "db_pool_size"),
+        (json!({"db_pool_size": 2.5}), 422, "db_pool_size"),
+        (json!({"breaker_failure_rate": 1.5}), 422, "breaker_failure_rate"),
+        (json!({"cpu_mode": "turbo"}), 422, "cpu_mode"),
+        (json!({"breaker_enabled": "yes"}), 422, "breaker_enabled"),
+        (json!({"port": 9000}), 409, "port"),
+        (json!({"database_url": "postgres://x"}), 409, "database_url"),
+        // A valid change next to an invalid one: nothing applies.
+        (json!({"db_pool_size": 7, "max_in_flight": -1}), 422, "max_in_flight"),
+        (json!({"db_pool_size": 7, "worker_count": 4}), 409, "worker_count"),
+        (json!([1, 2]), 422, "(body)"),
+    ];
+    for (body, want, names) in cases {
+        let (status, resp) = app.patch_config(body.clone(), None).await;
+        assert_eq!(status, *want, "{body}: {resp}");
+        assert!(
+            resp["detail"].as_str().unwrap().contains(names) || resp["refused"].to_string().contains(names),
+            "{body}: {resp}"
+        );
+    }
+    let resp = app
+        .client
+        .patch(app.url("/admin/config"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let (_, after) = app.get_json("/admin/config").await;
+    assert_eq!(before, after, "a refused change altered the configuration");
+    assert_eq!(app.metric("config_changes_total").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patch_profile_and_reset() {
+    let app = spawn_app(Db::Sqlite, &[]).await;
+    let (status, resp) = app
+        .patch_config(json!({"max_in_flight": 50, "cpu_mode": "offload"}), None)
+        .await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(resp["knobs"]["max_in_flight"]["value"], 50);
+    assert_eq!(resp["knobs"]["max_in_flight"]["source"], "runtime");
+    assert_eq!(app.metric(r#"knob_value{knob="max_in_flight"}"#).await, 50.0);
+    assert_eq!(app.metric(r#"knob_value{knob="cpu_mode"}"#).await, 1.0);
+
+    app.switch_profile("hardened").await;
+    assert_eq!(app.knob("db_pool_timeout_ms").await, 250);
+    assert_eq!(app.knob("breaker_enabled").await, true);
+    let (status, _) = app.post_json("/admin/profile/turbo").await;
+    assert_eq!(status, 404);
+
+    app.get_json("/api/memory-leak?size_mb=2").await;
+    let (status, resp) = app.post_json("/admin/reset").await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(resp["knobs"]["max_in_flight"]["value"], 0);
+    assert_eq!(resp["knobs"]["max_in_flight"]["source"], "profile");
+    assert_eq!(resp["knobs"]["db_pool_timeout_ms"]["value"], 30_000);
+    assert_eq!(resp["released_memory_mb"], 2);
+    assert_eq!(app.metric("memory_retained_bytes").await, 0.0);
+    assert_eq!(app.metric("config_changes_total").await, 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_loopback_bind_needs_a_token_for_writes() {
+    // Without a token: writes refused with a message saying how to set one; reads open.
+    let app = spawn_app(Db::Sqlite, &["--host", "0.0.0.0"]).await;
+    let (status, body) = app.patch_config(json!({"max_in_flight": 10}), None).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("ADMIN_TOKEN"), "{body}");
+    assert_eq!(app.post_json("/admin/profile/hardened").await.0, 403);
+    assert_eq!(app.post_json("/admin/reset").await.0, 403);
+    assert_eq!(app.get_json("/admin/config").await.0, 200);
+    assert_eq!(app.knob("max_in_flight").await, 0);
+    drop(app);
+
+    // With a token: only the right bearer token writes, and the token is never shown.
+    let app = spawn_app(Db::Sqlite, &["--host", "0.0.0.0", "--admin-token", "s3cret-token"]).await;
+    assert_eq!(app.patch_config(json!({"max_in_flight": 10}), None).await.0, 401);
+    assert_eq!(
+        app.patch_config(json!({"max_in_flight": 10}), Some("wrong")).await.0,
+        401
+    );
+    let (status, body) = app
+        .patch_config(json!({"max_in_flight": 10}), Some("s3cret-token"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(app.knob("max_in_flight").await, 10);
+    let (_, config) = app.get_json("/admin/config").await;
+    assert!(!config.to_string().contains("s3cret-token"));
+    assert!(!app.metrics_text().await.contains("s3cret-token"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_resizes_live_under_load_without_failing_a_request() {
+    // Arrange: pool of 2, 300 ms holds, 12 closed-loop clients for ~3 s.
+    let app = spawn_app(Db::Sqlite, &["--db-pool-size", "2", "--db-max-overflow", "0"]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..12)
+        .map(|_| {
+            let (client, url, stop) = (app.client.clone(), app.url("/api/db/hold?ms=300"), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, 0);
+                let deadline = Instant::now() + Duration::from_secs(15);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    match client.get(&url).send().await.map(|r| r.status().as_u16()) {
+                        Ok(200) => ok += 1,
+                        _ => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(app.metric("db_pool_max_connections").await, 2.0);
+
+    // Act: grow the pool while 12 clients queue on it.
+    let changed = Instant::now();
+    app.set_knobs(json!({"db_pool_size": 6})).await;
+    let seen = common::eventually(Duration::from_secs(1), || async {
+        app.metric("db_pool_max_connections").await == 6.0
+    })
+    .await;
+    assert!(seen, "new size not in metrics within 1 s");
+    assert!(changed.elapsed() < Duration::from_secs(1));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Shrink it again under the same load.
+    app.set_knobs(json!({"db_pool_size": 3})).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    // Assert: no request failed; the bigger pool actually served more at once.
+    let (mut ok, mut failed) = (0, 0);
+    for c in clients {
+        let (o, f) = c.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    assert_eq!(failed, 0, "{failed} requests failed during the swaps ({ok} ok)");
+    // 1 s at 2/0.3 + 2 s at 6/0.3 + 1 s at 3/0.3 ≈ 6.7 + 40 + 10; well above the 13/s of 2 alone.
+    assert!(ok > 35, "only {ok} requests served");
+    assert_eq!(app.metric("db_pool_max_connections").await, 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_metrics_and_admin_are_never_shed_limited_or_timed_out() {
+    let app = spawn_app(Db::Sqlite, &[]).await;
+    app.set_knobs(
+        json!({"max_in_flight": 1, "rate_limit_enabled": true, "rate_limit_rps": 1, "rate_limit_burst": 1,
+                         "request_timeout_io_ms": 300}),
+    )
+    .await;
+    // One slow request occupies the only in-flight slot (and the rate limiter's burst).
+    let slow = {
+        let (client, url) = (app.client.clone(), app.url("/api/db/hold?ms=1500"));
+        tokio::spawn(async move { client.get(url).send().await.unwrap().status().as_u16() })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..5 {
+        for path in ["/health", "/ready", "/metrics", "/admin/config"] {
+            assert_eq!(app.get(path).await.status(), 200, "{path} was refused");
+        }
+    }
+    assert_eq!(slow.await.unwrap(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shedding_rate_limiting_and_request_timeouts() {
+    let app = spawn_app(Db::Sqlite, &[]).await;
+
+    // Load shedding: past max_in_flight, 503 + Retry-After at once.
+    app.set_knobs(json!({"max_in_flight": 2})).await;
+    let holders: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, url) = (app.client.clone(), app.url("/api/db/hold?ms=1000"));
+            tokio::spawn(async move { client.get(url).send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let start = Instant::now();
+    let resp = app.get("/api/ping").await;
+    assert_eq!(resp.status(), 503);
+    assert!(start.elapsed() < Duration::from_millis(200));
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "shed");
+    for h in holders {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+    assert_eq!(app.metric(r#"requests_shed_total{reason="in_flight"}"#).await, 1.0);
+
+    // Rate limiting: 429 + Retry-After above the rate.
+    app.set_knobs(json!({"max_in_flight": 0, "rate_limit_enabled": true, "rate_limit_rps": 2, "rate_limit_burst": 3}))
+        .await;
+    let mut statuses = vec![];
+    for _ in 0..10 {
+        let resp = app.get("/api/ping").await;
+        if resp.status() == 429 {
+            assert!(resp.headers().contains_key("retry-after"));
+        }
+        statuses.push(resp.status().as_u16());
+    }
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert!((6..=7).contains(&limited), "{statuses:?}");
+    assert!(app.metric("requests_rate_limited_total").await >= 6.0);
+
+    // Request timeout per route group: io routes cut at 500 ms, db routes untouched.
+    app.set_knobs(json!({"rate_limit_enabled": false, "request_timeout_io_ms": 500}))
+        .await;
+    let start = Instant::now();
+    let (status, body) = app.get_json("/api/slow?delay=2").await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["error"], "request_timeout");
+    assert!(start.elapsed() < Duration::from_millis(1500));
+    assert_eq!(app.get_json("/api/db/hold?ms=700").await.0, 200);
+    assert_eq!(app.metric(r#"request_timeouts_total{group="io"}"#).await, 1.0);
+}
