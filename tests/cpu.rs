@@ -95,3 +95,67 @@ async fn blocking_call_freezes_its_worker() {
         "probe took only {probe:?} while the worker was blocked"
     );
 }
+
+/// Keeps 4 clients on fib(32) for the duration of a `/health` measurement; returns the loaded
+/// median and how many CPU requests were (answered 200, shed with 503).
+async fn health_under_cpu_load(app: &TestApp) -> (Duration, usize, usize) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, client, url) = (stop.clone(), app.client.clone(), app.url("/api/cpu-intensive?complexity=32"));
+            tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let (mut ok, mut shed) = (0, 0);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && ok + shed < 5_000 {
+                    match client.get(&url).send().await.unwrap().status().as_u16() {
+                        200 => ok += 1,
+                        503 => {
+                            shed += 1;
+                            // A well-behaved client backs off when told to.
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        other => panic!("unexpected status {other}"),
+                    }
+                }
+                (ok, shed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let loaded = health_latency(app, 30).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut shed) = (0, 0);
+    for h in load {
+        let (o, s) = h.await.unwrap();
+        ok += o;
+        shed += s;
+    }
+    (loaded, ok, shed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offload_keeps_the_health_probe_fast_under_the_same_load() {
+    // Arrange: 2 async workers; measure the idle probe.
+    let app = spawn_app(Db::Sqlite, &["--worker-count", "2"]).await;
+    health_latency(&app, 5).await;
+    let idle = health_latency(&app, 30).await;
+
+    // Act 1: fragile (inline CPU work).
+    let (fragile, fragile_ok, fragile_shed) = health_under_cpu_load(&app).await;
+    // Act 2: the same load after switching to hardened at runtime (offload, cap 2, shedding).
+    app.switch_profile("hardened").await;
+    let (hardened, hardened_ok, hardened_shed) = health_under_cpu_load(&app).await;
+
+    // Assert: the probe's slowdown drops by at least 3x; excess CPU work is shed, not queued.
+    let (r_fragile, r_hardened) = (fragile.as_secs_f64() / idle.as_secs_f64(), hardened.as_secs_f64() / idle.as_secs_f64());
+    eprintln!(
+        "idle {idle:?}; fragile {fragile:?} (x{r_fragile:.1}, {fragile_ok} ok, {fragile_shed} shed); \
+         hardened {hardened:?} (x{r_hardened:.1}, {hardened_ok} ok, {hardened_shed} shed)"
+    );
+    assert_eq!(fragile_shed, 0, "fragile never sheds");
+    assert!(r_fragile >= 5.0, "fragile probe ratio only {r_fragile:.1}");
+    assert!(r_hardened * 3.0 <= r_fragile, "hardened ratio {r_hardened:.1} vs fragile {r_fragile:.1}");
+    assert!(hardened_ok > 0, "offloaded work still completes");
+    assert!(hardened_shed > 0, "4 clients over a cap of 2: some work must be shed");
+    assert!(app.metric(r#"requests_shed_total{reason="cpu"}"#).await >= hardened_shed as f64);
+}

@@ -210,3 +210,65 @@ async fn postgres_tasks_and_expensive_query_work() {
     // sum of x % 7 for x in 1..=1000
     assert_eq!(q["checksum"], (1..=1000).map(|x| x % 7).sum::<i64>());
 }
+
+/// 10 concurrent 500 ms holds on a pool of 2: (ok, refused, slowest latency, slowest refusal).
+async fn burst_of_holds(app: &TestApp) -> (usize, usize, Duration, Duration) {
+    let timed = (0..10).map(|_| async {
+        let start = Instant::now();
+        let (status, _) = app.get_json("/api/db/hold?ms=500").await;
+        (status, start.elapsed())
+    });
+    let results = join_all(timed).await;
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    let refused = results.iter().filter(|(s, _)| *s == 503).count();
+    let slowest = results.iter().map(|(_, d)| *d).max().unwrap();
+    let slowest_refusal = results.iter().filter(|(s, _)| *s == 503).map(|(_, d)| *d).max().unwrap_or_default();
+    (ok, refused, slowest, slowest_refusal)
+}
+
+async fn fail_fast_replaces_the_silent_queue(db: Db) {
+    // Arrange: a pool of 2 (no overflow) under the fragile profile's 30 s acquire timeout.
+    let app = spawn_app(db, &["--db-pool-size", "2", "--db-max-overflow", "0"]).await;
+
+    // Act 1 (fragile): the 8 excess requests queue silently; the last waits ~2 s.
+    let (ok, refused, slowest, _) = burst_of_holds(&app).await;
+    assert_eq!((ok, refused), (10, 0));
+    assert!(slowest >= Duration::from_millis(2300), "fragile slowest {slowest:?}");
+
+    // Act 2: switch to hardened at runtime, keeping the same small pool.
+    app.switch_profile("hardened").await;
+    app.set_knobs(serde_json::json!({"db_pool_size": 2, "db_max_overflow": 0})).await;
+    let (ok, refused, slowest, slowest_refusal) = burst_of_holds(&app).await;
+
+    // Assert: the excess is refused within milliseconds of the 250 ms acquire timeout.
+    eprintln!("{db:?} hardened: {ok} ok, {refused} refused, slowest refusal {slowest_refusal:?}, slowest {slowest:?}");
+    assert_eq!((ok, refused), (2, 8));
+    assert!(slowest_refusal < Duration::from_millis(800), "refusals took {slowest_refusal:?}");
+    assert!(slowest < Duration::from_millis(1200), "hardened slowest {slowest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_hardened_fails_fast_instead_of_queueing() {
+    fail_fast_replaces_the_silent_queue(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_hardened_fails_fast_instead_of_queueing() {
+    fail_fast_replaces_the_silent_queue(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_timeout_cuts_long_holds_on_both_backends() {
+    for db in [Db::Sqlite, Db::Postgres] {
+        let app = spawn_app(db, &[]).await;
+        app.set_knobs(serde_json::json!({"db_statement_timeout_ms": 300})).await;
+        let start = Instant::now();
+        let (status, body) = app.get_json("/api/db/hold?ms=3000").await;
+        assert_eq!(status, 503, "{db:?}: {body}");
+        assert_eq!(body["error"], "db_statement_timeout", "{db:?}: {body}");
+        assert!(start.elapsed() < Duration::from_millis(1500), "{db:?}: {:?}", start.elapsed());
+        // The connection is healthy afterwards.
+        app.set_knobs(serde_json::json!({"db_statement_timeout_ms": 0})).await;
+        assert_eq!(app.get_json("/api/db/hold?ms=50").await.0, 200, "{db:?}");
+    }
+}
