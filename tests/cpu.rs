@@ -102,7 +102,11 @@ async fn health_under_cpu_load(app: &TestApp) -> (Duration, usize, usize) {
     let stop = Arc::new(AtomicBool::new(false));
     let load: Vec<_> = (0..4)
         .map(|_| {
-            let (stop, client, url) = (stop.clone(), app.client.clone(), app.url("/api/cpu-intensive?complexity=32"));
+            let (stop, client, url) = (
+                stop.clone(),
+                app.client.clone(),
+                app.url("/api/cpu-intensive?complexity=32"),
+            );
             tokio::spawn(async move {
                 let deadline = Instant::now() + Duration::from_secs(20);
                 let (mut ok, mut shed) = (0, 0);
@@ -147,14 +151,20 @@ async fn offload_keeps_the_health_probe_fast_under_the_same_load() {
     let (hardened, hardened_ok, hardened_shed) = health_under_cpu_load(&app).await;
 
     // Assert: the probe's slowdown drops by at least 3x; excess CPU work is shed, not queued.
-    let (r_fragile, r_hardened) = (fragile.as_secs_f64() / idle.as_secs_f64(), hardened.as_secs_f64() / idle.as_secs_f64());
+    let (r_fragile, r_hardened) = (
+        fragile.as_secs_f64() / idle.as_secs_f64(),
+        hardened.as_secs_f64() / idle.as_secs_f64(),
+    );
     eprintln!(
         "idle {idle:?}; fragile {fragile:?} (x{r_fragile:.1}, {fragile_ok} ok, {fragile_shed} shed); \
          hardened {hardened:?} (x{r_hardened:.1}, {hardened_ok} ok, {hardened_shed} shed)"
     );
     assert_eq!(fragile_shed, 0, "fragile never sheds");
     assert!(r_fragile >= 5.0, "fragile probe ratio only {r_fragile:.1}");
-    assert!(r_hardened * 3.0 <= r_fragile, "hardened ratio {r_hardened:.1} vs fragile {r_fragile:.1}");
+    assert!(
+        r_hardened * 3.0 <= r_fragile,
+        "hardened ratio {r_hardened:.1} vs fragile {r_fragile:.1}"
+    );
     assert!(hardened_ok > 0, "offloaded work still completes");
     assert!(hardened_shed > 0, "4 clients over a cap of 2: some work must be shed");
     assert!(app.metric(r#"requests_shed_total{reason="cpu"}"#).await >= hardened_shed as f64);

@@ -222,7 +222,12 @@ async fn burst_of_holds(app: &TestApp) -> (usize, usize, Duration, Duration) {
     let ok = results.iter().filter(|(s, _)| *s == 200).count();
     let refused = results.iter().filter(|(s, _)| *s == 503).count();
     let slowest = results.iter().map(|(_, d)| *d).max().unwrap();
-    let slowest_refusal = results.iter().filter(|(s, _)| *s == 503).map(|(_, d)| *d).max().unwrap_or_default();
+    let slowest_refusal = results
+        .iter()
+        .filter(|(s, _)| *s == 503)
+        .map(|(_, d)| *d)
+        .max()
+        .unwrap_or_default();
     (ok, refused, slowest, slowest_refusal)
 }
 
@@ -237,13 +242,17 @@ async fn fail_fast_replaces_the_silent_queue(db: Db) {
 
     // Act 2: switch to hardened at runtime, keeping the same small pool.
     app.switch_profile("hardened").await;
-    app.set_knobs(serde_json::json!({"db_pool_size": 2, "db_max_overflow": 0})).await;
+    app.set_knobs(serde_json::json!({"db_pool_size": 2, "db_max_overflow": 0}))
+        .await;
     let (ok, refused, slowest, slowest_refusal) = burst_of_holds(&app).await;
 
     // Assert: the excess is refused within milliseconds of the 250 ms acquire timeout.
     eprintln!("{db:?} hardened: {ok} ok, {refused} refused, slowest refusal {slowest_refusal:?}, slowest {slowest:?}");
     assert_eq!((ok, refused), (2, 8));
-    assert!(slowest_refusal < Duration::from_millis(800), "refusals took {slowest_refusal:?}");
+    assert!(
+        slowest_refusal < Duration::from_millis(800),
+        "refusals took {slowest_refusal:?}"
+    );
     assert!(slowest < Duration::from_millis(1200), "hardened slowest {slowest:?}");
 }
 
@@ -266,7 +275,11 @@ async fn statement_timeout_cuts_long_holds_on_both_backends() {
         let (status, body) = app.get_json("/api/db/hold?ms=3000").await;
         assert_eq!(status, 503, "{db:?}: {body}");
         assert_eq!(body["error"], "db_statement_timeout", "{db:?}: {body}");
-        assert!(start.elapsed() < Duration::from_millis(1500), "{db:?}: {:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_millis(1500),
+            "{db:?}: {:?}",
+            start.elapsed()
+        );
         // The connection is healthy afterwards.
         app.set_knobs(serde_json::json!({"db_statement_timeout_ms": 0})).await;
         assert_eq!(app.get_json("/api/db/hold?ms=50").await.0, 200, "{db:?}");

@@ -156,3 +156,158 @@ async fn simulator_endpoints_and_controls() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(get("/slow?delay=0").await.0, 200);
 }
+
+/// 30 concurrent `/api/call-downstream?timeout=10` against the 3 s dependency: returns
+/// (statuses with latencies, peak downstream calls in flight sampled meanwhile).
+async fn pile_up(app: &common::TestApp) -> (Vec<(u16, Duration)>, f64) {
+    let calls = futures::future::join_all((0..30).map(|_| async {
+        let start = Instant::now();
+        let status = app.get("/api/call-downstream?timeout=10").await.status().as_u16();
+        (status, start.elapsed())
+    }));
+    let sampler = async {
+        let mut peak: f64 = 0.0;
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            peak = peak.max(app.metric("downstream_calls_in_flight").await);
+        }
+        peak
+    };
+    tokio::join!(calls, sampler)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hardened_bounds_the_pile_up_behind_a_slow_dependency() {
+    let app = spawn_app(Db::Sqlite, &[]).await;
+
+    // Fragile: every request waits the full 3 s; all 30 pile up on the dependency.
+    let (results, peak) = pile_up(&app).await;
+    assert!(
+        results
+            .iter()
+            .all(|(s, d)| *s == 200 && *d >= Duration::from_millis(2900)),
+        "{results:?}"
+    );
+    assert!(peak >= 25.0, "fragile peak in flight {peak}");
+
+    // Hardened at runtime: bulkhead 16, timeout cap 2.5 s, breaker.
+    app.switch_profile("hardened").await;
+    let (results, peak) = pile_up(&app).await;
+    let fast_refusals = results
+        .iter()
+        .filter(|(s, d)| *s == 503 && *d < Duration::from_millis(300))
+        .count();
+    let slowest = results.iter().map(|(_, d)| *d).max().unwrap();
+    eprintln!("hardened: peak {peak}, {fast_refusals} fast refusals, slowest {slowest:?}");
+    assert!(peak <= 16.0, "bulkhead let {peak} calls through");
+    assert!(
+        fast_refusals >= 14,
+        "only {fast_refusals} of the excess refused fast: {results:?}"
+    );
+    assert!(
+        results.iter().all(|(s, _)| *s != 200),
+        "a 3 s dependency cannot beat a 2.5 s cap"
+    );
+    assert!(app.metric("downstream_bulkhead_rejections_total").await >= 14.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_opens_on_failures_and_half_opens_after_the_open_duration() {
+    let app = spawn_app(Db::Sqlite, &[]).await;
+    let sim = app.downstream_url().await;
+    app.set_knobs(serde_json::json!({
+        "breaker_enabled": true, "breaker_min_calls": 3, "breaker_window_calls": 5,
+        "breaker_failure_rate": 0.5, "breaker_open_ms": 800
+    }))
+    .await;
+    // The simulator's outage window drives the failures.
+    app.client
+        .post(format!("{sim}/control/outage?duration_ms=60000"))
+        .send()
+        .await
+        .unwrap();
+
+    // 3 failures reach the threshold: the breaker opens.
+    for _ in 0..3 {
+        assert_eq!(app.get_json("/api/call-downstream?timeout=5").await.0, 502);
+    }
+    assert_eq!(app.metric("circuit_breaker_state").await, 1.0);
+    let calls_before = app
+        .metric(r#"downstream_calls_total{endpoint="/slow",outcome="http_error"}"#)
+        .await;
+    let start = Instant::now();
+    let resp = app.get("/api/call-downstream?timeout=5").await;
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert!(
+        start.elapsed() < Duration::from_millis(100),
+        "open breaker answered in {:?}",
+        start.elapsed()
+    );
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "circuit_open");
+    let calls_after = app
+        .metric(r#"downstream_calls_total{endpoint="/slow",outcome="http_error"}"#)
+        .await;
+    assert_eq!(
+        calls_before, calls_after,
+        "an open breaker must not call the dependency"
+    );
+
+    // Still failing after the open duration: the half-open trial fails and it opens again.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(app.get_json("/api/call-downstream?timeout=5").await.0, 502);
+    assert_eq!(app.metric("circuit_breaker_state").await, 1.0);
+
+    // The outage ends; after the open duration the trial succeeds and the breaker closes.
+    app.client.post(format!("{sim}/control/reset")).send().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(app.get_json("/api/call-downstream?timeout=5").await.0, 200);
+    assert_eq!(app.metric("circuit_breaker_state").await, 0.0);
+    let text = app.metrics_text().await;
+    for (from, to, n) in [
+        ("closed", "open", 1.0),
+        ("open", "half_open", 2.0),
+        ("half_open", "open", 1.0),
+        ("half_open", "closed", 1.0),
+    ] {
+        let series = format!(r#"circuit_breaker_transitions_total{{from="{from}",to="{to}"}}"#);
+        assert_eq!(common::metric_in(&text, &series), Some(n), "{series}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_with_backoff_ride_out_transient_failures() {
+    let app = spawn_app(Db::Sqlite, &[]).await;
+    let sim = app.downstream_url().await;
+    let fail_first = |n: u32| {
+        let (client, url) = (app.client.clone(), format!("{sim}/control/fail-first?n={n}"));
+        async move { assert_eq!(client.post(url).send().await.unwrap().status(), 200) }
+    };
+
+    // Fragile (no retry): the first transient failure aborts the call, at once.
+    fail_first(5).await;
+    let start = Instant::now();
+    assert_eq!(app.get_json("/api/call-downstream?timeout=5").await.0, 502);
+    assert!(start.elapsed() < Duration::from_millis(500));
+    assert_eq!(app.metric(r#"downstream_attempts_total{kind="retry"}"#).await, 0.0);
+
+    // Backoff retries (6 attempts, 20 ms base, full jitter): the call rides out the 5 failures.
+    app.client.post(format!("{sim}/control/reset")).send().await.unwrap();
+    app.set_knobs(serde_json::json!({"retry_max_attempts": 6, "retry_base_ms": 20, "retry_budget_percent": 0}))
+        .await;
+    fail_first(5).await;
+    let (status, body) = app.get_json("/api/call-downstream?timeout=5").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(app.metric(r#"downstream_attempts_total{kind="first"}"#).await, 2.0);
+    assert_eq!(app.metric(r#"downstream_attempts_total{kind="retry"}"#).await, 5.0);
+    // Amplification: that one logical call took 6 attempts.
+    assert_eq!(app.metric(r#"downstream_attempts_per_call_bucket{le="5"}"#).await, 1.0);
+    assert_eq!(app.metric(r#"downstream_attempts_per_call_bucket{le="6"}"#).await, 2.0);
+
+    // Too few attempts still fail, after exactly the allowed attempts.
+    app.set_knobs(serde_json::json!({"retry_max_attempts": 3})).await;
+    fail_first(5).await;
+    assert_eq!(app.get_json("/api/call-downstream?timeout=5").await.0, 502);
+    assert_eq!(app.metric(r#"downstream_attempts_total{kind="retry"}"#).await, 7.0);
+}

@@ -9,8 +9,13 @@ use common::{spawn_app, Db};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
+/// The apps run inside this test process, so its RSS is theirs: tests that allocate or measure
+/// RSS take this lock so one test's memory never shows in another's measurement.
+static RSS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leak_grows_rss_and_clear_releases_it() {
+    let _rss = RSS.lock().await;
     // Arrange (the app runs in this process, so the process RSS is the app's RSS).
     let app = spawn_app(Db::Sqlite, &[]).await;
     let before = app.metric("process_resident_memory_bytes").await;
@@ -39,6 +44,7 @@ async fn leak_grows_rss_and_clear_releases_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn safety_cap_refuses_growth_with_a_clear_error() {
+    let _rss = RSS.lock().await;
     // Arrange: a 16 MiB cap.
     let app = spawn_app(Db::Sqlite, &["--memory-leak-limit-mb", "16"]).await;
 
@@ -67,6 +73,7 @@ async fn safety_cap_refuses_growth_with_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spike_is_held_then_freed() {
+    let _rss = RSS.lock().await;
     let app = spawn_app(Db::Sqlite, &[]).await;
     let spike = {
         let (client, url) = (app.client.clone(), app.url("/api/memory-spike?size_mb=32"));
@@ -80,4 +87,44 @@ async fn spike_is_held_then_freed() {
     assert_eq!(spike.await.unwrap(), 200);
     assert_eq!(app.metric("memory_spike_bytes").await, 0.0);
     assert_eq!(app.metric("memory_retained_bytes").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_budget_refuses_instead_of_growing() {
+    let _rss = RSS.lock().await;
+    let app = spawn_app(Db::Sqlite, &[]).await;
+
+    // Fragile: 5 leaks of 16 MiB all succeed and RSS climbs with them.
+    let before = app.metric("process_resident_memory_bytes").await;
+    for _ in 0..5 {
+        assert_eq!(app.get_json("/api/memory-leak?size_mb=16").await.0, 200);
+    }
+    let grown = (app.metric("process_resident_memory_bytes").await - before) / MIB;
+    assert!(grown >= 0.9 * 80.0, "fragile RSS grew only {grown:.1} MiB");
+    app.post_json("/api/clear-memory").await;
+
+    // Hardened (switched at runtime) with a 32 MiB budget: the same leaks stop at the budget.
+    app.switch_profile("hardened").await;
+    app.set_knobs(serde_json::json!({"memory_budget_mb": 32})).await;
+    let before = app.metric("process_resident_memory_bytes").await;
+    let mut statuses = vec![];
+    for _ in 0..5 {
+        let (status, body) = app.get_json("/api/memory-leak?size_mb=16").await;
+        if status == 507 {
+            assert_eq!(body["error"], "memory_cap");
+            assert!(
+                body["lift_with"].as_str().unwrap().contains("memory_budget_mb"),
+                "{body}"
+            );
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses, vec![200, 200, 507, 507, 507]);
+    let grown = (app.metric("process_resident_memory_bytes").await - before) / MIB;
+    assert!(
+        grown < 32.0 + 16.0,
+        "hardened RSS grew {grown:.1} MiB past a 32 MiB budget"
+    );
+    assert_eq!(app.metric("memory_retained_bytes").await, 32.0 * MIB);
+    assert_eq!(app.metric("memory_cap_refusals_total").await, 3.0);
 }

@@ -44,6 +44,15 @@ struct ClientMetrics {
 
 impl ClientMetrics {
     fn new(registry: &Registry) -> Self {
+        let m = Self::register_all(registry);
+        // Present from the start, so dashboards and rate() see zero rather than nothing.
+        for kind in ["first", "retry"] {
+            m.attempts.with_label_values(&[kind]);
+        }
+        m
+    }
+
+    fn register_all(registry: &Registry) -> Self {
         Self {
             calls: register(
                 registry,

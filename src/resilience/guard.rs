@@ -97,6 +97,18 @@ fn limiter(rps: u32, burst: u32) -> Limiter {
 
 impl Guard {
     pub fn new(registry: &Registry) -> Self {
+        let guard = Self::register_all(registry);
+        // Present from the start, so dashboards and rate() see zero rather than nothing.
+        for reason in ["in_flight", "cpu"] {
+            guard.shed.with_label_values(&[reason]);
+        }
+        for group in [Group::Cpu, Group::Io, Group::Db, Group::Downstream] {
+            guard.timeouts.with_label_values(&[group.as_str()]);
+        }
+        guard
+    }
+
+    fn register_all(registry: &Registry) -> Self {
         Self {
             in_flight: Bulkhead::new(None),
             limiter: ArcSwap::from_pointee(limiter(100, 200)),
