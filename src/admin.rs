@@ -19,6 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use crate::error::AppError;
 use crate::knobs::{self, Knobs, Profile, Source};
 use crate::AppState;
 
@@ -34,7 +35,7 @@ fn admin_error(status: StatusCode, code: &str, detail: impl Into<String>) -> Res
 }
 
 /// Checks the caller may change the configuration.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -42,21 +43,17 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
         .map(str::trim);
     match (&state.settings.admin_token, presented) {
         (Some(expected), Some(given)) if constant_time_eq(expected.as_bytes(), given.as_bytes()) => Ok(()),
-        (Some(_), _) => Err(admin_error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "changing the configuration needs `Authorization: Bearer <ADMIN_TOKEN>`",
-        )),
+        (Some(_), _) => Err(AppError::Unauthorized {
+            detail: "changing the configuration needs `Authorization: Bearer <ADMIN_TOKEN>`".into(),
+        }),
         (None, _) if state.settings.host.is_loopback() => Ok(()),
-        (None, _) => Err(admin_error(
-            StatusCode::FORBIDDEN,
-            "admin_token_required",
-            format!(
+        (None, _) => Err(AppError::Forbidden {
+            detail: format!(
                 "the lab is bound to {} (not loopback), so configuration changes need a token: restart with \
                  ADMIN_TOKEN=<secret> and send `Authorization: Bearer <secret>`",
                 state.settings.host
             ),
-        )),
+        }),
     }
 }
 
@@ -89,8 +86,8 @@ async fn apply(state: &AppState, new: Knobs, source: Source) -> Result<(), Respo
 }
 
 async fn patch_config(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(resp) = authorize(&state, &headers) {
-        return resp;
+    if let Err(e) = authorize(&state, &headers) {
+        return e.into_response();
     }
     let patch: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -105,20 +102,7 @@ async fn patch_config(State(state): State<AppState>, headers: HeaderMap, body: B
     let _serialised = state.knobs.change_lock.lock().await;
     let new = match knobs::merge(&state.knobs.current(), &patch) {
         Ok(new) => new,
-        Err(refused) => {
-            let only_startup = refused.iter().all(|r| r.startup_only);
-            let (status, code) = if only_startup {
-                (StatusCode::CONFLICT, "startup_only")
-            } else {
-                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_knob")
-            };
-            let detail = refused.iter().map(|r| r.detail.as_str()).collect::<Vec<_>>().join("; ");
-            return (
-                status,
-                Json(json!({"error": code, "detail": detail, "refused": refused})),
-            )
-                .into_response();
-        }
+        Err(refused) => return AppError::InvalidKnobs { refused }.into_response(),
     };
     let changed: Vec<String> = patch
         .as_object()
@@ -132,8 +116,8 @@ async fn patch_config(State(state): State<AppState>, headers: HeaderMap, body: B
 }
 
 async fn set_profile(State(state): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> Response {
-    if let Err(resp) = authorize(&state, &headers) {
-        return resp;
+    if let Err(e) = authorize(&state, &headers) {
+        return e.into_response();
     }
     let profile = match name.as_str() {
         "fragile" => Profile::Fragile,
@@ -155,8 +139,8 @@ async fn set_profile(State(state): State<AppState>, headers: HeaderMap, Path(nam
 }
 
 async fn reset(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(resp) = authorize(&state, &headers) {
-        return resp;
+    if let Err(e) = authorize(&state, &headers) {
+        return e.into_response();
     }
     let _serialised = state.knobs.change_lock.lock().await;
     let startup = (*state.knobs.startup()).clone();

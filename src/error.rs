@@ -62,6 +62,19 @@ pub enum AppError {
     #[error("request timed out after {after:?}")]
     RequestTimeout { group: &'static str, after: Duration },
 
+    /// A configuration change was refused: unknown knobs, wrong types, out of range, or
+    /// start-up-only settings (409 when those were all it asked for).
+    #[error("configuration change refused")]
+    InvalidKnobs { refused: Vec<crate::knobs::Refusal> },
+
+    /// A configuration change without the admin token.
+    #[error("unauthorized: {detail}")]
+    Unauthorized { detail: String },
+
+    /// A configuration change that needs a token nobody configured.
+    #[error("forbidden: {detail}")]
+    Forbidden { detail: String },
+
     /// A dependency this endpoint needs is not configured or not reachable.
     #[error("service unavailable: {detail}")]
     Unavailable { code: &'static str, detail: String },
@@ -113,6 +126,10 @@ impl AppError {
             AppError::RequestTimeout { .. } => "request_timeout",
             AppError::Unavailable { code, .. } => code,
             AppError::NotFound { .. } => "not_found",
+            AppError::InvalidKnobs { refused } if refused.iter().all(|r| r.startup_only) => "startup_only",
+            AppError::InvalidKnobs { .. } => "invalid_knob",
+            AppError::Unauthorized { .. } => "unauthorized",
+            AppError::Forbidden { .. } => "admin_token_required",
             AppError::Database(_) => "database_error",
             AppError::Internal(_) => "internal_error",
         }
@@ -132,6 +149,10 @@ impl AppError {
             AppError::DownstreamError { .. } => StatusCode::BAD_GATEWAY,
             AppError::MemoryCap { .. } => StatusCode::INSUFFICIENT_STORAGE,
             AppError::NotFound { .. } => StatusCode::NOT_FOUND,
+            AppError::InvalidKnobs { refused } if refused.iter().all(|r| r.startup_only) => StatusCode::CONFLICT,
+            AppError::InvalidKnobs { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden { .. } => StatusCode::FORBIDDEN,
             AppError::Database(_) | AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -185,7 +206,14 @@ impl AppError {
                 "error": code,
                 "detail": format!("the {group} route group's {} ms request timeout expired", after.as_millis()),
             }),
-            AppError::Unavailable { detail, .. } | AppError::NotFound { detail } => {
+            AppError::InvalidKnobs { refused } => {
+                let detail = refused.iter().map(|r| r.detail.as_str()).collect::<Vec<_>>().join("; ");
+                json!({"error": code, "detail": detail, "refused": refused})
+            }
+            AppError::Unavailable { detail, .. }
+            | AppError::NotFound { detail }
+            | AppError::Unauthorized { detail }
+            | AppError::Forbidden { detail } => {
                 json!({"error": code, "detail": detail})
             }
             AppError::Database(_) => json!({"error": code, "detail": "the database query failed; see the server log"}),
