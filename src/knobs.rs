@@ -734,3 +734,19 @@ mod tests {
         assert!(merge(&k, &json!([1])).is_err());
     }
 }
+
+#[cfg(test)]
+mod doc_tests {
+    /// `docs/knobs.md` documents every knob with its environment variable.
+    #[test]
+    fn every_knob_is_documented() {
+        let doc = include_str!("../docs/knobs.md");
+        for spec in super::SPECS {
+            assert!(
+                doc.contains(&format!("| `{}` | `{}` |", spec.name, spec.env)),
+                "{} missing from docs/knobs.md",
+                spec.name
+            );
+        }
+    }
+}

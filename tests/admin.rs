@@ -268,3 +268,27 @@ async fn shedding_rate_limiting_and_request_timeouts() {
     assert_eq!(app.get_json("/api/db/hold?ms=700").await.0, 200);
     assert_eq!(app.metric(r#"request_timeouts_total{group="io"}"#).await, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_profile_with_single_knob_overrides() {
+    let app = spawn_app(
+        Db::Sqlite,
+        &[
+            "--profile",
+            "hardened",
+            "--db-pool-timeout",
+            "1.5",
+            "--cpu-mode",
+            "inline",
+        ],
+    )
+    .await;
+    let (_, config) = app.get_json("/admin/config").await;
+    let k = &config["knobs"];
+    assert_eq!(k["db_pool_timeout_ms"]["value"], 1500);
+    assert_eq!(k["db_pool_timeout_ms"]["source"], "startup");
+    assert_eq!(k["cpu_mode"]["value"], "inline");
+    assert_eq!(k["max_in_flight"]["value"], 256);
+    assert_eq!(k["max_in_flight"]["source"], "profile");
+    assert_eq!(config["profile_at_startup"], "hardened");
+}
