@@ -52,6 +52,17 @@ async fn metrics_pass_promtool_check() {
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",
         "downstream_calls_total",
+        "knob_value",
+        "config_changes_total",
+        "requests_shed_total",
+        "requests_rate_limited_total",
+        "request_timeouts_total",
+        "circuit_breaker_state",
+        "circuit_breaker_transitions_total",
+        "downstream_attempts_total",
+        "downstream_attempts_per_call_bucket",
+        "cpu_offload_jobs_running",
+        "memory_cap_refusals_total",
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(family)),

@@ -55,6 +55,20 @@ pub struct Breaker {
 
 impl Breaker {
     pub fn new(registry: &Registry) -> Self {
+        let breaker = Self::register_all(registry);
+        // Present from the start, so dashboards and alerts see zero rather than nothing.
+        for (from, to) in [
+            ("closed", "open"),
+            ("open", "half_open"),
+            ("half_open", "closed"),
+            ("half_open", "open"),
+        ] {
+            breaker.transitions.with_label_values(&[from, to]);
+        }
+        breaker
+    }
+
+    fn register_all(registry: &Registry) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 state: BreakerState::Closed,
