@@ -13,7 +13,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -30,10 +30,6 @@ pub fn router() -> Router<AppState> {
         .route("/admin/reset", post(reset))
 }
 
-fn admin_error(status: StatusCode, code: &str, detail: impl Into<String>) -> Response {
-    (status, Json(json!({"error": code, "detail": detail.into()}))).into_response()
-}
-
 /// Checks the caller may change the configuration.
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
     let presented = headers
@@ -42,7 +38,7 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match (&state.settings.admin_token, presented) {
-        (Some(expected), Some(given)) if constant_time_eq(expected.as_bytes(), given.as_bytes()) => Ok(()),
+        (Some(expected), Some(given)) if constant_time_eq(expected.expose().as_bytes(), given.as_bytes()) => Ok(()),
         (Some(_), _) => Err(AppError::Unauthorized {
             detail: "changing the configuration needs `Authorization: Bearer <ADMIN_TOKEN>`".into(),
         }),
@@ -71,18 +67,10 @@ async fn get_config(State(state): State<AppState>) -> Json<Value> {
     Json(config_view(&state))
 }
 
-/// Applies `new` (rebuilding what must be rebuilt) and publishes it.
-async fn apply(state: &AppState, new: Knobs, source: Source) -> Result<(), Response> {
-    if let Err(e) = state.db.apply(&new).await {
-        tracing::error!(error = format!("{e:#}"), "applying database knobs failed");
-        return Err(admin_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "apply_failed",
-            "the database pool could not be rebuilt with the new size; nothing was changed",
-        ));
-    }
+/// Applies `new` (swapping the database pool if its size changed) and publishes it.
+fn apply(state: &AppState, new: Knobs, source: Source) {
+    state.db.apply(&new);
     state.knobs.publish(new, source);
-    Ok(())
 }
 
 async fn patch_config(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
@@ -92,11 +80,7 @@ async fn patch_config(State(state): State<AppState>, headers: HeaderMap, body: B
     let patch: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
-            return admin_error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_body",
-                format!("not JSON: {e}"),
-            )
+            return AppError::invalid("body", format!("the body must be a JSON object of knobs: {e}")).into_response()
         }
     };
     let _serialised = state.knobs.change_lock.lock().await;
@@ -108,9 +92,7 @@ async fn patch_config(State(state): State<AppState>, headers: HeaderMap, body: B
         .as_object()
         .map(|o| o.keys().cloned().collect())
         .unwrap_or_default();
-    if let Err(resp) = apply(&state, new, Source::Runtime).await {
-        return resp;
-    }
+    apply(&state, new, Source::Runtime);
     tracing::info!(knobs = ?changed, "configuration changed at runtime");
     Json(config_view(&state)).into_response()
 }
@@ -123,17 +105,14 @@ async fn set_profile(State(state): State<AppState>, headers: HeaderMap, Path(nam
         "fragile" => Profile::Fragile,
         "hardened" => Profile::Hardened,
         other => {
-            return admin_error(
-                StatusCode::NOT_FOUND,
-                "unknown_profile",
-                format!("no profile `{other}`; use fragile or hardened"),
-            )
+            return AppError::NotFound {
+                detail: format!("no profile `{other}`; use fragile or hardened"),
+            }
+            .into_response()
         }
     };
     let _serialised = state.knobs.change_lock.lock().await;
-    if let Err(resp) = apply(&state, Knobs::for_profile(profile), Source::RuntimeProfile).await {
-        return resp;
-    }
+    apply(&state, Knobs::for_profile(profile), Source::RuntimeProfile);
     tracing::info!(profile = profile.as_str(), "profile switched at runtime");
     Json(config_view(&state)).into_response()
 }
@@ -144,14 +123,7 @@ async fn reset(State(state): State<AppState>, headers: HeaderMap) -> Response {
     }
     let _serialised = state.knobs.change_lock.lock().await;
     let startup = (*state.knobs.startup()).clone();
-    if let Err(e) = state.db.apply(&startup).await {
-        tracing::error!(error = format!("{e:#}"), "reset: rebuilding the database pool failed");
-        return admin_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "apply_failed",
-            "the database pool could not be rebuilt",
-        );
-    }
+    state.db.apply(&startup);
     state.knobs.reset();
     let (bytes, chunks) = state.memory.clear();
     tracing::info!(released_bytes = bytes, chunks, "configuration reset to start-up values");

@@ -110,8 +110,8 @@ pub struct Settings {
 
     /// Bearer token required by mutating `/admin` calls when bound to a non-loopback address.
     /// Never logged.
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    pub admin_token: Option<Secret>,
 
     // Runtime knobs settable at start-up; see docs/knobs.md. Unset: the profile's value.
     /// Knob `db_statement_timeout_ms`.
@@ -288,6 +288,30 @@ fn parse_database_url(raw: &str) -> Result<String, String> {
     Err("expected a postgres://, postgresql+asyncpg:// or sqlite:// URL".into())
 }
 
+/// A secret whose `Debug` never shows it, so logging settings cannot leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+fn parse_secret(raw: &str) -> Result<Secret, String> {
+    if raw.trim().len() < 8 {
+        Err("expected a token of at least 8 characters".into())
+    } else {
+        Ok(Secret(raw.trim().to_string()))
+    }
+}
+
 fn parse_redis_url(raw: &str) -> Result<String, String> {
     let url = raw.trim();
     if url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://") {
@@ -379,6 +403,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("DATABASE_URL"), "{err}");
+    }
+
+    #[test]
+    fn admin_token_never_shows_in_debug() {
+        let s = Settings::from_flags(["--admin-token", "super-secret-token"]).unwrap();
+        assert!(!format!("{s:?}").contains("super-secret-token"));
+        assert_eq!(s.admin_token.unwrap().expose(), "super-secret-token");
+        assert!(Settings::from_flags(["--admin-token", "short"]).is_err());
     }
 
     #[test]

@@ -28,37 +28,13 @@ async fn inline_cpu_work_slows_the_health_probe() {
     let idle = health_latency(&app, 30).await;
 
     // Act: 4 clients keep both workers computing fib(32), bounded in time and count.
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = (0..4).map(|_| {
-        let (stop, client, url) = (
-            stop.clone(),
-            app.client.clone(),
-            app.url("/api/cpu-intensive?complexity=32"),
-        );
-        tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && n < 5_000 {
-                let resp = client.get(&url).send().await.unwrap();
-                assert_eq!(resp.status(), 200);
-                n += 1;
-            }
-            n
-        })
-    });
-    let load: Vec<_> = load.collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let loaded = health_latency(&app, 30).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut cpu_requests = 0;
-    for h in load {
-        cpu_requests += h.await.unwrap();
-    }
+    let (loaded, cpu_requests, shed) = health_under_cpu_load(&app).await;
 
     // Assert: the probe is at least 5x slower while the workers compute.
     let ratio = loaded.as_secs_f64() / idle.as_secs_f64();
     eprintln!("idle {idle:?}, loaded {loaded:?}, ratio {ratio:.1}, cpu requests {cpu_requests}");
     assert!(cpu_requests > 4, "the load never ran");
+    assert_eq!(shed, 0, "the fragile profile never sheds");
     assert!(
         ratio >= 5.0,
         "/health median went from {idle:?} to {loaded:?} (ratio {ratio:.1})"

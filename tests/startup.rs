@@ -23,6 +23,10 @@ fn chokepoint() -> Command {
         "MEMORY_LEAK_LIMIT_MB",
         "LOG_FORMAT",
         "SHUTDOWN_GRACE_MS",
+        "PROFILE",
+        "ADMIN_TOKEN",
+        "CPU_MODE",
+        "MAX_IN_FLIGHT",
     ] {
         cmd.env_remove(var);
     }
@@ -42,6 +46,11 @@ fn invalid_environment_stops_startup_with_one_line_naming_the_variable() {
         ("MEMORY_LEAK_LIMIT_MB", "0"),
         ("PORT", "99999"),
         ("REDIS_URL", "localhost:6379"),
+        ("PROFILE", "turbo"),
+        ("CPU_MODE", "fast"),
+        ("ADMIN_TOKEN", "short"),
+        ("BREAKER_FAILURE_RATE", "2"),
+        ("RETRY_MAX_ATTEMPTS", "0"),
         ("DOWNSTREAM_SERVICE_URL", "ftp://x"),
     ];
     for (var, value) in cases {

@@ -192,10 +192,10 @@ impl Database {
     }
 
     /// Rebuilds the pool when size or overflow changed; the old pool drains in the background.
-    pub async fn apply(&self, knobs: &Knobs) -> anyhow::Result<()> {
+    pub fn apply(&self, knobs: &Knobs) {
         let wanted = (knobs.db_pool_size, knobs.db_max_overflow);
         if *self.shape.lock().unwrap_or_else(|p| p.into_inner()) == wanted {
-            return Ok(());
+            return;
         }
         let new = build_pool(&self.opts, wanted.0, wanted.1);
         let old = self.pool.swap(Arc::new(new));
@@ -211,7 +211,6 @@ impl Database {
             old.close().await;
             tracing::debug!("old database pool closed");
         });
-        Ok(())
     }
 
     pub fn backend(&self) -> Backend {
