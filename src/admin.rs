@@ -70,6 +70,7 @@ async fn get_config(State(state): State<AppState>) -> Json<Value> {
 /// Applies `new` (swapping the database pool if its size changed) and publishes it.
 fn apply(state: &AppState, new: Knobs, source: Source) {
     state.db.apply(&new);
+    state.worker_pool.resize(new.worker_pool_size);
     state.knobs.publish(new, source);
 }
 
@@ -124,6 +125,7 @@ async fn reset(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let _serialised = state.knobs.change_lock.lock().await;
     let startup = (*state.knobs.startup()).clone();
     state.db.apply(&startup);
+    state.worker_pool.resize(startup.worker_pool_size);
     state.knobs.reset();
     let (bytes, chunks) = state.memory.clear();
     tracing::info!(released_bytes = bytes, chunks, "configuration reset to start-up values");

@@ -58,6 +58,10 @@ pub enum AppError {
     #[error("rate limited")]
     RateLimited { retry_after: Duration },
 
+    /// The request's own deadline passed (gRPC's DEADLINE_EXCEEDED).
+    #[error("deadline exceeded after {after:?}")]
+    DeadlineExceeded { after: Duration },
+
     /// The route group's request timeout expired.
     #[error("request timed out after {after:?}")]
     RequestTimeout { group: &'static str, after: Duration },
@@ -124,6 +128,7 @@ impl AppError {
             AppError::CircuitOpen { .. } => "circuit_open",
             AppError::RateLimited { .. } => "rate_limited",
             AppError::RequestTimeout { .. } => "request_timeout",
+            AppError::DeadlineExceeded { .. } => "deadline_exceeded",
             AppError::Unavailable { code, .. } => code,
             AppError::NotFound { .. } => "not_found",
             AppError::InvalidKnobs { refused } if refused.iter().all(|r| r.startup_only) => "startup_only",
@@ -144,7 +149,7 @@ impl AppError {
             | AppError::Shed { .. }
             | AppError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            AppError::RequestTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            AppError::RequestTimeout { .. } | AppError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
             AppError::DownstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             AppError::DownstreamError { .. } => StatusCode::BAD_GATEWAY,
             AppError::MemoryCap { .. } => StatusCode::INSUFFICIENT_STORAGE,
@@ -201,6 +206,10 @@ impl AppError {
                 "error": code,
                 "detail": "request rate above the limit (rate_limit_rps)",
                 "retry_after_ms": retry_after.as_millis() as u64,
+            }),
+            AppError::DeadlineExceeded { after } => json!({
+                "error": code,
+                "detail": format!("the request's {} ms deadline passed before its work finished", after.as_millis()),
             }),
             AppError::RequestTimeout { group, after } => json!({
                 "error": code,

@@ -74,6 +74,10 @@ pub struct Knobs {
     pub retry_max_backoff_ms: u64,
     pub retry_budget_percent: u32,
     pub memory_budget_mb: u64,
+    pub worker_pool_size: u32,
+    pub worker_queue_max: u32,
+    pub worker_deadline_check: bool,
+    pub request_deadline_ms: u64,
 }
 
 impl Knobs {
@@ -106,6 +110,10 @@ impl Knobs {
                 retry_max_backoff_ms: 2_000,
                 retry_budget_percent: 0,
                 memory_budget_mb: 0,
+                worker_pool_size: 10,
+                worker_queue_max: 0,
+                worker_deadline_check: false,
+                request_deadline_ms: 2_000,
             },
             Profile::Hardened => Knobs {
                 db_pool_size: 5,
@@ -134,6 +142,10 @@ impl Knobs {
                 retry_max_backoff_ms: 2_000,
                 retry_budget_percent: 20,
                 memory_budget_mb: 256,
+                worker_pool_size: 20,
+                worker_queue_max: 20,
+                worker_deadline_check: true,
+                request_deadline_ms: 2_000,
             },
         }
     }
@@ -355,6 +367,34 @@ pub const SPECS: &[KnobSpec] = &[
         "memory",
         "memory the memory endpoints may hold before refusing with 507 (0 = only the safety cap)"
     ),
+    spec!(
+        "worker_pool_size",
+        "WORKER_POOL_SIZE",
+        Range::Int(1, 512),
+        "worker-pool",
+        "OS threads of the worker pool behind /api/worker-pool; resized live"
+    ),
+    spec!(
+        "worker_queue_max",
+        "WORKER_QUEUE_MAX",
+        Range::Int(0, 100_000),
+        "worker-pool",
+        "jobs allowed to wait for a worker; more are refused with 503 + Retry-After (0 = unbounded)"
+    ),
+    spec!(
+        "worker_deadline_check",
+        "WORKER_DEADLINE_CHECK",
+        Range::Bool,
+        "worker-pool",
+        "skip a queued job whose deadline passed before a worker took it (no wasted work)"
+    ),
+    spec!(
+        "request_deadline_ms",
+        "REQUEST_DEADLINE_MS",
+        Range::Int(1, 600_000),
+        "worker-pool",
+        "default deadline of a worker-pool request (a grpc-timeout header or deadline_ms overrides it)"
+    ),
 ];
 
 /// Settings that exist but cannot change while running (a restart is needed).
@@ -530,6 +570,10 @@ pub fn from_settings(settings: &Settings) -> (Knobs, BTreeMap<&'static str, Sour
     layer!(retry_max_backoff_ms, settings.retry_max_backoff_ms);
     layer!(retry_budget_percent, settings.retry_budget_percent);
     layer!(memory_budget_mb, settings.memory_budget_mb);
+    layer!(worker_pool_size, settings.worker_pool_size);
+    layer!(worker_queue_max, settings.worker_queue_max);
+    layer!(worker_deadline_check, settings.worker_deadline_check);
+    layer!(request_deadline_ms, settings.request_deadline_ms);
     (knobs, sources)
 }
 

@@ -55,6 +55,8 @@ pub struct AppState {
     pub guard: Arc<Guard>,
     /// CPU jobs running on the blocking pool in `offload` mode (bounded by `cpu_max_concurrency`).
     pub cpu_pool: Arc<Bulkhead>,
+    /// The OS-thread pool of the worker-pool scenario (`worker_pool_size`, resized live).
+    pub worker_pool: Arc<scenarios::worker_pool::WorkerPool>,
     /// Set once shutdown starts: `/ready` fails so load balancers stop sending traffic.
     pub draining: Arc<AtomicBool>,
 }
@@ -90,6 +92,10 @@ impl App {
         };
         let downstream = DownstreamClient::new(&downstream_url, settings.downstream_timeout(), &registry);
         let memory = MemoryStore::new(settings.memory_limit_bytes(), &registry);
+        let worker_pool = Arc::new(scenarios::worker_pool::WorkerPool::new(
+            knobs.current().worker_pool_size,
+            &registry,
+        ));
 
         let listener = TcpListener::bind(settings.bind_addr())
             .await
@@ -105,6 +111,7 @@ impl App {
             knobs: Arc::new(knobs),
             guard: Arc::new(Guard::new(&registry)),
             cpu_pool: Bulkhead::new(Some(scenarios::cpu::offload_gauge(&registry))),
+            worker_pool,
             draining: Arc::new(AtomicBool::new(false)),
         };
         let router = router(state.clone());
@@ -182,6 +189,7 @@ pub fn router(state: AppState) -> Router {
         .merge(scenarios::memory::router())
         .merge(scenarios::db_pool::router())
         .merge(scenarios::downstream::router())
+        .merge(scenarios::worker_pool::router())
         .merge(admin::router())
         .route("/metrics", get(telemetry::metrics_handler))
         .fallback(scenarios::healthy::not_found)

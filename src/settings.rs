@@ -177,6 +177,18 @@ pub struct Settings {
     /// Knob `memory_budget_mb` (0 = only the safety cap).
     #[arg(long, env = "MEMORY_BUDGET_MB", value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
     pub memory_budget_mb: Option<u64>,
+    /// Knob `worker_pool_size` (OS threads of the worker-pool scenario).
+    #[arg(long, env = "WORKER_POOL_SIZE", value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub worker_pool_size: Option<u32>,
+    /// Knob `worker_queue_max` (0 = unbounded).
+    #[arg(long, env = "WORKER_QUEUE_MAX", value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub worker_queue_max: Option<u32>,
+    /// Knob `worker_deadline_check`.
+    #[arg(long, env = "WORKER_DEADLINE_CHECK", value_parser = parse_bool)]
+    pub worker_deadline_check: Option<bool>,
+    /// Knob `request_deadline_ms`.
+    #[arg(long, env = "REQUEST_DEADLINE_MS", value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub request_deadline_ms: Option<u64>,
 
     /// Safety cap (MiB) on memory the memory endpoints may hold at once (retained + spikes).
     /// Raise it explicitly to let the process grow into the container limit (OOM demos).

@@ -73,6 +73,11 @@ const ENDPOINTS: &[(&str, &str, &str)] = &[
     ),
     ("GET /api/cascade-failure", "downstream", "5 parallel downstream calls"),
     ("GET /api/no-timeout", "downstream", "downstream delay 30 s, no timeout"),
+    (
+        "GET /api/worker-pool?work_ms=100",
+        "worker-pool",
+        "work on a fixed OS-thread pool, within a deadline",
+    ),
     ("GET /metrics", "telemetry", "Prometheus metrics"),
 ];
 

@@ -8,3 +8,4 @@ pub mod downstream;
 pub mod healthy;
 pub mod io;
 pub mod memory;
+pub mod worker_pool;

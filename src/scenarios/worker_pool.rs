@@ -1,0 +1,398 @@
+//! `worker-pool` — the gRPC report: 10 worker threads, 200 concurrent users, every call ended
+//! in DEADLINE_EXCEEDED and the success rate fell to 0%.
+//!
+//! `/api/worker-pool` hands its work to a fixed pool of OS threads (`worker_pool_size`, 10 by
+//! default) through a queue, and waits for it until the request's deadline
+//! (`request_deadline_ms`, or a `grpc-timeout` header, or `deadline_ms`). Fragile: the queue is
+//! unbounded (`worker_queue_max = 0`) and a worker starts a job even when its deadline passed
+//! while it queued (`worker_deadline_check = false`), so under overload every request times
+//! out while the workers stay busy finishing work nobody waits for: goodput 0. The fix: a
+//! bounded queue (excess refused at once with 503 + `Retry-After`), the deadline checked before
+//! work starts, and more workers (the pool resizes live).
+//!
+//! Metrics: `worker_pool_threads`, `worker_pool_busy`, `worker_pool_queue_depth`,
+//! `worker_pool_queue_wait_seconds`, `worker_pool_deadline_exceeded_total{stage}`,
+//! `worker_pool_wasted_work_total`, `worker_pool_rejected_total`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use crate::error::{AppError, AppResult};
+use crate::params::Params;
+use crate::telemetry::{register, GaugeGuard, LATENCY_BUCKETS};
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/worker-pool", get(work))
+}
+
+/// What a job does on its worker thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkMode {
+    /// Holds the thread without CPU (a blocking call: the gRPC report's case).
+    Block,
+    /// Burns CPU for the duration.
+    Burn,
+}
+
+struct Job {
+    enqueued: Instant,
+    deadline: Instant,
+    work: Duration,
+    mode: WorkMode,
+    check_deadline: bool,
+    done: oneshot::Sender<Outcome>,
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Done {
+        queue_wait: Duration,
+    },
+    /// The deadline passed in the queue and the worker skipped the job.
+    Skipped,
+}
+
+#[derive(Clone)]
+struct PoolMetrics {
+    threads: IntGauge,
+    busy: IntGauge,
+    queue_depth: IntGauge,
+    queue_wait: Histogram,
+    deadline_exceeded: IntCounterVec,
+    wasted: IntCounter,
+    rejected: IntCounter,
+}
+
+impl PoolMetrics {
+    fn new(registry: &Registry) -> Self {
+        let m = Self {
+            threads: register(
+                registry,
+                IntGauge::new("worker_pool_threads", "OS threads in the worker pool").unwrap(),
+            ),
+            busy: register(
+                registry,
+                IntGauge::new("worker_pool_busy", "Worker threads running a job").unwrap(),
+            ),
+            queue_depth: register(
+                registry,
+                IntGauge::new("worker_pool_queue_depth", "Jobs waiting for a worker").unwrap(),
+            ),
+            queue_wait: register(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("worker_pool_queue_wait_seconds", "Time a job waited for a worker")
+                        .buckets(LATENCY_BUCKETS.to_vec()),
+                )
+                .unwrap(),
+            ),
+            deadline_exceeded: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "worker_pool_deadline_exceeded_total",
+                        "Requests past their deadline: stage=client (the caller gave up), queued (skipped before work)",
+                    ),
+                    &["stage"],
+                )
+                .unwrap(),
+            ),
+            wasted: register(
+                registry,
+                IntCounter::new(
+                    "worker_pool_wasted_work_total",
+                    "Jobs that ran to the end after their caller had given up",
+                )
+                .unwrap(),
+            ),
+            rejected: register(
+                registry,
+                IntCounter::new("worker_pool_rejected_total", "Jobs refused because the queue was full").unwrap(),
+            ),
+        };
+        for stage in ["client", "queued"] {
+            m.deadline_exceeded.with_label_values(&[stage]);
+        }
+        m
+    }
+}
+
+/// Jobs waiting, and workers idle on the condvar (they take queued jobs at once, so a job
+/// they will pick up right away does not count against `worker_queue_max`).
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    idle: usize,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    available: Condvar,
+    /// Threads wanted; threads above it exit after their current job.
+    target: AtomicU32,
+    alive: AtomicU32,
+    metrics: PoolMetrics,
+}
+
+/// A pool of OS threads with a FIFO queue, resizable while it runs.
+pub struct WorkerPool {
+    shared: Arc<Shared>,
+}
+
+impl WorkerPool {
+    pub fn new(size: u32, registry: &Registry) -> Self {
+        let pool = Self {
+            shared: Arc::new(Shared {
+                queue: Mutex::new(Queue::default()),
+                available: Condvar::new(),
+                target: AtomicU32::new(0),
+                alive: AtomicU32::new(0),
+                metrics: PoolMetrics::new(registry),
+            }),
+        };
+        pool.resize(size);
+        pool
+    }
+
+    /// Sets the number of threads: starts the missing ones now; surplus ones exit once idle.
+    pub fn resize(&self, size: u32) {
+        let s = &self.shared;
+        s.target.store(size, Ordering::SeqCst);
+        loop {
+            let alive = s.alive.load(Ordering::SeqCst);
+            if alive >= size {
+                break;
+            }
+            if s.alive
+                .compare_exchange(alive, alive + 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                s.metrics.threads.inc();
+                let shared = s.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("worker-pool".into())
+                    .spawn(move || worker(shared));
+                if let Err(e) = spawned {
+                    s.alive.fetch_sub(1, Ordering::SeqCst);
+                    s.metrics.threads.dec();
+                    tracing::error!(error = %e, "cannot start a worker-pool thread");
+                    break;
+                }
+            }
+        }
+        // Wake idle threads so surplus ones notice and exit.
+        s.available.notify_all();
+    }
+
+    pub fn threads(&self) -> u32 {
+        self.shared.alive.load(Ordering::SeqCst)
+    }
+
+    /// Queues a job unless the queue holds `queue_max` already (`0` = unbounded).
+    fn submit(&self, job: Job, queue_max: u32) -> Result<(), Job> {
+        let mut q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if queue_max > 0 && q.jobs.len() >= queue_max as usize + q.idle {
+            return Err(job);
+        }
+        q.jobs.push_back(job);
+        self.shared.metrics.queue_depth.set(q.jobs.len() as i64);
+        drop(q);
+        self.shared.available.notify_one();
+        Ok(())
+    }
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        self.resize(0);
+    }
+}
+
+/// One worker thread: take the oldest job, maybe skip it, run it, report.
+fn worker(s: Arc<Shared>) {
+    loop {
+        let job = {
+            let mut q = s.queue.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                let alive = s.alive.load(Ordering::SeqCst);
+                if alive > s.target.load(Ordering::SeqCst)
+                    && s.alive
+                        .compare_exchange(alive, alive - 1, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok()
+                {
+                    s.metrics.threads.dec();
+                    return;
+                }
+                if let Some(job) = q.jobs.pop_front() {
+                    s.metrics.queue_depth.set(q.jobs.len() as i64);
+                    break job;
+                }
+                q.idle += 1;
+                q = s
+                    .available
+                    .wait_timeout(q, Duration::from_secs(1))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                q.idle -= 1;
+            }
+        };
+        let queue_wait = job.enqueued.elapsed();
+        s.metrics.queue_wait.observe(queue_wait.as_secs_f64());
+        if job.check_deadline && Instant::now() >= job.deadline {
+            s.metrics.deadline_exceeded.with_label_values(&["queued"]).inc();
+            let _ = job.done.send(Outcome::Skipped);
+            continue;
+        }
+        {
+            let _busy = GaugeGuard::new(&s.metrics.busy);
+            match job.mode {
+                WorkMode::Block => std::thread::sleep(job.work),
+                WorkMode::Burn => burn(job.work),
+            }
+        }
+        if job.done.send(Outcome::Done { queue_wait }).is_err() {
+            s.metrics.wasted.inc();
+        }
+    }
+}
+
+/// Spins the CPU for `d`.
+fn burn(d: Duration) {
+    let end = Instant::now() + d;
+    let mut x: u64 = 0;
+    while Instant::now() < end {
+        for _ in 0..1000 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+}
+
+/// Parses a gRPC `grpc-timeout` header value: digits then a unit (H, M, S, m, u, n).
+pub fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
+    let raw = raw.trim();
+    if raw.len() < 2 || raw.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = raw.split_at(raw.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+async fn work(State(state): State<AppState>, headers: HeaderMap, params: Params) -> AppResult<Json<Value>> {
+    let knobs = state.knobs.current();
+    let work_ms: u64 = params.num("work_ms", 100, 1..=60_000)?;
+    let mode = match params.text("mode", false, 0..=16)?.as_deref() {
+        None | Some("block") => WorkMode::Block,
+        Some("burn") => WorkMode::Burn,
+        Some(other) => {
+            return Err(AppError::invalid(
+                "mode",
+                format!("`mode` must be block or burn (got {other:?})"),
+            ));
+        }
+    };
+    let header = headers
+        .get("grpc-timeout")
+        .map(|v| v.to_str().ok().and_then(parse_grpc_timeout));
+    let deadline_ms: u64 = match header {
+        Some(None) => {
+            return Err(AppError::invalid(
+                "grpc-timeout",
+                "the `grpc-timeout` header must be digits and a unit (H, M, S, m, u, n), e.g. 500m",
+            ));
+        }
+        Some(Some(d)) if params.text("deadline_ms", false, 0..=32)?.is_none() => {
+            let ms = d.as_millis() as u64;
+            if !(1..=600_000).contains(&ms) {
+                return Err(AppError::out_of_range("grpc-timeout", "1m", "600S", ms));
+            }
+            ms
+        }
+        _ => params.num("deadline_ms", knobs.request_deadline_ms, 1..=600_000)?,
+    };
+    let deadline_after = Duration::from_millis(deadline_ms);
+    let start = Instant::now();
+    let (tx, rx) = oneshot::channel();
+    let job = Job {
+        enqueued: start,
+        deadline: start + deadline_after,
+        work: Duration::from_millis(work_ms),
+        mode,
+        check_deadline: knobs.worker_deadline_check,
+        done: tx,
+    };
+    let pool = &state.worker_pool;
+    if pool.submit(job, knobs.worker_queue_max).is_err() {
+        pool.shared.metrics.rejected.inc();
+        return Err(AppError::Shed {
+            detail: format!("{} jobs already queued (worker_queue_max)", knobs.worker_queue_max),
+        });
+    }
+    match tokio::time::timeout(deadline_after, rx).await {
+        Ok(Ok(Outcome::Done { queue_wait })) => Ok(Json(json!({
+            "work_ms": work_ms,
+            "mode": if mode == WorkMode::Block { "block" } else { "burn" },
+            "queue_wait_ms": queue_wait.as_secs_f64() * 1e3,
+            "total_ms": start.elapsed().as_secs_f64() * 1e3,
+            "deadline_ms": deadline_ms,
+        }))),
+        Ok(Ok(Outcome::Skipped)) => Err(AppError::DeadlineExceeded { after: deadline_after }),
+        Ok(Err(_)) => Err(AppError::Internal("the worker pool dropped the job".into())),
+        Err(_) => {
+            pool.shared
+                .metrics
+                .deadline_exceeded
+                .with_label_values(&["client"])
+                .inc();
+            Err(AppError::DeadlineExceeded { after: deadline_after })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_header_parses() {
+        assert_eq!(parse_grpc_timeout("500m"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("5"), None);
+        assert_eq!(parse_grpc_timeout("abcS"), None);
+        assert_eq!(parse_grpc_timeout("1000000000m"), None, "at most 8 digits");
+    }
+
+    #[test]
+    fn pool_resizes_both_ways() {
+        let pool = WorkerPool::new(3, &Registry::new());
+        assert_eq!(pool.threads(), 3);
+        pool.resize(6);
+        assert_eq!(pool.threads(), 6);
+        pool.resize(1);
+        let start = Instant::now();
+        while pool.threads() > 1 && start.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(pool.threads(), 1);
+    }
+}
