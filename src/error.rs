@@ -58,6 +58,10 @@ pub enum AppError {
     #[error("rate limited")]
     RateLimited { retry_after: Duration },
 
+    /// A request body above the accepted size.
+    #[error("payload too large")]
+    PayloadTooLarge { limit: u64 },
+
     /// The request's own deadline passed (gRPC's DEADLINE_EXCEEDED).
     #[error("deadline exceeded after {after:?}")]
     DeadlineExceeded { after: Duration },
@@ -129,6 +133,7 @@ impl AppError {
             AppError::RateLimited { .. } => "rate_limited",
             AppError::RequestTimeout { .. } => "request_timeout",
             AppError::DeadlineExceeded { .. } => "deadline_exceeded",
+            AppError::PayloadTooLarge { .. } => "payload_too_large",
             AppError::Unavailable { code, .. } => code,
             AppError::NotFound { .. } => "not_found",
             AppError::InvalidKnobs { refused } if refused.iter().all(|r| r.startup_only) => "startup_only",
@@ -150,6 +155,7 @@ impl AppError {
             | AppError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::RequestTimeout { .. } | AppError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
+            AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::DownstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             AppError::DownstreamError { .. } => StatusCode::BAD_GATEWAY,
             AppError::MemoryCap { .. } => StatusCode::INSUFFICIENT_STORAGE,
@@ -206,6 +212,11 @@ impl AppError {
                 "error": code,
                 "detail": "request rate above the limit (rate_limit_rps)",
                 "retry_after_ms": retry_after.as_millis() as u64,
+            }),
+            AppError::PayloadTooLarge { limit } => json!({
+                "error": code,
+                "detail": format!("the body exceeds the {} MiB limit", limit / (1024 * 1024)),
+                "limit_bytes": limit,
             }),
             AppError::DeadlineExceeded { after } => json!({
                 "error": code,

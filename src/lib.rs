@@ -190,6 +190,7 @@ pub fn router(state: AppState) -> Router {
         .merge(scenarios::db_pool::router())
         .merge(scenarios::downstream::router())
         .merge(scenarios::worker_pool::router())
+        .merge(scenarios::retry_storm::router())
         .merge(admin::router())
         .route("/metrics", get(telemetry::metrics_handler))
         .fallback(scenarios::healthy::not_found)

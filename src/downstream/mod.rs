@@ -80,6 +80,7 @@ pub fn router(sim: Sim) -> Router {
         .route("/timeout-trap", get(timeout_trap))
         .route("/burst-error", get(burst_error))
         .route("/cascade", get(cascade))
+        .route("/malformed", get(malformed))
         .layer(axum::middleware::from_fn_with_state(sim.clone(), faults));
     Router::new()
         .merge(simulated)
@@ -132,6 +133,7 @@ fn endpoint_label(path: &str) -> &'static str {
         "/timeout-trap" => "/timeout-trap",
         "/burst-error" => "/burst-error",
         "/cascade" => "/cascade",
+        "/malformed" => "/malformed",
         _ => "other",
     }
 }
@@ -203,6 +205,11 @@ async fn burst_error(State(sim): State<Sim>, params: Params) -> AppResult<Respon
         ));
     }
     Ok(Json(json!({"ok": true, "call": n})).into_response())
+}
+
+/// Answers 200 with a truncated JSON body: a receiver that is up but broken.
+async fn malformed() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], r#"{"ok": tru"#).into_response()
 }
 
 /// Calls itself `levels` deep, sleeping `delay` at each level: latency adds up along the chain.

@@ -190,9 +190,14 @@ impl DownstreamClient {
             let kind = if attempt == 1 { "first" } else { "retry" };
             self.metrics.attempts.with_label_values(&[kind]).inc();
             let result = self.attempt(knobs, endpoint, &url, timeout).await;
+            // Timeouts, unreachable and 5xx may pass; a 4xx or a malformed 2xx body would repeat.
             let retryable = matches!(
                 &result,
-                Err(AppError::DownstreamTimeout { .. }) | Err(AppError::DownstreamError { .. })
+                Err(AppError::DownstreamTimeout { .. })
+                    | Err(AppError::DownstreamError {
+                        upstream_status: None | Some(500..),
+                        ..
+                    })
             );
             if !retryable || attempt >= knobs.retry_max_attempts {
                 break result;
@@ -269,8 +274,8 @@ impl DownstreamClient {
                 upstream_status: Some(status),
             }),
             Err(Failure::BadBody(e)) => Err(AppError::DownstreamError {
-                detail: format!("downstream {endpoint} sent a malformed body: {e}"),
-                upstream_status: None,
+                detail: format!("downstream {endpoint} answered 200 with a malformed JSON body: {e}"),
+                upstream_status: Some(200),
             }),
             Err(Failure::Transport(e)) => {
                 tracing::warn!(error = %crate::error::error_chain(&e), endpoint, "downstream unreachable");

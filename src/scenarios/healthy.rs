@@ -78,6 +78,16 @@ const ENDPOINTS: &[(&str, &str, &str)] = &[
         "worker-pool",
         "work on a fixed OS-thread pool, within a deadline",
     ),
+    (
+        "GET /api/deliver",
+        "retry-storm",
+        "one delivery through the retry policy",
+    ),
+    (
+        "POST /api/upload?mode=buffer",
+        "retry-storm",
+        "upload 0-100 MiB, buffered or streamed",
+    ),
     ("GET /metrics", "telemetry", "Prometheus metrics"),
 ];
 

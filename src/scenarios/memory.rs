@@ -150,6 +150,16 @@ impl MemoryStore {
         }
     }
 
+    /// Counts `bytes` held by another scenario (a buffered upload) against the cap and budget
+    /// until the returned guard drops.
+    pub fn hold(self: &Arc<Self>, bytes: u64, budget: u64) -> AppResult<MemoryHold> {
+        self.reserve(bytes, budget)?;
+        Ok(MemoryHold {
+            store: self.clone(),
+            bytes,
+        })
+    }
+
     /// Drops every retained chunk; returns (bytes, chunks) released.
     pub fn clear(&self) -> (u64, usize) {
         let chunks: Vec<MmapMut> = std::mem::take(&mut *self.retained.lock().unwrap_or_else(|p| p.into_inner()));
@@ -210,6 +220,18 @@ async fn memory_spike(State(state): State<AppState>, params: Params) -> AppResul
         "held_ms": SPIKE_HOLD.as_millis() as u64,
         "message": "allocated, held, then freed",
     })))
+}
+
+/// Memory counted against the cap while held.
+pub struct MemoryHold {
+    store: Arc<MemoryStore>,
+    bytes: u64,
+}
+
+impl Drop for MemoryHold {
+    fn drop(&mut self) {
+        self.store.release(self.bytes);
+    }
 }
 
 struct SpikeGuard {

@@ -8,4 +8,5 @@ pub mod downstream;
 pub mod healthy;
 pub mod io;
 pub mod memory;
+pub mod retry_storm;
 pub mod worker_pool;

@@ -1,0 +1,124 @@
+//! `retry-storm` — the HTTP delivery report: an integration with no retry logic, so one
+//! transient failure of the receiver lost the delivery; and its mirror image, naive immediate
+//! retries that multiply the load on a receiver that is already struggling.
+//!
+//! `/api/deliver` makes one delivery to the downstream through the client's retry policy
+//! (knobs `retry_max_attempts`, `retry_base_ms`, `retry_max_backoff_ms`, `retry_budget_percent`);
+//! the simulator's controls (`/control/fail-first`, `/control/outage`, `/sometimes-fail`) make the
+//! receiver fail. `target=malformed` makes it answer 200 with a broken body, which is a 502 with a
+//! clear message, never retried. Amplification = `downstream_attempts_total` (all kinds) /
+//! `downstream_attempts_total{kind="first"}`.
+//!
+//! From the same report: `POST /api/upload?mode=buffer|stream` (0 to 100 MiB). `buffer` holds
+//! the whole body in memory before hashing it (10 concurrent 10 MiB uploads: 100 MiB resident);
+//! `stream` hashes it chunk by chunk in constant memory. Buffered bytes count against the memory
+//! safety cap and budget.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::error::{AppError, AppResult};
+use crate::infra::http_client::CallTimeout;
+use crate::params::Params;
+use crate::AppState;
+
+/// Largest upload accepted (the report's 100 MB).
+pub const UPLOAD_LIMIT: u64 = 100 * 1024 * 1024;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/deliver", get(deliver))
+        .route("/api/upload", post(upload))
+}
+
+async fn deliver(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
+    let failure_rate: f64 = params.num("failure_rate", 0.0, 0.0..=1.0)?;
+    let (endpoint, path) = match params.text("target", false, 0..=16)?.as_deref() {
+        None | Some("receiver") => (
+            "/sometimes-fail",
+            format!("/sometimes-fail?failure_rate={failure_rate}"),
+        ),
+        Some("malformed") => ("/malformed", "/malformed".to_string()),
+        Some(other) => {
+            return Err(AppError::invalid(
+                "target",
+                format!("`target` must be receiver or malformed (got {other:?})"),
+            ));
+        }
+    };
+    let knobs = state.knobs.current();
+    let ok = state
+        .downstream
+        .get_json(&knobs, endpoint, &path, CallTimeout::Default)
+        .await?;
+    Ok(Json(json!({
+        "delivered": true,
+        "attempts": ok.attempts,
+        "elapsed_ms": ok.elapsed.as_secs_f64() * 1e3,
+        "receiver": ok.body,
+    })))
+}
+
+fn too_large() -> AppError {
+    AppError::PayloadTooLarge { limit: UPLOAD_LIMIT }
+}
+
+async fn upload(
+    State(state): State<AppState>,
+    params: Params,
+    headers: HeaderMap,
+    body: Body,
+) -> AppResult<Json<Value>> {
+    let buffer = match params.text("mode", false, 0..=16)?.as_deref() {
+        None | Some("buffer") => true,
+        Some("stream") => false,
+        Some(other) => {
+            return Err(AppError::invalid(
+                "mode",
+                format!("`mode` must be buffer or stream (got {other:?})"),
+            ));
+        }
+    };
+    let declared: Option<u64> = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    if declared.is_some_and(|n| n > UPLOAD_LIMIT) {
+        return Err(too_large());
+    }
+    let mut hasher = Sha256::new();
+    let bytes = if buffer {
+        // The fragile way: the whole body in memory first, counted against the memory cap.
+        let reserve = declared.unwrap_or(UPLOAD_LIMIT);
+        let budget = state.knobs.current().memory_budget_mb * 1024 * 1024;
+        let _held = state.memory.hold(reserve, budget)?;
+        let all = axum::body::to_bytes(body, UPLOAD_LIMIT as usize)
+            .await
+            .map_err(|_| too_large())?;
+        hasher.update(&all);
+        all.len() as u64
+    } else {
+        let mut stream = body.into_data_stream();
+        let mut n: u64 = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| AppError::invalid("body", format!("the upload was interrupted: {e}")))?;
+            n += chunk.len() as u64;
+            if n > UPLOAD_LIMIT {
+                return Err(too_large());
+            }
+            hasher.update(&chunk);
+        }
+        n
+    };
+    Ok(Json(json!({
+        "mode": if buffer { "buffer" } else { "stream" },
+        "bytes": bytes,
+        "sha256": hex::encode(hasher.finalize()),
+    })))
+}
