@@ -71,6 +71,7 @@ async fn get_config(State(state): State<AppState>) -> Json<Value> {
 fn apply(state: &AppState, new: Knobs, source: Source) {
     state.db.apply(&new);
     state.worker_pool.resize(new.worker_pool_size);
+    state.elastic.apply(&new);
     state.knobs.publish(new, source);
 }
 
@@ -126,6 +127,7 @@ async fn reset(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let startup = (*state.knobs.startup()).clone();
     state.db.apply(&startup);
     state.worker_pool.resize(startup.worker_pool_size);
+    state.elastic.apply(&startup);
     state.knobs.reset();
     let (bytes, chunks) = state.memory.clear();
     tracing::info!(released_bytes = bytes, chunks, "configuration reset to start-up values");

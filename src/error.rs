@@ -62,6 +62,10 @@ pub enum AppError {
     #[error("payload too large")]
     PayloadTooLarge { limit: u64 },
 
+    /// The (simulated) gateway gave up on the request.
+    #[error("gateway timeout after {after:?}")]
+    GatewayTimeout { after: Duration },
+
     /// The request's own deadline passed (gRPC's DEADLINE_EXCEEDED).
     #[error("deadline exceeded after {after:?}")]
     DeadlineExceeded { after: Duration },
@@ -134,6 +138,7 @@ impl AppError {
             AppError::RequestTimeout { .. } => "request_timeout",
             AppError::DeadlineExceeded { .. } => "deadline_exceeded",
             AppError::PayloadTooLarge { .. } => "payload_too_large",
+            AppError::GatewayTimeout { .. } => "gateway_timeout",
             AppError::Unavailable { code, .. } => code,
             AppError::NotFound { .. } => "not_found",
             AppError::InvalidKnobs { refused } if refused.iter().all(|r| r.startup_only) => "startup_only",
@@ -154,7 +159,9 @@ impl AppError {
             | AppError::Shed { .. }
             | AppError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            AppError::RequestTimeout { .. } | AppError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
+            AppError::RequestTimeout { .. } | AppError::DeadlineExceeded { .. } | AppError::GatewayTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::DownstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             AppError::DownstreamError { .. } => StatusCode::BAD_GATEWAY,
@@ -217,6 +224,10 @@ impl AppError {
                 "error": code,
                 "detail": format!("the body exceeds the {} MiB limit", limit / (1024 * 1024)),
                 "limit_bytes": limit,
+            }),
+            AppError::GatewayTimeout { after } => json!({
+                "error": code,
+                "detail": format!("the gateway gave up after {} ms (gateway_timeout_ms); the invocation still runs", after.as_millis()),
             }),
             AppError::DeadlineExceeded { after } => json!({
                 "error": code,

@@ -78,6 +78,11 @@ pub struct Knobs {
     pub worker_queue_max: u32,
     pub worker_deadline_check: bool,
     pub request_deadline_ms: u64,
+    pub min_warm_workers: u32,
+    pub max_workers: u32,
+    pub cold_start_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub gateway_timeout_ms: u64,
 }
 
 impl Knobs {
@@ -114,6 +119,11 @@ impl Knobs {
                 worker_queue_max: 0,
                 worker_deadline_check: false,
                 request_deadline_ms: 2_000,
+                min_warm_workers: 0,
+                max_workers: 10,
+                cold_start_ms: 1_000,
+                idle_timeout_ms: 60_000,
+                gateway_timeout_ms: 1_150,
             },
             Profile::Hardened => Knobs {
                 db_pool_size: 5,
@@ -146,6 +156,11 @@ impl Knobs {
                 worker_queue_max: 20,
                 worker_deadline_check: true,
                 request_deadline_ms: 2_000,
+                min_warm_workers: 3,
+                max_workers: 10,
+                cold_start_ms: 1_000,
+                idle_timeout_ms: 60_000,
+                gateway_timeout_ms: 1_150,
             },
         }
     }
@@ -395,6 +410,41 @@ pub const SPECS: &[KnobSpec] = &[
         "worker-pool",
         "default deadline of a worker-pool request (a grpc-timeout header or deadline_ms overrides it)"
     ),
+    spec!(
+        "min_warm_workers",
+        "MIN_WARM_WORKERS",
+        Range::Int(0, 1000),
+        "cold-start",
+        "simulated workers kept warm (provisioned concurrency); the cold-start fix"
+    ),
+    spec!(
+        "max_workers",
+        "MAX_WORKERS",
+        Range::Int(1, 1000),
+        "cold-start",
+        "simulated workers that may exist at once (started on demand)"
+    ),
+    spec!(
+        "cold_start_ms",
+        "COLD_START_MS",
+        Range::Int(0, 600_000),
+        "cold-start",
+        "time a new simulated worker takes before it can serve"
+    ),
+    spec!(
+        "idle_timeout_ms",
+        "IDLE_TIMEOUT_MS",
+        Range::Int(10, 3_600_000),
+        "cold-start",
+        "idle time after which a simulated worker above the warm minimum is retired"
+    ),
+    spec!(
+        "gateway_timeout_ms",
+        "GATEWAY_TIMEOUT_MS",
+        Range::Int(1, 600_000),
+        "cold-start",
+        "the gateway answers 504 once a cold-start request has taken this long"
+    ),
 ];
 
 /// Settings that exist but cannot change while running (a restart is needed).
@@ -574,6 +624,11 @@ pub fn from_settings(settings: &Settings) -> (Knobs, BTreeMap<&'static str, Sour
     layer!(worker_queue_max, settings.worker_queue_max);
     layer!(worker_deadline_check, settings.worker_deadline_check);
     layer!(request_deadline_ms, settings.request_deadline_ms);
+    layer!(min_warm_workers, settings.min_warm_workers);
+    layer!(max_workers, settings.max_workers);
+    layer!(cold_start_ms, settings.cold_start_ms);
+    layer!(idle_timeout_ms, settings.idle_timeout_ms);
+    layer!(gateway_timeout_ms, settings.gateway_timeout_ms);
     (knobs, sources)
 }
 

@@ -57,6 +57,8 @@ pub struct AppState {
     pub cpu_pool: Arc<Bulkhead>,
     /// The OS-thread pool of the worker-pool scenario (`worker_pool_size`, resized live).
     pub worker_pool: Arc<scenarios::worker_pool::WorkerPool>,
+    /// The simulated elastic pool of the cold-start scenario.
+    pub elastic: Arc<scenarios::cold_start::ElasticPool>,
     /// Set once shutdown starts: `/ready` fails so load balancers stop sending traffic.
     pub draining: Arc<AtomicBool>,
 }
@@ -92,6 +94,8 @@ impl App {
         };
         let downstream = DownstreamClient::new(&downstream_url, settings.downstream_timeout(), &registry);
         let memory = MemoryStore::new(settings.memory_limit_bytes(), &registry);
+        let elastic = scenarios::cold_start::ElasticPool::new(&registry);
+        elastic.apply(&knobs.current());
         let worker_pool = Arc::new(scenarios::worker_pool::WorkerPool::new(
             knobs.current().worker_pool_size,
             &registry,
@@ -112,6 +116,7 @@ impl App {
             guard: Arc::new(Guard::new(&registry)),
             cpu_pool: Bulkhead::new(Some(scenarios::cpu::offload_gauge(&registry))),
             worker_pool,
+            elastic,
             draining: Arc::new(AtomicBool::new(false)),
         };
         let router = router(state.clone());
@@ -191,6 +196,7 @@ pub fn router(state: AppState) -> Router {
         .merge(scenarios::downstream::router())
         .merge(scenarios::worker_pool::router())
         .merge(scenarios::retry_storm::router())
+        .merge(scenarios::cold_start::router())
         .merge(admin::router())
         .route("/metrics", get(telemetry::metrics_handler))
         .fallback(scenarios::healthy::not_found)

@@ -189,6 +189,21 @@ pub struct Settings {
     /// Knob `request_deadline_ms`.
     #[arg(long, env = "REQUEST_DEADLINE_MS", value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub request_deadline_ms: Option<u64>,
+    /// Knob `min_warm_workers` (cold-start scenario).
+    #[arg(long, env = "MIN_WARM_WORKERS", value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub min_warm_workers: Option<u32>,
+    /// Knob `max_workers` (cold-start scenario).
+    #[arg(long, env = "MAX_WORKERS", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_workers: Option<u32>,
+    /// Knob `cold_start_ms`.
+    #[arg(long, env = "COLD_START_MS", value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub cold_start_ms: Option<u64>,
+    /// Knob `idle_timeout_ms`.
+    #[arg(long, env = "IDLE_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub idle_timeout_ms: Option<u64>,
+    /// Knob `gateway_timeout_ms`.
+    #[arg(long, env = "GATEWAY_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub gateway_timeout_ms: Option<u64>,
 
     /// Safety cap (MiB) on memory the memory endpoints may hold at once (retained + spikes).
     /// Raise it explicitly to let the process grow into the container limit (OOM demos).

@@ -203,8 +203,10 @@ async fn buffered_uploads_cost_their_size_in_memory_streamed_ones_do_not() {
     // Limits: a body past 100 MiB is refused (413) once the count passes it; buffers count
     // against the memory cap.
     let over = futures::stream::iter((0..1617).map(|_| Ok::<_, std::io::Error>(vec![0u8; 64 * 1024])));
-    let resp = app
-        .client
+    // Refused uploads leave their connection unusable: a client of their own keeps it out of
+    // the shared pool.
+    let throwaway = reqwest::Client::new();
+    let resp = throwaway
         .post(app.url("/api/upload?mode=stream"))
         .body(reqwest::Body::wrap_stream(over))
         .send()
@@ -217,8 +219,7 @@ async fn buffered_uploads_cost_their_size_in_memory_streamed_ones_do_not() {
     let route = r#"http_requests_total{method="POST",route="/api/upload",status="413"}"#;
     assert_eq!(app.metric(route).await, 1.0);
     app.set_knobs(json!({"memory_budget_mb": 5})).await;
-    let resp = app
-        .client
+    let resp = throwaway
         .post(app.url("/api/upload?mode=buffer"))
         .body(vec![1u8; 6 * MIB as usize])
         .send()

@@ -88,6 +88,11 @@ const ENDPOINTS: &[(&str, &str, &str)] = &[
         "retry-storm",
         "upload 0-100 MiB, buffered or streamed",
     ),
+    (
+        "GET /api/cold-start?work_ms=100",
+        "cold-start",
+        "work on a simulated pool provisioned on demand",
+    ),
     ("GET /metrics", "telemetry", "Prometheus metrics"),
 ];
 

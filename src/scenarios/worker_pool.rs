@@ -128,12 +128,12 @@ impl PoolMetrics {
     }
 }
 
-/// Jobs waiting, and workers idle on the condvar (they take queued jobs at once, so a job
-/// they will pick up right away does not count against `worker_queue_max`).
+/// Jobs waiting, and jobs running. Workers not running a job take queued jobs at once, so the
+/// jobs they are about to pick up do not count against `worker_queue_max`.
 #[derive(Default)]
 struct Queue {
     jobs: VecDeque<Job>,
-    idle: usize,
+    running: usize,
 }
 
 struct Shared {
@@ -202,7 +202,8 @@ impl WorkerPool {
     /// Queues a job unless the queue holds `queue_max` already (`0` = unbounded).
     fn submit(&self, job: Job, queue_max: u32) -> Result<(), Job> {
         let mut q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-        if queue_max > 0 && q.jobs.len() >= queue_max as usize + q.idle {
+        let free_workers = (self.shared.alive.load(Ordering::SeqCst) as usize).saturating_sub(q.running);
+        if queue_max > 0 && q.jobs.len() >= queue_max as usize + free_workers {
             return Err(job);
         }
         q.jobs.push_back(job);
@@ -235,16 +236,15 @@ fn worker(s: Arc<Shared>) {
                     return;
                 }
                 if let Some(job) = q.jobs.pop_front() {
+                    q.running += 1;
                     s.metrics.queue_depth.set(q.jobs.len() as i64);
                     break job;
                 }
-                q.idle += 1;
                 q = s
                     .available
                     .wait_timeout(q, Duration::from_secs(1))
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
-                q.idle -= 1;
             }
         };
         let queue_wait = job.enqueued.elapsed();
@@ -252,18 +252,19 @@ fn worker(s: Arc<Shared>) {
         if job.check_deadline && Instant::now() >= job.deadline {
             s.metrics.deadline_exceeded.with_label_values(&["queued"]).inc();
             let _ = job.done.send(Outcome::Skipped);
-            continue;
-        }
-        {
-            let _busy = GaugeGuard::new(&s.metrics.busy);
-            match job.mode {
-                WorkMode::Block => std::thread::sleep(job.work),
-                WorkMode::Burn => burn(job.work),
+        } else {
+            {
+                let _busy = GaugeGuard::new(&s.metrics.busy);
+                match job.mode {
+                    WorkMode::Block => std::thread::sleep(job.work),
+                    WorkMode::Burn => burn(job.work),
+                }
+            }
+            if job.done.send(Outcome::Done { queue_wait }).is_err() {
+                s.metrics.wasted.inc();
             }
         }
-        if job.done.send(Outcome::Done { queue_wait }).is_err() {
-            s.metrics.wasted.inc();
-        }
+        s.queue.lock().unwrap_or_else(|p| p.into_inner()).running -= 1;
     }
 }
 

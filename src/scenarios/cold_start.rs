@@ -1,0 +1,228 @@
+//! `cold-start` — the serverless report: 30 requests at concurrency 15, workers provisioned on
+//! demand, each new one paying a cold start; requests queued behind cold starts passed the
+//! 2-minute gateway timeout and the run ended at 93.3% success.
+//!
+//! `/api/cold-start?work_ms=` runs on a simulated elastic pool, with time scaled down from
+//! minutes to milliseconds. A request takes an idle warm worker if there is one; otherwise it
+//! queues, and a new worker is started (ready after `cold_start_ms`) while fewer than
+//! `max_workers` exist. The gateway answers 504 `gateway_timeout` once a request has taken
+//! `gateway_timeout_ms`; like a serverless function, its work still runs. Idle workers above
+//! `min_warm_workers` are retired after `idle_timeout_ms` (checked whenever the pool is used).
+//! The fix: `min_warm_workers` (provisioned concurrency) — warm workers absorb the burst while
+//! the others start.
+//!
+//! Metrics: `cold_start_workers{state="warm_idle"|"busy"|"starting"}`,
+//! `cold_start_queue_depth`, `cold_start_cold_starts_total`, `cold_start_gateway_timeouts_total`.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use crate::error::{AppError, AppResult};
+use crate::knobs::Knobs;
+use crate::params::Params;
+use crate::telemetry::register;
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/cold-start", get(invoke))
+}
+
+#[derive(Default)]
+struct Pool {
+    /// Idle warm workers, by the instant each became idle (most recent last).
+    idle_since: Vec<Instant>,
+    busy: usize,
+    starting: usize,
+    /// Requests waiting for a worker; a worker is handed over by sending on the channel.
+    queue: VecDeque<oneshot::Sender<()>>,
+}
+
+impl Pool {
+    fn total(&self) -> usize {
+        self.idle_since.len() + self.busy + self.starting
+    }
+}
+
+#[derive(Clone)]
+struct Metrics {
+    workers: IntGaugeVec,
+    queue_depth: IntGauge,
+    cold_starts: IntCounter,
+    gateway_timeouts: IntCounter,
+}
+
+/// The simulated elastic pool.
+pub struct ElasticPool {
+    inner: Mutex<Pool>,
+    metrics: Metrics,
+}
+
+impl ElasticPool {
+    pub fn new(registry: &Registry) -> Arc<Self> {
+        let metrics = Metrics {
+            workers: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "cold_start_workers",
+                        "Simulated elastic workers by state (warm_idle, busy, starting)",
+                    ),
+                    &["state"],
+                )
+                .unwrap(),
+            ),
+            queue_depth: register(
+                registry,
+                IntGauge::new("cold_start_queue_depth", "Requests waiting for a simulated worker").unwrap(),
+            ),
+            cold_starts: register(
+                registry,
+                IntCounter::new(
+                    "cold_start_cold_starts_total",
+                    "Simulated workers started (each pays a cold start)",
+                )
+                .unwrap(),
+            ),
+            gateway_timeouts: register(
+                registry,
+                IntCounter::new(
+                    "cold_start_gateway_timeouts_total",
+                    "Requests answered 504 by the gateway timeout",
+                )
+                .unwrap(),
+            ),
+        };
+        let pool = Arc::new(Self {
+            inner: Mutex::new(Pool::default()),
+            metrics,
+        });
+        pool.export(&pool.lock());
+        pool
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn export(&self, p: &Pool) {
+        self.metrics
+            .workers
+            .with_label_values(&["warm_idle"])
+            .set(p.idle_since.len() as i64);
+        self.metrics.workers.with_label_values(&["busy"]).set(p.busy as i64);
+        self.metrics
+            .workers
+            .with_label_values(&["starting"])
+            .set(p.starting as i64);
+        self.metrics.queue_depth.set(p.queue.len() as i64);
+    }
+
+    /// Retires idle workers above the warm minimum that idled past the timeout.
+    fn reap(p: &mut Pool, k: &Knobs) {
+        let now = Instant::now();
+        let timeout = Duration::from_millis(k.idle_timeout_ms);
+        while p.total() > k.min_warm_workers as usize
+            && p.idle_since.first().is_some_and(|t| now.duration_since(*t) >= timeout)
+        {
+            p.idle_since.remove(0);
+        }
+    }
+
+    /// Starts workers until every queued request has one coming and the warm minimum is met,
+    /// within `max_workers`.
+    fn scale(self: &Arc<Self>, p: &mut Pool, k: &Knobs) {
+        let max = (k.max_workers as usize).max(k.min_warm_workers as usize);
+        while p.total() < max && (p.queue.len() > p.starting || p.total() < k.min_warm_workers as usize) {
+            p.starting += 1;
+            self.metrics.cold_starts.inc();
+            let pool = self.clone();
+            let cold = Duration::from_millis(k.cold_start_ms);
+            tokio::spawn(async move {
+                tokio::time::sleep(cold).await;
+                let mut p = pool.lock();
+                p.starting -= 1;
+                pool.hand_over(&mut p);
+                pool.export(&p);
+            });
+        }
+    }
+
+    /// A worker became free: give it to the oldest waiting request still there, or idle it.
+    fn hand_over(&self, p: &mut Pool) {
+        while let Some(waiter) = p.queue.pop_front() {
+            if waiter.send(()).is_ok() {
+                p.busy += 1;
+                return;
+            }
+        }
+        p.idle_since.push(Instant::now());
+    }
+
+    /// Applies knob changes: provisions the warm minimum.
+    pub fn apply(self: &Arc<Self>, k: &Knobs) {
+        let mut p = self.lock();
+        Self::reap(&mut p, k);
+        self.scale(&mut p, k);
+        self.export(&p);
+    }
+
+    /// Runs `work` on a worker, waiting (and scaling) as needed.
+    async fn run(self: Arc<Self>, k: Arc<Knobs>, work: Duration) -> Duration {
+        let start = Instant::now();
+        let waiting = {
+            let mut p = self.lock();
+            Self::reap(&mut p, &k);
+            let w = if p.idle_since.pop().is_some() {
+                p.busy += 1;
+                None
+            } else {
+                let (tx, rx) = oneshot::channel();
+                p.queue.push_back(tx);
+                self.scale(&mut p, &k);
+                Some(rx)
+            };
+            self.export(&p);
+            w
+        };
+        if let Some(rx) = waiting {
+            // The sender lives in the queue until a worker takes it; it is never dropped unsent.
+            let _ = rx.await;
+        }
+        let waited = start.elapsed();
+        tokio::time::sleep(work).await;
+        let mut p = self.lock();
+        p.busy -= 1;
+        self.hand_over(&mut p);
+        self.export(&p);
+        waited
+    }
+}
+
+async fn invoke(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
+    let work_ms: u64 = params.num("work_ms", 100, 1..=60_000)?;
+    let knobs = state.knobs.current();
+    let gateway = Duration::from_millis(knobs.gateway_timeout_ms);
+    let start = Instant::now();
+    // The invocation runs to the end even when the gateway gives up, like a serverless function.
+    let invocation = tokio::spawn(state.elastic.clone().run(knobs.clone(), Duration::from_millis(work_ms)));
+    match tokio::time::timeout(gateway, invocation).await {
+        Ok(Ok(waited)) => Ok(Json(json!({
+            "work_ms": work_ms,
+            "waited_ms": waited.as_secs_f64() * 1e3,
+            "total_ms": start.elapsed().as_secs_f64() * 1e3,
+        }))),
+        Ok(Err(join)) => Err(AppError::internal(join)),
+        Err(_) => {
+            state.elastic.metrics.gateway_timeouts.inc();
+            Err(AppError::GatewayTimeout { after: gateway })
+        }
+    }
+}
