@@ -44,16 +44,9 @@ async fn caller_timeout_turns_a_slow_dependency_into_a_fast_504() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_dependency_gives_502_and_recovers() {
     let app = spawn_app(Db::Sqlite, &[]).await;
-    let sim = app.downstream_url().await;
 
     // Arrange: the simulator fails the next 2 calls.
-    let resp = app
-        .client
-        .post(format!("{sim}/control/fail-first?n=2"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    app.sim_control("fail-first?n=2").await;
 
     // Act + assert: 2 x 502 naming the upstream status, then success.
     for _ in 0..2 {
@@ -87,12 +80,7 @@ async fn cascade_reports_each_call() {
     assert_eq!(body["results"].as_array().unwrap().len(), 5);
 
     // During an outage every call reports its 502.
-    let sim = app.downstream_url().await;
-    app.client
-        .post(format!("{sim}/control/outage?duration_ms=3000"))
-        .send()
-        .await
-        .unwrap();
+    app.sim_control("outage?duration_ms=3000").await;
     let (status, body) = app.get_json("/api/cascade-failure").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["failed"], 5, "{body}");
@@ -146,11 +134,7 @@ async fn simulator_endpoints_and_controls() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 422);
-    app.client
-        .post(format!("{sim}/control/outage?duration_ms=300"))
-        .send()
-        .await
-        .unwrap();
+    app.sim_control("outage?duration_ms=300").await;
     assert_eq!(get("/slow?delay=0").await.0, 503);
     assert_eq!(get("/health").await.0, 200, "faults never touch /health");
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -214,18 +198,13 @@ async fn hardened_bounds_the_pile_up_behind_a_slow_dependency() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_opens_on_failures_and_half_opens_after_the_open_duration() {
     let app = spawn_app(Db::Sqlite, &[]).await;
-    let sim = app.downstream_url().await;
     app.set_knobs(serde_json::json!({
         "breaker_enabled": true, "breaker_min_calls": 3, "breaker_window_calls": 5,
         "breaker_failure_rate": 0.5, "breaker_open_ms": 800
     }))
     .await;
     // The simulator's outage window drives the failures.
-    app.client
-        .post(format!("{sim}/control/outage?duration_ms=60000"))
-        .send()
-        .await
-        .unwrap();
+    app.sim_control("outage?duration_ms=60000").await;
 
     // 3 failures reach the threshold: the breaker opens.
     for _ in 0..3 {
@@ -260,7 +239,7 @@ async fn breaker_opens_on_failures_and_half_opens_after_the_open_duration() {
     assert_eq!(app.metric("circuit_breaker_state").await, 1.0);
 
     // The outage ends; after the open duration the trial succeeds and the breaker closes.
-    app.client.post(format!("{sim}/control/reset")).send().await.unwrap();
+    app.sim_control("reset").await;
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert_eq!(app.get_json("/api/call-downstream?timeout=5").await.0, 200);
     assert_eq!(app.metric("circuit_breaker_state").await, 0.0);
@@ -279,24 +258,19 @@ async fn breaker_opens_on_failures_and_half_opens_after_the_open_duration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_with_backoff_ride_out_transient_failures() {
     let app = spawn_app(Db::Sqlite, &[]).await;
-    let sim = app.downstream_url().await;
-    let fail_first = |n: u32| {
-        let (client, url) = (app.client.clone(), format!("{sim}/control/fail-first?n={n}"));
-        async move { assert_eq!(client.post(url).send().await.unwrap().status(), 200) }
-    };
 
     // Fragile (no retry): the first transient failure aborts the call, at once.
-    fail_first(5).await;
+    app.sim_control("fail-first?n=5").await;
     let start = Instant::now();
     assert_eq!(app.get_json("/api/call-downstream?timeout=5").await.0, 502);
     assert!(start.elapsed() < Duration::from_millis(500));
     assert_eq!(app.metric(r#"downstream_attempts_total{kind="retry"}"#).await, 0.0);
 
     // Backoff retries (6 attempts, 20 ms base, full jitter): the call rides out the 5 failures.
-    app.client.post(format!("{sim}/control/reset")).send().await.unwrap();
+    app.sim_control("reset").await;
     app.set_knobs(serde_json::json!({"retry_max_attempts": 6, "retry_base_ms": 20, "retry_budget_percent": 0}))
         .await;
-    fail_first(5).await;
+    app.sim_control("fail-first?n=5").await;
     let (status, body) = app.get_json("/api/call-downstream?timeout=5").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(app.metric(r#"downstream_attempts_total{kind="first"}"#).await, 2.0);
@@ -307,7 +281,7 @@ async fn retries_with_backoff_ride_out_transient_failures() {
 
     // Too few attempts still fail, after exactly the allowed attempts.
     app.set_knobs(serde_json::json!({"retry_max_attempts": 3})).await;
-    fail_first(5).await;
+    app.sim_control("fail-first?n=5").await;
     assert_eq!(app.get_json("/api/call-downstream?timeout=5").await.0, 502);
     assert_eq!(app.metric(r#"downstream_attempts_total{kind="retry"}"#).await, 7.0);
 }

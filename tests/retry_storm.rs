@@ -12,14 +12,7 @@ use futures::future::join_all;
 use serde_json::json;
 
 async fn outage(app: &TestApp, ms: u64) {
-    let sim = app.downstream_url().await;
-    let resp = app
-        .client
-        .post(format!("{sim}/control/outage?duration_ms={ms}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    app.sim_control(&format!("outage?duration_ms={ms}")).await;
 }
 
 /// 20 concurrent deliveries: (delivered, attempts sent, first attempts sent).

@@ -256,6 +256,19 @@ impl TestApp {
         metric_in(&text, series).unwrap_or_else(|| panic!("series {series} not in /metrics"))
     }
 
+    /// Sends a fault control to the simulator the app talks to, e.g. `"outage?duration_ms=500"`,
+    /// `"fail-first?n=5"` or `"reset"`, and checks it was accepted.
+    pub async fn sim_control(&self, command: &str) {
+        let sim = self.downstream_url().await;
+        let resp = self
+            .client
+            .post(format!("{sim}/control/{command}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "control/{command}");
+    }
+
     /// The base URL of the downstream the app talks to (the embedded simulator by default).
     pub async fn downstream_url(&self) -> String {
         let (_, index) = self.get_json("/").await;
