@@ -689,10 +689,6 @@ impl KnobStore {
         self.startup.clone()
     }
 
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Arc<Knobs>> {
-        self.tx.subscribe()
-    }
-
     /// Publishes `new`, recording `source` for every knob whose value changed.
     pub fn publish(&self, new: Knobs, source: Source) {
         let old = self.current();

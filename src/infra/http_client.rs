@@ -130,7 +130,7 @@ pub struct DownstreamClient {
     default_timeout: Duration,
     metrics: ClientMetrics,
     bulkhead: Arc<Bulkhead>,
-    pub breaker: Arc<Breaker>,
+    breaker: Arc<Breaker>,
     budget: Arc<RetryBudget>,
 }
 

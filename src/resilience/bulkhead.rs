@@ -40,10 +40,6 @@ impl Bulkhead {
         }
         Some(Permit { bulkhead: self.clone() })
     }
-
-    pub fn in_use(&self) -> u32 {
-        self.in_use.load(Ordering::SeqCst)
-    }
 }
 
 impl Drop for Permit {
