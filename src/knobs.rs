@@ -43,6 +43,15 @@ pub enum CpuMode {
     Offload,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DeployMode {
+    /// The deployment's work runs before the answer (fragile: waits pile up to the timeout).
+    Sync,
+    /// 202 + Location at once; workers drain a bounded queue at database speed.
+    Async,
+}
+
 /// The runtime-tunable settings. Field names are the knob names of the admin API; units are in
 /// the names. `0` means "off / unlimited" where the range allows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,6 +92,19 @@ pub struct Knobs {
     pub cold_start_ms: u64,
     pub idle_timeout_ms: u64,
     pub gateway_timeout_ms: u64,
+    pub deploy_mode: DeployMode,
+    pub deploy_timeout_ms: u64,
+    pub deploy_work_ms: u64,
+    pub deploy_queue_max: u32,
+    pub deploy_workers: u32,
+    pub cache_ttl_ms: u64,
+    pub cache_ttl_jitter_percent: u32,
+    pub cache_single_flight: bool,
+    pub cache_serve_stale: bool,
+    pub cache_query_ms: u64,
+    pub redis_timeout_ms: u64,
+    pub redis_pool_size: u32,
+    pub redis_pool_timeout_ms: u64,
 }
 
 impl Knobs {
@@ -124,6 +146,19 @@ impl Knobs {
                 cold_start_ms: 1_000,
                 idle_timeout_ms: 60_000,
                 gateway_timeout_ms: 1_150,
+                deploy_mode: DeployMode::Sync,
+                deploy_timeout_ms: 20_000,
+                deploy_work_ms: 200,
+                deploy_queue_max: 1000,
+                deploy_workers: 4,
+                cache_ttl_ms: 30_000,
+                cache_ttl_jitter_percent: 0,
+                cache_single_flight: false,
+                cache_serve_stale: false,
+                cache_query_ms: 200,
+                redis_timeout_ms: 0,
+                redis_pool_size: 16,
+                redis_pool_timeout_ms: 30_000,
             },
             Profile::Hardened => Knobs {
                 db_pool_size: 5,
@@ -161,6 +196,19 @@ impl Knobs {
                 cold_start_ms: 1_000,
                 idle_timeout_ms: 60_000,
                 gateway_timeout_ms: 1_150,
+                deploy_mode: DeployMode::Async,
+                deploy_timeout_ms: 20_000,
+                deploy_work_ms: 200,
+                deploy_queue_max: 1000,
+                deploy_workers: 4,
+                cache_ttl_ms: 30_000,
+                cache_ttl_jitter_percent: 20,
+                cache_single_flight: true,
+                cache_serve_stale: true,
+                cache_query_ms: 200,
+                redis_timeout_ms: 100,
+                redis_pool_size: 16,
+                redis_pool_timeout_ms: 100,
             },
         }
     }
@@ -444,6 +492,96 @@ pub const SPECS: &[KnobSpec] = &[
         Range::Int(1, 600_000),
         "cold-start",
         "the gateway answers 504 once a cold-start request has taken this long"
+    ),    spec!(
+        "deploy_mode",
+        "DEPLOY_MODE",
+        Range::Choice(&["sync", "async"]),
+        "burst",
+        "sync: POST /api/v1/deployments/ does the work before answering; async: 202 + Location, work drained from a bounded queue"
+    ),
+    spec!(
+        "deploy_timeout_ms",
+        "DEPLOY_TIMEOUT_MS",
+        Range::Int(0, 600000),
+        "burst",
+        "request timeout of POST /api/v1/deployments/ (the report's 20 s; 0 = none); 504 when it expires"
+    ),
+    spec!(
+        "deploy_work_ms",
+        "DEPLOY_WORK_MS",
+        Range::Int(0, 60000),
+        "burst",
+        "provisioning work each deployment does inside its transaction, holding its connection"
+    ),
+    spec!(
+        "deploy_queue_max",
+        "DEPLOY_QUEUE_MAX",
+        Range::Int(1, 1000000),
+        "burst",
+        "async mode: deployments allowed to wait for a worker; more are refused with 503 + Retry-After"
+    ),
+    spec!(
+        "deploy_workers",
+        "DEPLOY_WORKERS",
+        Range::Int(1, 256),
+        "burst",
+        "async mode: workers draining the deployment queue (keep at or below the pool size)"
+    ),
+    spec!(
+        "cache_ttl_ms",
+        "CACHE_TTL_MS",
+        Range::Int(100, 86400000),
+        "cache-stampede",
+        "how long a cached item stays fresh in Redis"
+    ),
+    spec!(
+        "cache_ttl_jitter_percent",
+        "CACHE_TTL_JITTER_PERCENT",
+        Range::Int(0, 100),
+        "cache-stampede",
+        "each TTL is drawn from ttl ± this %, so keys filled together do not expire together"
+    ),
+    spec!(
+        "cache_single_flight",
+        "CACHE_SINGLE_FLIGHT",
+        Range::Bool,
+        "cache-stampede",
+        "one database load per missing key at a time; concurrent misses wait for it"
+    ),
+    spec!(
+        "cache_serve_stale",
+        "CACHE_SERVE_STALE",
+        Range::Bool,
+        "cache-stampede",
+        "on a Redis error or timeout, answer from the last value this process saw instead of 500"
+    ),
+    spec!(
+        "cache_query_ms",
+        "CACHE_QUERY_MS",
+        Range::Int(0, 60000),
+        "cache-stampede",
+        "time the slow database query behind a cache miss holds its connection"
+    ),
+    spec!(
+        "redis_timeout_ms",
+        "REDIS_TIMEOUT_MS",
+        Range::Int(0, 60000),
+        "cache-stampede",
+        "timeout of one Redis operation, connection included (0 = none)"
+    ),
+    spec!(
+        "redis_pool_size",
+        "REDIS_POOL_SIZE",
+        Range::Int(1, 1000),
+        "cache-stampede",
+        "Redis connections the pool may open; resized live"
+    ),
+    spec!(
+        "redis_pool_timeout_ms",
+        "REDIS_POOL_TIMEOUT_MS",
+        Range::Int(1, 600000),
+        "cache-stampede",
+        "how long a request waits for a pooled Redis connection"
     ),
 ];
 
@@ -629,6 +767,19 @@ pub fn from_settings(settings: &Settings) -> (Knobs, BTreeMap<&'static str, Sour
     layer!(cold_start_ms, settings.cold_start_ms);
     layer!(idle_timeout_ms, settings.idle_timeout_ms);
     layer!(gateway_timeout_ms, settings.gateway_timeout_ms);
+    layer!(deploy_mode, settings.deploy_mode);
+    layer!(deploy_timeout_ms, settings.deploy_timeout_ms);
+    layer!(deploy_work_ms, settings.deploy_work_ms);
+    layer!(deploy_queue_max, settings.deploy_queue_max);
+    layer!(deploy_workers, settings.deploy_workers);
+    layer!(cache_ttl_ms, settings.cache_ttl_ms);
+    layer!(cache_ttl_jitter_percent, settings.cache_ttl_jitter_percent);
+    layer!(cache_single_flight, settings.cache_single_flight);
+    layer!(cache_serve_stale, settings.cache_serve_stale);
+    layer!(cache_query_ms, settings.cache_query_ms);
+    layer!(redis_timeout_ms, settings.redis_timeout_ms);
+    layer!(redis_pool_size, settings.redis_pool_size);
+    layer!(redis_pool_timeout_ms, settings.redis_pool_timeout_ms);
     (knobs, sources)
 }
 
@@ -652,7 +803,7 @@ impl KnobStore {
             GaugeVec::new(
                 Opts::new(
                     "knob_value",
-                    "Current value of each runtime knob (booleans 0/1, cpu_mode offload=1)",
+                    "Current value of each runtime knob (booleans 0/1, choices by position: cpu_mode offload=1, deploy_mode async=1)",
                 ),
                 &["knob"],
             )
@@ -723,7 +874,11 @@ impl KnobStore {
             let n = match &v[spec.name] {
                 Value::Bool(b) => f64::from(u8::from(*b)),
                 Value::Number(n) => n.as_f64().unwrap_or(0.0),
-                Value::String(s) => f64::from(u8::from(s == "offload")),
+                // A choice exports its position in the range (cpu_mode offload = 1, deploy_mode async = 1).
+                Value::String(s) => match spec.range {
+                    Range::Choice(c) => c.iter().position(|x| x == s).unwrap_or(0) as f64,
+                    _ => 0.0,
+                },
                 _ => 0.0,
             };
             self.values.with_label_values(&[spec.name]).set(n);

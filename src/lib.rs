@@ -59,6 +59,8 @@ pub struct AppState {
     pub worker_pool: Arc<scenarios::worker_pool::WorkerPool>,
     /// The simulated elastic pool of the cold-start scenario.
     pub elastic: Arc<scenarios::cold_start::ElasticPool>,
+    /// The burst scenario's async deployment queue and its workers.
+    pub deployments: Arc<scenarios::burst::Deployments>,
     /// Set once shutdown starts: `/ready` fails so load balancers stop sending traffic.
     pub draining: Arc<AtomicBool>,
 }
@@ -117,8 +119,14 @@ impl App {
             cpu_pool: Bulkhead::new(Some(scenarios::cpu::offload_gauge(&registry))),
             worker_pool,
             elastic,
+            deployments: scenarios::burst::Deployments::new(&registry),
             draining: Arc::new(AtomicBool::new(false)),
         };
+        state
+            .deployments
+            .start(state.db.clone(), state.knobs.clone())
+            .await
+            .context("starting the deployment workers")?;
         let router = router(state.clone());
         Ok(App {
             listener,
@@ -172,6 +180,7 @@ impl App {
                 Ok(())
             }
         };
+        state.deployments.stop();
         if tokio::time::timeout(Duration::from_secs(2), state.db.close())
             .await
             .is_err()
@@ -197,6 +206,7 @@ pub fn router(state: AppState) -> Router {
         .merge(scenarios::worker_pool::router())
         .merge(scenarios::retry_storm::router())
         .merge(scenarios::cold_start::router())
+        .merge(scenarios::burst::router())
         .merge(admin::router())
         .route("/metrics", get(telemetry::metrics_handler))
         .fallback(scenarios::healthy::not_found)

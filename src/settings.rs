@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::knobs::{CpuMode, Profile};
+use crate::knobs::{CpuMode, DeployMode, Profile};
 
 /// chokepoint: a deliberately fragile backend that reproduces production collapses on demand.
 #[derive(Debug, Parser)]
@@ -204,6 +204,45 @@ pub struct Settings {
     /// Knob `gateway_timeout_ms`.
     #[arg(long, env = "GATEWAY_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub gateway_timeout_ms: Option<u64>,
+    /// Knob `deploy_mode` (burst scenario).
+    #[arg(long, env = "DEPLOY_MODE", value_enum)]
+    pub deploy_mode: Option<DeployMode>,
+    /// Knob `deploy_timeout_ms` (burst scenario).
+    #[arg(long, env = "DEPLOY_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(0..=600000))]
+    pub deploy_timeout_ms: Option<u64>,
+    /// Knob `deploy_work_ms` (burst scenario).
+    #[arg(long, env = "DEPLOY_WORK_MS", value_parser = clap::value_parser!(u64).range(0..=60000))]
+    pub deploy_work_ms: Option<u64>,
+    /// Knob `deploy_queue_max` (burst scenario).
+    #[arg(long, env = "DEPLOY_QUEUE_MAX", value_parser = clap::value_parser!(u32).range(1..=1000000))]
+    pub deploy_queue_max: Option<u32>,
+    /// Knob `deploy_workers` (burst scenario).
+    #[arg(long, env = "DEPLOY_WORKERS", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub deploy_workers: Option<u32>,
+    /// Knob `cache_ttl_ms` (cache-stampede scenario).
+    #[arg(long, env = "CACHE_TTL_MS", value_parser = clap::value_parser!(u64).range(100..=86400000))]
+    pub cache_ttl_ms: Option<u64>,
+    /// Knob `cache_ttl_jitter_percent` (cache-stampede scenario).
+    #[arg(long, env = "CACHE_TTL_JITTER_PERCENT", value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub cache_ttl_jitter_percent: Option<u32>,
+    /// Knob `cache_single_flight` (cache-stampede scenario).
+    #[arg(long, env = "CACHE_SINGLE_FLIGHT", value_parser = parse_bool)]
+    pub cache_single_flight: Option<bool>,
+    /// Knob `cache_serve_stale` (cache-stampede scenario).
+    #[arg(long, env = "CACHE_SERVE_STALE", value_parser = parse_bool)]
+    pub cache_serve_stale: Option<bool>,
+    /// Knob `cache_query_ms` (cache-stampede scenario).
+    #[arg(long, env = "CACHE_QUERY_MS", value_parser = clap::value_parser!(u64).range(0..=60000))]
+    pub cache_query_ms: Option<u64>,
+    /// Knob `redis_timeout_ms` (cache-stampede scenario).
+    #[arg(long, env = "REDIS_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(0..=60000))]
+    pub redis_timeout_ms: Option<u64>,
+    /// Knob `redis_pool_size` (cache-stampede scenario).
+    #[arg(long, env = "REDIS_POOL_SIZE", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub redis_pool_size: Option<u32>,
+    /// Knob `redis_pool_timeout_ms` (cache-stampede scenario).
+    #[arg(long, env = "REDIS_POOL_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..=600000))]
+    pub redis_pool_timeout_ms: Option<u64>,
 
     /// Safety cap (MiB) on memory the memory endpoints may hold at once (retained + spikes).
     /// Raise it explicitly to let the process grow into the container limit (OOM demos).

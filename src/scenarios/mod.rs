@@ -2,6 +2,7 @@
 //! `healthy` holds the probes and the fast routes whose latency shows when something else is
 //! starving the process.
 
+pub mod burst;
 pub mod cold_start;
 pub mod cpu;
 pub mod db_pool;

@@ -1,0 +1,644 @@
+//! `burst` — the burst report: 1000 users POST `/api/v1/deployments/` at once; each creation is
+//! synchronous work that holds a pooled connection (and, at its end, the lock on one shared
+//! counter row), so requests queue for the pool until the 20 s request timeout: median 19 s,
+//! 100% failures.
+//!
+//! `POST /api/v1/deployments/` creates a deployment in one transaction: replay check, then
+//! `deploy_work_ms` of provisioning work holding the connection, then the deployment row, an
+//! audit row, the shared counter bump (`sequence`, the hot row every writer locks), the final
+//! status and a second audit row. `GET /api/v1/deployments/{id}` reads one back.
+//!
+//! Knobs: `deploy_mode` (`sync` answers 201 after the work; `async` answers 202 + `Location`
+//! at once and `deploy_workers` drain a queue bounded by `deploy_queue_max`, refusing with 503 +
+//! `Retry-After` when it is full), `deploy_timeout_ms` (20 s like the report; 504), `deploy_work_ms`,
+//! and the pool knobs of `db-pool`. An `Idempotency-Key` header makes a retried POST safe: the
+//! key is unique in the table, so a retry answers with the deployment the first attempt created
+//! (200, `Idempotent-Replayed: true`) and never creates a second one.
+//!
+//! Metrics: `deployments_total{mode,outcome}`, `deploy_queue_depth`, `deploy_workers_busy`,
+//! `deploy_queue_wait_seconds`, `deploy_transaction_seconds`.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use serde_json::Value;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+
+use crate::error::{AppError, AppResult};
+use crate::infra::database::{Conn, Database};
+use crate::knobs::{DeployMode, KnobStore};
+use crate::telemetry::{register, LATENCY_BUCKETS};
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/deployments/", post(create))
+        .route("/api/v1/deployments", post(create))
+        .route("/api/v1/deployments/{id}", get(show))
+}
+
+const NAME_LEN: std::ops::RangeInclusive<usize> = 1..=200;
+const ENVIRONMENT_LEN: std::ops::RangeInclusive<usize> = 1..=64;
+const REPLICAS: std::ops::RangeInclusive<i64> = 1..=100;
+const IDEMPOTENCY_KEY_LEN: std::ops::RangeInclusive<usize> = 1..=255;
+/// How often the dispatcher looks at the knobs even when nothing woke it.
+const DISPATCH_TICK: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct Deployment {
+    id: String,
+    name: String,
+    environment: String,
+    replicas: i64,
+    status: String,
+    idempotency_key: Option<String>,
+    sequence: Option<i64>,
+    error: Option<String>,
+    created_ms: i64,
+    completed_ms: Option<i64>,
+}
+
+const COLUMNS: &str =
+    "id, name, environment, replicas, status, idempotency_key, sequence, error, created_ms, completed_ms";
+
+/// Runs `$body` with `$c` bound to the connection of either backend (the SQL is shared: `$n`
+/// placeholders work on both).
+macro_rules! on_conn {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            Conn::Pg($c) => $body,
+            Conn::Sqlite($c) => $body,
+        }
+    };
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[derive(Clone)]
+struct Metrics {
+    outcomes: IntCounterVec,
+    queue_depth: IntGauge,
+    busy: IntGauge,
+    queue_wait: Histogram,
+    transaction: Histogram,
+}
+
+/// A queued async deployment.
+struct Job {
+    id: String,
+    enqueued: Instant,
+}
+
+/// The async mode's bounded queue and its workers.
+pub struct Deployments {
+    queue: Mutex<Queue>,
+    notify: Notify,
+    stop: watch::Sender<bool>,
+    metrics: Metrics,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Slots promised to requests still writing their row; counted against the bound.
+    reserved: usize,
+}
+
+/// A promised queue slot; given back if the request fails before it enqueues.
+struct Reservation {
+    owner: Arc<Deployments>,
+    used: bool,
+}
+
+impl Reservation {
+    fn enqueue(mut self, id: String) {
+        self.used = true;
+        let mut q = self.owner.lock();
+        q.reserved -= 1;
+        q.jobs.push_back(Job {
+            id,
+            enqueued: Instant::now(),
+        });
+        self.owner.metrics.queue_depth.set((q.jobs.len() + q.reserved) as i64);
+        drop(q);
+        self.owner.notify.notify_one();
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.used {
+            let mut q = self.owner.lock();
+            q.reserved -= 1;
+            self.owner.metrics.queue_depth.set((q.jobs.len() + q.reserved) as i64);
+        }
+    }
+}
+
+impl Deployments {
+    pub fn new(registry: &Registry) -> Arc<Self> {
+        let metrics = Metrics {
+            outcomes: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "deployments_total",
+                        "POST /api/v1/deployments/ outcomes (created, accepted, replayed, queue_full, timeout, failed)",
+                    ),
+                    &["mode", "outcome"],
+                )
+                .unwrap(),
+            ),
+            queue_depth: register(
+                registry,
+                IntGauge::new("deploy_queue_depth", "Async deployments waiting for a worker").unwrap(),
+            ),
+            busy: register(
+                registry,
+                IntGauge::new("deploy_workers_busy", "Async deployment workers running a deployment").unwrap(),
+            ),
+            queue_wait: register(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "deploy_queue_wait_seconds",
+                        "Time an async deployment waited in the queue",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                )
+                .unwrap(),
+            ),
+            transaction: register(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "deploy_transaction_seconds",
+                        "Time a deployment's transaction held its connection (work included)",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                )
+                .unwrap(),
+            ),
+        };
+        Arc::new(Self {
+            queue: Mutex::new(Queue::default()),
+            notify: Notify::new(),
+            stop: watch::channel(false).0,
+            metrics,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reserve(self: &Arc<Self>, max: u32) -> Result<Reservation, AppError> {
+        let mut q = self.lock();
+        let depth = q.jobs.len() + q.reserved;
+        if depth >= max as usize {
+            return Err(AppError::Shed {
+                detail: format!(
+                    "the deployment queue is full ({depth} waiting, deploy_queue_max={max}); retry later"
+                ),
+            });
+        }
+        q.reserved += 1;
+        self.metrics.queue_depth.set((depth + 1) as i64);
+        Ok(Reservation {
+            owner: self.clone(),
+            used: false,
+        })
+    }
+
+    fn pop(&self) -> Option<Job> {
+        let mut q = self.lock();
+        let job = q.jobs.pop_front();
+        self.metrics.queue_depth.set((q.jobs.len() + q.reserved) as i64);
+        job
+    }
+
+    fn count(&self, mode: DeployMode, outcome: &str) {
+        let mode = match mode {
+            DeployMode::Sync => "sync",
+            DeployMode::Async => "async",
+        };
+        self.metrics.outcomes.with_label_values(&[mode, outcome]).inc();
+    }
+
+    /// Re-queues deployments a previous run accepted but never ran, then starts the dispatcher.
+    pub async fn start(self: &Arc<Self>, db: Arc<Database>, knobs: Arc<KnobStore>) -> anyhow::Result<()> {
+        let (mut conn, _) = db
+            .acquire(Duration::from_secs(30))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let pending: Vec<(String,)> = on_conn!(&mut conn, c => {
+            sqlx::query_as("SELECT id FROM deployments WHERE status = 'queued' ORDER BY created_ms")
+                .fetch_all(&mut **c)
+                .await?
+        });
+        drop(conn);
+        if !pending.is_empty() {
+            tracing::info!(count = pending.len(), "re-queued deployments accepted by an earlier run");
+        }
+        {
+            let mut q = self.lock();
+            for (id,) in pending {
+                q.jobs.push_back(Job {
+                    id,
+                    enqueued: Instant::now(),
+                });
+            }
+            self.metrics.queue_depth.set(q.jobs.len() as i64);
+        }
+        let me = self.clone();
+        tokio::spawn(async move { me.dispatch(db, knobs).await });
+        Ok(())
+    }
+
+    /// Stops the workers: running deployments are aborted (their transactions roll back, their
+    /// rows stay `queued` and the next start runs them).
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    async fn dispatch(self: Arc<Self>, db: Arc<Database>, knobs: Arc<KnobStore>) {
+        let mut stop = self.stop.subscribe();
+        let mut running = JoinSet::new();
+        loop {
+            let limit = knobs.current().deploy_workers as usize;
+            while running.len() < limit {
+                let Some(job) = self.pop() else { break };
+                self.metrics.queue_wait.observe(job.enqueued.elapsed().as_secs_f64());
+                let (db, knobs, me) = (db.clone(), knobs.clone(), self.clone());
+                running.spawn(async move { me.run_job(&db, &knobs, job.id).await });
+            }
+            self.metrics.busy.set(running.len() as i64);
+            tokio::select! {
+                _ = self.notify.notified() => {}
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    if let Err(e) = done {
+                        tracing::error!(error = %e, "a deployment worker panicked");
+                    }
+                }
+                _ = tokio::time::sleep(DISPATCH_TICK) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        running.shutdown().await;
+        self.metrics.busy.set(0);
+    }
+
+    async fn run_job(&self, db: &Database, knobs: &KnobStore, id: String) {
+        let conn = loop {
+            let k = knobs.current();
+            match db.acquire(Duration::from_millis(k.db_pool_timeout_ms)).await {
+                Ok((conn, _)) => break conn,
+                // The pool is busy: the job keeps its turn and tries again.
+                Err(AppError::PoolTimeout { .. }) => continue,
+                Err(e) => {
+                    tracing::error!(deployment = %id, error = %crate::error::error_chain(&e), "deployment failed");
+                    self.count(DeployMode::Async, "failed");
+                    return;
+                }
+            }
+        };
+        let mut conn = conn;
+        let work = Duration::from_millis(knobs.current().deploy_work_ms);
+        let start = Instant::now();
+        let result = complete_queued(&mut conn, &id, work).await;
+        self.metrics.transaction.observe(start.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => self.count(DeployMode::Async, "created"),
+            Err(e) => {
+                tracing::error!(deployment = %id, error = %e, "deployment failed");
+                self.count(DeployMode::Async, "failed");
+                let detail = e.to_string();
+                let marked: Result<(), sqlx::Error> = on_conn!(&mut conn, c => {
+                    sqlx::query("UPDATE deployments SET status = 'failed', error = $2, completed_ms = $3 WHERE id = $1")
+                        .bind(&id)
+                        .bind(&detail)
+                        .bind(now_ms())
+                        .execute(&mut **c)
+                        .await
+                        .map(|_| ())
+                });
+                if let Err(e) = marked {
+                    tracing::error!(deployment = %id, error = %e, "could not mark the deployment failed");
+                }
+            }
+        }
+    }
+}
+
+/// What a POST asked for.
+struct NewDeployment {
+    name: String,
+    environment: String,
+    replicas: i64,
+    idempotency_key: Option<String>,
+}
+
+fn text_field(obj: &serde_json::Map<String, Value>, name: &str, default: &str, len: std::ops::RangeInclusive<usize>) -> AppResult<String> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(default.to_string()),
+        Some(Value::String(s)) if len.contains(&s.chars().count()) => Ok(s.clone()),
+        Some(v) => Err(AppError::InvalidParameter {
+            param: name.to_string(),
+            detail: format!(
+                "`{name}` must be a string of {} to {} characters (got {v})",
+                len.start(),
+                len.end()
+            ),
+            range: Some((len.start().to_string(), len.end().to_string())),
+        }),
+    }
+}
+
+/// Parses the optional JSON body (unknown fields are ignored, like the original app) and the
+/// `Idempotency-Key` header.
+fn parse_request(headers: &HeaderMap, body: &Bytes) -> AppResult<NewDeployment> {
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let key = v.to_str().ok().map(str::trim).filter(|k| {
+                IDEMPOTENCY_KEY_LEN.contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic())
+            });
+            match key {
+                Some(k) => Some(k.to_string()),
+                None => {
+                    return Err(AppError::InvalidParameter {
+                        param: "Idempotency-Key".into(),
+                        detail: "the `Idempotency-Key` header must be 1 to 255 visible ASCII characters".into(),
+                        range: Some(("1".into(), "255".into())),
+                    })
+                }
+            }
+        }
+    };
+    let empty = serde_json::Map::new();
+    let parsed;
+    let obj = if body.iter().all(u8::is_ascii_whitespace) {
+        &empty
+    } else {
+        parsed = serde_json::from_slice::<Value>(body)
+            .map_err(|e| AppError::invalid("body", format!("the body must be a JSON object: {e}")))?;
+        parsed
+            .as_object()
+            .ok_or_else(|| AppError::invalid("body", "the body must be a JSON object"))?
+    };
+    let replicas = match obj.get("replicas") {
+        None | Some(Value::Null) => 1,
+        Some(v) => match v.as_i64().filter(|n| REPLICAS.contains(n)) {
+            Some(n) => n,
+            None => return Err(AppError::out_of_range("replicas", REPLICAS.start(), REPLICAS.end(), v)),
+        },
+    };
+    Ok(NewDeployment {
+        name: text_field(obj, "name", "deployment", NAME_LEN)?,
+        environment: text_field(obj, "environment", "production", ENVIRONMENT_LEN)?,
+        replicas,
+        idempotency_key,
+    })
+}
+
+/// The answer to a POST.
+enum Created {
+    /// Committed now (sync: 201) or queued now (async: 202).
+    New(Deployment),
+    /// The idempotency key was already used: the deployment its first attempt created.
+    Replayed(Deployment),
+}
+
+async fn find_by_key(conn: &mut Conn, key: &str) -> Result<Option<Deployment>, sqlx::Error> {
+    let sql = format!("SELECT {COLUMNS} FROM deployments WHERE idempotency_key = $1");
+    on_conn!(conn, c => sqlx::query_as::<_, Deployment>(&sql).bind(key).fetch_optional(&mut **c).await)
+}
+
+/// Inserts the deployment row unless its idempotency key is taken, in the transaction `c`.
+/// Returns `false` when another request already claimed the key (it waits for that request's
+/// transaction on PostgreSQL, so the answer is final).
+macro_rules! insert_row {
+    ($tx:expr, $id:expr, $new:expr, $status:expr, $at:expr) => {
+        sqlx::query(
+            "INSERT INTO deployments (id, name, environment, replicas, status, idempotency_key, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind($id)
+        .bind(&$new.name)
+        .bind(&$new.environment)
+        .bind($new.replicas)
+        .bind($status)
+        .bind(&$new.idempotency_key)
+        .bind($at)
+        .execute(&mut *$tx)
+        .await?
+        .rows_affected()
+            == 1
+    };
+}
+
+macro_rules! audit {
+    ($tx:expr, $id:expr, $event:expr) => {
+        sqlx::query("INSERT INTO deployment_audit (deployment_id, event, at_ms) VALUES ($1, $2, $3)")
+            .bind($id)
+            .bind($event)
+            .bind(now_ms())
+            .execute(&mut *$tx)
+            .await?
+    };
+}
+
+/// Bumps the shared counter (locking its row until commit) and marks the deployment done.
+macro_rules! finish {
+    ($tx:expr, $id:expr) => {{
+        let (sequence,): (i64,) =
+            sqlx::query_as("UPDATE deployment_counter SET total = total + 1 WHERE id = 1 RETURNING total")
+                .fetch_one(&mut *$tx)
+                .await?;
+        sqlx::query("UPDATE deployments SET status = 'succeeded', sequence = $2, completed_ms = $3 WHERE id = $1")
+            .bind($id)
+            .bind(sequence)
+            .bind(now_ms())
+            .execute(&mut *$tx)
+            .await?;
+        audit!($tx, $id, "succeeded");
+    }};
+}
+
+/// The synchronous creation: the whole transaction before the answer.
+async fn create_sync(conn: &mut Conn, new: &NewDeployment, work: Duration) -> Result<Created, sqlx::Error> {
+    if let Some(key) = &new.idempotency_key {
+        if let Some(existing) = find_by_key(conn, key).await? {
+            return Ok(Created::Replayed(existing));
+        }
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let inserted = on_conn!(&mut *conn, c => {
+        let mut tx = sqlx::Connection::begin(&mut **c).await?;
+        // The provisioning work, holding the connection inside the open transaction.
+        tokio::time::sleep(work).await;
+        let inserted = insert_row!(tx, &id, new, "provisioning", now_ms());
+        if inserted {
+            audit!(tx, &id, "requested");
+            finish!(tx, &id);
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        inserted
+    });
+    let sql = format!("SELECT {COLUMNS} FROM deployments WHERE id = $1");
+    if inserted {
+        let row = on_conn!(&mut *conn, c => sqlx::query_as::<_, Deployment>(&sql).bind(&id).fetch_one(&mut **c).await)?;
+        return Ok(Created::New(row));
+    }
+    let key = new.idempotency_key.as_deref().unwrap_or_default();
+    let existing = find_by_key(conn, key).await?.ok_or(sqlx::Error::RowNotFound)?;
+    Ok(Created::Replayed(existing))
+}
+
+/// The asynchronous acceptance: one short transaction writes the `queued` row.
+async fn accept_async(conn: &mut Conn, new: &NewDeployment) -> Result<Created, sqlx::Error> {
+    if let Some(key) = &new.idempotency_key {
+        if let Some(existing) = find_by_key(conn, key).await? {
+            return Ok(Created::Replayed(existing));
+        }
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let inserted = on_conn!(&mut *conn, c => {
+        let mut tx = sqlx::Connection::begin(&mut **c).await?;
+        let inserted = insert_row!(tx, &id, new, "queued", now_ms());
+        if inserted {
+            audit!(tx, &id, "queued");
+        }
+        tx.commit().await?;
+        inserted
+    });
+    if inserted {
+        let sql = format!("SELECT {COLUMNS} FROM deployments WHERE id = $1");
+        let row = on_conn!(&mut *conn, c => sqlx::query_as::<_, Deployment>(&sql).bind(&id).fetch_one(&mut **c).await)?;
+        return Ok(Created::New(row));
+    }
+    let key = new.idempotency_key.as_deref().unwrap_or_default();
+    let existing = find_by_key(conn, key).await?.ok_or(sqlx::Error::RowNotFound)?;
+    Ok(Created::Replayed(existing))
+}
+
+/// A worker's transaction for a queued deployment.
+async fn complete_queued(conn: &mut Conn, id: &str, work: Duration) -> Result<(), sqlx::Error> {
+    on_conn!(conn, c => {
+        let mut tx = sqlx::Connection::begin(&mut **c).await?;
+        audit!(tx, id, "started");
+        tokio::time::sleep(work).await;
+        finish!(tx, id);
+        tx.commit().await?;
+    });
+    Ok(())
+}
+
+fn location(id: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("/api/v1/deployments/{id}")).expect("a uuid is a valid header value")
+}
+
+async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let k = state.knobs.current();
+    let mode = k.deploy_mode;
+    let result = async {
+        let new = parse_request(&headers, &body)?;
+        let acquire = Duration::from_millis(k.db_pool_timeout_ms);
+        let run = async {
+            match mode {
+                DeployMode::Sync => {
+                    let (mut conn, _) = state.db.acquire(acquire).await?;
+                    let start = Instant::now();
+                    let created = create_sync(&mut conn, &new, Duration::from_millis(k.deploy_work_ms)).await?;
+                    state.deployments.metrics.transaction.observe(start.elapsed().as_secs_f64());
+                    Ok::<_, AppError>(created)
+                }
+                DeployMode::Async => {
+                    let reservation = state.deployments.reserve(k.deploy_queue_max)?;
+                    // Not cancelled with the request: a row committed as `queued` is always
+                    // enqueued, even if the client has stopped waiting.
+                    let db = state.db.clone();
+                    tokio::spawn(async move {
+                        let (mut conn, _) = db.acquire(acquire).await?;
+                        let created = accept_async(&mut conn, &new).await?;
+                        if let Created::New(d) = &created {
+                            reservation.enqueue(d.id.clone());
+                        }
+                        Ok::<_, AppError>(created)
+                    })
+                    .await
+                    .map_err(AppError::internal)?
+                }
+            }
+        };
+        if k.deploy_timeout_ms > 0 {
+            let after = Duration::from_millis(k.deploy_timeout_ms);
+            tokio::time::timeout(after, run)
+                .await
+                .map_err(|_| AppError::RequestTimeout { group: "deploy", after })?
+        } else {
+            run.await
+        }
+    }
+    .await;
+    match result {
+        Ok(Created::New(d)) => {
+            let (status, outcome) = match mode {
+                DeployMode::Sync => (StatusCode::CREATED, "created"),
+                DeployMode::Async => (StatusCode::ACCEPTED, "accepted"),
+            };
+            state.deployments.count(mode, outcome);
+            (status, [(header::LOCATION, location(&d.id))], Json(d)).into_response()
+        }
+        Ok(Created::Replayed(d)) => {
+            state.deployments.count(mode, "replayed");
+            (
+                StatusCode::OK,
+                [
+                    (header::LOCATION, location(&d.id)),
+                    (header::HeaderName::from_static("idempotent-replayed"), HeaderValue::from_static("true")),
+                ],
+                Json(d),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            let outcome = match &e {
+                AppError::Shed { .. } => "queue_full",
+                AppError::RequestTimeout { .. } => "timeout",
+                AppError::InvalidParameter { .. } => "invalid",
+                _ => "failed",
+            };
+            state.deployments.count(mode, outcome);
+            e.into_response()
+        }
+    }
+}
+
+async fn show(State(state): State<AppState>, Path(id): Path<String>) -> AppResult<Json<Deployment>> {
+    if uuid::Uuid::parse_str(&id).is_err() {
+        return Err(AppError::invalid("id", "`id` must be a deployment id (a UUID)"));
+    }
+    let k = state.knobs.current();
+    let (mut conn, _) = state.db.acquire(Duration::from_millis(k.db_pool_timeout_ms)).await?;
+    let sql = format!("SELECT {COLUMNS} FROM deployments WHERE id = $1");
+    let found = on_conn!(&mut conn, c => sqlx::query_as::<_, Deployment>(&sql).bind(&id).fetch_optional(&mut **c).await)?;
+    found.map(Json).ok_or_else(|| AppError::NotFound {
+        detail: format!("no deployment {id}"),
+    })
+}
