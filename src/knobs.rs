@@ -525,7 +525,7 @@ pub const SPECS: &[KnobSpec] = &[
         "DEPLOY_WORKERS",
         Range::Int(1, 256),
         "burst",
-        "async mode: workers draining the deployment queue (keep at or below the pool size)"
+        "async mode: workers draining the deployment queue (keep below the pool size, so accepting always finds a connection)"
     ),
     spec!(
         "cache_ttl_ms",

@@ -93,6 +93,12 @@ const ENDPOINTS: &[(&str, &str, &str)] = &[
         "cold-start",
         "work on a simulated pool provisioned on demand",
     ),
+    (
+        "POST /api/v1/deployments/",
+        "burst",
+        "create a deployment (sync 201 or async 202 + Location; Idempotency-Key)",
+    ),
+    ("GET /api/v1/deployments/{id}", "burst", "read a deployment back"),
     ("GET /metrics", "telemetry", "Prometheus metrics"),
 ];
 
