@@ -31,7 +31,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Checks the caller may change the configuration.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
+pub(crate) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -72,6 +72,7 @@ fn apply(state: &AppState, new: Knobs, source: Source) {
     state.db.apply(&new);
     state.worker_pool.resize(new.worker_pool_size);
     state.elastic.apply(&new);
+    state.cache.apply(&new);
     state.knobs.publish(new, source);
 }
 

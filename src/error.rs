@@ -97,6 +97,10 @@ pub enum AppError {
     #[error("database error")]
     Database(#[from] sqlx::Error),
 
+    /// Redis failed (the cache-stampede scenario without serve-stale).
+    #[error("redis error")]
+    Redis(#[from] crate::infra::redis::RedisError),
+
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -146,6 +150,8 @@ impl AppError {
             AppError::Unauthorized { .. } => "unauthorized",
             AppError::Forbidden { .. } => "admin_token_required",
             AppError::Database(_) => "database_error",
+            AppError::Redis(crate::infra::redis::RedisError::PoolTimeout(_)) => "redis_pool_timeout",
+            AppError::Redis(_) => "redis_error",
             AppError::Internal(_) => "internal_error",
         }
     }
@@ -171,7 +177,8 @@ impl AppError {
             AppError::InvalidKnobs { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             AppError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            AppError::Database(_) | AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AppError::Redis(crate::infra::redis::RedisError::PoolTimeout(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Database(_) | AppError::Redis(_) | AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -248,6 +255,7 @@ impl AppError {
                 json!({"error": code, "detail": detail})
             }
             AppError::Database(_) => json!({"error": code, "detail": "the database query failed; see the server log"}),
+            AppError::Redis(e) => json!({"error": code, "detail": e.to_string(), "kind": e.kind()}),
             AppError::Internal(_) => json!({"error": code, "detail": "unexpected error; see the server log"}),
         }
     }
@@ -276,7 +284,9 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
         let retry_after = match &self {
-            AppError::PoolTimeout { .. } | AppError::Shed { .. } => Some(Duration::from_secs(1)),
+            AppError::PoolTimeout { .. }
+            | AppError::Shed { .. }
+            | AppError::Redis(crate::infra::redis::RedisError::PoolTimeout(_)) => Some(Duration::from_secs(1)),
             AppError::RateLimited { retry_after } | AppError::CircuitOpen { retry_after, .. } => Some(*retry_after),
             _ => None,
         };

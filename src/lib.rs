@@ -61,6 +61,8 @@ pub struct AppState {
     pub elastic: Arc<scenarios::cold_start::ElasticPool>,
     /// The burst scenario's async deployment queue and its workers.
     pub deployments: Arc<scenarios::burst::Deployments>,
+    /// The cache-stampede scenario's read-through cache (Redis when `REDIS_URL` is set).
+    pub cache: Arc<scenarios::cache_stampede::Cache>,
     /// Set once shutdown starts: `/ready` fails so load balancers stop sending traffic.
     pub draining: Arc<AtomicBool>,
 }
@@ -103,6 +105,17 @@ impl App {
             &registry,
         ));
 
+        let redis = match &settings.redis_url {
+            Some(url) => Some(infra::redis::Redis::new(
+                url,
+                &settings.redis_key_prefix,
+                &knobs.current(),
+                &registry,
+            )?),
+            None => None,
+        };
+        let cache = scenarios::cache_stampede::Cache::new(redis, &registry);
+
         let listener = TcpListener::bind(settings.bind_addr())
             .await
             .with_context(|| format!("cannot bind {} (HOST/PORT)", settings.bind_addr()))?;
@@ -120,6 +133,7 @@ impl App {
             worker_pool,
             elastic,
             deployments: scenarios::burst::Deployments::new(&registry),
+            cache,
             draining: Arc::new(AtomicBool::new(false)),
         };
         state
@@ -207,6 +221,7 @@ pub fn router(state: AppState) -> Router {
         .merge(scenarios::retry_storm::router())
         .merge(scenarios::cold_start::router())
         .merge(scenarios::burst::router())
+        .merge(scenarios::cache_stampede::router())
         .merge(admin::router())
         .route("/metrics", get(telemetry::metrics_handler))
         .fallback(scenarios::healthy::not_found)

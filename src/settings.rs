@@ -86,6 +86,10 @@ pub struct Settings {
     #[arg(long, env = "REDIS_URL", value_parser = parse_redis_url)]
     pub redis_url: Option<String>,
 
+    /// Prefix of every Redis key the lab writes; `POST /admin/cache/flush` deletes only these.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "chokepoint:", value_parser = parse_key_prefix)]
+    pub redis_key_prefix: String,
+
     /// Base URL of the downstream dependency. Unset: an embedded simulator is started on its
     /// own thread and runtime, so a collapse of the app never slows the simulated dependency.
     #[arg(long, env = "DOWNSTREAM_SERVICE_URL", value_parser = parse_http_url)]
@@ -378,12 +382,22 @@ fn parse_secret(raw: &str) -> Result<Secret, String> {
     }
 }
 
+fn parse_key_prefix(raw: &str) -> Result<String, String> {
+    if (1..=64).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(raw.to_string())
+    } else {
+        Err("must be 1 to 64 visible ASCII characters".into())
+    }
+}
+
 fn parse_redis_url(raw: &str) -> Result<String, String> {
     let url = raw.trim();
-    if url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://") {
+    if url.starts_with("rediss://") {
+        Err("rediss:// (TLS) is not supported by this build; use redis:// (a TLS sidecar can terminate TLS)".into())
+    } else if url.starts_with("redis://") || url.starts_with("redis+unix://") {
         Ok(url.to_string())
     } else {
-        Err("expected a redis:// or rediss:// URL".into())
+        Err("expected a redis:// URL".into())
     }
 }
 

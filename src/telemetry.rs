@@ -132,6 +132,7 @@ pub async fn track_http(State(state): State<AppState>, req: Request<Body>, next:
 /// `GET /metrics`: Prometheus text format. Pool gauges are sampled at scrape time.
 pub async fn metrics_handler(State(state): State<AppState>) -> Response {
     state.db.refresh_gauges();
+    state.cache.refresh_gauges();
     let families = state.registry.gather();
     let mut buf = Vec::with_capacity(16 * 1024);
     match TextEncoder::new().encode(&families, &mut buf) {

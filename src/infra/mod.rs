@@ -1,4 +1,5 @@
-//! Connections to the outside: the database pool and the downstream HTTP client.
+//! Connections to the outside: the database pool, Redis and the downstream HTTP client.
 
 pub mod database;
 pub mod http_client;
+pub mod redis;

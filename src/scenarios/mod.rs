@@ -3,6 +3,7 @@
 //! starving the process.
 
 pub mod burst;
+pub mod cache_stampede;
 pub mod cold_start;
 pub mod cpu;
 pub mod db_pool;

@@ -310,3 +310,72 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Redis for the tests: the machine's server (started by scripts/ensure-services.sh).
+pub const REDIS_ADDR: &str = "127.0.0.1:6379";
+
+/// A unique key prefix, so concurrent tests never share keys in the one Redis.
+pub fn unique_prefix() -> String {
+    format!("cp-test-{}:", uuid::Uuid::new_v4().simple())
+}
+
+/// What a [`FaultProxy`] does with the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkMode {
+    Forward,
+    /// Connections are closed and new ones dropped at once (a crashed server).
+    Refuse,
+    /// Connections stay open and nothing is answered (a stalled server or a black-holed network).
+    Hang,
+}
+
+/// A TCP proxy in front of a real service whose link can be cut or stalled: an outage for one
+/// test without stopping the server the other tests share.
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    mode: tokio::sync::watch::Sender<LinkMode>,
+}
+
+impl FaultProxy {
+    pub async fn start(upstream: &'static str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (mode, rx) = tokio::sync::watch::channel(LinkMode::Forward);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(proxy_link(client, upstream, rx.clone()));
+            }
+        });
+        Self { addr, mode }
+    }
+
+    pub fn set(&self, mode: LinkMode) {
+        self.mode.send_replace(mode);
+    }
+}
+
+async fn proxy_link(
+    mut client: tokio::net::TcpStream,
+    upstream: &'static str,
+    mut rx: tokio::sync::watch::Receiver<LinkMode>,
+) {
+    let mode = *rx.borrow_and_update();
+    if mode == LinkMode::Forward {
+        let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+            return;
+        };
+        let cut = tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => None,
+            m = rx.wait_for(|m| *m != LinkMode::Forward) => m.ok().map(|m| *m),
+        };
+        drop(server);
+        if cut != Some(LinkMode::Hang) {
+            return;
+        }
+    } else if mode == LinkMode::Refuse {
+        return;
+    }
+    // Hang: hold the client's socket open, unanswered, until the link changes.
+    let _ = rx.wait_for(|m| *m != LinkMode::Hang).await;
+    drop(client);
+}
