@@ -99,6 +99,12 @@ const ENDPOINTS: &[(&str, &str, &str)] = &[
         "create a deployment (sync 201 or async 202 + Location; Idempotency-Key)",
     ),
     ("GET /api/v1/deployments/{id}", "burst", "read a deployment back"),
+    (
+        "GET /api/cache/items/{id}",
+        "cache-stampede",
+        "read-through Redis cache over a slow query (needs REDIS_URL)",
+    ),
+    ("POST /admin/cache/flush", "cache-stampede", "delete the lab's cache keys"),
     ("GET /metrics", "telemetry", "Prometheus metrics"),
 ];
 
