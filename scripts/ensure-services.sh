@@ -2,7 +2,8 @@
 # Makes sure what the tests need is installed and running:
 #   - PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379 (started if stopped; a hard error
 #     if they are not installed at all: tests never skip a real service);
-#   - promtool (Debian's `prometheus` package) for `promtool check metrics`.
+#   - promtool (Debian's `prometheus` package) for `promtool check metrics`;
+#   - pgbouncer (Debian's package) and initdb/pg_ctl for the db-replicas test's private cluster.
 # Safe to run repeatedly; prints what it does.
 set -euo pipefail
 
@@ -49,6 +50,15 @@ if ! redis_up; then
   redis_up || die "Redis is not reachable on 127.0.0.1:6379 and could not be started"
 fi
 log "Redis: ready on 127.0.0.1:6379"
+
+# --- PgBouncer (the db-replicas cure; the test starts its own instance) ----------------------
+if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then
+  log "installing pgbouncer (Debian package)"
+  apt_install pgbouncer
+fi
+[ -x /usr/sbin/pgbouncer ] || command -v pgbouncer >/dev/null || die "pgbouncer is still missing after installing it"
+log "pgbouncer: $( (/usr/sbin/pgbouncer --version 2>/dev/null || pgbouncer --version) | head -n1)"
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || die "initdb/pg_ctl not found under /usr/lib/postgresql (the db-replicas test starts a private PostgreSQL)"
 
 # --- promtool ----------------------------------------------------------------------------
 if ! command -v promtool >/dev/null; then

@@ -86,6 +86,11 @@ pub struct Settings {
     #[arg(long, env = "REDIS_URL", value_parser = parse_redis_url)]
     pub redis_url: Option<String>,
 
+    /// Skip the migrations at start-up: for replicas that reach PostgreSQL through PgBouncer in
+    /// transaction mode (run them once directly, e.g. from one replica or a job).
+    #[arg(long, env = "SKIP_MIGRATIONS", default_value_t = false, value_parser = parse_bool)]
+    pub skip_migrations: bool,
+
     /// Prefix of every Redis key the lab writes; `POST /admin/cache/flush` deletes only these.
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "chokepoint:", value_parser = parse_key_prefix)]
     pub redis_key_prefix: String,

@@ -171,6 +171,7 @@ impl Database {
         })?;
         let pool = build_pool(&opts, knobs.db_pool_size, knobs.db_max_overflow);
         match &pool {
+            _ if settings.skip_migrations => tracing::info!("SKIP_MIGRATIONS: not running the migrations"),
             Pool::Pg(p) => sqlx::migrate!("./migrations/postgres")
                 .run(p)
                 .await
@@ -260,8 +261,9 @@ impl Database {
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         let run = async {
             match &self.probe {
-                Pool::Pg(p) => sqlx::query("SELECT 1").execute(p).await.map(|_| ()),
-                Pool::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.map(|_| ()),
+                // The simple protocol: safe behind PgBouncer in transaction mode.
+                Pool::Pg(p) => sqlx::raw_sql("SELECT 1").execute(p).await.map(|_| ()),
+                Pool::Sqlite(p) => sqlx::raw_sql("SELECT 1").execute(p).await.map(|_| ()),
             }
         };
         tokio::time::timeout(PROBE_TIMEOUT, run)

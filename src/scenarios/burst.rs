@@ -244,10 +244,14 @@ impl Deployments {
             .acquire(Duration::from_secs(30))
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let pending: Vec<(String,)> = on_conn!(&mut conn, c => {
-            sqlx::query_as("SELECT id FROM deployments WHERE status = 'queued' ORDER BY created_ms")
+        // The simple protocol (no prepared statement): safe behind PgBouncer in transaction mode.
+        let pending: Vec<String> = on_conn!(&mut conn, c => {
+            sqlx::raw_sql("SELECT id FROM deployments WHERE status = 'queued' ORDER BY created_ms")
                 .fetch_all(&mut **c)
                 .await?
+                .iter()
+                .map(|row| sqlx::Row::try_get::<String, _>(row, 0))
+                .collect::<Result<_, _>>()?
         });
         drop(conn);
         if !pending.is_empty() {
@@ -255,7 +259,7 @@ impl Deployments {
         }
         {
             let mut q = self.lock();
-            for (id,) in pending {
+            for id in pending {
                 q.jobs.push_back(Job {
                     id,
                     enqueued: Instant::now(),

@@ -63,17 +63,27 @@ fn db_error(e: sqlx::Error, statement: Option<Duration>) -> AppError {
 
 /// Keeps `conn` busy for `d`: a server-side sleep on PostgreSQL, an open transaction on SQLite.
 /// The statement timeout cuts it short on both.
+///
+/// On PostgreSQL it runs in one transaction with unnamed statements and a transaction-local
+/// statement timeout, so it is safe behind PgBouncer in transaction mode (the `db-replicas`
+/// cure), where consecutive transactions may run on different server connections.
 pub async fn hold_connection(conn: &mut Conn, d: Duration, statement: Option<Duration>) -> Result<(), AppError> {
-    set_statement_timeout(conn, statement)
-        .await
-        .map_err(AppError::Database)?;
     match conn {
         Conn::Pg(c) => {
+            let mut tx = c.begin().await?;
+            let ms = statement.map_or(0, |d| d.as_millis());
+            sqlx::query("SELECT set_config('statement_timeout', $1, true)")
+                .bind(format!("{ms}ms"))
+                .persistent(false)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query("SELECT pg_sleep($1)")
                 .bind(d.as_secs_f64())
-                .execute(&mut **c)
+                .persistent(false)
+                .execute(&mut *tx)
                 .await
                 .map_err(|e| db_error(e, statement))?;
+            tx.commit().await?;
         }
         Conn::Sqlite(c) => {
             let held = async {

@@ -1,0 +1,387 @@
+//! `db-replicas`: scaling out made it worse. A private PostgreSQL with `max_connections = 20`
+//! (3 reserved for superusers: 17 for the app's role) and 1, 2, then 3 chokepoint processes, each
+//! with a pool of 5 + 5 and 10 clients holding connections for 1 s. One replica fits; two and
+//! three ask for 20 and 30 connections, the server refuses the rest with `sorry, too many clients
+//! already`, and the refusals and the failed requests grow with the replica count. The same 3
+//! replicas through PgBouncer (transaction pooling, 15 server connections) get no refusal and no
+//! failure: PgBouncer queues the excess instead of the server refusing it.
+//!
+//! The private cluster and PgBouncer run as the `postgres` user when the test runs as root
+//! (initdb and pgbouncer refuse root). scripts/ensure-services.sh installs pgbouncer.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+
+const MAX_CONNECTIONS: u32 = 20;
+const RESERVED: u32 = 3;
+const POOL: u32 = 5;
+const OVERFLOW: u32 = 5;
+const CLIENTS_PER_REPLICA: usize = 10;
+const HOLD_MS: u64 = 1000;
+const LOAD_FOR: Duration = Duration::from_secs(4);
+const BOUNCER_POOL: u32 = 15;
+/// The replicas' acquire timeout, the same in every phase. Long enough for PgBouncer's queue:
+/// sqlx pings a connection when it returns to the pool, and behind PgBouncer in transaction
+/// mode that ping waits for a server connection like any query.
+const ACQUIRE_TIMEOUT_S: &str = "3";
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Runs a PostgreSQL/PgBouncer program, as `postgres` when we are root.
+fn as_pg_user(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn pg_bin(name: &str) -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server binaries under /usr/lib/postgresql (scripts/ensure-services.sh)")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join(name).exists())
+        .collect();
+    versions.sort();
+    versions.pop().unwrap_or_else(|| panic!("{name} not found under /usr/lib/postgresql"))
+        .join(name)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A throwaway PostgreSQL cluster in a temp dir, stopped and deleted on drop.
+struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    fn start(max_connections: u32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        if is_root() {
+            run(Command::new("chown").args(["postgres:postgres"]).arg(dir.path()), "chown");
+        }
+        let data = dir.path().join("data");
+        run(
+            as_pg_user(&pg_bin("initdb"))
+                .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+                .arg(&data),
+            "initdb",
+        );
+        let port = free_port();
+        let conf = format!(
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             max_connections = {max_connections}\nsuperuser_reserved_connections = {RESERVED}\n\
+             fsync = off\nshared_buffers = 16MB\n",
+            dir.path().display()
+        );
+        let conf_path = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf_path).unwrap();
+        text.push_str(&conf);
+        // Written as root: make sure the postgres user can still read it.
+        std::fs::write(&conf_path, text).unwrap();
+        run(
+            as_pg_user(&pg_bin("pg_ctl"))
+                .args(["-w", "-t", "30", "-D"])
+                .arg(&data)
+                .arg("-l")
+                .arg(dir.path().join("server.log"))
+                .arg("start"),
+            "pg_ctl start",
+        );
+        let pg = Self { dir, port };
+        pg.psql("postgres", "CREATE ROLE app LOGIN");
+        pg.psql("postgres", "CREATE DATABASE lab OWNER app");
+        pg
+    }
+
+    fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-At", "-v", "ON_ERROR_STOP=1"])
+            .args(["-p", &self.port.to_string(), "-d", db, "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Connections the server refused for want of slots (SQLSTATE 53300 `too_many_connections`):
+    /// `sorry, too many clients already` past `max_connections`, and `remaining connection slots
+    /// are reserved ...` in the last slots kept for superusers.
+    fn refusals(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("server.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("too many clients already") || l.contains("remaining connection slots are reserved"))
+            .count()
+    }
+
+    fn app_connections(&self) -> u32 {
+        self.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'")
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = as_pg_user(&pg_bin("pg_ctl"))
+            .args(["-m", "immediate", "-D"])
+            .arg(self.dir.path().join("data"))
+            .arg("stop")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// PgBouncer in transaction mode in front of `pg`, with `pool` server connections.
+struct Bouncer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Bouncer {
+    fn start(pg: &PrivatePostgres, pool: u32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let ini = format!(
+            "[databases]\nlab = host=127.0.0.1 port={pg_port} dbname=lab user=app\n\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             auth_type = trust\nauth_file = {dir}/userlist.txt\npool_mode = transaction\n\
+             default_pool_size = {pool}\nmax_db_connections = {pool}\nmax_client_conn = 500\n\
+             ignore_startup_parameters = extra_float_digits\nlogfile = {dir}/pgbouncer.log\n",
+            pg_port = pg.port,
+            dir = dir.path().display()
+        );
+        std::fs::write(dir.path().join("pgbouncer.ini"), ini).unwrap();
+        std::fs::write(dir.path().join("userlist.txt"), "\"app\" \"\"\n").unwrap();
+        if is_root() {
+            run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()), "chown");
+        }
+        let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .expect("pgbouncer (scripts/ensure-services.sh installs it)");
+        let child = as_pg_user(&bin)
+            .arg(dir.path().join("pgbouncer.ini"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start pgbouncer");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "pgbouncer did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port, _dir: dir }
+    }
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        // runuser forwards the signal to pgbouncer.
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// A chokepoint process (the release binary), killed on drop.
+struct Replica {
+    child: Child,
+    base: String,
+    log: tempfile::NamedTempFile,
+}
+
+impl Replica {
+    fn start(database_url: &str, skip_migrations: bool) -> Self {
+        let port = free_port();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_chokepoint"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PORT", port.to_string())
+            .env("DATABASE_URL", database_url)
+            .env("DB_POOL_SIZE", POOL.to_string())
+            .env("DB_MAX_OVERFLOW", OVERFLOW.to_string())
+            .env("DB_POOL_TIMEOUT", ACQUIRE_TIMEOUT_S)
+            .env("SKIP_MIGRATIONS", skip_migrations.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .expect("start chokepoint");
+        Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    async fn wait_ready(&self, client: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client.get(format!("{}/ready", self.base)).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {} never became ready; its log:\n{}",
+                self.base,
+                std::fs::read_to_string(self.log.path()).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Outcome {
+    ok: usize,
+    failed: usize,
+    refusals: usize,
+}
+
+/// Starts `n` replicas on `url`, loads each with 10 clients holding connections for 1 s, for
+/// 4 s, and counts successes, failures and the server's refusals.
+async fn run_phase(pg: &PrivatePostgres, url: &str, n: usize, skip_migrations: bool) -> Outcome {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
+    let replicas: Vec<Replica> = (0..n).map(|_| Replica::start(url, skip_migrations)).collect();
+    for r in &replicas {
+        r.wait_ready(&client).await;
+    }
+    let refusals_before = pg.refusals();
+    let until = Instant::now() + LOAD_FOR;
+    let clients = replicas.iter().flat_map(|r| {
+        let client = client.clone();
+        (0..CLIENTS_PER_REPLICA).map(move |_| {
+            let (client, url) = (client.clone(), format!("{}/api/db/hold?ms={HOLD_MS}", r.base));
+            async move {
+                let (mut ok, mut failed) = (0, 0);
+                while Instant::now() < until {
+                    match client.get(&url).send().await {
+                        Ok(resp) if resp.status() == 200 => ok += 1,
+                        Ok(resp) => {
+                            let status = resp.status();
+                            let body = resp.text().await.unwrap_or_default();
+                            assert!(status == 503, "unexpected {status}: {body}");
+                            if std::env::var_os("SHOW_FAILURES").is_some() {
+                                eprintln!("{body}");
+                            }
+                            failed += 1;
+                        }
+                        Err(e) => panic!("{url}: {e}"),
+                    }
+                }
+                (ok, failed)
+            }
+        })
+    });
+    let results = join_all(clients).await;
+    let outcome = Outcome {
+        ok: results.iter().map(|r| r.0).sum(),
+        failed: results.iter().map(|r| r.1).sum(),
+        refusals: pg.refusals() - refusals_before,
+    };
+    drop(replicas);
+    // The killed replicas' server connections go away before the next phase.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while pg.app_connections() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    outcome
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_exceed_max_connections_and_pgbouncer_cures_it() {
+    let pg = PrivatePostgres::start(MAX_CONNECTIONS);
+    let direct = format!("postgres://app@127.0.0.1:{}/lab", pg.port);
+    let budget = MAX_CONNECTIONS - RESERVED;
+
+    let mut direct_runs = vec![];
+    for n in 1..=3 {
+        let o = run_phase(&pg, &direct, n, false).await;
+        eprintln!(
+            "direct, {n} replica(s) × {} connections vs {budget} allowed: {} ok, {} failed (503), {} `too many clients` refusals",
+            POOL + OVERFLOW,
+            o.ok,
+            o.failed,
+            o.refusals
+        );
+        direct_runs.push(o);
+    }
+    let [one, two, three] = [direct_runs[0], direct_runs[1], direct_runs[2]];
+    // One replica (10 ≤ 17) fits: no refusal, no failure.
+    assert_eq!((one.refusals, one.failed), (0, 0), "{one:?}");
+    // Two (20) and three (30) do not, and it gets worse with each replica.
+    assert!(two.refusals > 0 && two.failed > 0, "{two:?}");
+    assert!(three.refusals > two.refusals, "{two:?} then {three:?}");
+    assert!(three.failed > two.failed, "{two:?} then {three:?}");
+    // The server never runs more than its budget: 17 connections holding 1 s each
+    // (a request started just before the end still completes: one more hold per connection).
+    let hold = HOLD_MS as f64 / 1000.0;
+    let capacity = f64::from(budget) * (LOAD_FOR.as_secs_f64() + hold) / hold;
+    assert!((three.ok as f64) <= capacity * 1.1, "{three:?} vs capacity {capacity}");
+
+    // The cure: the same 3 replicas through PgBouncer in transaction mode. The migrations ran
+    // directly above, as they should (session advisory locks do not survive transaction pooling).
+    let bouncer = Bouncer::start(&pg, BOUNCER_POOL);
+    let pooled = format!(
+        "postgres://app@127.0.0.1:{}/lab?statement-cache-capacity=0",
+        bouncer.port
+    );
+    let cured = run_phase(&pg, &pooled, 3, true).await;
+    eprintln!(
+        "PgBouncer ({BOUNCER_POOL} server connections), 3 replicas: {} ok, {} failed, {} refusals",
+        cured.ok, cured.failed, cured.refusals
+    );
+    assert_eq!((cured.refusals, cured.failed), (0, 0), "{cured:?}");
+    // Throughput is the server connections PgBouncer keeps: 15 per second of hold, ±15%.
+    let expected = f64::from(BOUNCER_POOL) * LOAD_FOR.as_secs_f64() / (HOLD_MS as f64 / 1000.0);
+    assert!(
+        (cured.ok as f64) > expected * 0.85 && (cured.ok as f64) < expected * 1.15 + 30.0,
+        "{} ok vs {expected} expected",
+        cured.ok
+    );
+    drop(bouncer);
+}
