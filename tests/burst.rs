@@ -39,12 +39,23 @@ async fn pg_count(app: &TestApp, sql: &str) -> i64 {
 async fn assert_dense_sequences(app: &TestApp, n: i64) {
     assert_eq!(pg_count(app, "SELECT count(*) FROM deployments").await, n, "rows");
     assert_eq!(
-        pg_count(app, "SELECT count(DISTINCT sequence) FROM deployments WHERE status = 'succeeded'").await,
+        pg_count(
+            app,
+            "SELECT count(DISTINCT sequence) FROM deployments WHERE status = 'succeeded'"
+        )
+        .await,
         n,
         "distinct sequences"
     );
-    assert_eq!(pg_count(app, "SELECT coalesce(max(sequence), 0) FROM deployments").await, n);
-    assert_eq!(pg_count(app, "SELECT total FROM deployment_counter").await, n, "shared counter");
+    assert_eq!(
+        pg_count(app, "SELECT coalesce(max(sequence), 0) FROM deployments").await,
+        n
+    );
+    assert_eq!(
+        pg_count(app, "SELECT total FROM deployment_counter").await,
+        n,
+        "shared counter"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,7 +82,12 @@ async fn a_synchronous_burst_times_out_and_async_acceptance_cures_it() {
     let elapsed = started.elapsed();
     let ok: Vec<_> = results.iter().filter(|r| r.0 == 201).collect();
     let timeouts: Vec<_> = results.iter().filter(|r| r.0 == 504).collect();
-    assert_eq!(ok.len() + timeouts.len(), 30, "{:?}", results.iter().map(|r| r.0).collect::<Vec<_>>());
+    assert_eq!(
+        ok.len() + timeouts.len(),
+        30,
+        "{:?}",
+        results.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
     eprintln!(
         "sync: {} created, {} timed out in {elapsed:?}; median 504 latency {:?}",
         ok.len(),
@@ -82,10 +98,16 @@ async fn a_synchronous_burst_times_out_and_async_acceptance_cures_it() {
     assert!((8..=13).contains(&ok.len()), "created {}", ok.len());
     assert!(timeouts.len() >= 17, "timed out {}", timeouts.len());
     let t = median(timeouts.iter().map(|r| r.1).collect());
-    assert!(t >= Duration::from_millis(1050) && t < Duration::from_millis(1600), "504s at {t:?}");
+    assert!(
+        t >= Duration::from_millis(1050) && t < Duration::from_millis(1600),
+        "504s at {t:?}"
+    );
     assert_eq!(timeouts[0].2["error"], "request_timeout");
     assert!(ok.iter().all(|r| r.3.get("location").is_some()));
-    assert_eq!(app.metric(r#"deployments_total{mode="sync",outcome="timeout"}"#).await, timeouts.len() as f64);
+    assert_eq!(
+        app.metric(r#"deployments_total{mode="sync",outcome="timeout"}"#).await,
+        timeouts.len() as f64
+    );
     // Timed-out transactions rolled back: only acknowledged creations (give or take one that
     // committed as its timeout fired) are in the table.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -93,20 +115,33 @@ async fn a_synchronous_burst_times_out_and_async_acceptance_cures_it() {
     assert!(rows >= ok.len() as i64 && rows <= ok.len() as i64 + 2, "rows {rows}");
 
     // Fix: async acceptance with 2 workers. Everyone gets 202 at once; the work drains at 10/s.
-    app.set_knobs(json!({"deploy_mode": "async", "deploy_workers": 2})).await;
+    app.set_knobs(json!({"deploy_mode": "async", "deploy_workers": 2}))
+        .await;
     let before = pg_count(&app, "SELECT count(*) FROM deployments").await;
     let results = join_all((0..30).map(|i| deploy(&app, None, json!({"name": format!("async-{i}")})))).await;
-    assert!(results.iter().all(|r| r.0 == 202), "{:?}", results.iter().map(|r| r.0).collect::<Vec<_>>());
+    assert!(
+        results.iter().all(|r| r.0 == 202),
+        "{:?}",
+        results.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
     let accept = median(results.iter().map(|r| r.1).collect());
     eprintln!("async: 30 accepted, median acceptance {accept:?}");
     assert!(accept < Duration::from_millis(500), "acceptance took {accept:?}");
-    let ids: Vec<String> = results.iter().map(|r| r.2["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> = results
+        .iter()
+        .map(|r| r.2["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(
         results[0].3["location"].to_str().unwrap(),
         format!("/api/v1/deployments/{}", ids[0])
     );
     let drained = eventually(Duration::from_secs(15), || async {
-        pg_count(&app, "SELECT count(*) FROM deployments WHERE status = 'queued' OR status = 'provisioning'").await == 0
+        pg_count(
+            &app,
+            "SELECT count(*) FROM deployments WHERE status = 'queued' OR status = 'provisioning'",
+        )
+        .await
+            == 0
     })
     .await;
     assert!(drained, "the queue drained");
@@ -140,14 +175,20 @@ async fn a_synchronous_burst_times_out_and_async_acceptance_cures_it() {
         results.iter().map(|r| (r.0, r.2["error"].clone())).collect::<Vec<_>>()
     );
     assert!((5..=9).contains(&accepted), "accepted {accepted}");
-    assert!(refused.iter().all(|r| r.3.get("retry-after").is_some() && r.2["error"] == "shed"));
-    assert!(refused.iter().all(|r| r.1 < Duration::from_millis(500)), "refusals are fast");
+    assert!(refused
+        .iter()
+        .all(|r| r.3.get("retry-after").is_some() && r.2["error"] == "shed"));
+    assert!(
+        refused.iter().all(|r| r.1 < Duration::from_millis(500)),
+        "refusals are fast"
+    );
     assert_eq!(
         pg_count(&app, "SELECT count(*) FROM deployments").await - before,
         accepted as i64
     );
     assert_eq!(
-        app.metric(r#"deployments_total{mode="async",outcome="queue_full"}"#).await,
+        app.metric(r#"deployments_total{mode="async",outcome="queue_full"}"#)
+            .await,
         refused.len() as f64
     );
 }
@@ -214,8 +255,15 @@ async fn retried_posts_with_idempotency_keys_never_duplicate_nor_lose_a_write() 
     // Let attempts abandoned by their clients finish on the server, then check the invariant.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_dense_sequences(&app, 40).await;
-    assert_eq!(pg_count(&app, "SELECT count(DISTINCT idempotency_key) FROM deployments").await, 40);
-    assert_eq!(pg_count(&app, "SELECT count(*) FROM deployment_audit").await, 80, "2 audit rows each");
+    assert_eq!(
+        pg_count(&app, "SELECT count(DISTINCT idempotency_key) FROM deployments").await,
+        40
+    );
+    assert_eq!(
+        pg_count(&app, "SELECT count(*) FROM deployment_audit").await,
+        80,
+        "2 audit rows each"
+    );
     for (key, id, _) in &acknowledged {
         let (status, body) = app.get_json(&format!("/api/v1/deployments/{id}")).await;
         assert_eq!(status, 200);
@@ -242,7 +290,10 @@ async fn deployments_validate_their_input_and_read_back() {
     .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["status"], "succeeded");
-    assert_eq!((body["name"].as_str(), body["replicas"].as_i64()), (Some("api"), Some(3)));
+    assert_eq!(
+        (body["name"].as_str(), body["replicas"].as_i64()),
+        (Some("api"), Some(3))
+    );
     let location = headers["location"].to_str().unwrap().to_string();
     let (status, read) = app.get_json(&location).await;
     assert_eq!((status, &read), (200, &body));
@@ -264,7 +315,11 @@ async fn deployments_validate_their_input_and_read_back() {
     ];
     for (payload, param) in bad {
         let (status, _, body, _) = deploy(&app, None, payload.clone()).await;
-        assert_eq!((status, body["parameter"].as_str()), (422, Some(param)), "{payload}: {body}");
+        assert_eq!(
+            (status, body["parameter"].as_str()),
+            (422, Some(param)),
+            "{payload}: {body}"
+        );
     }
     let (status, _, body, _) = deploy(&app, None, json!({"replicas": 101})).await;
     assert_eq!(body["range"], json!({"min": 1, "max": 100}));

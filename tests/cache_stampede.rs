@@ -90,7 +90,10 @@ async fn a_flushed_hot_key_stampedes_the_database_unless_loads_are_single_flight
     let results = herd(&app, 1, 40).await;
     let loads = app.metric("cache_db_loads_total").await - loads_before;
     let coalesced = results.iter().filter(|r| r.1["cache"] == "coalesced").count();
-    eprintln!("single-flight: {loads} DB load(s), {} ok, {coalesced} coalesced", count(&results, 200));
+    eprintln!(
+        "single-flight: {loads} DB load(s), {} ok, {coalesced} coalesced",
+        count(&results, 200)
+    );
     assert_eq!(count(&results, 200), 40);
     assert_eq!(loads, 1.0);
     assert!(coalesced >= 35, "coalesced {coalesced}");
@@ -112,7 +115,11 @@ async fn keys_filled_together_expire_together_unless_ttls_are_jittered() {
     let mut redis = redis_conn().await;
 
     // Remaining TTLs (ms) of 50 keys filled in one burst.
-    async fn fill_and_read_ttls(app: &TestApp, redis: &mut redis::aio::MultiplexedConnection, prefix: &str) -> Vec<i64> {
+    async fn fill_and_read_ttls(
+        app: &TestApp,
+        redis: &mut redis::aio::MultiplexedConnection,
+        prefix: &str,
+    ) -> Vec<i64> {
         app.post_json("/admin/cache/flush").await;
         let results = join_all((1..=50u64).map(|id| read(app, id))).await;
         assert!(results.iter().all(|r| r.0 == 200 && r.1["cache"] == "miss"));
@@ -132,7 +139,10 @@ async fn keys_filled_together_expire_together_unless_ttls_are_jittered() {
 
     let fixed = fill_and_read_ttls(&app, &mut redis, &prefix).await;
     let spread = fixed[49] - fixed[0];
-    eprintln!("fixed TTL: spread {spread} ms, {} of 50 expire in the same second", first_second(&fixed));
+    eprintln!(
+        "fixed TTL: spread {spread} ms, {} of 50 expire in the same second",
+        first_second(&fixed)
+    );
     assert!(spread < 1000, "spread {spread} ms");
     assert_eq!(first_second(&fixed), 50);
 
@@ -173,27 +183,38 @@ async fn a_redis_outage_is_a_500_unless_stale_values_are_served() {
     app.set_knobs(json!({"cache_serve_stale": true, "redis_timeout_ms": 100, "cache_single_flight": true}))
         .await;
     let results = join_all((1..=10u64).map(|id| read(&app, id))).await;
-    assert!(results.iter().all(|r| r.0 == 200 && r.1["cache"] == "stale"), "{results:?}");
+    assert!(
+        results.iter().all(|r| r.0 == 200 && r.1["cache"] == "stale"),
+        "{results:?}"
+    );
     let (status, body) = app.get_json("/api/cache/items/99").await;
     assert_eq!((status, body["cache"].as_str()), (200, Some("bypass")));
 
     // A stalled Redis (connections open, nothing answered): the fragile lab hangs with it...
     proxy.set(LinkMode::Hang);
-    app.set_knobs(json!({"cache_serve_stale": false, "redis_timeout_ms": 0})).await;
+    app.set_knobs(json!({"cache_serve_stale": false, "redis_timeout_ms": 0}))
+        .await;
     let hung = app
         .client
         .get(app.url("/api/cache/items/1"))
         .timeout(Duration::from_millis(1500))
         .send()
         .await;
-    assert!(hung.is_err_and(|e| e.is_timeout()), "a stalled Redis stalls the fragile read");
+    assert!(
+        hung.is_err_and(|e| e.is_timeout()),
+        "a stalled Redis stalls the fragile read"
+    );
     // ...and the timeout + serve-stale answers in about the timeout.
-    app.set_knobs(json!({"cache_serve_stale": true, "redis_timeout_ms": 100})).await;
+    app.set_knobs(json!({"cache_serve_stale": true, "redis_timeout_ms": 100}))
+        .await;
     let start = Instant::now();
     let results = join_all((1..=10u64).map(|id| read(&app, id))).await;
     let took = start.elapsed();
     eprintln!("stalled Redis, serve-stale: 10 answers in {took:?}");
-    assert!(results.iter().all(|r| r.0 == 200 && r.1["cache"] == "stale"), "{results:?}");
+    assert!(
+        results.iter().all(|r| r.0 == 200 && r.1["cache"] == "stale"),
+        "{results:?}"
+    );
     assert!(took < Duration::from_millis(1000), "{took:?}");
     assert!(app.metric(r#"redis_errors_total{kind="timeout"}"#).await >= 10.0);
 
@@ -222,7 +243,8 @@ async fn without_redis_the_cache_says_how_to_enable_it_and_ids_are_validated() {
         assert_eq!(body["range"], json!({"min": 1, "max": 10000}));
     }
     // Redis pool knobs change live.
-    app.set_knobs(json!({"redis_pool_size": 2, "redis_pool_timeout_ms": 50})).await;
+    app.set_knobs(json!({"redis_pool_size": 2, "redis_pool_timeout_ms": 50}))
+        .await;
     let results = herd(&app, 5, 10).await;
     assert_eq!(count(&results, 200), 10);
 }

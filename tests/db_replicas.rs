@@ -56,12 +56,18 @@ fn pg_bin(name: &str) -> PathBuf {
         .filter(|p| p.join(name).exists())
         .collect();
     versions.sort();
-    versions.pop().unwrap_or_else(|| panic!("{name} not found under /usr/lib/postgresql"))
+    versions
+        .pop()
+        .unwrap_or_else(|| panic!("{name} not found under /usr/lib/postgresql"))
         .join(name)
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn run(cmd: &mut Command, what: &str) {
@@ -84,7 +90,10 @@ impl PrivatePostgres {
     fn start(max_connections: u32) -> Self {
         let dir = tempfile::tempdir().unwrap();
         if is_root() {
-            run(Command::new("chown").args(["postgres:postgres"]).arg(dir.path()), "chown");
+            run(
+                Command::new("chown").args(["postgres:postgres"]).arg(dir.path()),
+                "chown",
+            );
         }
         let data = dir.path().join("data");
         run(
@@ -142,9 +151,12 @@ impl PrivatePostgres {
     }
 
     fn app_connections(&self) -> u32 {
-        self.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'")
-            .parse()
-            .unwrap()
+        self.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'",
+        )
+        .parse()
+        .unwrap()
     }
 }
 
@@ -183,7 +195,10 @@ impl Bouncer {
         std::fs::write(dir.path().join("pgbouncer.ini"), ini).unwrap();
         std::fs::write(dir.path().join("userlist.txt"), "\"app\" \"\"\n").unwrap();
         if is_root() {
-            run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()), "chown");
+            run(
+                Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()),
+                "chown",
+            );
         }
         let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
             .into_iter()

@@ -67,14 +67,21 @@ impl Redis {
             connections: register(
                 registry,
                 IntGaugeVec::new(
-                    Opts::new("redis_pool_connections", "Open Redis pool connections by state (in_use, idle)"),
+                    Opts::new(
+                        "redis_pool_connections",
+                        "Open Redis pool connections by state (in_use, idle)",
+                    ),
                     &["state"],
                 )
                 .unwrap(),
             ),
             waiting: register(
                 registry,
-                IntGauge::new("redis_pool_waiting", "Requests waiting for a Redis connection right now").unwrap(),
+                IntGauge::new(
+                    "redis_pool_waiting",
+                    "Requests waiting for a Redis connection right now",
+                )
+                .unwrap(),
             ),
             errors: register(
                 registry,

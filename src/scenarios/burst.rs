@@ -210,9 +210,7 @@ impl Deployments {
         let depth = q.jobs.len() + q.reserved;
         if depth >= max as usize {
             return Err(AppError::Shed {
-                detail: format!(
-                    "the deployment queue is full ({depth} waiting, deploy_queue_max={max}); retry later"
-                ),
+                detail: format!("the deployment queue is full ({depth} waiting, deploy_queue_max={max}); retry later"),
             });
         }
         q.reserved += 1;
@@ -255,7 +253,10 @@ impl Deployments {
         });
         drop(conn);
         if !pending.is_empty() {
-            tracing::info!(count = pending.len(), "re-queued deployments accepted by an earlier run");
+            tracing::info!(
+                count = pending.len(),
+                "re-queued deployments accepted by an earlier run"
+            );
         }
         {
             let mut q = self.lock();
@@ -355,7 +356,12 @@ struct NewDeployment {
     idempotency_key: Option<String>,
 }
 
-fn text_field(obj: &serde_json::Map<String, Value>, name: &str, default: &str, len: std::ops::RangeInclusive<usize>) -> AppResult<String> {
+fn text_field(
+    obj: &serde_json::Map<String, Value>,
+    name: &str,
+    default: &str,
+    len: std::ops::RangeInclusive<usize>,
+) -> AppResult<String> {
     match obj.get(name) {
         None | Some(Value::Null) => Ok(default.to_string()),
         Some(Value::String(s)) if len.contains(&s.chars().count()) => Ok(s.clone()),
@@ -377,9 +383,11 @@ fn parse_request(headers: &HeaderMap, body: &Bytes) -> AppResult<NewDeployment> 
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
-            let key = v.to_str().ok().map(str::trim).filter(|k| {
-                IDEMPOTENCY_KEY_LEN.contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic())
-            });
+            let key = v
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|k| IDEMPOTENCY_KEY_LEN.contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()));
             match key {
                 Some(k) => Some(k.to_string()),
                 None => {
@@ -569,7 +577,11 @@ async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
                     let (mut conn, _) = state.db.acquire(acquire).await?;
                     let start = Instant::now();
                     let created = create_sync(&mut conn, &new, Duration::from_millis(k.deploy_work_ms)).await?;
-                    state.deployments.metrics.transaction.observe(start.elapsed().as_secs_f64());
+                    state
+                        .deployments
+                        .metrics
+                        .transaction
+                        .observe(start.elapsed().as_secs_f64());
                     Ok::<_, AppError>(created)
                 }
                 DeployMode::Async => {
@@ -615,7 +627,10 @@ async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
                 StatusCode::OK,
                 [
                     (header::LOCATION, location(&d.id)),
-                    (header::HeaderName::from_static("idempotent-replayed"), HeaderValue::from_static("true")),
+                    (
+                        header::HeaderName::from_static("idempotent-replayed"),
+                        HeaderValue::from_static("true"),
+                    ),
                 ],
                 Json(d),
             )
@@ -641,7 +656,8 @@ async fn show(State(state): State<AppState>, Path(id): Path<String>) -> AppResul
     let k = state.knobs.current();
     let (mut conn, _) = state.db.acquire(Duration::from_millis(k.db_pool_timeout_ms)).await?;
     let sql = format!("SELECT {COLUMNS} FROM deployments WHERE id = $1");
-    let found = on_conn!(&mut conn, c => sqlx::query_as::<_, Deployment>(&sql).bind(&id).fetch_optional(&mut **c).await)?;
+    let found =
+        on_conn!(&mut conn, c => sqlx::query_as::<_, Deployment>(&sql).bind(&id).fetch_optional(&mut **c).await)?;
     found.map(Json).ok_or_else(|| AppError::NotFound {
         detail: format!("no deployment {id}"),
     })

@@ -98,7 +98,11 @@ impl Cache {
             ),
             loads_in_flight: register(
                 registry,
-                IntGauge::new("cache_loads_in_flight", "Database loads running for cache misses right now").unwrap(),
+                IntGauge::new(
+                    "cache_loads_in_flight",
+                    "Database loads running for cache misses right now",
+                )
+                .unwrap(),
             ),
         };
         Arc::new(Self {
@@ -189,7 +193,10 @@ async fn load_and_fill(state: &AppState, knobs: &Knobs, id: u64, fill: bool) -> 
     if fill {
         if let Some(redis) = &cache.redis {
             let value = serde_json::to_string(&item).map_err(AppError::internal)?;
-            if let Err(e) = redis.set_px(knobs, &redis.key(&format!("item:{id}")), &value, ttl(knobs)).await {
+            if let Err(e) = redis
+                .set_px(knobs, &redis.key(&format!("item:{id}")), &value, ttl(knobs))
+                .await
+            {
                 tracing::warn!(error = %crate::error::error_chain(&e), item = id, "cache fill failed");
             }
         }
@@ -226,19 +233,12 @@ async fn load(state: &AppState, knobs: &Arc<Knobs>, id: u64, fill: bool) -> AppR
                 // goes away; it leaves the table once the item is back in Redis.
                 let task = tokio::spawn(async move {
                     let result = load_and_fill(&st, &k, id, fill).await.map_err(Arc::new);
-                    st.cache
-                        .flights
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&id);
+                    st.cache.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                     result
                 });
-                let flight = async move {
-                    task.await
-                        .unwrap_or_else(|e| Err(Arc::new(AppError::internal(e))))
-                }
-                .boxed()
-                .shared();
+                let flight = async move { task.await.unwrap_or_else(|e| Err(Arc::new(AppError::internal(e)))) }
+                    .boxed()
+                    .shared();
                 flights.insert(id, flight.clone());
                 (flight, false)
             }

@@ -104,7 +104,11 @@ const ENDPOINTS: &[(&str, &str, &str)] = &[
         "cache-stampede",
         "read-through Redis cache over a slow query (needs REDIS_URL)",
     ),
-    ("POST /admin/cache/flush", "cache-stampede", "delete the lab's cache keys"),
+    (
+        "POST /admin/cache/flush",
+        "cache-stampede",
+        "delete the lab's cache keys",
+    ),
     ("GET /metrics", "telemetry", "Prometheus metrics"),
 ];
 
