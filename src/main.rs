@@ -24,6 +24,54 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(settings) => serve(*settings),
         Command::Downstream(settings) => run_downstream(settings),
+        Command::Migrate(settings) => migrate(*settings),
+        Command::Healthcheck(args) => healthcheck(&args),
+    }
+}
+
+fn migrate(mut settings: Settings) -> ExitCode {
+    telemetry::init_tracing(&settings.log_format);
+    settings.skip_migrations = false;
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail("cannot start the async runtime", &e),
+    };
+    runtime.block_on(async move {
+        let knobs = chokepoint::knobs::from_settings(&settings).0;
+        let registry = prometheus::Registry::new();
+        match chokepoint::infra::database::Database::connect(&settings, &knobs, &registry).await {
+            Ok(db) => {
+                db.close().await;
+                tracing::info!(database = ?db.backend(), "migrations applied");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail_anyhow(e),
+        }
+    })
+}
+
+fn healthcheck(args: &settings::HealthcheckArgs) -> ExitCode {
+    let url = format!("http://127.0.0.1:{}{}", args.port, args.path);
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail("cannot start the async runtime", &e),
+    };
+    let timeout = std::time::Duration::from_secs(args.timeout);
+    let result = runtime.block_on(async {
+        reqwest::Client::builder()
+            .timeout(timeout)
+            .build()?
+            .get(&url)
+            .send()
+            .await
+    });
+    match result {
+        Ok(resp) if resp.status().is_success() => ExitCode::SUCCESS,
+        Ok(resp) => {
+            eprintln!("chokepoint: {url} answered {}", resp.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => fail(&format!("{url} did not answer"), &e),
     }
 }
 

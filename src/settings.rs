@@ -25,6 +25,25 @@ pub enum Command {
     Serve(Box<Settings>),
     /// Run the downstream dependency simulator.
     Downstream(DownstreamSettings),
+    /// Run the database migrations and exit (a job or init container ahead of replicas that
+    /// reach PostgreSQL through PgBouncer with SKIP_MIGRATIONS=true).
+    Migrate(Box<Settings>),
+    /// Exit 0 when the local server answers 200 on a path (a container HEALTHCHECK without curl).
+    Healthcheck(HealthcheckArgs),
+}
+
+/// Arguments of `chokepoint healthcheck`.
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// Port of the local server (the app's 8000, the simulator's 8001).
+    #[arg(long, env = "PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// Path to probe.
+    #[arg(long, default_value = "/health")]
+    pub path: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 3)]
+    pub timeout: u64,
 }
 
 impl Cli {

@@ -45,7 +45,28 @@ pub fn new_registry() -> Registry {
             .register(Box::new(pc))
             .expect("process collector registers once");
     }
+    let limit = register(
+        &registry,
+        prometheus::IntGauge::new(
+            "process_memory_limit_bytes",
+            "The container's memory limit (cgroup memory.max; 0 when unlimited): RSS near it means an OOMKill",
+        )
+        .unwrap(),
+    );
+    limit.set(cgroup_memory_limit().map_or(0, |b| b.min(i64::MAX as u64) as i64));
     registry
+}
+
+/// The memory limit of this process's cgroup (v2 `memory.max`, else v1 `memory.limit_in_bytes`),
+/// `None` when there is none.
+pub fn cgroup_memory_limit() -> Option<u64> {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let v2 = read("/sys/fs/cgroup/memory.max").and_then(|s| s.trim().parse::<u64>().ok());
+    // cgroup v1 reports "no limit" as a huge number close to i64::MAX.
+    let v1 = read("/sys/fs/cgroup/memory/memory.limit_in_bytes")
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|b| *b < 1 << 60);
+    v2.or(v1)
 }
 
 /// Registers a collector on the app's registry. Metric names are fixed at compile time, so a

@@ -154,6 +154,74 @@ fn downstream_subcommand_serves_the_simulator() {
     assert!(body.contains("downstream"), "{body}");
 }
 
+#[test]
+fn healthcheck_exits_zero_only_when_the_local_server_answers() {
+    let port = free_port();
+    // Nothing listening: non-zero, with the reason.
+    let out = chokepoint()
+        .args(["healthcheck", "--timeout", "1"])
+        .env("PORT", port.to_string())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did not answer"));
+
+    let mut child = chokepoint()
+        .args(["downstream", "--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let healthy = loop {
+        let ok = chokepoint()
+            .args(["healthcheck", "--port", &port.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        if ok || Instant::now() > deadline {
+            break ok;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let missing = chokepoint()
+        .args(["healthcheck", "--port", &port.to_string(), "--path", "/no-such-path"])
+        .output()
+        .unwrap();
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(healthy, "healthcheck against a live /health");
+    assert!(!missing.status.success(), "a 404 is not healthy");
+}
+
+#[test]
+fn migrate_applies_the_migrations_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.db");
+    let out = chokepoint()
+        .args([
+            "migrate",
+            "--database-url",
+            &format!("sqlite://{}?mode=rwc", path.display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The tables exist: a second run finds them applied (and still succeeds).
+    let again = chokepoint()
+        .args([
+            "migrate",
+            "--database-url",
+            &format!("sqlite://{}?mode=rwc", path.display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    let bytes = std::fs::read(&path).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("deployment_counter") && text.contains("_sqlx_migrations"));
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -95,6 +95,9 @@ impl Redis {
                 .unwrap(),
             ),
         };
+        for kind in ["pool_timeout", "timeout", "connection", "command"] {
+            metrics.errors.with_label_values(&[kind]);
+        }
         Ok(Self {
             pool,
             prefix: prefix.to_string(),

@@ -193,6 +193,20 @@ impl Deployments {
                 .unwrap(),
             ),
         };
+        // Every series from the start, so rate() sees the first increment.
+        for mode in ["sync", "async"] {
+            for outcome in [
+                "created",
+                "accepted",
+                "replayed",
+                "queue_full",
+                "timeout",
+                "invalid",
+                "failed",
+            ] {
+                metrics.outcomes.with_label_values(&[mode, outcome]);
+            }
+        }
         Arc::new(Self {
             queue: Mutex::new(Queue::default()),
             notify: Notify::new(),

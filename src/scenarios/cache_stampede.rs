@@ -105,6 +105,10 @@ impl Cache {
                 .unwrap(),
             ),
         };
+        // Every result from the start, so rate() sees the first increment.
+        for result in ["hit", "miss", "coalesced", "stale", "bypass", "error"] {
+            metrics.requests.with_label_values(&[result]);
+        }
         Arc::new(Self {
             redis,
             last_seen: Mutex::new(HashMap::new()),

@@ -1,0 +1,248 @@
+#!/usr/bin/env python3
+"""Generates the monitoring artefacts from their sources, so they cannot drift apart:
+
+- k8s/monitoring/prometheusrule.yaml  (PrometheusRule for kube-prometheus-stack) from
+  k8s/monitoring/alerts.rules.yml      (plain Prometheus rules, checked by promtool);
+- k8s/monitoring/grafana-dashboard.json from the panel list below (one row per scenario: the
+  metric that shows the collapse first, latency percentiles by route, knob changes as
+  annotations).
+
+    python3 scripts/gen-monitoring.py          # write the files
+    python3 scripts/gen-monitoring.py --check  # exit 1 if the committed files are stale (CI)
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+MON = ROOT / "k8s" / "monitoring"
+
+DS = {"type": "prometheus", "uid": "${datasource}"}
+
+
+def q(expr, legend=""):
+    return {"expr": expr, "legendFormat": legend, "datasource": DS}
+
+
+def pct(metric, by, q_=0.95):
+    return f"histogram_quantile({q_}, sum by ({by}, le) (rate({metric}_bucket[1m])))"
+
+
+# (row title, [(panel title, unit, [targets], description)])
+ROWS = [
+    ("Overview: traffic, errors, latency by route", [
+        ("Requests/s by route", "reqps", [q('sum by (route) (rate(http_requests_total[1m]))', "{{route}}")],
+         "Every route, by its template (never the raw path)."),
+        ("5xx ratio by route", "percentunit", [q(
+            'sum by (route) (rate(http_requests_total{status=~"5.."}[1m])) / sum by (route) (rate(http_requests_total[1m]))',
+            "{{route}}")], "Share of answers that are 5xx."),
+        ("Latency p50 / p95 / p99 by route", "s", [
+            q(pct("http_request_duration_seconds", "route", 0.5), "p50 {{route}}"),
+            q(pct("http_request_duration_seconds", "route", 0.95), "p95 {{route}}"),
+            q(pct("http_request_duration_seconds", "route", 0.99), "p99 {{route}}"),
+        ], "From the request-duration histogram (buckets to 120 s)."),
+        ("In flight", "short", [q("sum by (instance) (http_requests_in_flight)", "{{instance}}")],
+         "Requests being served right now: a pile-up shows here first."),
+    ]),
+    ("cpu — inline CPU work starves unrelated routes", [
+        ("Canary latency p95 (/api/ping, /health)", "s", [
+            q('histogram_quantile(0.95, sum by (route, le) (rate(http_request_duration_seconds_bucket{route=~"/api/ping|/health"}[1m])))',
+              "{{route}}")], "Fast routes slowed by CPU work on the async workers: the collapse shows here first."),
+        ("Process CPU (cores)", "short", [q("rate(process_cpu_seconds_total[1m])", "{{instance}}")], ""),
+        ("Offloaded CPU jobs running", "short", [q("sum(cpu_offload_jobs_running)", "running")],
+         "cpu_mode=offload: bounded by cpu_max_concurrency."),
+        ("Shed / rate-limited / timed out", "reqps", [
+            q("sum by (reason) (rate(requests_shed_total[1m]))", "shed {{reason}}"),
+            q("sum(rate(requests_rate_limited_total[1m]))", "rate limited"),
+            q("sum by (group) (rate(request_timeouts_total[1m]))", "timeout {{group}}"),
+        ], "The fixes at work: refused fast instead of queued."),
+    ]),
+    ("memory — RSS towards the container limit", [
+        ("RSS vs limits", "bytes", [
+            q("process_resident_memory_bytes", "RSS {{instance}}"),
+            q("process_memory_limit_bytes > 0", "container limit {{instance}}"),
+            q("memory_limit_bytes", "safety cap {{instance}}"),
+        ], "RSS climbing linearly to the cgroup limit ends in an OOMKill."),
+        ("Held by the memory endpoints", "bytes", [
+            q("sum(memory_retained_bytes)", "retained (leak)"),
+            q("sum(memory_spike_bytes)", "spikes"),
+        ], ""),
+        ("Refused at the cap (507)", "reqps", [q("sum(rate(memory_cap_refusals_total[1m]))", "refusals")], ""),
+    ]),
+    ("db-pool — requests queue for connections", [
+        ("Waiting for a connection", "short", [q("sum by (instance) (db_pool_waiting)", "{{instance}}")],
+         "The first sign: waiters > 0 means throughput is pinned at pool / hold time."),
+        ("Connections", "short", [
+            q("sum by (state) (db_pool_connections)", "{{state}}"),
+            q("sum(db_pool_max_connections)", "max"),
+        ], "in_use at max with waiters: starved. in_use below max with timeouts: the server refuses (db-replicas)."),
+        ("Acquire wait p95", "s", [q(pct("db_pool_acquire_wait_seconds", "instance"), "{{instance}}")],
+         "Near the acquire timeout (30 s fragile) the waiters start failing."),
+        ("Acquire timeouts/s by replica", "reqps", [q("sum by (instance) (rate(db_pool_acquire_timeouts_total[1m]))", "{{instance}}")],
+         "503 db_pool_timeout. Growing with the replica count: db-replicas."),
+    ]),
+    ("downstream & retry-storm — a slow or failing dependency", [
+        ("Downstream calls in flight", "short", [q("sum(downstream_calls_in_flight)", "in flight")],
+         "A slow dependency without timeouts piles calls up here."),
+        ("Calls by outcome", "reqps", [q("sum by (outcome) (rate(downstream_calls_total[1m]))", "{{outcome}}")], ""),
+        ("Attempts per call (retry amplification)", "short", [
+            q("sum(rate(downstream_attempts_total[1m])) / sum(rate(downstream_calls_total[1m]))", "attempts / call")],
+         "Naive retries multiply the load on the struggling dependency."),
+        ("Breaker state and rejections", "short", [
+            q("max(circuit_breaker_state)", "state (0 closed, 1 open, 2 half-open)"),
+            q("sum(rate(circuit_breaker_rejections_total[1m]))", "rejections/s"),
+            q("sum(rate(downstream_bulkhead_rejections_total[1m]))", "bulkhead rejections/s"),
+            q("sum(rate(downstream_retries_denied_total[1m]))", "retries denied by budget/s"),
+        ], ""),
+    ]),
+    ("worker-pool — queue wait passes the deadline", [
+        ("Busy workers and queue", "short", [
+            q("sum(worker_pool_busy)", "busy"),
+            q("sum(worker_pool_threads)", "threads"),
+            q("sum(worker_pool_queue_depth)", "queued"),
+        ], ""),
+        ("Queue wait p95 vs deadline", "s", [
+            q(pct("worker_pool_queue_wait_seconds", "instance"), "p95 wait {{instance}}"),
+            q('knob_value{knob="request_deadline_ms"} / 1000', "deadline {{instance}}"),
+        ], "Once the wait passes the deadline, every request gets DEADLINE_EXCEEDED."),
+        ("Deadline exceeded, wasted work, rejected", "reqps", [
+            q("sum(rate(worker_pool_deadline_exceeded_total[1m]))", "deadline exceeded"),
+            q("sum(rate(worker_pool_wasted_work_total[1m]))", "wasted work"),
+            q("sum(rate(worker_pool_rejected_total[1m]))", "rejected (queue full)"),
+        ], ""),
+    ]),
+    ("cold-start — requests behind cold starts", [
+        ("Workers by state", "short", [q("sum by (state) (cold_start_workers)", "{{state}}")], ""),
+        ("Queue and gateway timeouts", "short", [
+            q("sum(cold_start_queue_depth)", "queued"),
+            q("sum(rate(cold_start_gateway_timeouts_total[1m]))", "gateway timeouts/s"),
+            q("sum(rate(cold_start_cold_starts_total[1m]))", "cold starts/s"),
+        ], ""),
+    ]),
+    ("burst — synchronous deployments", [
+        ("Deployments by outcome", "reqps", [q("sum by (mode, outcome) (rate(deployments_total[1m]))", "{{mode}} {{outcome}}")],
+         "sync: timeouts at the 20 s request timeout. async: accepted now, created at database speed."),
+        ("Async queue and workers", "short", [
+            q("sum(deploy_queue_depth)", "queued"),
+            q("sum(deploy_workers_busy)", "busy workers"),
+        ], ""),
+        ("Transaction time p95 / queue wait p95", "s", [
+            q(pct("deploy_transaction_seconds", "instance"), "transaction {{instance}}"),
+            q(pct("deploy_queue_wait_seconds", "instance"), "queue wait {{instance}}"),
+        ], ""),
+    ]),
+    ("cache-stampede — misses go to the database", [
+        ("Cache reads by result", "reqps", [q("sum by (result) (rate(cache_requests_total[1m]))", "{{result}}")], ""),
+        ("Database loads", "short", [
+            q("sum(rate(cache_db_loads_total[1m]))", "loads/s"),
+            q("sum(cache_loads_in_flight)", "in flight"),
+        ], "A stampede: one load per reader. Single-flight: one per key."),
+        ("Redis", "short", [
+            q("sum by (kind) (rate(redis_errors_total[1m]))", "errors/s {{kind}}"),
+            q("sum by (state) (redis_pool_connections)", "pool {{state}}"),
+            q("sum(redis_pool_waiting)", "pool waiting"),
+        ], ""),
+    ]),
+]
+
+
+def dashboard():
+    panels = []
+    pid = 1
+    y = 0
+    for title, row in ROWS:
+        panels.append({"type": "row", "title": title, "id": pid, "collapsed": False,
+                       "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
+        pid += 1
+        y += 1
+        width = 24 // len(row)
+        for i, (ptitle, unit, targets, desc) in enumerate(row):
+            for j, t in enumerate(targets):
+                t["refId"] = chr(ord("A") + j)
+            panels.append({
+                "type": "timeseries", "title": ptitle, "id": pid, "description": desc,
+                "datasource": DS,
+                "gridPos": {"h": 8, "w": width, "x": i * width, "y": y},
+                "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+                "options": {"legend": {"displayMode": "list", "placement": "bottom"},
+                            "tooltip": {"mode": "multi"}},
+                "targets": targets,
+            })
+            pid += 1
+        y += 8
+    panels.append({"type": "row", "title": "knobs — current values", "id": pid, "collapsed": False,
+                   "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
+    pid += 1
+    y += 1
+    panels.append({
+        "type": "table", "title": "Knob values", "id": pid, "datasource": DS,
+        "description": "Every runtime knob (booleans 0/1; choices by position). Changes are annotated on every panel.",
+        "gridPos": {"h": 10, "w": 24, "x": 0, "y": y},
+        "targets": [dict(q("max by (knob) (knob_value)", "{{knob}}"), refId="A", instant=True, format="table")],
+        "options": {"showHeader": True},
+        "fieldConfig": {"defaults": {}, "overrides": []},
+    })
+    return {
+        "uid": "chokepoint",
+        "title": "chokepoint — collapses and cures",
+        "tags": ["chokepoint"],
+        "timezone": "",
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": True,
+        "refresh": "5s",
+        "time": {"from": "now-15m", "to": "now"},
+        "templating": {"list": [{
+            "name": "datasource", "label": "Prometheus", "type": "datasource", "query": "prometheus",
+            "current": {}, "hide": 0,
+        }]},
+        "annotations": {"list": [
+            {"builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True,
+             "hide": True, "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts", "type": "dashboard"},
+            {"name": "Knob changes", "enable": True, "iconColor": "orange", "datasource": DS,
+             "expr": "changes(config_changes_total[1m]) > 0", "step": "15s",
+             "titleFormat": "knobs changed", "textFormat": "{{instance}}: configuration changed through /admin"},
+        ]},
+        "panels": panels,
+    }
+
+
+def prometheus_rule():
+    rules = yaml.safe_load((MON / "alerts.rules.yml").read_text())
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "chokepoint", "labels": {"release": "kube-prometheus-stack"}},
+        "spec": rules,
+    }
+
+
+def render():
+    header = ("# GENERATED by scripts/gen-monitoring.py from alerts.rules.yml; edit that file, then run\n"
+              "# `python3 scripts/gen-monitoring.py`.\n")
+    return {
+        MON / "grafana-dashboard.json": json.dumps(dashboard(), indent=2) + "\n",
+        MON / "prometheusrule.yaml": header + yaml.safe_dump(prometheus_rule(), sort_keys=False, width=120),
+    }
+
+
+def main():
+    check = "--check" in sys.argv[1:]
+    stale = []
+    for path, text in render().items():
+        if check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(path.relative_to(ROOT))
+        else:
+            path.write_text(text)
+            print(f"wrote {path.relative_to(ROOT)}")
+    if stale:
+        print("stale generated files (run python3 scripts/gen-monitoring.py):", *stale, file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
