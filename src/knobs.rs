@@ -598,6 +598,7 @@ pub const STARTUP_ONLY: &[(&str, &str)] = &[
     ("downstream_timeout", "DOWNSTREAM_TIMEOUT"),
     ("memory_leak_limit_mb", "MEMORY_LEAK_LIMIT_MB"),
     ("shutdown_grace_ms", "SHUTDOWN_GRACE_MS"),
+    ("shutdown_delay_ms", "SHUTDOWN_DELAY_MS"),
     ("log_format", "LOG_FORMAT"),
     ("profile", "PROFILE"),
     ("admin_token", "ADMIN_TOKEN"),

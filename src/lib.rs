@@ -158,8 +158,10 @@ impl App {
         &self.state
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, marks the app not ready and gives
-    /// in-flight requests `SHUTDOWN_GRACE_MS` to finish.
+    /// Serves until `shutdown` resolves; then marks the app not ready at once, keeps serving for
+    /// `SHUTDOWN_DELAY_MS` (load balancers see `/ready` fail and stop routing here; connections
+    /// already queued on the socket are served), stops accepting, and gives in-flight requests
+    /// `SHUTDOWN_GRACE_MS` to finish. Background workers stop with it.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let App {
             listener,
@@ -168,15 +170,18 @@ impl App {
             embedded_downstream,
         } = self;
         let grace = state.settings.shutdown_grace();
+        let delay = state.settings.shutdown_delay();
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let draining = state.draining.clone();
         tokio::spawn(async move {
             shutdown.await;
             draining.store(true, Ordering::SeqCst);
             tracing::info!(
+                delay_ms = delay.as_millis() as u64,
                 grace_ms = grace.as_millis() as u64,
-                "shutdown requested: draining in-flight requests"
+                "shutdown requested: not ready; serving for the delay, then draining in-flight requests"
             );
+            tokio::time::sleep(delay).await;
             let _ = stop_tx.send(true);
         });
         let mut graceful_rx = stop_rx.clone();

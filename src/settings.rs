@@ -284,6 +284,11 @@ pub struct Settings {
     /// Milliseconds in-flight requests get to finish after SIGTERM/SIGINT before exit.
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub shutdown_grace_ms: u64,
+
+    /// Milliseconds the app keeps serving after SIGTERM/SIGINT with `/ready` already failing, so
+    /// load balancers stop routing to it before it stops accepting (then the grace period starts).
+    #[arg(long, env = "SHUTDOWN_DELAY_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub shutdown_delay_ms: u64,
 }
 
 /// Settings of `chokepoint downstream`.
@@ -348,6 +353,10 @@ impl Settings {
 
     pub fn downstream_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.downstream_timeout)
+    }
+
+    pub fn shutdown_delay(&self) -> Duration {
+        Duration::from_millis(self.shutdown_delay_ms)
     }
 
     pub fn shutdown_grace(&self) -> Duration {

@@ -111,6 +111,7 @@ pub async fn spawn_app(db: Db, flags: &[&str]) -> TestApp {
     };
     let mut all: Vec<String> = vec!["--port".into(), "0".into(), "--database-url".into(), url];
     all.extend(["--shutdown-grace-ms".into(), "1000".into()]);
+    all.extend(["--shutdown-delay-ms".into(), "0".into()]);
     all.extend(flags.iter().map(|s| s.to_string()));
     let settings = Settings::from_flags(&all).expect("valid test flags");
     let workers = settings.worker_count.map(usize::from).unwrap_or(2);

@@ -1,0 +1,150 @@
+//! Graceful shutdown of the real binary: SIGTERM during a steady load ⇒ `/ready` fails at once
+//! (503 while the app keeps serving for `SHUTDOWN_DELAY_MS`, then the listener closes), every
+//! request sent before the signal completes with 200, and the process exits 0 within
+//! `SHUTDOWN_GRACE_MS`.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(port: u16, db: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_chokepoint"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PORT", port.to_string())
+        .env("DATABASE_URL", db)
+        .env("SHUTDOWN_GRACE_MS", "5000")
+        .env("SHUTDOWN_DELAY_MS", "300")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chokepoint")
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    ok: usize,
+    /// Sent after the signal and refused or cut once the listener closed: allowed.
+    after_signal_not_served: usize,
+    /// Sent before the signal and not answered 200: must be zero.
+    failed: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_drains_accepted_requests_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+    let port = free_port();
+    let mut child = start(port, &db);
+    let base = format!("http://127.0.0.1:{port}");
+    // A new connection per request, so a refused connection is the only way not to be accepted.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !client
+        .get(format!("{base}/ready"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Steady load: slow requests (1 s) and fast ones, 16 clients in closed loops.
+    let stop = Arc::new(AtomicBool::new(false));
+    let signal_at: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
+    let clients: Vec<_> = (0..16)
+        .map(|i| {
+            let (client, base, stop, signal_at) = (client.clone(), base.clone(), stop.clone(), signal_at.clone());
+            tokio::spawn(async move {
+                let path = if i % 2 == 0 { "/api/slow?delay=1" } else { "/api/ping" };
+                let mut t = Tally::default();
+                let until = Instant::now() + Duration::from_secs(15);
+                while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+                    let sent_before_signal = signal_at.get().is_none();
+                    match client.get(format!("{base}{path}")).send().await {
+                        Ok(r) if r.status() == 200 => t.ok += 1,
+                        _ if !sent_before_signal => {
+                            t.after_signal_not_served += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Ok(r) => t.failed.push(format!("{path}: {}", r.status())),
+                        Err(e) => t.failed.push(format!("{path}: {e}")),
+                    }
+                }
+                t
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let signalled = Instant::now();
+    signal_at.set(signalled).unwrap();
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    // Readiness fails at once (503 while serving for the delay, then refused).
+    let mut ready_failed_after = None;
+    while signalled.elapsed() < Duration::from_secs(1) {
+        match client.get(format!("{base}/ready")).send().await {
+            Ok(r) if r.status() == 200 => tokio::time::sleep(Duration::from_millis(10)).await,
+            _ => {
+                ready_failed_after = Some(signalled.elapsed());
+                break;
+            }
+        }
+    }
+    // Exit 0 within the grace period (5 s) once the 1 s requests have drained.
+    let code = loop {
+        if let Some(code) = child.try_wait().unwrap() {
+            break code;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "still running 10 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let exited_after = signalled.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let mut total = Tally::default();
+    for c in clients {
+        let t = c.await.unwrap();
+        total.ok += t.ok;
+        total.after_signal_not_served += t.after_signal_not_served;
+        total.failed.extend(t.failed);
+    }
+    eprintln!(
+        "{} ok, {} sent after the signal and not served, {} failed; /ready failed after {ready_failed_after:?}; exit {code:?} after {exited_after:?}",
+        total.ok,
+        total.after_signal_not_served,
+        total.failed.len()
+    );
+    assert!(code.success(), "exit status {code:?}");
+    assert!(total.failed.is_empty(), "accepted requests failed: {:?}", total.failed);
+    assert!(total.ok >= 20, "the load ran ({} ok)", total.ok);
+    let after = ready_failed_after.expect("/ready kept answering 200 after SIGTERM");
+    assert!(after < Duration::from_millis(500), "/ready failed only after {after:?}");
+    // 300 ms of delay, then the slow requests in flight (≤ 1 s left) drain: well inside the grace.
+    assert!(exited_after < Duration::from_secs(4), "exit took {exited_after:?}");
+    assert!(
+        exited_after >= Duration::from_millis(300),
+        "exit before the delay: {exited_after:?}"
+    );
+}
