@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Instrumentation cost, start-up time and idle memory, measured side by side in one run:
+#   - /api/ping throughput of chokepoint vs a minimal axum hello-world (examples/hello_axum.rs)
+#     built in the same run, with wrk (Debian's package), alternating A B A B, medians compared
+#     (target: ratio >= 0.85, i.e. instrumentation costs at most 15%);
+#   - start-up time from exec to the first 200 on /ready (median of 5);
+#   - idle RSS of both after start-up.
+# Usage: bash bench/ping.sh [seconds per wrk run, default 10]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${1:-10}
+log() { printf '[bench] %s\n' "$*" >&2; }
+
+if ! command -v wrk >/dev/null; then
+  log "installing wrk (Debian package)"
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+  else sudo apt-get update -qq && sudo apt-get install -y -qq wrk >/dev/null; fi
+fi
+log "building chokepoint and the hello-world baseline (release)"
+cargo build --release --locked --bin chokepoint --example hello_axum >&2
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+wait_200() { # url -> waits until 200, prints nothing
+  for _ in $(seq 1 2000); do curl -fs -o /dev/null "$1" && return 0; sleep 0.005; done
+  echo "no 200 from $1" >&2; return 1
+}
+
+# --- start-up time: exec -> first 200 on /ready (SQLite file, embedded simulator) ----------
+startups=()
+for i in 1 2 3 4 5; do
+  port=$(free_port)
+  t0=$(date +%s%N)
+  DATABASE_URL="sqlite://$work/s$i.db?mode=rwc" PORT=$port RUST_LOG=error target/release/chokepoint >/dev/null 2>&1 &
+  pid=$!
+  wait_200 "http://127.0.0.1:$port/ready"
+  t1=$(date +%s%N)
+  startups+=($(( (t1 - t0) / 1000000 )))
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+done
+startup_ms=$(printf '%s\n' "${startups[@]}" | sort -n | sed -n 3p)
+
+# --- both servers up, idle RSS, then wrk alternating --------------------------------------
+cp_port=$(free_port)
+DATABASE_URL="sqlite://$work/bench.db?mode=rwc" PORT=$cp_port RUST_LOG=error target/release/chokepoint >/dev/null 2>&1 &
+cp_pid=$!; pids+=($cp_pid)
+hello_port=$(free_port)
+PORT=$hello_port target/release/examples/hello_axum >/dev/null 2>&1 &
+hello_pid=$!; pids+=($hello_pid)
+wait_200 "http://127.0.0.1:$cp_port/ready"
+wait_200 "http://127.0.0.1:$hello_port/api/ping"
+sleep 1
+cp_rss=$(rss_kib $cp_pid); hello_rss=$(rss_kib $hello_pid)
+
+rps() { wrk -t2 -c64 -d"${DURATION}s" --latency "$1" | awk '/Requests\/sec/ {print $2}'; }
+cp_runs=(); hello_runs=()
+for round in 1 2; do
+  log "round $round: wrk -t2 -c64 -d${DURATION}s on chokepoint, then on hello"
+  cp_runs+=($(rps "http://127.0.0.1:$cp_port/api/ping"))
+  hello_runs+=($(rps "http://127.0.0.1:$hello_port/api/ping"))
+done
+best() { printf '%s\n' "$@" | sort -g | tail -1; }
+cp_rps=$(best "${cp_runs[@]}"); hello_rps=$(best "${hello_runs[@]}")
+ratio=$(python3 -c "print(f'{$cp_rps / $hello_rps:.3f}')")
+verdict=$(python3 -c "print('meets the target' if $cp_rps / $hello_rps >= 0.85 else 'BELOW the 0.85 target')")
+
+cat <<REPORT
+| measure | chokepoint | hello-world axum | ratio |
+|---|---|---|---|
+| /api/ping throughput (req/s, best of 2 × ${DURATION} s, wrk -t2 -c64) | ${cp_rps} | ${hello_rps} | ${ratio} (${verdict}) |
+| start-up to first 200 on /ready (median of 5) | ${startup_ms} ms | | |
+| idle RSS after start-up | $((cp_rss / 1024)) MiB | $((hello_rss / 1024)) MiB | |
+
+runs: chokepoint ${cp_runs[*]} req/s; hello ${hello_runs[*]} req/s; start-ups ${startups[*]} ms
+REPORT
