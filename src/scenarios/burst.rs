@@ -567,7 +567,7 @@ async fn accept_async(conn: &mut Conn, new: &NewDeployment) -> Result<Created, s
 async fn complete_queued(conn: &mut Conn, id: &str, work: Duration) -> Result<(), sqlx::Error> {
     on_conn!(conn, c => {
         let mut tx = sqlx::Connection::begin(&mut **c).await?;
-        audit!(tx, id, "started");
+        // The work first: on SQLite a write would take the database's one write lock for it.
         tokio::time::sleep(work).await;
         finish!(tx, id);
         tx.commit().await?;

