@@ -47,6 +47,6 @@ for profile in "${PROFILES[@]}"; do
   done
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 done
-log "db-replicas.js is not run here: it needs several replicas against one small PostgreSQL (tests/db_replicas.rs measures that)"
+log "db-replicas.js runs in scripts/k6-replicas.sh (three replicas against one small PostgreSQL)"
 [ ${#failed[@]} -eq 0 ] || die "failed: ${failed[*]}"
 log "every script held its thresholds in: ${PROFILES[*]}"
