@@ -132,20 +132,21 @@ impl Drop for GaugeGuard {
 /// Middleware recording count, latency and in-flight requests per route template.
 pub async fn track_http(State(state): State<AppState>, req: Request<Body>, next: Next) -> Response {
     let metrics = &state.http_metrics;
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| UNMATCHED_ROUTE.to_owned());
-    let method = req.method().as_str().to_owned();
+    // Cheap copies (a shared route string, an inline method), not per-request allocations.
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or(UNMATCHED_ROUTE, |p| p.as_str());
+    let method = req.method().clone();
     let _in_flight = GaugeGuard::new(&metrics.in_flight);
     let start = Instant::now();
     let resp = next.run(req).await;
     let elapsed = start.elapsed().as_secs_f64();
-    metrics.duration.with_label_values(&[&method, &route]).observe(elapsed);
+    metrics
+        .duration
+        .with_label_values(&[method.as_str(), route])
+        .observe(elapsed);
     metrics
         .requests
-        .with_label_values(&[&method, &route, resp.status().as_str()])
+        .with_label_values(&[method.as_str(), route, resp.status().as_str()])
         .inc();
     resp
 }

@@ -165,9 +165,12 @@ impl Guard {
 
 /// The middleware: rate limit, then shed, then time out by group.
 pub async fn guard(State(state): State<AppState>, req: Request<Body>, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
-    let route = route.as_deref().unwrap_or(crate::telemetry::UNMATCHED_ROUTE);
-    if is_exempt(route) {
+    // Decided from the borrowed route: no per-request allocation.
+    let (exempt, group) = match req.extensions().get::<MatchedPath>() {
+        Some(p) => (is_exempt(p.as_str()), Group::of(p.as_str())),
+        None => (false, Group::Other),
+    };
+    if exempt {
         return next.run(req).await;
     }
     let knobs = state.knobs.current();
@@ -185,7 +188,6 @@ pub async fn guard(State(state): State<AppState>, req: Request<Body>, next: Next
         }
         .into_response();
     };
-    let group = Group::of(route);
     match group.timeout(&knobs) {
         None => next.run(req).await,
         Some(limit) => match tokio::time::timeout(limit, next.run(req)).await {
