@@ -453,6 +453,27 @@ async fn find_by_key(conn: &mut Conn, key: &str) -> Result<Option<Deployment>, s
     on_conn!(conn, c => sqlx::query_as::<_, Deployment>(&sql).bind(key).fetch_optional(&mut **c).await)
 }
 
+async fn find_by_id(conn: &mut Conn, id: &str) -> Result<Option<Deployment>, sqlx::Error> {
+    let sql = format!("SELECT {COLUMNS} FROM deployments WHERE id = $1");
+    on_conn!(conn, c => sqlx::query_as::<_, Deployment>(&sql).bind(id).fetch_optional(&mut **c).await)
+}
+
+/// The answer once the insert ran: the new row, or the deployment that already holds the key.
+async fn created_or_replayed(
+    conn: &mut Conn,
+    inserted: bool,
+    id: &str,
+    new: &NewDeployment,
+) -> Result<Created, sqlx::Error> {
+    if inserted {
+        let row = find_by_id(conn, id).await?.ok_or(sqlx::Error::RowNotFound)?;
+        return Ok(Created::New(row));
+    }
+    let key = new.idempotency_key.as_deref().unwrap_or_default();
+    let existing = find_by_key(conn, key).await?.ok_or(sqlx::Error::RowNotFound)?;
+    Ok(Created::Replayed(existing))
+}
+
 /// Inserts the deployment row unless its idempotency key is taken, in the transaction `c`.
 /// Returns `false` when another request already claimed the key (it waits for that request's
 /// transaction on PostgreSQL, so the answer is final).
@@ -526,14 +547,7 @@ async fn create_sync(conn: &mut Conn, new: &NewDeployment, work: Duration) -> Re
         }
         inserted
     });
-    let sql = format!("SELECT {COLUMNS} FROM deployments WHERE id = $1");
-    if inserted {
-        let row = on_conn!(&mut *conn, c => sqlx::query_as::<_, Deployment>(&sql).bind(&id).fetch_one(&mut **c).await)?;
-        return Ok(Created::New(row));
-    }
-    let key = new.idempotency_key.as_deref().unwrap_or_default();
-    let existing = find_by_key(conn, key).await?.ok_or(sqlx::Error::RowNotFound)?;
-    Ok(Created::Replayed(existing))
+    created_or_replayed(conn, inserted, &id, new).await
 }
 
 /// The asynchronous acceptance: one short transaction writes the `queued` row.
@@ -553,14 +567,7 @@ async fn accept_async(conn: &mut Conn, new: &NewDeployment) -> Result<Created, s
         tx.commit().await?;
         inserted
     });
-    if inserted {
-        let sql = format!("SELECT {COLUMNS} FROM deployments WHERE id = $1");
-        let row = on_conn!(&mut *conn, c => sqlx::query_as::<_, Deployment>(&sql).bind(&id).fetch_one(&mut **c).await)?;
-        return Ok(Created::New(row));
-    }
-    let key = new.idempotency_key.as_deref().unwrap_or_default();
-    let existing = find_by_key(conn, key).await?.ok_or(sqlx::Error::RowNotFound)?;
-    Ok(Created::Replayed(existing))
+    created_or_replayed(conn, inserted, &id, new).await
 }
 
 /// A worker's transaction for a queued deployment.
@@ -669,9 +676,7 @@ async fn show(State(state): State<AppState>, Path(id): Path<String>) -> AppResul
     }
     let k = state.knobs.current();
     let (mut conn, _) = state.db.acquire(Duration::from_millis(k.db_pool_timeout_ms)).await?;
-    let sql = format!("SELECT {COLUMNS} FROM deployments WHERE id = $1");
-    let found =
-        on_conn!(&mut conn, c => sqlx::query_as::<_, Deployment>(&sql).bind(&id).fetch_optional(&mut **c).await)?;
+    let found = find_by_id(&mut conn, &id).await?;
     found.map(Json).ok_or_else(|| AppError::NotFound {
         detail: format!("no deployment {id}"),
     })
