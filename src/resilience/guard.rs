@@ -68,7 +68,10 @@ impl Group {
 
 /// Routes no mitigation may touch.
 pub fn is_exempt(route: &str) -> bool {
-    matches!(route, "/health" | "/ready" | "/metrics") || route.starts_with("/admin")
+    matches!(route, "/health" | "/ready" | "/metrics" | "/openapi.json")
+        || route.starts_with("/admin")
+        || route.starts_with("/docs")
+        || route.starts_with("/lab")
 }
 
 struct Limiter {

@@ -46,10 +46,10 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/deployments/{id}", get(show))
 }
 
-const NAME_LEN: std::ops::RangeInclusive<usize> = 1..=200;
-const ENVIRONMENT_LEN: std::ops::RangeInclusive<usize> = 1..=64;
-const REPLICAS: std::ops::RangeInclusive<i64> = 1..=100;
-const IDEMPOTENCY_KEY_LEN: std::ops::RangeInclusive<usize> = 1..=255;
+pub(crate) const NAME_LEN: std::ops::RangeInclusive<usize> = 1..=200;
+pub(crate) const ENVIRONMENT_LEN: std::ops::RangeInclusive<usize> = 1..=64;
+pub(crate) const REPLICAS: std::ops::RangeInclusive<i64> = 1..=100;
+pub(crate) const IDEMPOTENCY_KEY_LEN: std::ops::RangeInclusive<usize> = 1..=255;
 /// How often the dispatcher looks at the knobs even when nothing woke it.
 const DISPATCH_TICK: Duration = Duration::from_millis(250);
 
@@ -378,11 +378,11 @@ fn text_field(
 ) -> AppResult<String> {
     match obj.get(name) {
         None | Some(Value::Null) => Ok(default.to_string()),
-        Some(Value::String(s)) if len.contains(&s.chars().count()) => Ok(s.clone()),
+        Some(Value::String(s)) if len.contains(&s.chars().count()) && !s.contains('\0') => Ok(s.clone()),
         Some(v) => Err(AppError::InvalidParameter {
             param: name.to_string(),
             detail: format!(
-                "`{name}` must be a string of {} to {} characters (got {v})",
+                "`{name}` must be a string of {} to {} characters, without NUL (got {v})",
                 len.start(),
                 len.end()
             ),

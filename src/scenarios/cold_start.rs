@@ -27,9 +27,17 @@ use tokio::sync::oneshot;
 
 use crate::error::{AppError, AppResult};
 use crate::knobs::Knobs;
-use crate::params::Params;
+use crate::params::{Num, Params};
 use crate::telemetry::register;
 use crate::AppState;
+
+pub const WORK_MS: Num<u64> = Num {
+    name: "work_ms",
+    default: Some(100),
+    min: 1,
+    max: 60_000,
+    about: "milliseconds of work once a worker is warm",
+};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/cold-start", get(invoke))
@@ -207,7 +215,7 @@ impl ElasticPool {
 }
 
 async fn invoke(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
-    let work_ms: u64 = params.num("work_ms", 100, 1..=60_000)?;
+    let work_ms: u64 = params.get(&WORK_MS)?;
     let knobs = state.knobs.current();
     let gateway = Duration::from_millis(knobs.gateway_timeout_ms);
     let start = Instant::now();

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{AppError, AppResult};
 use crate::knobs::CpuMode;
-use crate::params::Params;
+use crate::params::{Num, Params};
 use crate::AppState;
 
 /// The gauge of CPU jobs running on the blocking pool (offload mode).
@@ -65,6 +65,30 @@ where
     }
 }
 
+pub const COMPLEXITY: Num<u32> = Num {
+    name: "complexity",
+    default: Some(30),
+    min: 1,
+    max: 40,
+    about: "Fibonacci index: fib(30) is about 1.6 million calls, fib(35) ten times that",
+};
+
+pub const ITERATIONS: Num<u32> = Num {
+    name: "iterations",
+    default: Some(10_000),
+    min: 1,
+    max: 100_000,
+    about: "SHA-256 rounds, each hashing the previous digest",
+};
+
+pub const SIZE: Num<u32> = Num {
+    name: "size",
+    default: Some(1000),
+    min: 1,
+    max: 10_000,
+    about: "records to serialize, parse and aggregate",
+};
+
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/cpu-intensive", get(cpu_intensive))
@@ -92,7 +116,7 @@ pub fn chained_sha256(seed: &[u8], iterations: u32) -> [u8; 32] {
 }
 
 async fn cpu_intensive(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
-    let complexity: u32 = params.num("complexity", 30, 1..=40)?;
+    let complexity: u32 = params.get(&COMPLEXITY)?;
     let start = Instant::now();
     let (result, mode) = run_cpu(&state, move || fib(complexity)).await?;
     Ok(Json(json!({
@@ -104,7 +128,7 @@ async fn cpu_intensive(State(state): State<AppState>, params: Params) -> AppResu
 }
 
 async fn hash(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
-    let iterations: u32 = params.num("iterations", 10_000, 1..=100_000)?;
+    let iterations: u32 = params.get(&ITERATIONS)?;
     let start = Instant::now();
     let (digest, mode) = run_cpu(&state, move || chained_sha256(b"chokepoint", iterations)).await?;
     Ok(Json(json!({
@@ -124,7 +148,7 @@ struct Record {
 }
 
 async fn json_processing(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
-    let size: u32 = params.num("size", 1000, 1..=10_000)?;
+    let size: u32 = params.get(&SIZE)?;
     let start = Instant::now();
     let (summary, mode) = run_cpu(&state, move || process_json(size)).await?;
     let mut body = summary.map_err(AppError::internal)?;

@@ -17,11 +17,59 @@ use sqlx::Connection;
 
 use crate::error::{AppError, AppResult};
 use crate::infra::database::Conn;
-use crate::params::Params;
+use crate::params::{Num, Params, Text};
 use crate::AppState;
 
 /// How long each `/api/db-pool-exhaust` query holds its connection (the seed's 5 s).
 const EXHAUST_HOLD: Duration = Duration::from_secs(5);
+
+pub const TITLE: Text = Text {
+    name: "title",
+    required: true,
+    min_len: 1,
+    max_len: 200,
+    about: "the task's title",
+};
+
+pub const DESCRIPTION: Text = Text {
+    name: "description",
+    required: false,
+    min_len: 0,
+    max_len: 2000,
+    about: "the task's description",
+};
+
+pub const HOLD_MS: Num<u64> = Num {
+    name: "ms",
+    default: Some(1000),
+    min: 1,
+    max: 60_000,
+    about: "milliseconds to hold one pooled connection",
+};
+
+pub const CONCURRENT_QUERIES: Num<u32> = Num {
+    name: "concurrent_queries",
+    default: Some(10),
+    min: 1,
+    max: 50,
+    about: "queries started at once, each holding a connection for 5 s",
+};
+
+pub const LIMIT: Num<i64> = Num {
+    name: "limit",
+    default: Some(10),
+    min: 1,
+    max: 100,
+    about: "tasks to return, newest first",
+};
+
+pub const QUERY_ITERATIONS: Num<i64> = Num {
+    name: "iterations",
+    default: Some(1000),
+    min: 1,
+    max: 10_000,
+    about: "size of the recursive query: 100 rows per iteration",
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -105,7 +153,7 @@ pub async fn hold_connection(conn: &mut Conn, d: Duration, statement: Option<Dur
 }
 
 async fn hold(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
-    let ms: u64 = params.num("ms", 1000, 1..=60_000)?;
+    let ms: u64 = params.get(&HOLD_MS)?;
     let (acquire, statement) = db_timeouts(&state);
     let (mut conn, waited) = state.db.acquire(acquire).await?;
     let start = Instant::now();
@@ -118,7 +166,7 @@ async fn hold(State(state): State<AppState>, params: Params) -> AppResult<Json<V
 }
 
 async fn db_pool_exhaust(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
-    let n: u32 = params.num("concurrent_queries", 10, 1..=50)?;
+    let n: u32 = params.get(&CONCURRENT_QUERIES)?;
     let start = Instant::now();
     let (acquire, statement) = db_timeouts(&state);
     let queries = (0..n).map(|i| {
@@ -172,8 +220,8 @@ const PG_TASK_COLUMNS: &str = r#"id, title, description, status, to_char(created
 const SQLITE_TASK_COLUMNS: &str = "id, title, description, status, created_at";
 
 async fn create_task(State(state): State<AppState>, params: Params) -> AppResult<Json<Task>> {
-    let title = params.text("title", true, 1..=200)?.unwrap_or_default();
-    let description = params.text("description", false, 0..=2000)?;
+    let title = params.text_of(&TITLE)?.unwrap_or_default();
+    let description = params.text_of(&DESCRIPTION)?;
     let (mut conn, _) = state.db.acquire(db_timeouts(&state).0).await?;
     let task = match &mut conn {
         Conn::Pg(c) => {
@@ -197,7 +245,7 @@ async fn create_task(State(state): State<AppState>, params: Params) -> AppResult
 }
 
 async fn list_tasks(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
-    let limit: i64 = params.num("limit", 10, 1..=100)?;
+    let limit: i64 = params.get(&LIMIT)?;
     let (mut conn, _) = state.db.acquire(db_timeouts(&state).0).await?;
     let tasks: Vec<Task> = match &mut conn {
         Conn::Pg(c) => {
@@ -216,7 +264,7 @@ async fn list_tasks(State(state): State<AppState>, params: Params) -> AppResult<
 const ROWS_PER_ITERATION: i64 = 100;
 
 async fn expensive_query(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
-    let iterations: i64 = params.num("iterations", 1000, 1..=10_000)?;
+    let iterations: i64 = params.get(&QUERY_ITERATIONS)?;
     let rows = iterations * ROWS_PER_ITERATION;
     let (acquire, statement) = db_timeouts(&state);
     let (mut conn, waited) = state.db.acquire(acquire).await?;

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::error::AppResult;
 use crate::infra::http_client::CallTimeout;
-use crate::params::Params;
+use crate::params::{Num, Params};
 use crate::AppState;
 
 /// The seed's fixed downstream delays and fan-out.
@@ -26,6 +26,14 @@ const CASCADE_DELAY_S: u32 = 2;
 const CASCADE_TIMEOUT: Duration = Duration::from_secs(5);
 const NO_TIMEOUT_DELAY_S: u32 = 30;
 
+pub const TIMEOUT: Num<f64> = Num {
+    name: "timeout",
+    default: Some(5.0),
+    min: 1.0,
+    max: 60.0,
+    about: "seconds to wait for the downstream (which takes 3 s)",
+};
+
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/call-downstream", get(call_downstream))
@@ -34,7 +42,7 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn call_downstream(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
-    let timeout: f64 = params.num("timeout", 5.0, 1.0..=60.0)?;
+    let timeout: f64 = params.get(&TIMEOUT)?;
     let ok = state
         .downstream
         .get_json(

@@ -12,8 +12,32 @@ use rand::Rng;
 use serde_json::{json, Value};
 
 use crate::error::AppResult;
-use crate::params::Params;
+use crate::params::{Num, Params};
 use crate::AppState;
+
+pub const DELAY: Num<f64> = Num {
+    name: "delay",
+    default: Some(5.0),
+    min: 1.0,
+    max: 30.0,
+    about: "seconds to sleep (asynchronously)",
+};
+
+pub const DURATION: Num<f64> = Num {
+    name: "duration",
+    default: Some(5.0),
+    min: 1.0,
+    max: 30.0,
+    about: "seconds to block the async worker thread",
+};
+
+pub const COUNT: Num<u32> = Num {
+    name: "count",
+    default: Some(5),
+    min: 1,
+    max: 20,
+    about: "concurrent simulated I/O operations of 0.1-0.5 s each",
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -24,7 +48,7 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn slow(params: Params) -> AppResult<Json<Value>> {
-    let delay: f64 = params.num("delay", 5.0, 1.0..=30.0)?;
+    let delay: f64 = params.get(&DELAY)?;
     tokio::time::sleep(Duration::from_secs_f64(delay)).await;
     Ok(Json(
         json!({"delay": delay, "message": format!("responded after {delay} s")}),
@@ -38,7 +62,7 @@ async fn random_delay() -> Json<Value> {
 }
 
 async fn blocking(params: Params) -> AppResult<Json<Value>> {
-    let duration: f64 = params.num("duration", 5.0, 1.0..=30.0)?;
+    let duration: f64 = params.get(&DURATION)?;
     // Deliberately blocking: this parks the async worker thread itself.
     std::thread::sleep(Duration::from_secs_f64(duration));
     Ok(Json(json!({
@@ -48,7 +72,7 @@ async fn blocking(params: Params) -> AppResult<Json<Value>> {
 }
 
 async fn parallel_io(params: Params) -> AppResult<Json<Value>> {
-    let count: u32 = params.num("count", 5, 1..=20)?;
+    let count: u32 = params.get(&COUNT)?;
     let delays: Vec<f64> = {
         let mut rng = rand::rng();
         (0..count).map(|_| rng.random_range(0.1..=0.5)).collect()

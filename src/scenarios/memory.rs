@@ -21,7 +21,7 @@ use prometheus::{IntCounter, IntGauge, Registry};
 use serde_json::{json, Value};
 
 use crate::error::{AppError, AppResult};
-use crate::params::Params;
+use crate::params::{Num, Params};
 use crate::telemetry::register;
 use crate::AppState;
 
@@ -30,6 +30,22 @@ const MIB: u64 = 1024 * 1024;
 const PAGE: usize = 4096;
 /// How long `/api/memory-spike` holds its allocation.
 const SPIKE_HOLD: Duration = Duration::from_secs(1);
+
+pub const LEAK_MB: Num<u64> = Num {
+    name: "size_mb",
+    default: Some(10),
+    min: 1,
+    max: 100,
+    about: "MiB to allocate and retain until POST /api/clear-memory",
+};
+
+pub const SPIKE_MB: Num<u64> = Num {
+    name: "size_mb",
+    default: Some(50),
+    min: 1,
+    max: 500,
+    about: "MiB to allocate, hold for about a second, then free",
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -182,7 +198,7 @@ fn allocate_touched(len: usize) -> std::io::Result<MmapMut> {
 }
 
 async fn memory_leak(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
-    let size_mb: u64 = params.num("size_mb", 10, 1..=100)?;
+    let size_mb: u64 = params.get(&LEAK_MB)?;
     let store = &state.memory;
     let budget = state.knobs.current().memory_budget_mb * MIB;
     let map = store.allocate(size_mb * MIB, budget).await?;
@@ -202,7 +218,7 @@ async fn memory_leak(State(state): State<AppState>, params: Params) -> AppResult
 }
 
 async fn memory_spike(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
-    let size_mb: u64 = params.num("size_mb", 50, 1..=500)?;
+    let size_mb: u64 = params.get(&SPIKE_MB)?;
     let bytes = size_mb * MIB;
     let store = &state.memory;
     let budget = state.knobs.current().memory_budget_mb * MIB;

@@ -25,11 +25,31 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{AppError, AppResult};
 use crate::infra::http_client::CallTimeout;
-use crate::params::Params;
+use crate::params::{Choice, Num, Params};
 use crate::AppState;
 
 /// Largest upload accepted (the report's 100 MB).
 pub const UPLOAD_LIMIT: u64 = 100 * 1024 * 1024;
+
+pub const TARGET: Choice = Choice {
+    name: "target",
+    choices: &["receiver", "malformed"],
+    about: "receiver: the flaky receiver; malformed: one that answers 200 with a truncated body",
+};
+
+pub const UPLOAD_MODE: Choice = Choice {
+    name: "mode",
+    choices: &["buffer", "stream"],
+    about: "buffer: the whole body in memory first (counted against the memory cap); stream: hashed chunk by chunk",
+};
+
+pub const FAILURE_RATE: Num<f64> = Num {
+    name: "failure_rate",
+    default: Some(0.0),
+    min: 0.0,
+    max: 1.0,
+    about: "probability that the receiver fails each attempt (on top of the background error rate knob)",
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -38,19 +58,13 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn deliver(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
-    let failure_rate: f64 = params.num("failure_rate", 0.0, 0.0..=1.0)?;
-    let (endpoint, path) = match params.text("target", false, 0..=16)?.as_deref() {
-        None | Some("receiver") => (
+    let failure_rate: f64 = params.get(&FAILURE_RATE)?;
+    let (endpoint, path) = match params.choice(&TARGET)? {
+        "malformed" => ("/malformed", "/malformed".to_string()),
+        _ => (
             "/sometimes-fail",
             format!("/sometimes-fail?failure_rate={failure_rate}"),
         ),
-        Some("malformed") => ("/malformed", "/malformed".to_string()),
-        Some(other) => {
-            return Err(AppError::invalid(
-                "target",
-                format!("`target` must be receiver or malformed (got {other:?})"),
-            ));
-        }
     };
     let knobs = state.knobs.current();
     let ok = state
@@ -75,16 +89,7 @@ async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> AppResult<Json<Value>> {
-    let buffer = match params.text("mode", false, 0..=16)?.as_deref() {
-        None | Some("buffer") => true,
-        Some("stream") => false,
-        Some(other) => {
-            return Err(AppError::invalid(
-                "mode",
-                format!("`mode` must be buffer or stream (got {other:?})"),
-            ));
-        }
-    };
+    let buffer = params.choice(&UPLOAD_MODE)? == "buffer";
     let declared: Option<u64> = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -28,9 +28,31 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use crate::error::{AppError, AppResult};
-use crate::params::Params;
+use crate::params::{Choice, Num, Params};
 use crate::telemetry::{register, GaugeGuard, LATENCY_BUCKETS};
 use crate::AppState;
+
+pub const MODE: Choice = Choice {
+    name: "mode",
+    choices: &["block", "burn"],
+    about: "block: the thread sleeps (I/O-like work); burn: it spins the CPU",
+};
+
+pub const DEADLINE_MS: Num<u64> = Num {
+    name: "deadline_ms",
+    default: None,
+    min: 1,
+    max: 600_000,
+    about: "the request's deadline; default: the grpc-timeout header, else the request_deadline_ms knob",
+};
+
+pub const WORK_MS: Num<u64> = Num {
+    name: "work_ms",
+    default: Some(100),
+    min: 1,
+    max: 60_000,
+    about: "milliseconds of work on a pool thread",
+};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/worker-pool", get(work))
@@ -300,16 +322,10 @@ pub fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
 
 async fn work(State(state): State<AppState>, headers: HeaderMap, params: Params) -> AppResult<Json<Value>> {
     let knobs = state.knobs.current();
-    let work_ms: u64 = params.num("work_ms", 100, 1..=60_000)?;
-    let mode = match params.text("mode", false, 0..=16)?.as_deref() {
-        None | Some("block") => WorkMode::Block,
-        Some("burn") => WorkMode::Burn,
-        Some(other) => {
-            return Err(AppError::invalid(
-                "mode",
-                format!("`mode` must be block or burn (got {other:?})"),
-            ));
-        }
+    let work_ms: u64 = params.get(&WORK_MS)?;
+    let mode = match params.choice(&MODE)? {
+        "burn" => WorkMode::Burn,
+        _ => WorkMode::Block,
     };
     let header = headers
         .get("grpc-timeout")
@@ -321,14 +337,14 @@ async fn work(State(state): State<AppState>, headers: HeaderMap, params: Params)
                 "the `grpc-timeout` header must be digits and a unit (H, M, S, m, u, n), e.g. 500m",
             ));
         }
-        Some(Some(d)) if params.text("deadline_ms", false, 0..=32)?.is_none() => {
+        Some(Some(d)) if !params.has(DEADLINE_MS.name) => {
             let ms = d.as_millis() as u64;
             if !(1..=600_000).contains(&ms) {
                 return Err(AppError::out_of_range("grpc-timeout", "1m", "600S", ms));
             }
             ms
         }
-        _ => params.num("deadline_ms", knobs.request_deadline_ms, 1..=600_000)?,
+        _ => params.get_or(&DEADLINE_MS, knobs.request_deadline_ms)?,
     };
     let deadline_after = Duration::from_millis(deadline_ms);
     let start = Instant::now();

@@ -1,0 +1,181 @@
+// Browser test of the pages chokepoint serves (/lab and /docs), in a real headless Chromium
+// driven by playwright-core. Run by scripts/browser-test.sh, which starts the release binary
+// with ADMIN_TOKEN set and passes BASE_URL and ADMIN_TOKEN.
+//
+// Asserts: no console errors or page errors on either page; the lab shows live numbers that
+// move when load is applied; a knob changed from the page (with the token) changes
+// /admin/config and draws a marker, and without the token the page says 401; the profile
+// switch is one click; the scenario selector shows the k6 command; Swagger UI renders every
+// operation of /openapi.json.
+import { chromium } from 'playwright-core';
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+
+const BASE = process.env.BASE_URL;
+const TOKEN = process.env.ADMIN_TOKEN;
+const OUT = process.env.ARTIFACTS || 'target/browser';
+assert.ok(BASE && TOKEN, 'BASE_URL and ADMIN_TOKEN are required');
+mkdirSync(OUT, { recursive: true });
+
+const deadline = (ms) => Date.now() + ms;
+async function until(what, fn, ms = 15000) {
+  const end = deadline(ms);
+  let last;
+  while (Date.now() < end) {
+    last = await fn();
+    if (last) return last;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`timed out waiting for ${what} (last: ${JSON.stringify(last)})`);
+}
+
+async function config() {
+  const r = await fetch(`${BASE}/admin/config`);
+  assert.equal(r.status, 200);
+  return r.json();
+}
+
+/** Bounded background load: `n` requests with `concurrency` in flight. */
+async function load(path, n, concurrency) {
+  let sent = 0;
+  const worker = async () => {
+    while (sent < n) {
+      sent++;
+      const r = await fetch(BASE + path);
+      await r.arrayBuffer();
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-dev-shm-usage'],
+});
+const failures = [];
+let passed = 0;
+async function test(name, fn) {
+  const t0 = Date.now();
+  try {
+    await fn();
+    passed++;
+    console.log(`ok   ${name} (${Date.now() - t0} ms)`);
+  } catch (e) {
+    failures.push(name);
+    console.log(`FAIL ${name}: ${e.stack || e}`);
+  }
+}
+
+async function openPage(path) {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 1600 } });
+  const errors = [];
+  page.on('console', (m) => { if (m.type() === 'error') errors.push(`console: ${m.text()}`); });
+  page.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
+  page.on('requestfailed', (r) => { if (!r.url().endsWith('/lab/events')) errors.push(`requestfailed: ${r.url()}`); });
+  const resp = await page.goto(BASE + path, { waitUntil: 'load' });
+  assert.equal(resp.status(), 200, `${path} answered ${resp.status()}`);
+  return { page, errors };
+}
+
+// ---- /lab -----------------------------------------------------------------------------------
+const { page: lab, errors: labErrors } = await openPage('/lab');
+
+await test('lab: connects and shows a snapshot', async () => {
+  await lab.waitForSelector('#status.live', { timeout: 10000 });
+  await lab.waitForSelector('#groups tbody tr[data-group="healthy"]');
+  const knobRows = await lab.locator('#knobs tbody tr').count();
+  const cfg = await config();
+  assert.equal(knobRows, Object.keys(cfg.knobs).length, 'one row per knob');
+  assert.notEqual(await lab.textContent('#g-db_max'), '–');
+});
+
+await test('lab: numbers move when load is applied', async () => {
+  const rps = async (group) => Number(await lab.locator(`#groups tr[data-group="${group}"] td`).nth(1).textContent());
+  // Start from quiet: the healthy group at 0 req/s (the page's own calls are not in a group).
+  await until('a quiet healthy group', async () => (await rps('healthy')) === 0);
+  const memBefore = Number(await lab.textContent('#g-retained_mb'));
+  const running = Promise.all([load('/api/ping', 4000, 8), load('/api/db/hold?ms=50', 60, 4)]);
+  const seen = await until('healthy req/s above 20 and db-pool traffic', async () => {
+    const h = await rps('healthy');
+    const d = await rps('db-pool');
+    return h > 20 && d > 0 ? { h, d } : null;
+  });
+  await running;
+  await fetch(`${BASE}/api/memory-leak?size_mb=5`);
+  await until('retained memory to rise by 5 MiB', async () => Number(await lab.textContent('#g-retained_mb')) >= memBefore + 5);
+  await fetch(`${BASE}/api/clear-memory`, { method: 'POST' });
+  console.log(`     healthy ${seen.h} req/s, db-pool ${seen.d} req/s`);
+  const p95 = await lab.locator('#groups tr[data-group="healthy"] td').nth(4).textContent();
+  assert.notEqual(p95, '–');
+});
+
+await test('lab: a knob change without the token is refused and says why', async () => {
+  const row = lab.locator('#knobs tr[data-knob="db_pool_timeout_ms"]');
+  await row.locator('[data-value]').fill('1234');
+  await row.locator('button[data-apply]').click();
+  await until('a 401 message', async () => (await lab.textContent('#message')).includes('401'));
+  // The refused PATCH is logged by Chromium as a failed resource load: expected here, and only here.
+  const i = labErrors.findIndex((e) => e.includes('status of 401'));
+  assert.ok(i >= 0, 'the refused request was seen');
+  labErrors.splice(i, 1);
+  assert.notEqual((await config()).knobs.db_pool_timeout_ms.value, 1234);
+});
+
+await test('lab: a knob changed from the page changes /admin/config and marks the charts', async () => {
+  await lab.fill('#token', TOKEN);
+  const row = lab.locator('#knobs tr[data-knob="db_pool_timeout_ms"]');
+  await row.locator('[data-value]').fill('1234');
+  await row.locator('button[data-apply]').click();
+  await until('/admin/config to show 1234', async () => (await config()).knobs.db_pool_timeout_ms.value === 1234);
+  await until('a marker for the change', async () =>
+    lab.evaluate(() => markers.some((m) => m.label.includes('db_pool_timeout_ms = 1234'))));
+  const sel = lab.locator('#knobs tr[data-knob="cpu_mode"] select');
+  await sel.selectOption('offload');
+  await lab.locator('#knobs tr[data-knob="cpu_mode"] button[data-apply]').click();
+  await until('cpu_mode offload', async () => (await config()).knobs.cpu_mode.value === 'offload');
+});
+
+await test('lab: the profile switch is one click', async () => {
+  await lab.click('#profile-hardened');
+  await until('the hardened profile', async () => (await lab.textContent('#profile')) === 'hardened');
+  const cfg = await config();
+  for (const [name, k] of Object.entries(cfg.knobs)) assert.deepEqual(k.value, k.profiles.hardened, name);
+  await lab.click('#profile-fragile');
+  await until('the fragile profile', async () => (await lab.textContent('#profile')) === 'fragile');
+  assert.equal((await config()).knobs.db_pool_timeout_ms.value, 30000);
+});
+
+await test('lab: the scenario selector explains and gives the k6 command', async () => {
+  await lab.selectOption('#scenario', 'db-pool');
+  assert.match(await lab.textContent('#scenario-about'), /pool/);
+  assert.match(await lab.textContent('#scenario-k6'), /PROFILE=hardened k6 run load-tests\/db-pool\.js/);
+  const visible = await lab.locator('#knobs tbody tr:not([hidden])').count();
+  assert.ok(visible > 0 && visible < (await lab.locator('#knobs tbody tr').count()), 'knobs filtered to the scenario');
+});
+
+await lab.screenshot({ path: `${OUT}/lab.png`, fullPage: true });
+await test('lab: no console errors', async () => assert.deepEqual(labErrors, []));
+
+// ---- /docs ----------------------------------------------------------------------------------
+const { page: docs, errors: docErrors } = await openPage('/docs');
+await test('docs: Swagger UI renders every operation of the spec', async () => {
+  const spec = await (await fetch(`${BASE}/openapi.json`)).json();
+  const ops = Object.values(spec.paths).reduce((n, item) => n + Object.keys(item).length, 0);
+  await docs.waitForSelector('.opblock', { timeout: 15000 });
+  await until('every operation', async () => (await docs.locator('.opblock').count()) === ops);
+  assert.match(await docs.textContent('.info .title'), /chokepoint/);
+});
+await test('docs: try it out calls the live server', async () => {
+  const block = docs.locator('#operations-healthy-get_api_ping');
+  await block.locator('.opblock-summary').click();
+  // tryItOutEnabled: the Execute button is there as soon as the operation opens.
+  await block.locator('button.execute').waitFor({ timeout: 10000 });
+  await block.locator('button.execute').click();
+  await until('a 200 with pong', async () => ((await block.locator('.live-responses-table').textContent().catch(() => '')) || '').includes('pong'));
+});
+await docs.screenshot({ path: `${OUT}/docs.png` });
+await test('docs: no console errors', async () => assert.deepEqual(docErrors, []));
+
+await browser.close();
+console.log(`${passed} passed, ${failures.length} failed`);
+process.exit(failures.length ? 1 : 0);
