@@ -223,8 +223,8 @@ impl Sampler {
                 "retained_mb": g("memory_retained_bytes", &[]).map(|b| (b / 1048576.0 * 10.0).round() / 10.0),
                 "rss_mb": g("process_resident_memory_bytes", &[]).map(|b| (b / 1048576.0 * 10.0).round() / 10.0),
                 "breaker": match g("circuit_breaker_state", &[]) {
-                    Some(v) if v == 1.0 => "open",
-                    Some(v) if v == 2.0 => "half_open",
+                    Some(1.0) => "open",
+                    Some(2.0) => "half_open",
                     Some(_) => "closed",
                     None => "unknown",
                 },

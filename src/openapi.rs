@@ -261,9 +261,9 @@ fn operations() -> Vec<Op> {
     let deploy_body = json!({
         "type": "object",
         "properties": {
-            "name": {"type": "string", "minLength": burst::NAME_LEN.start(), "maxLength": burst::NAME_LEN.end(), "default": "deployment"},
-            "environment": {"type": "string", "minLength": burst::ENVIRONMENT_LEN.start(), "maxLength": burst::ENVIRONMENT_LEN.end(), "default": "production"},
-            "replicas": {"type": "integer", "minimum": burst::REPLICAS.start(), "maximum": burst::REPLICAS.end(), "default": 1},
+            "name": {"type": ["string", "null"], "minLength": burst::NAME_LEN.start(), "maxLength": burst::NAME_LEN.end(), "default": "deployment"},
+            "environment": {"type": ["string", "null"], "minLength": burst::ENVIRONMENT_LEN.start(), "maxLength": burst::ENVIRONMENT_LEN.end(), "default": "production"},
+            "replicas": {"type": ["integer", "null"], "minimum": burst::REPLICAS.start(), "maximum": burst::REPLICAS.end(), "default": 1},
         },
     });
     let idempotency = json!({
@@ -563,6 +563,39 @@ fn with_guard(op: Op) -> Op {
         };
         op.fails(504, description)
     }
+}
+
+/// The service index's endpoint table: `METHOD /path?param=default`, the scenario (the tag) and
+/// the summary, for every operation of the spec.
+pub fn endpoint_table() -> Vec<Value> {
+    static TABLE: LazyLock<Vec<Value>> = LazyLock::new(|| {
+        operations()
+            .iter()
+            .map(|op| {
+                let query: Vec<String> = op
+                    .params
+                    .iter()
+                    .filter(|p| p["in"] == "query")
+                    .filter_map(|p| {
+                        let d = &p["schema"]["default"];
+                        let v = match d {
+                            Value::String(s) => s.clone(),
+                            Value::Null => return None,
+                            other => other.to_string(),
+                        };
+                        Some(format!("{}={v}", p["name"].as_str().unwrap_or_default()))
+                    })
+                    .collect();
+                let endpoint = if query.is_empty() {
+                    format!("{} {}", op.method.to_uppercase(), op.path)
+                } else {
+                    format!("{} {}?{}", op.method.to_uppercase(), op.path, query.join("&"))
+                };
+                json!({"endpoint": endpoint, "scenario": op.tag, "description": op.summary})
+            })
+            .collect()
+    });
+    TABLE.clone()
 }
 
 /// The whole document.

@@ -110,12 +110,21 @@ impl Numeric for f64 {
     const SCHEMA_TYPE: &'static str = "number";
 }
 
+/// What a query parameter is when absent.
+pub enum Fallback<T> {
+    /// This value.
+    Value(T),
+    /// The current value of this knob (the handler passes it to `Params::get_or`).
+    Knob(&'static str),
+    /// Nothing: the parameter is required.
+    Required,
+}
+
 /// A documented numeric query parameter. One definition serves the handler that parses it and
-/// the OpenAPI spec that describes it, so the two cannot drift apart. `default: None` makes it
-/// required.
+/// the OpenAPI spec that describes it, so the two cannot drift apart.
 pub struct Num<T> {
     pub name: &'static str,
-    pub default: Option<T>,
+    pub default: Fallback<T>,
     pub min: T,
     pub max: T,
     pub about: &'static str,
@@ -146,11 +155,14 @@ impl<T: Numeric + Sync> QueryParam for Num<T> {
     fn openapi(&self) -> Value {
         let (min, max): (Value, Value) = (self.min.into(), self.max.into());
         let mut schema = json!({"type": T::SCHEMA_TYPE, "minimum": min, "maximum": max});
-        if let Some(d) = self.default {
-            schema["default"] = d.into();
+        let mut about = self.about.to_string();
+        match self.default {
+            Fallback::Value(d) => schema["default"] = d.into(),
+            Fallback::Knob(knob) => about.push_str(&format!(" (default: the `{knob}` knob)")),
+            Fallback::Required => {}
         }
-        json!({"name": self.name, "in": "query", "required": self.default.is_none(),
-               "description": self.about, "schema": schema})
+        json!({"name": self.name, "in": "query", "required": matches!(self.default, Fallback::Required),
+               "description": about, "schema": schema})
     }
 }
 
@@ -169,11 +181,12 @@ impl QueryParam for Text {
 }
 
 impl Params {
-    /// The documented number `p`: its default when absent (422 when it has none).
+    /// The documented number `p`: its default when absent, 422 when it is required. (A
+    /// parameter whose default is a knob is read with `get_or`; here it is treated as required.)
     pub fn get<T: Numeric>(&self, p: &Num<T>) -> Result<T, AppError> {
         match p.default {
-            Some(d) => self.num(p.name, d, p.min..=p.max),
-            None => self.required_num(p.name, p.min..=p.max),
+            Fallback::Value(d) => self.num(p.name, d, p.min..=p.max),
+            Fallback::Knob(_) | Fallback::Required => self.required_num(p.name, p.min..=p.max),
         }
     }
 

@@ -27,13 +27,13 @@ use tokio::sync::oneshot;
 
 use crate::error::{AppError, AppResult};
 use crate::knobs::Knobs;
-use crate::params::{Num, Params};
+use crate::params::{Fallback, Num, Params};
 use crate::telemetry::register;
 use crate::AppState;
 
 pub const WORK_MS: Num<u64> = Num {
     name: "work_ms",
-    default: Some(100),
+    default: Fallback::Value(100),
     min: 1,
     max: 60_000,
     about: "milliseconds of work once a worker is warm",

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{AppError, AppResult};
 use crate::knobs::CpuMode;
-use crate::params::{Num, Params};
+use crate::params::{Fallback, Num, Params};
 use crate::AppState;
 
 /// The gauge of CPU jobs running on the blocking pool (offload mode).
@@ -67,7 +67,7 @@ where
 
 pub const COMPLEXITY: Num<u32> = Num {
     name: "complexity",
-    default: Some(30),
+    default: Fallback::Value(30),
     min: 1,
     max: 40,
     about: "Fibonacci index: fib(30) is about 1.6 million calls, fib(35) ten times that",
@@ -75,7 +75,7 @@ pub const COMPLEXITY: Num<u32> = Num {
 
 pub const ITERATIONS: Num<u32> = Num {
     name: "iterations",
-    default: Some(10_000),
+    default: Fallback::Value(10_000),
     min: 1,
     max: 100_000,
     about: "SHA-256 rounds, each hashing the previous digest",
@@ -83,7 +83,7 @@ pub const ITERATIONS: Num<u32> = Num {
 
 pub const SIZE: Num<u32> = Num {
     name: "size",
-    default: Some(1000),
+    default: Fallback::Value(1000),
     min: 1,
     max: 10_000,
     about: "records to serialize, parse and aggregate",

@@ -17,7 +17,7 @@ use sqlx::Connection;
 
 use crate::error::{AppError, AppResult};
 use crate::infra::database::Conn;
-use crate::params::{Num, Params, Text};
+use crate::params::{Fallback, Num, Params, Text};
 use crate::AppState;
 
 /// How long each `/api/db-pool-exhaust` query holds its connection (the seed's 5 s).
@@ -41,7 +41,7 @@ pub const DESCRIPTION: Text = Text {
 
 pub const HOLD_MS: Num<u64> = Num {
     name: "ms",
-    default: Some(1000),
+    default: Fallback::Value(1000),
     min: 1,
     max: 60_000,
     about: "milliseconds to hold one pooled connection",
@@ -49,7 +49,7 @@ pub const HOLD_MS: Num<u64> = Num {
 
 pub const CONCURRENT_QUERIES: Num<u32> = Num {
     name: "concurrent_queries",
-    default: Some(10),
+    default: Fallback::Value(10),
     min: 1,
     max: 50,
     about: "queries started at once, each holding a connection for 5 s",
@@ -57,7 +57,7 @@ pub const CONCURRENT_QUERIES: Num<u32> = Num {
 
 pub const LIMIT: Num<i64> = Num {
     name: "limit",
-    default: Some(10),
+    default: Fallback::Value(10),
     min: 1,
     max: 100,
     about: "tasks to return, newest first",
@@ -65,7 +65,7 @@ pub const LIMIT: Num<i64> = Num {
 
 pub const QUERY_ITERATIONS: Num<i64> = Num {
     name: "iterations",
-    default: Some(1000),
+    default: Fallback::Value(1000),
     min: 1,
     max: 10_000,
     about: "size of the recursive query: 100 rows per iteration",

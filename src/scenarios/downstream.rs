@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::error::AppResult;
 use crate::infra::http_client::CallTimeout;
-use crate::params::{Num, Params};
+use crate::params::{Fallback, Num, Params};
 use crate::AppState;
 
 /// The seed's fixed downstream delays and fan-out.
@@ -28,7 +28,7 @@ const NO_TIMEOUT_DELAY_S: u32 = 30;
 
 pub const TIMEOUT: Num<f64> = Num {
     name: "timeout",
-    default: Some(5.0),
+    default: Fallback::Value(5.0),
     min: 1.0,
     max: 60.0,
     about: "seconds to wait for the downstream (which takes 3 s)",

@@ -12,12 +12,12 @@ use rand::Rng;
 use serde_json::{json, Value};
 
 use crate::error::AppResult;
-use crate::params::{Num, Params};
+use crate::params::{Fallback, Num, Params};
 use crate::AppState;
 
 pub const DELAY: Num<f64> = Num {
     name: "delay",
-    default: Some(5.0),
+    default: Fallback::Value(5.0),
     min: 1.0,
     max: 30.0,
     about: "seconds to sleep (asynchronously)",
@@ -25,7 +25,7 @@ pub const DELAY: Num<f64> = Num {
 
 pub const DURATION: Num<f64> = Num {
     name: "duration",
-    default: Some(5.0),
+    default: Fallback::Value(5.0),
     min: 1.0,
     max: 30.0,
     about: "seconds to block the async worker thread",
@@ -33,7 +33,7 @@ pub const DURATION: Num<f64> = Num {
 
 pub const COUNT: Num<u32> = Num {
     name: "count",
-    default: Some(5),
+    default: Fallback::Value(5),
     min: 1,
     max: 20,
     about: "concurrent simulated I/O operations of 0.1-0.5 s each",

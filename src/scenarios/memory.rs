@@ -21,7 +21,7 @@ use prometheus::{IntCounter, IntGauge, Registry};
 use serde_json::{json, Value};
 
 use crate::error::{AppError, AppResult};
-use crate::params::{Num, Params};
+use crate::params::{Fallback, Num, Params};
 use crate::telemetry::register;
 use crate::AppState;
 
@@ -33,7 +33,7 @@ const SPIKE_HOLD: Duration = Duration::from_secs(1);
 
 pub const LEAK_MB: Num<u64> = Num {
     name: "size_mb",
-    default: Some(10),
+    default: Fallback::Value(10),
     min: 1,
     max: 100,
     about: "MiB to allocate and retain until POST /api/clear-memory",
@@ -41,7 +41,7 @@ pub const LEAK_MB: Num<u64> = Num {
 
 pub const SPIKE_MB: Num<u64> = Num {
     name: "size_mb",
-    default: Some(50),
+    default: Fallback::Value(50),
     min: 1,
     max: 500,
     about: "MiB to allocate, hold for about a second, then free",

@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{AppError, AppResult};
 use crate::infra::http_client::CallTimeout;
-use crate::params::{Choice, Num, Params};
+use crate::params::{Choice, Fallback, Num, Params};
 use crate::AppState;
 
 /// Largest upload accepted (the report's 100 MB).
@@ -45,7 +45,7 @@ pub const UPLOAD_MODE: Choice = Choice {
 
 pub const FAILURE_RATE: Num<f64> = Num {
     name: "failure_rate",
-    default: Some(0.0),
+    default: Fallback::Value(0.0),
     min: 0.0,
     max: 1.0,
     about: "probability that the receiver fails each attempt (on top of the background error rate knob)",

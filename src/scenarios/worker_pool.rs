@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use crate::error::{AppError, AppResult};
-use crate::params::{Choice, Num, Params};
+use crate::params::{Choice, Fallback, Num, Params};
 use crate::telemetry::{register, GaugeGuard, LATENCY_BUCKETS};
 use crate::AppState;
 
@@ -40,15 +40,15 @@ pub const MODE: Choice = Choice {
 
 pub const DEADLINE_MS: Num<u64> = Num {
     name: "deadline_ms",
-    default: None,
+    default: Fallback::Knob("request_deadline_ms"),
     min: 1,
     max: 600_000,
-    about: "the request's deadline; default: the grpc-timeout header, else the request_deadline_ms knob",
+    about: "the request's deadline in ms; without it, the grpc-timeout header",
 };
 
 pub const WORK_MS: Num<u64> = Num {
     name: "work_ms",
-    default: Some(100),
+    default: Fallback::Value(100),
     min: 1,
     max: 60_000,
     about: "milliseconds of work on a pool thread",
