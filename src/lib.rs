@@ -12,6 +12,7 @@ pub mod knobs;
 pub mod lab;
 pub mod openapi;
 pub mod params;
+pub mod repro;
 pub mod resilience;
 pub mod scenarios;
 pub mod settings;

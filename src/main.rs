@@ -26,6 +26,25 @@ fn main() -> ExitCode {
         Command::Downstream(settings) => run_downstream(settings),
         Command::Migrate(settings) => migrate(*settings),
         Command::Healthcheck(args) => healthcheck(&args),
+        Command::Repro(cmd) => repro(*cmd),
+    }
+}
+
+fn repro(cmd: settings::ReproCommand) -> ExitCode {
+    // The in-process lab logs warnings only: the report is the output.
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "warn");
+    }
+    telemetry::init_tracing(&cmd.lab.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail("cannot start the async runtime", &e),
+    };
+    let profile = cmd.lab.profile;
+    let lab = cmd.repro.base_url.is_none().then_some(cmd.lab);
+    match runtime.block_on(chokepoint::repro::run(cmd.repro, profile, lab)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => fail_anyhow(e),
     }
 }
 

@@ -30,6 +30,18 @@ pub enum Command {
     Migrate(Box<Settings>),
     /// Exit 0 when the local server answers 200 on a path (a container HEALTHCHECK without curl).
     Healthcheck(HealthcheckArgs),
+    /// Reproduce a catalog row under open-model load and print a breaking-point report
+    /// (in-process lab by default; the serve settings, e.g. DATABASE_URL, apply to it).
+    Repro(Box<ReproCommand>),
+}
+
+/// `chokepoint repro`: its own arguments plus the settings of the in-process lab.
+#[derive(Debug, Clone, Args)]
+pub struct ReproCommand {
+    #[command(flatten)]
+    pub repro: crate::repro::ReproArgs,
+    #[command(flatten)]
+    pub lab: Settings,
 }
 
 /// Arguments of `chokepoint healthcheck`.

@@ -1,0 +1,376 @@
+//! What `chokepoint repro` runs for each catalog row: the request, the knobs that make the
+//! numbers small enough for a short run, the stages of offered load, the prediction from the
+//! knobs, and the metrics that show the saturation.
+
+use serde_json::{json, Value};
+
+/// The catalog rows `repro` can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScenarioId {
+    Cpu,
+    Memory,
+    DbPool,
+    DbReplicas,
+    Downstream,
+    WorkerPool,
+    RetryStorm,
+    ColdStart,
+    Burst,
+    CacheStampede,
+}
+
+impl ScenarioId {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScenarioId::Cpu => "cpu",
+            ScenarioId::Memory => "memory",
+            ScenarioId::DbPool => "db-pool",
+            ScenarioId::DbReplicas => "db-replicas",
+            ScenarioId::Downstream => "downstream",
+            ScenarioId::WorkerPool => "worker-pool",
+            ScenarioId::RetryStorm => "retry-storm",
+            ScenarioId::ColdStart => "cold-start",
+            ScenarioId::Burst => "burst",
+            ScenarioId::CacheStampede => "cache-stampede",
+        }
+    }
+}
+
+/// One request the load generator sends.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub method: reqwest::Method,
+    pub path: String,
+    pub body: Option<&'static str>,
+}
+
+impl Target {
+    fn get(path: impl Into<String>) -> Target {
+        Target {
+            method: reqwest::Method::GET,
+            path: path.into(),
+            body: None,
+        }
+    }
+}
+
+/// A gauge or counter read from `/metrics` while a stage runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Watch {
+    /// The series as `/metrics` prints it (name and labels).
+    pub series: &'static str,
+    /// Shown in the report.
+    pub label: &'static str,
+    /// A counter: the report shows its increase over the stage; a gauge: its maximum.
+    pub counter: bool,
+    /// The value from which this metric says "saturated".
+    pub saturated_at: SaturatedAt,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum SaturatedAt {
+    /// Above this value.
+    Above(f64),
+    /// At or above the value of this knob (from `/admin/config`).
+    AtKnob(&'static str),
+    /// At or above the sum of these knobs.
+    AtKnobSum(&'static str, &'static str),
+}
+
+/// What the knobs predict.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Prediction {
+    /// Successful requests per second the resource can serve, when the scenario has one.
+    pub capacity_rps: Option<f64>,
+    /// The arithmetic, in words.
+    pub formula: String,
+    /// What should happen past it, per the profile's knobs.
+    pub expect: String,
+}
+
+/// Everything `repro` needs to run one scenario.
+pub struct Plan {
+    pub target: Target,
+    /// Knobs set (after the profile) before the run, to keep it short and the numbers small.
+    pub knobs: Value,
+    /// Offered rates, req/s.
+    pub rates: Vec<f64>,
+    pub watches: Vec<Watch>,
+    /// A light request stream beside the load whose latency shows collateral damage.
+    pub canary: Option<&'static str>,
+    /// Called once before each stage (e.g. flush the cache).
+    pub before_stage: Option<(reqwest::Method, &'static str)>,
+    /// Needs a `--base-url` (not runnable in-process).
+    pub needs_base_url: Option<&'static str>,
+}
+
+fn knob(config: &Value, name: &str) -> f64 {
+    config["knobs"][name]["value"].as_f64().unwrap_or(0.0)
+}
+
+fn knob_str<'a>(config: &'a Value, name: &str) -> &'a str {
+    config["knobs"][name]["value"].as_str().unwrap_or("")
+}
+
+/// Multiples of a capacity.
+fn around(capacity: f64, multiples: &[f64]) -> Vec<f64> {
+    multiples.iter().map(|m| (capacity * m * 10.0).round() / 10.0).collect()
+}
+
+const AROUND: &[f64] = &[0.5, 0.8, 1.0, 1.25, 1.5, 2.0];
+
+impl ScenarioId {
+    /// The knobs the run sets on top of the profile.
+    fn run_knobs(self) -> Value {
+        match self {
+            ScenarioId::DbPool => json!({"db_pool_size": 4, "db_max_overflow": 0}),
+            ScenarioId::WorkerPool => json!({"worker_pool_size": 4}),
+            ScenarioId::Burst => json!({"db_pool_size": 4, "db_max_overflow": 0, "deploy_work_ms": 200, "deploy_timeout_ms": 5000}),
+            ScenarioId::ColdStart => json!({"max_workers": 4}),
+            ScenarioId::Memory => json!({}),
+            _ => json!({}),
+        }
+    }
+
+    /// The plan, given the configuration in force after the profile and the run knobs.
+    pub fn plan(self, config: &Value, cpu_ms: Option<f64>) -> Plan {
+        let mut plan = Plan {
+            target: Target::get("/api/ping"),
+            knobs: self.run_knobs(),
+            rates: vec![],
+            watches: vec![],
+            canary: None,
+            before_stage: None,
+            needs_base_url: None,
+        };
+        let pool = || knob(config, "db_pool_size") + knob(config, "db_max_overflow");
+        match self {
+            ScenarioId::DbPool | ScenarioId::DbReplicas => {
+                let hold = if self == ScenarioId::DbPool { 100.0 } else { 1000.0 };
+                plan.target = Target::get(format!("/api/db/hold?ms={hold}"));
+                plan.rates = around(pool() / (hold / 1000.0), AROUND);
+                plan.watches = vec![
+                    Watch { series: "db_pool_waiting", label: "waiting for a connection (max)", counter: false, saturated_at: SaturatedAt::Above(0.0) },
+                    Watch { series: "db_pool_connections{state=\"in_use\"}", label: "connections in use (max)", counter: false, saturated_at: SaturatedAt::AtKnobSum("db_pool_size", "db_max_overflow") },
+                    Watch { series: "db_pool_acquire_timeouts_total", label: "acquire timeouts", counter: true, saturated_at: SaturatedAt::Above(0.0) },
+                ];
+                if self == ScenarioId::DbReplicas {
+                    plan.needs_base_url = Some("db-replicas needs several replicas in front of one PostgreSQL: point --base-url at their Service (the k8s `replicas` overlay) — tests/db_replicas.rs measures it on one machine");
+                }
+            }
+            ScenarioId::WorkerPool => {
+                plan.target = Target::get("/api/worker-pool?work_ms=100");
+                plan.rates = around(knob(config, "worker_pool_size") / 0.1, AROUND);
+                plan.watches = vec![
+                    Watch { series: "worker_pool_queue_depth", label: "queue depth (max)", counter: false, saturated_at: SaturatedAt::Above(0.0) },
+                    Watch { series: "worker_pool_busy", label: "busy threads (max)", counter: false, saturated_at: SaturatedAt::AtKnob("worker_pool_size") },
+                    Watch { series: "worker_pool_deadline_exceeded_total", label: "deadline exceeded", counter: true, saturated_at: SaturatedAt::Above(0.0) },
+                ];
+            }
+            ScenarioId::Burst => {
+                plan.target = Target {
+                    method: reqwest::Method::POST,
+                    path: "/api/v1/deployments/".into(),
+                    body: Some("{}"),
+                };
+                let work = knob(config, "deploy_work_ms") / 1000.0;
+                let cap = if knob_str(config, "deploy_mode") == "async" {
+                    knob(config, "deploy_workers").min(pool()) / work
+                } else {
+                    pool() / work
+                };
+                plan.rates = around(cap, AROUND);
+                plan.watches = vec![
+                    Watch { series: "db_pool_waiting", label: "waiting for a connection (max)", counter: false, saturated_at: SaturatedAt::Above(0.0) },
+                    Watch { series: "deploy_queue_depth", label: "async queue depth (max)", counter: false, saturated_at: SaturatedAt::Above(0.0) },
+                ];
+            }
+            ScenarioId::Cpu => {
+                plan.target = Target::get("/api/cpu-intensive?complexity=27");
+                let single = cpu_ms.unwrap_or(10.0) / 1000.0;
+                let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+                plan.rates = around(cores / single, AROUND);
+                plan.canary = Some("/api/ping");
+                plan.watches = vec![
+                    Watch { series: "http_requests_in_flight", label: "requests in flight (max)", counter: false, saturated_at: SaturatedAt::Above(cores) },
+                    Watch { series: "requests_shed_total", label: "shed", counter: true, saturated_at: SaturatedAt::Above(0.0) },
+                ];
+            }
+            ScenarioId::ColdStart => {
+                plan.target = Target::get("/api/cold-start?work_ms=100");
+                plan.rates = around(knob(config, "max_workers") / 0.1, AROUND);
+                plan.watches = vec![
+                    Watch { series: "cold_start_queue_depth", label: "queue depth (max)", counter: false, saturated_at: SaturatedAt::Above(0.0) },
+                    Watch { series: "cold_start_cold_starts_total", label: "cold starts", counter: true, saturated_at: SaturatedAt::Above(0.0) },
+                    Watch { series: "cold_start_gateway_timeouts_total", label: "gateway timeouts", counter: true, saturated_at: SaturatedAt::Above(0.0) },
+                ];
+            }
+            ScenarioId::Downstream => {
+                plan.target = Target::get("/api/call-downstream?timeout=5");
+                plan.rates = vec![2.0, 5.0, 10.0, 20.0];
+                plan.canary = Some("/api/ping");
+                plan.watches = vec![
+                    Watch { series: "http_requests_in_flight", label: "requests in flight (max)", counter: false, saturated_at: SaturatedAt::Above(16.0) },
+                    Watch { series: "downstream_calls_in_flight", label: "downstream calls in flight (max)", counter: false, saturated_at: SaturatedAt::AtKnob("downstream_max_concurrency") },
+                    Watch { series: "circuit_breaker_rejections_total", label: "breaker rejections", counter: true, saturated_at: SaturatedAt::Above(0.0) },
+                ];
+            }
+            ScenarioId::Memory => {
+                plan.target = Target::get("/api/memory-leak?size_mb=8");
+                plan.rates = vec![4.0, 4.0, 4.0, 4.0, 4.0];
+                plan.watches = vec![
+                    Watch { series: "memory_retained_bytes", label: "retained bytes (max)", counter: false, saturated_at: SaturatedAt::Above(0.0) },
+                    Watch { series: "memory_cap_refusals_total", label: "cap refusals", counter: true, saturated_at: SaturatedAt::Above(0.0) },
+                    Watch { series: "process_resident_memory_bytes", label: "RSS (max)", counter: false, saturated_at: SaturatedAt::Above(f64::INFINITY) },
+                ];
+            }
+            ScenarioId::RetryStorm => {
+                plan.target = Target::get("/api/deliver?failure_rate=0.2");
+                plan.rates = vec![10.0, 20.0, 40.0];
+                plan.watches = vec![Watch {
+                    series: "circuit_breaker_rejections_total",
+                    label: "breaker rejections",
+                    counter: true,
+                    saturated_at: SaturatedAt::Above(0.0),
+                }];
+            }
+            ScenarioId::CacheStampede => {
+                plan.target = Target::get("/api/cache/items/1");
+                plan.rates = vec![20.0, 50.0, 100.0];
+                plan.before_stage = Some((reqwest::Method::POST, "/admin/cache/flush"));
+                plan.watches = vec![
+                    Watch { series: "cache_db_loads_total", label: "database loads", counter: true, saturated_at: SaturatedAt::Above(1.0) },
+                    Watch { series: "cache_loads_in_flight", label: "loads in flight (max)", counter: false, saturated_at: SaturatedAt::Above(1.0) },
+                ];
+            }
+        }
+        plan
+    }
+
+    /// The prediction from the knobs in force (after the profile and the run knobs).
+    pub fn predict(self, config: &Value, cpu_ms: Option<f64>) -> Prediction {
+        let k = |n: &str| knob(config, n);
+        let pool = k("db_pool_size") + k("db_max_overflow");
+        let acquire = k("db_pool_timeout_ms");
+        match self {
+            ScenarioId::DbPool | ScenarioId::DbReplicas => {
+                let hold = if self == ScenarioId::DbPool { 0.1 } else { 1.0 };
+                Prediction {
+                    capacity_rps: Some(pool / hold),
+                    formula: format!("pool {pool} connections / {hold} s hold = {:.1} req/s", pool / hold),
+                    expect: format!(
+                        "past capacity requests queue for a connection; they fail with 503 db_pool_timeout once the wait passes the {acquire} ms acquire timeout"
+                    ),
+                }
+            }
+            ScenarioId::WorkerPool => {
+                let w = k("worker_pool_size");
+                Prediction {
+                    capacity_rps: Some(w / 0.1),
+                    formula: format!("{w} worker threads / 0.1 s work = {:.1} req/s", w / 0.1),
+                    expect: format!(
+                        "past capacity the queue grows (bound {}); requests whose wait passes the {} ms deadline fail with 504",
+                        if k("worker_queue_max") == 0.0 { "none".to_string() } else { k("worker_queue_max").to_string() },
+                        k("request_deadline_ms")
+                    ),
+                }
+            }
+            ScenarioId::Burst => {
+                let work = k("deploy_work_ms") / 1000.0;
+                if knob_str(config, "deploy_mode") == "async" {
+                    let c = k("deploy_workers").min(pool) / work;
+                    Prediction {
+                        capacity_rps: Some(c),
+                        formula: format!("min({} workers, {pool} connections) / {work} s work = {c:.1} deployments/s drained in the background", k("deploy_workers")),
+                        expect: "every POST is accepted at once (202); the queue absorbs the excess".into(),
+                    }
+                } else {
+                    Prediction {
+                        capacity_rps: Some(pool / work),
+                        formula: format!("pool {pool} connections / {work} s work = {:.1} creations/s", pool / work),
+                        expect: format!("past capacity creations queue for a connection and fail at the {} ms request timeout", k("deploy_timeout_ms")),
+                    }
+                }
+            }
+            ScenarioId::Cpu => {
+                let single = cpu_ms.unwrap_or(f64::NAN);
+                let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+                Prediction {
+                    capacity_rps: Some(cores * 1000.0 / single),
+                    formula: format!("{cores} cores / {single:.1} ms per fib(27) (measured alone) = {:.1} req/s", cores * 1000.0 / single),
+                    expect: if knob_str(config, "cpu_mode") == "offload" {
+                        format!("CPU work runs on a bounded pool ({}); the excess is shed with 503 and /api/ping stays fast", k("cpu_max_concurrency"))
+                    } else {
+                        "CPU work runs inline on the async workers: past capacity everything queues, /api/ping included".into()
+                    },
+                }
+            }
+            ScenarioId::ColdStart => {
+                let w = k("max_workers");
+                Prediction {
+                    capacity_rps: Some(w / 0.1),
+                    formula: format!("{w} workers / 0.1 s work = {:.1} req/s once warm; each new worker takes {} ms to start ({} kept warm)", w / 0.1, k("cold_start_ms"), k("min_warm_workers")),
+                    expect: format!("requests queued behind a cold start longer than the {} ms gateway timeout fail with 504", k("gateway_timeout_ms")),
+                }
+            }
+            ScenarioId::Downstream => {
+                let bulkhead = k("downstream_max_concurrency");
+                if bulkhead > 0.0 {
+                    Prediction {
+                        capacity_rps: Some(bulkhead / 3.0),
+                        formula: format!("bulkhead {bulkhead} calls / 3 s per call = {:.1} req/s", bulkhead / 3.0),
+                        expect: "past capacity calls are refused at once (503), in-flight requests stay bounded".into(),
+                    }
+                } else {
+                    Prediction {
+                        capacity_rps: None,
+                        formula: "no bulkhead: in flight = offered rate × 3 s (Little's law), without bound".into(),
+                        expect: "every request waits the dependency out: latency ≥ 3 s at any rate, in-flight requests pile up".into(),
+                    }
+                }
+            }
+            ScenarioId::Memory => {
+                let budget = k("memory_budget_mb");
+                Prediction {
+                    capacity_rps: None,
+                    formula: format!(
+                        "8 MiB retained per success until the {} MiB {} is reached",
+                        if budget > 0.0 { budget } else { f64::NAN },
+                        if budget > 0.0 { "budget" } else { "safety cap" }
+                    ),
+                    expect: "then 507 memory_cap, at once".into(),
+                }
+            }
+            ScenarioId::RetryStorm => {
+                let attempts = k("retry_max_attempts").max(1.0);
+                let lost = 0.2f64.powf(attempts);
+                Prediction {
+                    capacity_rps: None,
+                    formula: format!("receiver fails 20% of calls; {attempts} attempt(s): lost ≈ 0.2^{attempts} = {:.1}%", lost * 100.0),
+                    expect: format!("about {:.1}% of deliveries fail with 502", lost * 100.0),
+                }
+            }
+            ScenarioId::CacheStampede => {
+                let sf = config["knobs"]["cache_single_flight"]["value"].as_bool().unwrap_or(false);
+                Prediction {
+                    capacity_rps: None,
+                    formula: format!(
+                        "after a flush, every reader that misses during the {} ms load goes to the database{}",
+                        k("cache_query_ms"),
+                        if sf { " — single-flight: one load per key" } else { "" }
+                    ),
+                    expect: if sf { "about 1 database load per stage".into() } else { "database loads ≈ offered rate × load time per stage".into() },
+                }
+            }
+        }
+    }
+}
+
+/// The threshold a watch saturates at, resolved against the configuration.
+pub fn threshold(w: &Watch, config: &Value) -> f64 {
+    match w.saturated_at {
+        SaturatedAt::Above(v) => v,
+        SaturatedAt::AtKnob(k) => knob(config, k) - 0.5,
+        SaturatedAt::AtKnobSum(a, b) => knob(config, a) + knob(config, b) - 0.5,
+    }
+}
