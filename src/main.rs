@@ -31,9 +31,9 @@ fn main() -> ExitCode {
 }
 
 fn repro(cmd: settings::ReproCommand) -> ExitCode {
-    // The in-process lab logs warnings only: the report is the output.
+    // The in-process lab logs errors only: its failures are the report's subject, not noise.
     if std::env::var_os("RUST_LOG").is_none() {
-        std::env::set_var("RUST_LOG", "warn");
+        std::env::set_var("RUST_LOG", "error");
     }
     telemetry::init_tracing(&cmd.lab.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -139,7 +139,10 @@ pub async fn run(args: ReproArgs, profile: Profile, settings: Option<crate::sett
         vec![profile]
     };
     if args.base_url.is_none() && args.scenario == ScenarioId::DbReplicas {
-        bail!("{}", args.scenario.plan(&json!({}), None).needs_base_url.unwrap_or_default());
+        bail!(
+            "{}",
+            args.scenario.plan(&json!({}), None).needs_base_url.unwrap_or_default()
+        );
     }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
@@ -170,7 +173,11 @@ pub async fn run(args: ReproArgs, profile: Profile, settings: Option<crate::sett
                 (base, Some((tx, handle)))
             }
         };
-        target_label = if lab.is_some() { "in-process lab".into() } else { base.clone() };
+        target_label = if lab.is_some() {
+            "in-process lab".into()
+        } else {
+            base.clone()
+        };
         let lab_client = LabClient {
             client: client.clone(),
             base: base.clone(),
@@ -264,14 +271,24 @@ async fn calibrate(lab: &LabClient, path: &str, n: usize) -> anyhow::Result<f64>
     Ok(samples[n / 2])
 }
 
-async fn run_profile(args: &ReproArgs, profile: Profile, lab: &LabClient, stop: &Arc<AtomicBool>) -> anyhow::Result<(Run, String)> {
-    lab.admin(reqwest::Method::POST, &format!("/admin/profile/{}", profile.as_str()), None)
-        .await
-        .context("switching the profile (give --admin-token if the lab has one)")?;
+async fn run_profile(
+    args: &ReproArgs,
+    profile: Profile,
+    lab: &LabClient,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<(Run, String)> {
+    lab.admin(
+        reqwest::Method::POST,
+        &format!("/admin/profile/{}", profile.as_str()),
+        None,
+    )
+    .await
+    .context("switching the profile (give --admin-token if the lab has one)")?;
     let scenario = args.scenario;
     let run_knobs = scenario.plan(&json!({}), None).knobs;
     if run_knobs.as_object().is_some_and(|o| !o.is_empty()) {
-        lab.admin(reqwest::Method::PATCH, "/admin/config", Some(&run_knobs)).await?;
+        lab.admin(reqwest::Method::PATCH, "/admin/config", Some(&run_knobs))
+            .await?;
     }
     let cpu_ms = if scenario == ScenarioId::Cpu {
         Some(calibrate(lab, &scenario.plan(&json!({}), None).target.path, 15).await?)
@@ -279,6 +296,11 @@ async fn run_profile(args: &ReproArgs, profile: Profile, lab: &LabClient, stop: 
         None
     };
     let config = lab.config().await?;
+    if scenario == ScenarioId::ColdStart {
+        // Let the profile's warm workers (min_warm_workers) finish their own cold start.
+        let cold = config["knobs"]["cold_start_ms"]["value"].as_u64().unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(cold + 250)).await;
+    }
     let plan = scenario.plan(&config, cpu_ms);
     let prediction = scenario.predict(&config, cpu_ms);
     let knobs: Value = config["knobs"]
@@ -294,8 +316,23 @@ async fn run_profile(args: &ReproArgs, profile: Profile, lab: &LabClient, stop: 
         if let Some((method, path)) = &plan.before_stage {
             lab.admin(method.clone(), path, None).await?;
         }
-        let label = format!("[{} {}] stage {}/{} at {rate} req/s", scenario.as_str(), profile.as_str(), i + 1, plan.rates.len());
-        let stage = run_stage(lab, &plan, rate, Duration::from_secs(args.stage_seconds), stop, &label, args.quiet).await;
+        let label = format!(
+            "[{} {}] stage {}/{} at {rate} req/s",
+            scenario.as_str(),
+            profile.as_str(),
+            i + 1,
+            plan.rates.len()
+        );
+        let stage = run_stage(
+            lab,
+            &plan,
+            rate,
+            Duration::from_secs(args.stage_seconds),
+            stop,
+            &label,
+            args.quiet,
+        )
+        .await;
         stages.push(stage);
     }
     if scenario == ScenarioId::Memory {
@@ -392,29 +429,28 @@ async fn run_stage(
             peaks
         })
     };
-    // The canary: 10 req/s beside the load.
+    // The canary: 10 req/s beside the load, each request its own task, latency from its
+    // intended send time.
     let canary = plan.canary.map(|path| {
         let (client, url) = (lab.client.clone(), format!("{}{path}", lab.base));
         let sampling = sampling.clone();
         tokio::spawn(async move {
-            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            let hist = Arc::new(std::sync::Mutex::new(
+                Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("valid bounds"),
+            ));
             let mut tick = tokio::time::interval(Duration::from_millis(100));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            let mut pending = futures::stream::FuturesUnordered::new();
+            let mut tasks = tokio::task::JoinSet::new();
             while sampling.load(Ordering::SeqCst) {
                 let intended = tick.tick().await;
-                let (client, url) = (client.clone(), url.clone());
-                pending.push(async move {
-                    let _ = client.get(&url).send().await;
-                    intended.elapsed()
+                let (client, url, hist) = (client.clone(), url.clone(), hist.clone());
+                tasks.spawn(async move {
+                    let _ = client.get(&url).send().await.map(|_| ());
+                    let d = intended.elapsed().as_micros().max(1) as u64;
+                    let _ = hist.lock().unwrap_or_else(|p| p.into_inner()).record(d);
                 });
-                while let Some(Some(d)) = futures::FutureExt::now_or_never(futures::StreamExt::next(&mut pending)) {
-                    let _ = h.record(d.as_micros() as u64);
-                }
             }
-            while let Some(d) = futures::StreamExt::next(&mut pending).await {
-                let _ = h.record(d.as_micros() as u64);
-            }
+            while tasks.join_next().await.is_some() {}
+            let h = hist.lock().unwrap_or_else(|p| p.into_inner()).clone();
             h
         })
     });
@@ -437,8 +473,14 @@ async fn run_stage(
             continue;
         }
         in_flight.fetch_add(1, Ordering::SeqCst);
-        let (client, url, tx, flying, finished, plan) =
-            (lab.client.clone(), url.clone(), tx.clone(), in_flight.clone(), done.clone(), plan_target.clone());
+        let (client, url, tx, flying, finished, plan) = (
+            lab.client.clone(),
+            url.clone(),
+            tx.clone(),
+            in_flight.clone(),
+            done.clone(),
+            plan_target.clone(),
+        );
         tokio::spawn(async move {
             let result = send(&client, &url, &plan).await;
             // Latency from the intended send time: a late send counts its lateness.
@@ -451,7 +493,13 @@ async fn run_stage(
             finished.fetch_add(1, Ordering::SeqCst);
         });
         if !quiet && last_progress.elapsed() > Duration::from_millis(200) {
-            progress(label, sent, total, done.load(Ordering::SeqCst), in_flight.load(Ordering::SeqCst));
+            progress(
+                label,
+                sent,
+                total,
+                done.load(Ordering::SeqCst),
+                in_flight.load(Ordering::SeqCst),
+            );
             last_progress = Instant::now();
         }
     }
@@ -460,12 +508,13 @@ async fn run_stage(
     let mut hist = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("valid bounds");
     let mut ok = 0u64;
     let mut failures: BTreeMap<String, u64> = BTreeMap::new();
-    let mut last_done = Duration::ZERO;
+    let (mut first_done, mut last_done) = (Duration::MAX, Duration::ZERO);
     while let Some(outcome) = rx.recv().await {
         match outcome {
             Outcome::Ok(d, done_at) => {
                 ok += 1;
                 let _ = hist.record(d.as_micros().max(1) as u64);
+                first_done = first_done.min(done_at);
                 last_done = last_done.max(done_at);
             }
             Outcome::Failed(kind, d) => {
@@ -474,7 +523,13 @@ async fn run_stage(
             }
         }
         if !quiet && last_progress.elapsed() > Duration::from_millis(200) {
-            progress(label, sent, total, done.load(Ordering::SeqCst), in_flight.load(Ordering::SeqCst));
+            progress(
+                label,
+                sent,
+                total,
+                done.load(Ordering::SeqCst),
+                in_flight.load(Ordering::SeqCst),
+            );
             last_progress = Instant::now();
         }
     }
@@ -485,7 +540,11 @@ async fn run_stage(
     sampling.store(false, Ordering::SeqCst);
     let peaks = sampler.await.unwrap_or_default();
     let canary_p95 = match canary {
-        Some(h) => h.await.ok().filter(|h| h.len() > 0).map(|h| h.value_at_quantile(0.95) as f64 / 1e3),
+        Some(h) => h
+            .await
+            .ok()
+            .filter(|h| h.len() > 0)
+            .map(|h| h.value_at_quantile(0.95) as f64 / 1e3),
         None => None,
     };
     let after = lab.metrics().await;
@@ -502,9 +561,15 @@ async fn run_stage(
         eprint!("\r{:100}\r", "");
     }
     let q = |q: f64| (hist.len() > 0).then(|| (hist.value_at_quantile(q) as f64 / 1e3 * 100.0).round() / 100.0);
-    // Successes over the offered window, or until the last success when a queue made the stage
-    // run over (then this is the rate the resource drained at). Interrupted: the time it ran.
-    let window = if interrupted { elapsed } else { length.max(last_done) }.as_secs_f64().max(1e-3);
+    // Successes per second between the first and the last completion (plus one arrival
+    // interval): the offered rate when everything is served, whatever the latency; the rate the
+    // resource drained at when a queue made the stage run over.
+    let window = if ok == 0 {
+        length.as_secs_f64()
+    } else {
+        (last_done.saturating_sub(first_done)).as_secs_f64() + 1.0 / rate
+    }
+    .max(1e-3);
     StageResult {
         offered_rps: rate,
         seconds: (elapsed.as_secs_f64() * 100.0).round() / 100.0,
@@ -533,10 +598,14 @@ fn progress(label: &str, sent: u64, total: u64, done: u64, in_flight: u64) {
 }
 
 fn verdict(plan: &Plan, config: &Value, prediction: &Prediction, stages: &[StageResult]) -> Verdict {
-    let base_p95 = stages.first().and_then(|s| s.p95_ms).unwrap_or(0.0);
+    // The baseline is the best stage's p95 (not the first stage's: a cold start breaks first).
+    let base_p95 = stages.iter().filter_map(|s| s.p95_ms).fold(f64::INFINITY, f64::min);
+    let base_p95 = if base_p95.is_finite() { base_p95 } else { 0.0 };
     let knee = stages.iter().position(|s| {
         let fail_rate = s.failed() as f64 / s.requests.max(1) as f64;
-        s.throughput_rps < 0.9 * s.offered_rps || fail_rate > 0.01 || s.p95_ms.is_some_and(|p| p > (3.0 * base_p95).max(50.0))
+        s.throughput_rps < 0.9 * s.offered_rps
+            || fail_rate > 0.01
+            || s.p95_ms.is_some_and(|p| p > (3.0 * base_p95).max(50.0))
     });
     let measured = stages.iter().map(|s| s.throughput_rps).fold(0.0, f64::max);
     let ratio = prediction.capacity_rps.map(|c| measured / c);
@@ -545,7 +614,10 @@ fn verdict(plan: &Plan, config: &Value, prediction: &Prediction, stages: &[Stage
         .iter()
         .filter_map(|w| {
             let t = scenarios::threshold(w, config);
-            stages.iter().position(|s| s.metrics.get(w.series).is_some_and(|v| *v > t)).map(|i| (w.label.to_string(), i))
+            stages
+                .iter()
+                .position(|s| s.metrics.get(w.series).is_some_and(|v| *v > t))
+                .map(|i| (w.label.to_string(), i))
         })
         .min_by_key(|(_, i)| *i);
     let mut summary = match knee {
@@ -553,21 +625,37 @@ fn verdict(plan: &Plan, config: &Value, prediction: &Prediction, stages: &[Stage
             let s = &stages[i];
             let mut why = Vec::new();
             if s.throughput_rps < 0.9 * s.offered_rps {
-                why.push(format!("throughput {:.1} of {:.1} req/s offered", s.throughput_rps, s.offered_rps));
+                why.push(format!(
+                    "throughput {:.1} of {:.1} req/s offered",
+                    s.throughput_rps, s.offered_rps
+                ));
             }
             if s.failed() > 0 {
-                let top = s.failures.iter().max_by_key(|(_, n)| **n).map(|(k, _)| k.clone()).unwrap_or_default();
+                let top = s
+                    .failures
+                    .iter()
+                    .max_by_key(|(_, n)| **n)
+                    .map(|(k, _)| k.clone())
+                    .unwrap_or_default();
                 why.push(format!("{} failed (mostly {top})", s.failed()));
             }
             if let Some(p) = s.p95_ms.filter(|p| *p > (3.0 * base_p95).max(50.0)) {
-                why.push(format!("p95 {p:.0} ms vs {base_p95:.0} ms at the first stage"));
+                why.push(format!("p95 {p:.0} ms vs {base_p95:.0} ms at the best stage"));
             }
-            format!("the knee is at {:.1} req/s (stage {}): {}", s.offered_rps, i + 1, why.join(", "))
+            format!(
+                "the knee is at {:.1} req/s (stage {}): {}",
+                s.offered_rps,
+                i + 1,
+                why.join(", ")
+            )
         }
         None => "no knee within the stages: it held at every offered rate".to_string(),
     };
     if let (Some(c), Some(r)) = (prediction.capacity_rps, ratio) {
-        summary.push_str(&format!("; measured capacity {measured:.1} req/s = {:.0}% of the predicted {c:.1}", r * 100.0));
+        summary.push_str(&format!(
+            "; measured capacity {measured:.1} req/s = {:.0}% of the predicted {c:.1}",
+            r * 100.0
+        ));
     }
     if let Some((label, i)) = &first_signal {
         summary.push_str(&format!("; the first metric to show it: {label} (stage {})", i + 1));

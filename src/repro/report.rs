@@ -10,14 +10,24 @@ use anyhow::Context;
 use super::{Report, Run};
 
 fn ms(v: Option<f64>) -> String {
-    v.map_or("–".into(), |v| if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.1}") })
+    v.map_or("–".into(), |v| {
+        if v >= 100.0 {
+            format!("{v:.0}")
+        } else {
+            format!("{v:.1}")
+        }
+    })
 }
 
 fn failures(s: &super::StageResult) -> String {
     if s.failures.is_empty() {
         "0".into()
     } else {
-        s.failures.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ")
+        s.failures
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -25,8 +35,15 @@ fn failures(s: &super::StageResult) -> String {
 fn stage_table(run: &Run) -> String {
     let mut out = String::new();
     let has_canary = run.stages.iter().any(|s| s.canary_p95_ms.is_some());
-    let metric_names: Vec<&String> = run.stages.first().map(|s| s.metrics.keys().collect()).unwrap_or_default();
-    let _ = write!(out, "| offered req/s | requests | ok | failed | p50 ms | p95 ms | p99 ms | max ms | throughput req/s |");
+    let metric_names: Vec<&String> = run
+        .stages
+        .first()
+        .map(|s| s.metrics.keys().collect())
+        .unwrap_or_default();
+    let _ = write!(
+        out,
+        "| offered req/s | requests | ok | failed | p50 ms | p95 ms | p99 ms | max ms | throughput req/s |"
+    );
     if has_canary {
         out.push_str(" canary p95 ms |");
     }
@@ -56,7 +73,15 @@ fn stage_table(run: &Run) -> String {
         }
         for m in &metric_names {
             let v = s.metrics.get(*m).copied().unwrap_or(0.0);
-            let _ = write!(out, " {} |", if v.abs() >= 1e6 { format!("{:.1} MiB", v / 1048576.0) } else { format!("{v}") });
+            let _ = write!(
+                out,
+                " {} |",
+                if v.abs() >= 1e6 {
+                    format!("{:.1} MiB", v / 1048576.0)
+                } else {
+                    format!("{v}")
+                }
+            );
         }
         out.push('\n');
     }
@@ -66,7 +91,11 @@ fn stage_table(run: &Run) -> String {
 fn run_section(run: &Run) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "### {} profile\n", run.profile);
-    let _ = writeln!(out, "**Prediction from the knobs:** {}. {}.\n", run.prediction.formula, run.prediction.expect);
+    let _ = writeln!(
+        out,
+        "**Prediction from the knobs:** {}. {}.\n",
+        run.prediction.formula, run.prediction.expect
+    );
     out.push_str(&stage_table(run));
     let _ = writeln!(out, "\n**Verdict:** {}.\n", run.verdict.summary);
     out
@@ -82,12 +111,23 @@ fn side_by_side(report: &Report) -> String {
     out.push_str("|\n");
     let n = report.runs.iter().map(|r| r.stages.len()).max().unwrap_or(0);
     for i in 0..n {
-        let offered = report.runs.iter().find_map(|r| r.stages.get(i)).map_or(0.0, |s| s.offered_rps);
+        let offered = report
+            .runs
+            .iter()
+            .find_map(|r| r.stages.get(i))
+            .map_or(0.0, |s| s.offered_rps);
         let _ = write!(out, "| {offered} |");
         for r in &report.runs {
             match r.stages.get(i) {
                 Some(s) => {
-                    let _ = write!(out, " {} | {} | {} | {:.1} |", s.ok, s.failed(), ms(s.p95_ms), s.throughput_rps);
+                    let _ = write!(
+                        out,
+                        " {} | {} | {} | {:.1} |",
+                        s.ok,
+                        s.failed(),
+                        ms(s.p95_ms),
+                        s.throughput_rps
+                    );
                 }
                 None => out.push_str(" – | – | – | – |"),
             }
@@ -121,7 +161,10 @@ pub fn text(report: &Report) -> String {
 /// Writes report.md, report.json and chart.svg into `dir` (created if missing).
 pub fn write(report: &Report, dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let md = format!("{}\n![throughput and latency against offered load](chart.svg)\n", text(report));
+    let md = format!(
+        "{}\n![throughput and latency against offered load](chart.svg)\n",
+        text(report)
+    );
     std::fs::write(dir.join("report.md"), md).context("writing report.md")?;
     std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(report)?).context("writing report.json")?;
     std::fs::write(dir.join("chart.svg"), svg(report)).context("writing chart.svg")?;
@@ -129,7 +172,10 @@ pub fn write(report: &Report, dir: &Path) -> anyhow::Result<()> {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 const COLORS: [&str; 2] = ["#d62728", "#1f77b4"];
@@ -160,7 +206,13 @@ pub fn svg(report: &Report) -> String {
         .filter(|v| *v > 0.0)
         .collect();
     let (lat_lo, lat_hi) = (
-        lat.iter().copied().fold(f64::MAX, f64::min).min(1.0).max(0.1).log10().floor(),
+        lat.iter()
+            .copied()
+            .fold(f64::MAX, f64::min)
+            .min(1.0)
+            .max(0.1)
+            .log10()
+            .floor(),
         lat.iter().copied().fold(1.0, f64::max).log10().ceil().max(1.0),
     );
     let mut s = String::new();
@@ -187,16 +239,37 @@ pub fn svg(report: &Report) -> String {
             }
         };
         // Axes, ticks, titles.
-        let _ = writeln!(s, r##"<path d="M{x0},{top} V{bottom} H{}" stroke="#333" fill="none"/>"##, x0 + panel_w);
+        let _ = writeln!(
+            s,
+            r##"<path d="M{x0},{top} V{bottom} H{}" stroke="#333" fill="none"/>"##,
+            x0 + panel_w
+        );
         for i in 0..=4 {
             let v = max_x * f64::from(i) / 4.0;
-            let _ = writeln!(s, r##"<text x="{:.1}" y="{}" text-anchor="middle" fill="#333">{:.0}</text>"##, x(v), bottom + 16.0, v);
+            let _ = writeln!(
+                s,
+                r##"<text x="{:.1}" y="{}" text-anchor="middle" fill="#333">{:.0}</text>"##,
+                x(v),
+                bottom + 16.0,
+                v
+            );
         }
-        let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">offered load (req/s)</text>"#, x0 + panel_w / 2.0, bottom + 34.0);
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">offered load (req/s)</text>"#,
+            x0 + panel_w / 2.0,
+            bottom + 34.0
+        );
         if panel == 0 {
             for i in 0..=4 {
                 let v = max_tp * f64::from(i) / 4.0;
-                let _ = writeln!(s, r##"<text x="{}" y="{:.1}" text-anchor="end" fill="#333">{:.0}</text>"##, x0 - 6.0, y(v) + 4.0, v);
+                let _ = writeln!(
+                    s,
+                    r##"<text x="{}" y="{:.1}" text-anchor="end" fill="#333">{:.0}</text>"##,
+                    x0 - 6.0,
+                    y(v) + 4.0,
+                    v
+                );
             }
             let _ = writeln!(s, r#"<text x="{x0}" y="{}">throughput (req/s)</text>"#, top - 8.0);
             let _ = writeln!(
@@ -209,41 +282,105 @@ pub fn svg(report: &Report) -> String {
             let mut e = lat_lo as i32;
             while f64::from(e) <= lat_hi {
                 let v = 10f64.powi(e);
-                let _ = writeln!(s, r##"<text x="{}" y="{:.1}" text-anchor="end" fill="#333">{}</text>"##, x0 - 6.0, y(v) + 4.0, if v < 1.0 { format!("{v}") } else { format!("{v:.0}") });
+                let _ = writeln!(
+                    s,
+                    r##"<text x="{}" y="{:.1}" text-anchor="end" fill="#333">{}</text>"##,
+                    x0 - 6.0,
+                    y(v) + 4.0,
+                    if v < 1.0 { format!("{v}") } else { format!("{v:.0}") }
+                );
                 let _ = writeln!(s, r##"<path d="M{x0},{:.1} H{}" stroke="#eee"/>"##, y(v), x0 + panel_w);
                 e += 1;
             }
-            let _ = writeln!(s, r#"<text x="{x0}" y="{}">latency ms (log): p50 · p95 - - p99 ···</text>"#, top - 8.0);
+            let _ = writeln!(
+                s,
+                r#"<text x="{x0}" y="{}">latency ms (log): p50 · p95 - - p99 ···</text>"#,
+                top - 8.0
+            );
         }
         for (ri, run) in report.runs.iter().enumerate() {
             let color = COLORS[ri % COLORS.len()];
             // One line per distinct prediction (both profiles often predict the same capacity).
-            let repeated = report.runs[..ri].iter().any(|r| r.prediction.capacity_rps == run.prediction.capacity_rps);
+            let repeated = report.runs[..ri]
+                .iter()
+                .any(|r| r.prediction.capacity_rps == run.prediction.capacity_rps);
             if let Some(c) = run.prediction.capacity_rps.filter(|_| !repeated) {
                 if panel == 0 {
-                    let _ = writeln!(s, r#"<path d="M{x0},{:.1} H{}" stroke="{color}" stroke-dasharray="6 4" opacity="0.6"/>"#, y(c), x0 + panel_w);
-                    let _ = writeln!(s, r#"<text x="{}" y="{:.1}" text-anchor="end" fill="{color}">predicted capacity {:.1}</text>"#, x0 + panel_w, y(c) - 4.0, c);
+                    let _ = writeln!(
+                        s,
+                        r#"<path d="M{x0},{:.1} H{}" stroke="{color}" stroke-dasharray="6 4" opacity="0.6"/>"#,
+                        y(c),
+                        x0 + panel_w
+                    );
+                    let _ = writeln!(
+                        s,
+                        r#"<text x="{}" y="{:.1}" text-anchor="end" fill="{color}">predicted capacity {:.1}</text>"#,
+                        x0 + panel_w,
+                        y(c) - 4.0,
+                        c
+                    );
                 } else {
-                    let _ = writeln!(s, r#"<path d="M{:.1},{top} V{bottom}" stroke="{color}" stroke-dasharray="6 4" opacity="0.6"/>"#, x(c));
+                    let _ = writeln!(
+                        s,
+                        r#"<path d="M{:.1},{top} V{bottom}" stroke="{color}" stroke-dasharray="6 4" opacity="0.6"/>"#,
+                        x(c)
+                    );
                 }
             }
             let series: Vec<(Vec<(f64, f64)>, &str)> = if panel == 0 {
-                vec![(run.stages.iter().map(|st| (st.offered_rps, st.throughput_rps)).collect(), "")]
+                vec![(
+                    run.stages
+                        .iter()
+                        .map(|st| (st.offered_rps, st.throughput_rps))
+                        .collect(),
+                    "",
+                )]
             } else {
                 vec![
-                    (run.stages.iter().filter_map(|st| st.p50_ms.map(|v| (st.offered_rps, v))).collect(), ""),
-                    (run.stages.iter().filter_map(|st| st.p95_ms.map(|v| (st.offered_rps, v))).collect(), r#" stroke-dasharray="6 3""#),
-                    (run.stages.iter().filter_map(|st| st.p99_ms.map(|v| (st.offered_rps, v))).collect(), r#" stroke-dasharray="1 3""#),
+                    (
+                        run.stages
+                            .iter()
+                            .filter_map(|st| st.p50_ms.map(|v| (st.offered_rps, v)))
+                            .collect(),
+                        "",
+                    ),
+                    (
+                        run.stages
+                            .iter()
+                            .filter_map(|st| st.p95_ms.map(|v| (st.offered_rps, v)))
+                            .collect(),
+                        r#" stroke-dasharray="6 3""#,
+                    ),
+                    (
+                        run.stages
+                            .iter()
+                            .filter_map(|st| st.p99_ms.map(|v| (st.offered_rps, v)))
+                            .collect(),
+                        r#" stroke-dasharray="1 3""#,
+                    ),
                 ]
             };
             for (points, dash) in series {
                 if points.is_empty() {
                     continue;
                 }
-                let d: Vec<String> = points.iter().enumerate().map(|(i, (a, b))| format!("{}{:.1},{:.1}", if i == 0 { "M" } else { "L" }, x(*a), y(*b))).collect();
-                let _ = writeln!(s, r#"<path d="{}" stroke="{color}" stroke-width="2" fill="none"{dash}/>"#, d.join(" "));
+                let d: Vec<String> = points
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (a, b))| format!("{}{:.1},{:.1}", if i == 0 { "M" } else { "L" }, x(*a), y(*b)))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    r#"<path d="{}" stroke="{color}" stroke-width="2" fill="none"{dash}/>"#,
+                    d.join(" ")
+                );
                 for (a, b) in &points {
-                    let _ = writeln!(s, r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{color}"/>"#, x(*a), y(*b));
+                    let _ = writeln!(
+                        s,
+                        r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{color}"/>"#,
+                        x(*a),
+                        y(*b)
+                    );
                 }
             }
         }
@@ -252,8 +389,18 @@ pub fn svg(report: &Report) -> String {
     for (ri, run) in report.runs.iter().enumerate() {
         let color = COLORS[ri % COLORS.len()];
         let lx = 60.0 + ri as f64 * 140.0;
-        let _ = writeln!(s, r#"<rect x="{lx}" y="{}" width="12" height="12" fill="{color}"/>"#, h - 18.0);
-        let _ = writeln!(s, r#"<text x="{}" y="{}">{}</text>"#, lx + 16.0, h - 8.0, esc(&run.profile));
+        let _ = writeln!(
+            s,
+            r#"<rect x="{lx}" y="{}" width="12" height="12" fill="{color}"/>"#,
+            h - 18.0
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}">{}</text>"#,
+            lx + 16.0,
+            h - 8.0,
+            esc(&run.profile)
+        );
     }
     s.push_str("</svg>\n");
     s

@@ -125,7 +125,9 @@ impl ScenarioId {
         match self {
             ScenarioId::DbPool => json!({"db_pool_size": 4, "db_max_overflow": 0}),
             ScenarioId::WorkerPool => json!({"worker_pool_size": 4}),
-            ScenarioId::Burst => json!({"db_pool_size": 4, "db_max_overflow": 0, "deploy_work_ms": 200, "deploy_timeout_ms": 5000}),
+            ScenarioId::Burst => {
+                json!({"db_pool_size": 4, "db_max_overflow": 0, "deploy_work_ms": 200, "deploy_timeout_ms": 5000})
+            }
             ScenarioId::ColdStart => json!({"max_workers": 4}),
             ScenarioId::Memory => json!({}),
             _ => json!({}),
@@ -150,9 +152,24 @@ impl ScenarioId {
                 plan.target = Target::get(format!("/api/db/hold?ms={hold}"));
                 plan.rates = around(pool() / (hold / 1000.0), AROUND);
                 plan.watches = vec![
-                    Watch { series: "db_pool_waiting", label: "waiting for a connection (max)", counter: false, saturated_at: SaturatedAt::Above(0.0) },
-                    Watch { series: "db_pool_connections{state=\"in_use\"}", label: "connections in use (max)", counter: false, saturated_at: SaturatedAt::AtKnobSum("db_pool_size", "db_max_overflow") },
-                    Watch { series: "db_pool_acquire_timeouts_total", label: "acquire timeouts", counter: true, saturated_at: SaturatedAt::Above(0.0) },
+                    Watch {
+                        series: "db_pool_waiting",
+                        label: "waiting for a connection (max)",
+                        counter: false,
+                        saturated_at: SaturatedAt::Above(0.0),
+                    },
+                    Watch {
+                        series: "db_pool_connections{state=\"in_use\"}",
+                        label: "connections in use (max)",
+                        counter: false,
+                        saturated_at: SaturatedAt::AtKnobSum("db_pool_size", "db_max_overflow"),
+                    },
+                    Watch {
+                        series: "db_pool_acquire_timeouts_total",
+                        label: "acquire timeouts",
+                        counter: true,
+                        saturated_at: SaturatedAt::Above(0.0),
+                    },
                 ];
                 if self == ScenarioId::DbReplicas {
                     plan.needs_base_url = Some("db-replicas needs several replicas in front of one PostgreSQL: point --base-url at their Service (the k8s `replicas` overlay) — tests/db_replicas.rs measures it on one machine");
@@ -162,9 +179,24 @@ impl ScenarioId {
                 plan.target = Target::get("/api/worker-pool?work_ms=100");
                 plan.rates = around(knob(config, "worker_pool_size") / 0.1, AROUND);
                 plan.watches = vec![
-                    Watch { series: "worker_pool_queue_depth", label: "queue depth (max)", counter: false, saturated_at: SaturatedAt::Above(0.0) },
-                    Watch { series: "worker_pool_busy", label: "busy threads (max)", counter: false, saturated_at: SaturatedAt::AtKnob("worker_pool_size") },
-                    Watch { series: "worker_pool_deadline_exceeded_total", label: "deadline exceeded", counter: true, saturated_at: SaturatedAt::Above(0.0) },
+                    Watch {
+                        series: "worker_pool_queue_depth",
+                        label: "queue depth (max)",
+                        counter: false,
+                        saturated_at: SaturatedAt::Above(0.0),
+                    },
+                    Watch {
+                        series: "worker_pool_busy",
+                        label: "busy threads (max)",
+                        counter: false,
+                        saturated_at: SaturatedAt::AtKnob("worker_pool_size"),
+                    },
+                    Watch {
+                        series: "worker_pool_deadline_exceeded_total",
+                        label: "deadline exceeded",
+                        counter: true,
+                        saturated_at: SaturatedAt::Above(0.0),
+                    },
                 ];
             }
             ScenarioId::Burst => {
@@ -181,28 +213,68 @@ impl ScenarioId {
                 };
                 plan.rates = around(cap, AROUND);
                 plan.watches = vec![
-                    Watch { series: "db_pool_waiting", label: "waiting for a connection (max)", counter: false, saturated_at: SaturatedAt::Above(0.0) },
-                    Watch { series: "deploy_queue_depth", label: "async queue depth (max)", counter: false, saturated_at: SaturatedAt::Above(0.0) },
+                    Watch {
+                        series: "db_pool_waiting",
+                        label: "waiting for a connection (max)",
+                        counter: false,
+                        saturated_at: SaturatedAt::Above(0.0),
+                    },
+                    Watch {
+                        series: "deploy_queue_depth",
+                        label: "async queue depth (max)",
+                        counter: false,
+                        saturated_at: SaturatedAt::Above(0.0),
+                    },
                 ];
             }
             ScenarioId::Cpu => {
-                plan.target = Target::get("/api/cpu-intensive?complexity=27");
+                plan.target = Target::get("/api/cpu-intensive?complexity=30");
                 let single = cpu_ms.unwrap_or(10.0) / 1000.0;
                 let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
-                plan.rates = around(cores / single, AROUND);
+                let lanes = if knob_str(config, "cpu_mode") == "offload" {
+                    knob(config, "cpu_max_concurrency").min(cores)
+                } else {
+                    cores
+                };
+                plan.rates = around(lanes / single, AROUND);
                 plan.canary = Some("/api/ping");
                 plan.watches = vec![
-                    Watch { series: "http_requests_in_flight", label: "requests in flight (max)", counter: false, saturated_at: SaturatedAt::Above(cores) },
-                    Watch { series: "requests_shed_total", label: "shed", counter: true, saturated_at: SaturatedAt::Above(0.0) },
+                    Watch {
+                        series: "http_requests_in_flight",
+                        label: "requests in flight (max)",
+                        counter: false,
+                        saturated_at: SaturatedAt::Above(cores),
+                    },
+                    Watch {
+                        series: "requests_shed_total",
+                        label: "shed",
+                        counter: true,
+                        saturated_at: SaturatedAt::Above(0.0),
+                    },
                 ];
             }
             ScenarioId::ColdStart => {
                 plan.target = Target::get("/api/cold-start?work_ms=100");
                 plan.rates = around(knob(config, "max_workers") / 0.1, AROUND);
                 plan.watches = vec![
-                    Watch { series: "cold_start_queue_depth", label: "queue depth (max)", counter: false, saturated_at: SaturatedAt::Above(0.0) },
-                    Watch { series: "cold_start_cold_starts_total", label: "cold starts", counter: true, saturated_at: SaturatedAt::Above(0.0) },
-                    Watch { series: "cold_start_gateway_timeouts_total", label: "gateway timeouts", counter: true, saturated_at: SaturatedAt::Above(0.0) },
+                    Watch {
+                        series: "cold_start_queue_depth",
+                        label: "queue depth (max)",
+                        counter: false,
+                        saturated_at: SaturatedAt::Above(0.0),
+                    },
+                    Watch {
+                        series: "cold_start_cold_starts_total",
+                        label: "cold starts",
+                        counter: true,
+                        saturated_at: SaturatedAt::Above(0.0),
+                    },
+                    Watch {
+                        series: "cold_start_gateway_timeouts_total",
+                        label: "gateway timeouts",
+                        counter: true,
+                        saturated_at: SaturatedAt::Above(0.0),
+                    },
                 ];
             }
             ScenarioId::Downstream => {
@@ -210,18 +282,48 @@ impl ScenarioId {
                 plan.rates = vec![2.0, 5.0, 10.0, 20.0];
                 plan.canary = Some("/api/ping");
                 plan.watches = vec![
-                    Watch { series: "http_requests_in_flight", label: "requests in flight (max)", counter: false, saturated_at: SaturatedAt::Above(16.0) },
-                    Watch { series: "downstream_calls_in_flight", label: "downstream calls in flight (max)", counter: false, saturated_at: SaturatedAt::AtKnob("downstream_max_concurrency") },
-                    Watch { series: "circuit_breaker_rejections_total", label: "breaker rejections", counter: true, saturated_at: SaturatedAt::Above(0.0) },
+                    Watch {
+                        series: "http_requests_in_flight",
+                        label: "requests in flight (max)",
+                        counter: false,
+                        saturated_at: SaturatedAt::Above(16.0),
+                    },
+                    Watch {
+                        series: "downstream_calls_in_flight",
+                        label: "downstream calls in flight (max)",
+                        counter: false,
+                        saturated_at: SaturatedAt::AtKnob("downstream_max_concurrency"),
+                    },
+                    Watch {
+                        series: "circuit_breaker_rejections_total",
+                        label: "breaker rejections",
+                        counter: true,
+                        saturated_at: SaturatedAt::Above(0.0),
+                    },
                 ];
             }
             ScenarioId::Memory => {
                 plan.target = Target::get("/api/memory-leak?size_mb=8");
                 plan.rates = vec![4.0, 4.0, 4.0, 4.0, 4.0];
                 plan.watches = vec![
-                    Watch { series: "memory_retained_bytes", label: "retained bytes (max)", counter: false, saturated_at: SaturatedAt::Above(0.0) },
-                    Watch { series: "memory_cap_refusals_total", label: "cap refusals", counter: true, saturated_at: SaturatedAt::Above(0.0) },
-                    Watch { series: "process_resident_memory_bytes", label: "RSS (max)", counter: false, saturated_at: SaturatedAt::Above(f64::INFINITY) },
+                    Watch {
+                        series: "memory_retained_bytes",
+                        label: "retained bytes (max)",
+                        counter: false,
+                        saturated_at: SaturatedAt::Above(0.0),
+                    },
+                    Watch {
+                        series: "memory_cap_refusals_total",
+                        label: "cap refusals",
+                        counter: true,
+                        saturated_at: SaturatedAt::Above(0.0),
+                    },
+                    Watch {
+                        series: "process_resident_memory_bytes",
+                        label: "RSS (max)",
+                        counter: false,
+                        saturated_at: SaturatedAt::Above(f64::INFINITY),
+                    },
                 ];
             }
             ScenarioId::RetryStorm => {
@@ -239,8 +341,18 @@ impl ScenarioId {
                 plan.rates = vec![20.0, 50.0, 100.0];
                 plan.before_stage = Some((reqwest::Method::POST, "/admin/cache/flush"));
                 plan.watches = vec![
-                    Watch { series: "cache_db_loads_total", label: "database loads", counter: true, saturated_at: SaturatedAt::Above(1.0) },
-                    Watch { series: "cache_loads_in_flight", label: "loads in flight (max)", counter: false, saturated_at: SaturatedAt::Above(1.0) },
+                    Watch {
+                        series: "cache_db_loads_total",
+                        label: "database loads",
+                        counter: true,
+                        saturated_at: SaturatedAt::Above(1.0),
+                    },
+                    Watch {
+                        series: "cache_loads_in_flight",
+                        label: "loads in flight (max)",
+                        counter: false,
+                        saturated_at: SaturatedAt::Above(1.0),
+                    },
                 ];
             }
         }
@@ -280,28 +392,46 @@ impl ScenarioId {
                 if knob_str(config, "deploy_mode") == "async" {
                     let c = k("deploy_workers").min(pool) / work;
                     Prediction {
-                        capacity_rps: Some(c),
+                        // Acceptance is not bounded by it: no capacity line for the answers.
+                        capacity_rps: None,
                         formula: format!("min({} workers, {pool} connections) / {work} s work = {c:.1} deployments/s drained in the background", k("deploy_workers")),
                         expect: "every POST is accepted at once (202); the queue absorbs the excess".into(),
                     }
                 } else {
                     Prediction {
                         capacity_rps: Some(pool / work),
-                        formula: format!("pool {pool} connections / {work} s work = {:.1} creations/s", pool / work),
-                        expect: format!("past capacity creations queue for a connection and fail at the {} ms request timeout", k("deploy_timeout_ms")),
+                        formula: format!(
+                            "pool {pool} connections / {work} s work = {:.1} creations/s",
+                            pool / work
+                        ),
+                        expect: format!(
+                            "past capacity creations queue for a connection and fail at the {} ms request timeout",
+                            k("deploy_timeout_ms")
+                        ),
                     }
                 }
             }
             ScenarioId::Cpu => {
                 let single = cpu_ms.unwrap_or(f64::NAN);
                 let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+                let offload = knob_str(config, "cpu_mode") == "offload";
+                let lanes = if offload {
+                    k("cpu_max_concurrency").min(cores)
+                } else {
+                    cores
+                };
                 Prediction {
-                    capacity_rps: Some(cores * 1000.0 / single),
-                    formula: format!("{cores} cores / {single:.1} ms per fib(27) (measured alone) = {:.1} req/s", cores * 1000.0 / single),
+                    capacity_rps: Some(lanes * 1000.0 / single),
+                    formula: format!(
+                        "{lanes} {} / {single:.1} ms per fib(30) (measured alone) = {:.1} req/s",
+                        if offload { "offload slots" } else { "cores" },
+                        lanes * 1000.0 / single
+                    ),
                     expect: if knob_str(config, "cpu_mode") == "offload" {
                         format!("CPU work runs on a bounded pool ({}); the excess is shed with 503 and /api/ping stays fast", k("cpu_max_concurrency"))
                     } else {
-                        "CPU work runs inline on the async workers: past capacity everything queues, /api/ping included".into()
+                        "CPU work runs inline on the async workers: past capacity everything queues, /api/ping included"
+                            .into()
                     },
                 }
             }
@@ -315,7 +445,14 @@ impl ScenarioId {
             }
             ScenarioId::Downstream => {
                 let bulkhead = k("downstream_max_concurrency");
-                if bulkhead > 0.0 {
+                let cap = k("downstream_timeout_cap_ms");
+                if cap > 0.0 && cap < 3000.0 {
+                    Prediction {
+                        capacity_rps: None,
+                        formula: format!("every call is cut at the {cap} ms timeout cap, before the dependency's 3 s: no call can succeed"),
+                        expect: "nothing waits past the cap; once the breaker opens, calls fail at once with 503 circuit_open instead of piling up".into(),
+                    }
+                } else if bulkhead > 0.0 {
                     Prediction {
                         capacity_rps: Some(bulkhead / 3.0),
                         formula: format!("bulkhead {bulkhead} calls / 3 s per call = {:.1} req/s", bulkhead / 3.0),
@@ -331,12 +468,19 @@ impl ScenarioId {
             }
             ScenarioId::Memory => {
                 let budget = k("memory_budget_mb");
+                let cap = config["startup_only"]["memory_leak_limit_mb"]["value"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN);
+                let (limit, what) = if budget > 0.0 && budget < cap {
+                    (budget, "budget (memory_budget_mb)")
+                } else {
+                    (cap, "safety cap (MEMORY_LEAK_LIMIT_MB)")
+                };
                 Prediction {
                     capacity_rps: None,
                     formula: format!(
-                        "8 MiB retained per success until the {} MiB {} is reached",
-                        if budget > 0.0 { budget } else { f64::NAN },
-                        if budget > 0.0 { "budget" } else { "safety cap" }
+                        "8 MiB retained per success: {:.0} successes until the {limit} MiB {what}",
+                        (limit / 8.0).floor()
                     ),
                     expect: "then 507 memory_cap, at once".into(),
                 }
@@ -346,12 +490,17 @@ impl ScenarioId {
                 let lost = 0.2f64.powf(attempts);
                 Prediction {
                     capacity_rps: None,
-                    formula: format!("receiver fails 20% of calls; {attempts} attempt(s): lost ≈ 0.2^{attempts} = {:.1}%", lost * 100.0),
+                    formula: format!(
+                        "receiver fails 20% of calls; {attempts} attempt(s): lost ≈ 0.2^{attempts} = {:.1}%",
+                        lost * 100.0
+                    ),
                     expect: format!("about {:.1}% of deliveries fail with 502", lost * 100.0),
                 }
             }
             ScenarioId::CacheStampede => {
-                let sf = config["knobs"]["cache_single_flight"]["value"].as_bool().unwrap_or(false);
+                let sf = config["knobs"]["cache_single_flight"]["value"]
+                    .as_bool()
+                    .unwrap_or(false);
                 Prediction {
                     capacity_rps: None,
                     formula: format!(
@@ -359,7 +508,11 @@ impl ScenarioId {
                         k("cache_query_ms"),
                         if sf { " — single-flight: one load per key" } else { "" }
                     ),
-                    expect: if sf { "about 1 database load per stage".into() } else { "database loads ≈ offered rate × load time per stage".into() },
+                    expect: if sf {
+                        "about 1 database load per stage".into()
+                    } else {
+                        "database loads ≈ offered rate × load time per stage".into()
+                    },
                 }
             }
         }
