@@ -1,0 +1,155 @@
+//! `chokepoint repro` end to end, on the release-built binary with its in-process lab: the
+//! db-pool report's measured capacity matches the prediction from the knobs, the collapse and
+//! the fix show in the numbers, the files in --out parse (JSON schema, well-formed SVG), and
+//! Ctrl-C still writes what was measured.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn repro(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chokepoint"));
+    cmd.arg("repro")
+        .args(args)
+        .arg("--out")
+        .arg(dir.join("out"))
+        .arg("--quiet")
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}?mode=rwc", dir.join("lab.db").display()),
+        )
+        .env_remove("PROFILE")
+        .env_remove("ADMIN_TOKEN")
+        .env_remove("REDIS_URL");
+    cmd
+}
+
+fn check_files(out: &Path) -> Value {
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/repro-report.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(&json)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "report.json does not match docs/repro-report.schema.json: {errors:?}"
+    );
+    let svg = std::fs::read_to_string(out.join("chart.svg")).unwrap();
+    let doc = roxmltree::Document::parse(&svg).expect("chart.svg is well-formed XML");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    assert!(
+        doc.descendants().filter(|n| n.has_tag_name("path")).count() > 4,
+        "the chart has lines"
+    );
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("**Verdict:**") && md.contains("chart.svg"));
+    json
+}
+
+#[test]
+fn db_pool_repro_measures_the_predicted_capacity_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = repro(dir.path(), &["db-pool", "--compare", "--stage-seconds", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "repro failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("### Side by side"), "{stdout}");
+    let report = check_files(&dir.path().join("out"));
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for run in runs {
+        // Pool 4 / 0.1 s hold: 40 req/s, within ±15% (a shared 2-core machine).
+        let predicted = run["prediction"]["capacity_rps"].as_f64().unwrap();
+        assert_eq!(predicted, 40.0);
+        let ratio = run["verdict"]["capacity_ratio"].as_f64().unwrap();
+        assert!(
+            (0.85..=1.15).contains(&ratio),
+            "{}: measured/predicted = {ratio}",
+            run["profile"]
+        );
+        // The knee is at or past the capacity, not before it.
+        let knee = run["verdict"]["knee_offered_rps"].as_f64().expect("a knee");
+        assert!(knee >= 0.95 * predicted, "{}: knee at {knee}", run["profile"]);
+    }
+    let stages = |i: usize| runs[i]["stages"].as_array().unwrap().clone();
+    let (fragile, hardened) = (stages(0), stages(1));
+    let last = fragile.len() - 1;
+    // The collapse: fragile queues silently (no failures, latency grows far past the hold) ...
+    assert!(
+        fragile.iter().all(|s| s["failures"].as_object().unwrap().is_empty()),
+        "{fragile:?}"
+    );
+    let p95 = |s: &Value| s["p95_ms"].as_f64().unwrap();
+    assert!(
+        p95(&fragile[last]) > 5.0 * p95(&fragile[0]),
+        "fragile p95 {} vs {}",
+        p95(&fragile[last]),
+        p95(&fragile[0])
+    );
+    // ... the fix: hardened fails the excess fast with 503 and keeps p95 near hold + timeout.
+    let refused = hardened[last]["failures"]["503 db_pool_timeout"].as_u64().unwrap_or(0);
+    assert!(refused > 0, "{:?}", hardened[last]);
+    assert!(p95(&hardened[last]) < 700.0, "hardened p95 {}", p95(&hardened[last]));
+    assert!(p95(&hardened[last]) < p95(&fragile[last]) / 2.0);
+}
+
+#[test]
+fn ctrl_c_stops_cleanly_and_writes_what_was_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = repro(dir.path(), &["worker-pool", "--stage-seconds", "3"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Two stages in, interrupt (SIGINT, as Ctrl-C sends).
+    std::thread::sleep(Duration::from_millis(4500));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "repro did not stop after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130));
+    let report = check_files(&dir.path().join("out"));
+    assert_eq!(report["interrupted"], true);
+    let stages = report["runs"][0]["stages"].as_array().unwrap();
+    assert!((1..6).contains(&stages.len()), "{} stages", stages.len());
+    assert_eq!(stages.last().unwrap()["interrupted"], true);
+}
+
+#[test]
+fn bad_arguments_are_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = repro(dir.path(), &["db-pool", "--stage-seconds", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stage-seconds"));
+    let out = repro(dir.path(), &["no-such-scenario"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = repro(dir.path(), &["db-replicas"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--base-url"));
+}
