@@ -336,6 +336,11 @@ fn operations() -> Vec<Op> {
             )
             .fails(422, "invalid_parameter")
             .fails(503, "the CPU bulkhead is full (shed)"),
+        Op::new("get", "/api/cpu/burn", "cpu", "Burn a calibrated amount of CPU time (thread CPU clock)")
+            .query(&[&cpu::BURN_MS])
+            .ok(200, "burned", obj(&[("ms", int()), ("cpu_ms", num()), ("wall_ms", num()), ("mode", string())]))
+            .fails(422, "invalid_parameter")
+            .fails(503, "the CPU bulkhead is full (shed)"),
         Op::new("get", "/api/slow", "io", "Asynchronous sleep")
             .query(&[&io::DELAY])
             .ok(200, "slept", obj(&[("delay", num()), ("message", string())]))

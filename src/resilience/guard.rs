@@ -36,7 +36,7 @@ pub enum Group {
 impl Group {
     pub fn of(route: &str) -> Group {
         match route {
-            "/api/cpu-intensive" | "/api/hash" | "/api/json-processing" => Group::Cpu,
+            "/api/cpu-intensive" | "/api/hash" | "/api/json-processing" | "/api/cpu/burn" => Group::Cpu,
             "/api/slow" | "/api/random-delay" | "/api/blocking" | "/api/parallel-io" => Group::Io,
             "/api/tasks" | "/api/db/hold" | "/api/db-pool-exhaust" | "/api/expensive-query" => Group::Db,
             "/api/call-downstream" | "/api/cascade-failure" | "/api/no-timeout" => Group::Downstream,

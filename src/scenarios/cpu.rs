@@ -9,7 +9,7 @@
 //! `cpu_offload_jobs_running`, `requests_shed_total{reason="cpu"}`.
 
 use std::hint::black_box;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::routing::get;
@@ -89,11 +89,20 @@ pub const SIZE: Num<u32> = Num {
     about: "records to serialize, parse and aggregate",
 };
 
+pub const BURN_MS: Num<u64> = Num {
+    name: "ms",
+    default: Fallback::Value(100),
+    min: 1,
+    max: 10_000,
+    about: "milliseconds of CPU time to burn (the thread's own CPU clock, so preemption does not shorten it)",
+};
+
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/cpu-intensive", get(cpu_intensive))
         .route("/api/hash", get(hash))
         .route("/api/json-processing", get(json_processing))
+        .route("/api/cpu/burn", get(burn))
 }
 
 /// Recursive fibonacci: exponential on purpose, `fib(30)` is about 1.6 million calls.
@@ -197,4 +206,48 @@ mod tests {
         assert_ne!(chained_sha256(b"x", 1), chained_sha256(b"x", 2));
         assert_eq!(chained_sha256(b"x", 1), <[u8; 32]>::from(Sha256::digest(b"x")));
     }
+}
+
+/// CPU time consumed by the calling thread so far.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID needs no other input.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Spins until the thread has used `target` of CPU time (calibrated by the thread's CPU clock,
+/// not the wall clock: time spent preempted does not count). Returns the CPU time used.
+pub fn burn_cpu(target: Duration) -> Duration {
+    let start = thread_cpu_time();
+    if start.is_zero() {
+        // No thread CPU clock (it never reads zero once a thread has run): burn nothing rather
+        // than spin forever.
+        return Duration::ZERO;
+    }
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    loop {
+        for _ in 0..10_000 {
+            x = black_box(x.rotate_left(5) ^ x.wrapping_mul(0x2545_F491_4F6C_DD1D));
+        }
+        let used = thread_cpu_time().saturating_sub(start);
+        if used >= target {
+            return used;
+        }
+    }
+}
+
+async fn burn(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
+    let ms = params.get(&BURN_MS)?;
+    let start = Instant::now();
+    let (used, mode) = run_cpu(&state, move || burn_cpu(Duration::from_millis(ms))).await?;
+    Ok(Json(json!({
+        "ms": ms,
+        "cpu_ms": used.as_secs_f64() * 1e3,
+        "wall_ms": start.elapsed().as_secs_f64() * 1e3,
+        "mode": mode,
+    })))
 }
