@@ -55,11 +55,11 @@ curl -fsS "$LAB_URL/openapi.json" -o "$work/openapi.json"
 
 set +e
 rm -rf target/api-fuzz
-# Two passes. The coverage phase sends every boundary value, hooks or not; two operations stay
-# slow at their upper bounds whatever the timeouts (a 30 s blocking call parks a runtime thread;
-# a 60 s pool job runs to its 600 s deadline), so they get the generated phases only, where the
+# Two passes. The coverage phase sends every boundary value, hooks or not; three operations stay
+# slow at their upper bounds whatever the timeouts (a 30 s blocking call or a 10 s inline CPU burn
+# parks a runtime thread; a 60 s pool job runs to its 600 s deadline), so they get the generated phases only, where the
 # hooks bound them. Everything else gets every phase.
-SLOW='^/api/(blocking|worker-pool)$'
+SLOW='^/api/(blocking|worker-pool|cpu/burn)$'
 fuzz() {
   PYTHONPATH=scripts SCHEMATHESIS_HOOKS=fuzz_hooks "$VENV/bin/schemathesis" run "$work/openapi.json" --url "$LAB_URL" \
     --checks all --exclude-checks not_a_server_error,positive_data_acceptance \

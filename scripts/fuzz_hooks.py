@@ -19,6 +19,7 @@ BOUNDS = {
     ("/api/memory-spike", "size_mb"): 64,
     ("/api/memory-leak", "size_mb"): 16,
     ("/api/call-downstream", "timeout"): 1.5,
+    ("/api/cpu/burn", "ms"): 50,
 }
 
 

@@ -543,7 +543,7 @@ async fn run_stage(
         Some(h) => h
             .await
             .ok()
-            .filter(|h| h.len() > 0)
+            .filter(|h| !h.is_empty())
             .map(|h| h.value_at_quantile(0.95) as f64 / 1e3),
         None => None,
     };
@@ -560,7 +560,7 @@ async fn run_stage(
     if !quiet {
         eprint!("\r{:100}\r", "");
     }
-    let q = |q: f64| (hist.len() > 0).then(|| (hist.value_at_quantile(q) as f64 / 1e3 * 100.0).round() / 100.0);
+    let q = |q: f64| (!hist.is_empty()).then(|| (hist.value_at_quantile(q) as f64 / 1e3 * 100.0).round() / 100.0);
     // Successes per second between the first and the last completion (plus one arrival
     // interval): the offered rate when everything is served, whatever the latency; the rate the
     // resource drained at when a queue made the stage run over.
@@ -579,7 +579,7 @@ async fn run_stage(
         p50_ms: q(0.5),
         p95_ms: q(0.95),
         p99_ms: q(0.99),
-        max_ms: (hist.len() > 0).then(|| (hist.max() as f64 / 1e3 * 100.0).round() / 100.0),
+        max_ms: (!hist.is_empty()).then(|| (hist.max() as f64 / 1e3 * 100.0).round() / 100.0),
         throughput_rps: ((ok as f64 / window) * 100.0).round() / 100.0,
         canary_p95_ms: canary_p95.map(|v| (v * 100.0).round() / 100.0),
         metrics,

@@ -209,8 +209,7 @@ pub fn svg(report: &Report) -> String {
         lat.iter()
             .copied()
             .fold(f64::MAX, f64::min)
-            .min(1.0)
-            .max(0.1)
+            .clamp(0.1, 1.0)
             .log10()
             .floor(),
         lat.iter().copied().fold(1.0, f64::max).log10().ceil().max(1.0),

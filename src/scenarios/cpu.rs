@@ -190,24 +190,6 @@ fn process_json(size: u32) -> Result<Value, serde_json::Error> {
     }))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fib_is_right() {
-        assert_eq!(fib(0), 0);
-        assert_eq!(fib(1), 1);
-        assert_eq!(fib(20), 6765);
-    }
-
-    #[test]
-    fn hash_chain_differs_per_iteration() {
-        assert_ne!(chained_sha256(b"x", 1), chained_sha256(b"x", 2));
-        assert_eq!(chained_sha256(b"x", 1), <[u8; 32]>::from(Sha256::digest(b"x")));
-    }
-}
-
 /// CPU time consumed by the calling thread so far.
 fn thread_cpu_time() -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -250,4 +232,32 @@ async fn burn(State(state): State<AppState>, params: Params) -> AppResult<Json<V
         "wall_ms": start.elapsed().as_secs_f64() * 1e3,
         "mode": mode,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burn_uses_the_cpu_time_asked_for() {
+        // Measured on the thread's CPU clock: a busy machine makes it take longer, never less.
+        let used = burn_cpu(Duration::from_millis(30));
+        assert!(
+            used >= Duration::from_millis(30) && used < Duration::from_millis(60),
+            "{used:?}"
+        );
+    }
+
+    #[test]
+    fn fib_is_right() {
+        assert_eq!(fib(0), 0);
+        assert_eq!(fib(1), 1);
+        assert_eq!(fib(20), 6765);
+    }
+
+    #[test]
+    fn hash_chain_differs_per_iteration() {
+        assert_ne!(chained_sha256(b"x", 1), chained_sha256(b"x", 2));
+        assert_eq!(chained_sha256(b"x", 1), <[u8; 32]>::from(Sha256::digest(b"x")));
+    }
 }
