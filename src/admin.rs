@@ -129,6 +129,7 @@ async fn reset(State(state): State<AppState>, headers: HeaderMap) -> Response {
     state.db.apply(&startup);
     state.worker_pool.resize(startup.worker_pool_size);
     state.elastic.apply(&startup);
+    state.cache.apply(&startup);
     state.knobs.reset();
     let (bytes, chunks) = state.memory.clear();
     tracing::info!(released_bytes = bytes, chunks, "configuration reset to start-up values");

@@ -456,10 +456,26 @@ async fn run_stage(
     });
 
     let start = tokio::time::Instant::now();
+    let mut last_progress = Instant::now();
+    // At most five updates a second; `sent` is read through a shared counter.
+    let sent_so_far = Arc::new(AtomicU64::new(0));
+    let show_progress = {
+        let (done, in_flight, sent_so_far) = (done.clone(), in_flight.clone(), sent_so_far.clone());
+        move |last: &mut Instant| {
+            if !quiet && last.elapsed() > Duration::from_millis(200) {
+                let (sent, done, flying) = (
+                    sent_so_far.load(Ordering::SeqCst),
+                    done.load(Ordering::SeqCst),
+                    in_flight.load(Ordering::SeqCst),
+                );
+                progress(label, sent, total, done, flying);
+                *last = Instant::now();
+            }
+        }
+    };
     let mut dropped = 0u64;
     let mut sent = 0u64;
     let mut interrupted = false;
-    let mut last_progress = Instant::now();
     for i in 0..total {
         let intended = start + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(intended).await;
@@ -468,6 +484,7 @@ async fn run_stage(
             break;
         }
         sent += 1;
+        sent_so_far.store(sent, Ordering::SeqCst);
         if in_flight.load(Ordering::SeqCst) >= MAX_IN_FLIGHT {
             dropped += 1;
             continue;
@@ -492,16 +509,7 @@ async fn run_stage(
             flying.fetch_sub(1, Ordering::SeqCst);
             finished.fetch_add(1, Ordering::SeqCst);
         });
-        if !quiet && last_progress.elapsed() > Duration::from_millis(200) {
-            progress(
-                label,
-                sent,
-                total,
-                done.load(Ordering::SeqCst),
-                in_flight.load(Ordering::SeqCst),
-            );
-            last_progress = Instant::now();
-        }
+        show_progress(&mut last_progress);
     }
     drop(tx);
     // Wait for the stage's requests (each is bounded by the client timeout).
@@ -522,16 +530,7 @@ async fn run_stage(
                 *failures.entry(kind).or_default() += 1;
             }
         }
-        if !quiet && last_progress.elapsed() > Duration::from_millis(200) {
-            progress(
-                label,
-                sent,
-                total,
-                done.load(Ordering::SeqCst),
-                in_flight.load(Ordering::SeqCst),
-            );
-            last_progress = Instant::now();
-        }
+        show_progress(&mut last_progress);
     }
     if dropped > 0 {
         failures.insert("dropped (generator cap)".into(), dropped);

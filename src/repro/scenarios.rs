@@ -104,6 +104,14 @@ pub struct Plan {
     pub needs_base_url: Option<&'static str>,
 }
 
+/// Requests waiting for a database connection: the pool's first sign of saturation.
+const POOL_WAITING: Watch = Watch {
+    series: "db_pool_waiting",
+    label: "waiting for a connection (max)",
+    counter: false,
+    saturated_at: SaturatedAt::Above(0.0),
+};
+
 fn knob(config: &Value, name: &str) -> f64 {
     config["knobs"][name]["value"].as_f64().unwrap_or(0.0)
 }
@@ -152,12 +160,7 @@ impl ScenarioId {
                 plan.target = Target::get(format!("/api/db/hold?ms={hold}"));
                 plan.rates = around(pool() / (hold / 1000.0), AROUND);
                 plan.watches = vec![
-                    Watch {
-                        series: "db_pool_waiting",
-                        label: "waiting for a connection (max)",
-                        counter: false,
-                        saturated_at: SaturatedAt::Above(0.0),
-                    },
+                    POOL_WAITING,
                     Watch {
                         series: "db_pool_connections{state=\"in_use\"}",
                         label: "connections in use (max)",
@@ -213,12 +216,7 @@ impl ScenarioId {
                 };
                 plan.rates = around(cap, AROUND);
                 plan.watches = vec![
-                    Watch {
-                        series: "db_pool_waiting",
-                        label: "waiting for a connection (max)",
-                        counter: false,
-                        saturated_at: SaturatedAt::Above(0.0),
-                    },
+                    POOL_WAITING,
                     Watch {
                         series: "deploy_queue_depth",
                         label: "async queue depth (max)",
