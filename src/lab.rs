@@ -126,18 +126,21 @@ static GROUP_OF: LazyLock<HashMap<String, String>> = LazyLock::new(|| {
     map
 });
 
-/// The groups shown, in the catalog's order.
-pub fn groups() -> Vec<String> {
-    let spec = crate::openapi::spec();
-    spec["tags"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|t| t["name"].as_str())
-        .filter(|t| !OBSERVER_TAGS.contains(t))
-        .map(String::from)
-        .chain(std::iter::once("other".to_string()))
-        .collect()
+/// The groups shown, in the catalog's order (read from the spec once, not every snapshot).
+pub fn groups() -> &'static [String] {
+    static GROUPS: LazyLock<Vec<String>> = LazyLock::new(|| {
+        let spec = crate::openapi::spec();
+        spec["tags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["name"].as_str())
+            .filter(|t| !OBSERVER_TAGS.contains(t))
+            .map(String::from)
+            .chain(std::iter::once("other".to_string()))
+            .collect()
+    });
+    &GROUPS
 }
 
 /// Cumulative counts of one group at one instant.
@@ -164,11 +167,11 @@ impl Sampler {
         let totals = group_totals(&families);
         let mut by_group = Map::new();
         for g in groups() {
-            let cur = totals.get(&g).cloned().unwrap_or_default();
+            let cur = totals.get(g).cloned().unwrap_or_default();
             let (rps, error_rate, p) = match &self.prev {
                 Some((at, prev)) => {
                     let secs = now.duration_since(*at).as_secs_f64().max(1e-3);
-                    let before = prev.get(&g).cloned().unwrap_or_default();
+                    let before = prev.get(g).cloned().unwrap_or_default();
                     let n = (cur.requests - before.requests).max(0.0);
                     let errors = (cur.errors - before.errors).max(0.0);
                     let delta: Vec<(f64, f64)> = cur
@@ -187,7 +190,7 @@ impl Sampler {
                 None => (0.0, 0.0, [None, None, None]),
             };
             by_group.insert(
-                g,
+                g.clone(),
                 json!({"rps": (rps * 100.0).round() / 100.0, "error_rate": (error_rate * 1e4).round() / 1e4,
                        "p50_ms": p[0], "p95_ms": p[1], "p99_ms": p[2]}),
             );

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 pub use scenarios::ScenarioId;
-use scenarios::{Plan, Prediction};
+use scenarios::{Plan, Prediction, Target};
 
 use crate::knobs::Profile;
 
@@ -139,10 +139,7 @@ pub async fn run(args: ReproArgs, profile: Profile, settings: Option<crate::sett
         vec![profile]
     };
     if args.base_url.is_none() && args.scenario == ScenarioId::DbReplicas {
-        bail!(
-            "{}",
-            args.scenario.plan(&json!({}), None).needs_base_url.unwrap_or_default()
-        );
+        bail!("{}", args.scenario.needs_base_url().unwrap_or_default());
     }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
@@ -285,13 +282,13 @@ async fn run_profile(
     .await
     .context("switching the profile (give --admin-token if the lab has one)")?;
     let scenario = args.scenario;
-    let run_knobs = scenario.plan(&json!({}), None).knobs;
+    let run_knobs = scenario.run_knobs();
     if run_knobs.as_object().is_some_and(|o| !o.is_empty()) {
         lab.admin(reqwest::Method::PATCH, "/admin/config", Some(&run_knobs))
             .await?;
     }
     let cpu_ms = if scenario == ScenarioId::Cpu {
-        Some(calibrate(lab, &scenario.plan(&json!({}), None).target.path, 15).await?)
+        Some(calibrate(lab, &scenario.target().path, 15).await?)
     } else {
         None
     };
@@ -358,9 +355,9 @@ enum Outcome {
     Failed(String, Duration),
 }
 
-async fn send(client: &reqwest::Client, url: &str, plan: &Plan) -> Result<(), String> {
-    let mut req = client.request(plan.target.method.clone(), url);
-    if let Some(body) = plan.target.body {
+async fn send(client: &reqwest::Client, url: &str, target: &Target) -> Result<(), String> {
+    let mut req = client.request(target.method.clone(), url);
+    if let Some(body) = target.body {
         req = req.header("content-type", "application/json").body(body);
     }
     match req.send().await {
@@ -396,15 +393,7 @@ async fn run_stage(
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
     let in_flight = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
-    let plan_target = Arc::new(Plan {
-        target: plan.target.clone(),
-        knobs: Value::Null,
-        rates: vec![],
-        watches: vec![],
-        canary: None,
-        before_stage: None,
-        needs_base_url: None,
-    });
+    let target = Arc::new(plan.target.clone());
 
     // The watched metrics, sampled every 250 ms while the stage runs.
     let before = lab.metrics().await;
@@ -490,16 +479,16 @@ async fn run_stage(
             continue;
         }
         in_flight.fetch_add(1, Ordering::SeqCst);
-        let (client, url, tx, flying, finished, plan) = (
+        let (client, url, tx, flying, finished, target) = (
             lab.client.clone(),
             url.clone(),
             tx.clone(),
             in_flight.clone(),
             done.clone(),
-            plan_target.clone(),
+            target.clone(),
         );
         tokio::spawn(async move {
-            let result = send(&client, &url, &plan).await;
+            let result = send(&client, &url, &target).await;
             // Latency from the intended send time: a late send counts its lateness.
             let latency = intended.elapsed();
             let _ = tx.send(match result {

@@ -100,8 +100,6 @@ pub struct Plan {
     pub canary: Option<&'static str>,
     /// Called once before each stage (e.g. flush the cache).
     pub before_stage: Option<(reqwest::Method, &'static str)>,
-    /// Needs a `--base-url` (not runnable in-process).
-    pub needs_base_url: Option<&'static str>,
 }
 
 /// Requests waiting for a database connection: the pool's first sign of saturation.
@@ -128,8 +126,20 @@ fn around(capacity: f64, multiples: &[f64]) -> Vec<f64> {
 const AROUND: &[f64] = &[0.5, 0.8, 1.0, 1.25, 1.5, 2.0];
 
 impl ScenarioId {
+    /// Why the scenario cannot run against an in-process lab, when it cannot.
+    pub fn needs_base_url(self) -> Option<&'static str> {
+        (self == ScenarioId::DbReplicas).then_some(
+            "db-replicas needs several replicas in front of one PostgreSQL: point --base-url at their Service (the k8s `replicas` overlay) — tests/db_replicas.rs measures it on one machine",
+        )
+    }
+
+    /// The request the scenario sends (it does not depend on the knobs).
+    pub fn target(self) -> Target {
+        self.plan(&Value::Null, None).target
+    }
+
     /// The knobs the run sets on top of the profile.
-    fn run_knobs(self) -> Value {
+    pub fn run_knobs(self) -> Value {
         match self {
             ScenarioId::DbPool => json!({"db_pool_size": 4, "db_max_overflow": 0}),
             ScenarioId::WorkerPool => json!({"worker_pool_size": 4}),
@@ -151,7 +161,6 @@ impl ScenarioId {
             watches: vec![],
             canary: None,
             before_stage: None,
-            needs_base_url: None,
         };
         let pool = || knob(config, "db_pool_size") + knob(config, "db_max_overflow");
         match self {
@@ -174,9 +183,6 @@ impl ScenarioId {
                         saturated_at: SaturatedAt::Above(0.0),
                     },
                 ];
-                if self == ScenarioId::DbReplicas {
-                    plan.needs_base_url = Some("db-replicas needs several replicas in front of one PostgreSQL: point --base-url at their Service (the k8s `replicas` overlay) — tests/db_replicas.rs measures it on one machine");
-                }
             }
             ScenarioId::WorkerPool => {
                 plan.target = Target::get("/api/worker-pool?work_ms=100");
