@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod downstream;
+pub mod edge;
 pub mod error;
 pub mod infra;
 pub mod knobs;
@@ -25,14 +26,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::MatchedPath;
-use axum::http::{HeaderName, Request};
 use axum::routing::get;
 use axum::Router;
 use prometheus::Registry;
 use tokio::net::TcpListener;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 
 use crate::downstream::EmbeddedDownstream;
 use crate::infra::database::Database;
@@ -233,7 +230,6 @@ impl App {
 /// The whole HTTP surface: every scenario's routes, probes and metrics, behind the telemetry
 /// layers.
 pub fn router(state: AppState) -> Router {
-    let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .merge(scenarios::healthy::router())
         .merge(scenarios::cpu::router())
@@ -252,28 +248,6 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(telemetry::metrics_handler))
         .fallback(scenarios::healthy::not_found)
         .method_not_allowed_fallback(scenarios::healthy::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            resilience::guard::guard,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            telemetry::track_http,
-        ))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-            let route = req
-                .extensions()
-                .get::<MatchedPath>()
-                .map(|p| p.as_str())
-                .unwrap_or(telemetry::UNMATCHED_ROUTE);
-            let request_id = req
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            tracing::info_span!("request", method = %req.method(), route, request_id)
-        }))
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(edge::EdgeLayer::new(state.clone()))
         .with_state(state)
 }

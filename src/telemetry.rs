@@ -2,12 +2,10 @@
 //! counts requests by route template (`MatchedPath`, never the raw path; unmatched paths share
 //! the label `unmatched`) with latency buckets reaching past the longest timeout we demonstrate.
 
-use std::time::Instant;
+use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{MatchedPath, State};
-use axum::http::{header, Request, StatusCode};
-use axum::middleware::Next;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use tracing_subscriber::EnvFilter;
@@ -110,6 +108,19 @@ impl HttpMetrics {
             in_flight: register(registry, in_flight),
         }
     }
+
+    /// The gauge of requests being served (the edge layer holds a [`GaugeGuard`] on it).
+    pub fn in_flight(&self) -> &IntGauge {
+        &self.in_flight
+    }
+
+    /// Counts one answered request and its latency.
+    pub fn record(&self, method: &str, route: &str, status: StatusCode, latency: Duration) {
+        self.duration
+            .with_label_values(&[method, route])
+            .observe(latency.as_secs_f64());
+        self.requests.with_label_values(&[method, route, status.as_str()]).inc();
+    }
 }
 
 /// Increments a gauge now and decrements it when dropped, so in-flight counts stay right even
@@ -127,28 +138,6 @@ impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
     }
-}
-
-/// Middleware recording count, latency and in-flight requests per route template.
-pub async fn track_http(State(state): State<AppState>, req: Request<Body>, next: Next) -> Response {
-    let metrics = &state.http_metrics;
-    // Cheap copies (a shared route string, an inline method), not per-request allocations.
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let route = route.as_ref().map_or(UNMATCHED_ROUTE, |p| p.as_str());
-    let method = req.method().clone();
-    let _in_flight = GaugeGuard::new(&metrics.in_flight);
-    let start = Instant::now();
-    let resp = next.run(req).await;
-    let elapsed = start.elapsed().as_secs_f64();
-    metrics
-        .duration
-        .with_label_values(&[method.as_str(), route])
-        .observe(elapsed);
-    metrics
-        .requests
-        .with_label_values(&[method.as_str(), route, resp.status().as_str()])
-        .inc();
-    resp
 }
 
 /// `GET /metrics`: Prometheus text format. Pool gauges are sampled at scrape time.

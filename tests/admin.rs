@@ -235,12 +235,21 @@ async fn shedding_rate_limiting_and_request_timeouts() {
     assert_eq!(resp.status(), 503);
     assert!(start.elapsed() < Duration::from_millis(200));
     assert_eq!(resp.headers()["retry-after"], "1");
+    assert!(resp.headers().contains_key("x-request-id"));
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "shed");
+    // Probes are never shed: an operator can always see the system.
+    assert_eq!(app.get("/health").await.status(), 200);
     for h in holders {
         assert_eq!(h.await.unwrap(), 200);
     }
     assert_eq!(app.metric(r#"requests_shed_total{reason="in_flight"}"#).await, 1.0);
+    // A refusal is still an answered request in the HTTP metrics.
+    assert_eq!(
+        app.metric(r#"http_requests_total{method="GET",route="/api/ping",status="503"}"#)
+            .await,
+        1.0
+    );
 
     // Rate limiting: 429 + Retry-After above the rate.
     app.set_knobs(json!({"max_in_flight": 0, "rate_limit_enabled": true, "rate_limit_rps": 2, "rate_limit_burst": 3}))

@@ -112,4 +112,15 @@ async fn requests_carry_an_id() {
         .await
         .unwrap();
     assert_eq!(resp.headers()["x-request-id"], "abc-123");
+    // Every answer carries one, the router's own 404 and 405 and the probes included, and each
+    // generated id is new.
+    for path in ["/no/such/route", "/health", "/metrics"] {
+        let resp = app.get(path).await;
+        let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+        assert_eq!(id.len(), 36, "{path}: {id}");
+        assert_ne!(id, generated, "{path}");
+    }
+    let resp = app.client.delete(app.url("/api/ping")).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    assert!(resp.headers().contains_key("x-request-id"));
 }

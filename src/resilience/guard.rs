@@ -8,10 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use axum::body::Body;
-use axum::extract::{MatchedPath, State};
-use axum::http::Request;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -19,9 +15,8 @@ use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::error::AppError;
 use crate::knobs::Knobs;
-use crate::resilience::bulkhead::Bulkhead;
+use crate::resilience::bulkhead::{Bulkhead, Permit};
 use crate::telemetry::register;
-use crate::AppState;
 
 /// Route groups that share a request timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,43 +161,58 @@ impl Guard {
     }
 }
 
-/// The middleware: rate limit, then shed, then time out by group.
-pub async fn guard(State(state): State<AppState>, req: Request<Body>, next: Next) -> Response {
-    // Decided from the borrowed route: no per-request allocation.
-    let (exempt, group) = match req.extensions().get::<MatchedPath>() {
-        Some(p) => (is_exempt(p.as_str()), Group::of(p.as_str())),
-        None => (false, Group::Other),
-    };
-    if exempt {
-        return next.run(req).await;
-    }
-    let knobs = state.knobs.current();
-    let guard = &state.guard;
-    if knobs.rate_limit_enabled {
-        if let Err(wait) = guard.rate_check(&knobs) {
-            guard.rate_limited.inc();
-            return AppError::RateLimited { retry_after: wait }.into_response();
-        }
-    }
-    let Some(_permit) = guard.in_flight.try_enter(knobs.max_in_flight) else {
-        guard.count_shed("in_flight");
-        return AppError::Shed {
-            detail: format!("{} requests already in flight (max_in_flight)", knobs.max_in_flight),
-        }
-        .into_response();
-    };
-    match group.timeout(&knobs) {
-        None => next.run(req).await,
-        Some(limit) => match tokio::time::timeout(limit, next.run(req)).await {
-            Ok(resp) => resp,
-            Err(_) => {
-                guard.timeouts.with_label_values(&[group.as_str()]).inc();
-                AppError::RequestTimeout {
-                    group: group.as_str(),
-                    after: limit,
-                }
-                .into_response()
+/// What the guard decided for one request.
+pub enum Admission {
+    /// Exempt route: no limit, no timeout.
+    Exempt,
+    /// Admitted: hold the permit until the response is ready; cut the request at `timeout`.
+    Admitted {
+        permit: Permit,
+        group: Group,
+        timeout: Option<Duration>,
+    },
+    /// Refused at once (429 rate limited, 503 shed).
+    Refused(Response),
+}
+
+impl Guard {
+    /// Rate limit, then shed, then pick the group's timeout. Synchronous and allocation-free on
+    /// the admitted path, so the edge layer decides before it calls the route.
+    pub fn admit(&self, knobs: &Knobs, route: Option<&str>) -> Admission {
+        let group = match route {
+            Some(r) if is_exempt(r) => return Admission::Exempt,
+            Some(r) => Group::of(r),
+            None => Group::Other,
+        };
+        if knobs.rate_limit_enabled {
+            if let Err(wait) = self.rate_check(knobs) {
+                self.rate_limited.inc();
+                return Admission::Refused(AppError::RateLimited { retry_after: wait }.into_response());
             }
-        },
+        }
+        let Some(permit) = self.in_flight.try_enter(knobs.max_in_flight) else {
+            self.count_shed("in_flight");
+            return Admission::Refused(
+                AppError::Shed {
+                    detail: format!("{} requests already in flight (max_in_flight)", knobs.max_in_flight),
+                }
+                .into_response(),
+            );
+        };
+        Admission::Admitted {
+            permit,
+            group,
+            timeout: group.timeout(knobs),
+        }
+    }
+
+    /// The answer for a request cut by its group's timeout (and the count of it).
+    pub fn timed_out(&self, group: Group, after: Duration) -> Response {
+        self.timeouts.with_label_values(&[group.as_str()]).inc();
+        AppError::RequestTimeout {
+            group: group.as_str(),
+            after,
+        }
+        .into_response()
     }
 }

@@ -1,0 +1,167 @@
+//! The edge: the one layer every request passes through. It gives the request its id (kept
+//! from `x-request-id` or a new UUID, echoed on the response), opens its tracing span, counts
+//! it in the HTTP metrics (in flight, by method / route template / status, latency) and puts it
+//! past the request guard (rate limit, shedding, the route group's timeout).
+//!
+//! One hand-written service instead of a stack of generic middlewares on purpose: each
+//! `from_fn` middleware or router layer clones and boxes the rest of the stack on every request,
+//! and `/api/ping` is the baseline every scenario is compared with, so the instrumentation must
+//! stay cheap (bench/ping.sh, docs/performance.md). Here a request costs one boxed future.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::MatchedPath;
+use axum::http::{HeaderName, HeaderValue, Request};
+use axum::response::Response;
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+use crate::resilience::bulkhead::Permit;
+use crate::resilience::guard::{Admission, Group};
+use crate::telemetry::{GaugeGuard, UNMATCHED_ROUTE};
+use crate::AppState;
+
+/// The request id header, kept from the request or generated, and always on the response.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// `Router::layer(EdgeLayer::new(state))`: inside the router, so the route template
+/// (`MatchedPath`) is known.
+#[derive(Clone)]
+pub struct EdgeLayer {
+    state: AppState,
+}
+
+impl EdgeLayer {
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+impl<S> Layer<S> for EdgeLayer {
+    type Service = Edge<S>;
+
+    fn layer(&self, inner: S) -> Edge<S> {
+        Edge {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Edge<S> {
+    inner: S,
+    state: AppState,
+}
+
+/// A new request id: a random (v4) UUID.
+fn new_request_id() -> HeaderValue {
+    let mut buf = uuid::Uuid::encode_buffer();
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(id).expect("a UUID is a valid header value")
+}
+
+/// What happens after the guard's decision: a refusal to send, or the route's future to run
+/// holding the permit, with the group's timeout if it has one.
+enum Work<F> {
+    Refused(Response),
+    Run {
+        fut: F,
+        _permit: Option<Permit>,
+        timeout: Option<(Group, Duration)>,
+    },
+}
+
+impl<S> Service<Request<Body>> for Edge<S>
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let start = Instant::now();
+        let request_id = match req.headers().get(&REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => {
+                let id = new_request_id();
+                req.headers_mut().insert(REQUEST_ID, id.clone());
+                id
+            }
+        };
+        // A shared string, not a copy: the route template labels the metrics at the end.
+        let route = req.extensions().get::<MatchedPath>().cloned();
+        let method = req.method().clone();
+        let span = tracing::info_span!(
+            "request",
+            method = %method,
+            route = route.as_ref().map_or(UNMATCHED_ROUTE, |p| p.as_str()),
+            request_id = request_id.to_str().unwrap_or(""),
+        );
+        let state = self.state.clone();
+        let in_flight = GaugeGuard::new(state.http_metrics.in_flight());
+
+        let admission = state
+            .guard
+            .admit(&state.knobs.current(), route.as_ref().map(|p| p.as_str()));
+        let work = match admission {
+            Admission::Refused(resp) => Work::Refused(resp),
+            Admission::Exempt => Work::Run {
+                fut: self.inner.call(req),
+                _permit: None,
+                timeout: None,
+            },
+            Admission::Admitted { permit, group, timeout } => Work::Run {
+                fut: self.inner.call(req),
+                _permit: Some(permit),
+                timeout: timeout.map(|t| (group, t)),
+            },
+        };
+
+        Box::pin(
+            async move {
+                let mut resp = match work {
+                    Work::Refused(resp) => resp,
+                    Work::Run {
+                        fut,
+                        _permit,
+                        timeout: None,
+                    } => fut.await.unwrap_or_else(|never| match never {}),
+                    Work::Run {
+                        fut,
+                        _permit,
+                        timeout: Some((group, limit)),
+                    } => match tokio::time::timeout(limit, fut).await {
+                        Ok(resp) => resp.unwrap_or_else(|never| match never {}),
+                        Err(_) => state.guard.timed_out(group, limit),
+                    },
+                };
+                let status = resp.status();
+                let latency = start.elapsed();
+                let route = route.as_ref().map_or(UNMATCHED_ROUTE, |p| p.as_str());
+                state.http_metrics.record(method.as_str(), route, status, latency);
+                drop(in_flight);
+                resp.headers_mut().insert(REQUEST_ID, request_id);
+                let latency_ms = latency.as_secs_f64() * 1000.0;
+                if status.is_server_error() {
+                    tracing::error!(status = status.as_u16(), latency_ms, "response failed");
+                } else {
+                    tracing::debug!(status = status.as_u16(), latency_ms, "finished processing request");
+                }
+                Ok(resp)
+            }
+            .instrument(span),
+        )
+    }
+}
