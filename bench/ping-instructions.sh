@@ -15,19 +15,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N1=${1:-1000}
 N2=${2:-6000}
-log() { printf '[bench] %s\n' "$*" >&2; }
-
-if ! command -v valgrind >/dev/null; then
-  log "installing valgrind (Debian package)"
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq valgrind >/dev/null
-  else sudo apt-get update -qq && sudo apt-get install -y -qq valgrind >/dev/null; fi
-fi
-log "building chokepoint and the hello-world baseline (release)"
-cargo build --release --locked --bin chokepoint --example hello_axum >&2
+source bench/lib.sh
+need_tool valgrind valgrind
+build_both
 
 work=$(mktemp -d)
 trap 'pkill -f "callgrind-out-file=$work/" 2>/dev/null || true; rm -rf "$work"' EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # instructions NAME N BINARY -> prints the total instructions of a run answering N requests
 instructions() {

@@ -9,21 +9,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10}
-log() { printf '[bench] %s\n' "$*" >&2; }
-
-if ! command -v wrk >/dev/null; then
-  log "installing wrk (Debian package)"
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk >/dev/null
-  else sudo apt-get update -qq && sudo apt-get install -y -qq wrk >/dev/null; fi
-fi
-log "building chokepoint and the hello-world baseline (release)"
-cargo build --release --locked --bin chokepoint --example hello_axum >&2
+source bench/lib.sh
+need_tool wrk wrk
+build_both
 
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 wait_200() { # url -> waits until 200, prints nothing
   for _ in $(seq 1 2000); do curl -fs -o /dev/null "$1" && return 0; sleep 0.005; done
