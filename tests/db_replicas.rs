@@ -62,14 +62,6 @@ fn pg_bin(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn run(cmd: &mut Command, what: &str) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
@@ -102,7 +94,7 @@ impl PrivatePostgres {
                 .arg(&data),
             "initdb",
         );
-        let port = free_port();
+        let port = common::free_port();
         let conf = format!(
             "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
              max_connections = {max_connections}\nsuperuser_reserved_connections = {RESERVED}\n\
@@ -182,7 +174,7 @@ struct Bouncer {
 impl Bouncer {
     fn start(pg: &PrivatePostgres, pool: u32) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let port = common::free_port();
         let ini = format!(
             "[databases]\nlab = host=127.0.0.1 port={pg_port} dbname=lab user=app\n\n\
              [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
@@ -237,7 +229,7 @@ struct Replica {
 
 impl Replica {
     fn start(database_url: &str, skip_migrations: bool) -> Self {
-        let port = free_port();
+        let port = common::free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_chokepoint"))
             .env_clear()

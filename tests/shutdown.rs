@@ -3,18 +3,12 @@
 //! request sent before the signal completes with 200, and the process exits 0 within
 //! `SHUTDOWN_GRACE_MS`.
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn start(port: u16, db: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_chokepoint"))
@@ -44,7 +38,7 @@ struct Tally {
 async fn sigterm_under_load_drains_accepted_requests_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
-    let port = free_port();
+    let port = common::free_port();
     let mut child = start(port, &db);
     let base = format!("http://127.0.0.1:{port}");
     // A new connection per request, so a refused connection is the only way not to be accepted.

@@ -1,6 +1,8 @@
 //! Start-up: the real binary refuses an invalid setting with one clear line naming the variable,
 //! and `chokepoint downstream` serves the simulator.
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -133,7 +135,7 @@ fn serve_starts_and_stops_on_sigterm() {
 
 #[test]
 fn downstream_subcommand_serves_the_simulator() {
-    let port = free_port();
+    let port = common::free_port();
     let mut child = chokepoint()
         .args(["downstream", "--port", &port.to_string()])
         .stdout(Stdio::null())
@@ -156,7 +158,7 @@ fn downstream_subcommand_serves_the_simulator() {
 
 #[test]
 fn healthcheck_exits_zero_only_when_the_local_server_answers() {
-    let port = free_port();
+    let port = common::free_port();
     // Nothing listening: non-zero, with the reason.
     let out = chokepoint()
         .args(["healthcheck", "--timeout", "1"])
@@ -220,14 +222,6 @@ fn migrate_applies_the_migrations_and_exits() {
     let bytes = std::fs::read(&path).unwrap();
     let text = String::from_utf8_lossy(&bytes);
     assert!(text.contains("deployment_counter") && text.contains("_sqlx_migrations"));
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A tiny blocking GET over std's TcpStream (no runtime needed in these process tests).

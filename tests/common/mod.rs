@@ -13,6 +13,17 @@ use chokepoint::App;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 
+/// A port that was free a moment ago, for the tests that start the real binary as a process
+/// (the in-process apps bind port 0 themselves). The tiny race is accepted: the kernel does not
+/// hand the same ephemeral port out again at once.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Admin connection for creating test databases (the machine's PostgreSQL, trust auth).
 pub fn pg_admin_url() -> String {
     std::env::var("TEST_PG_ADMIN_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
