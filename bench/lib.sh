@@ -17,3 +17,11 @@ build_both() {
   log "building chokepoint and the hello-world baseline (release)"
   cargo build --release --locked --bin chokepoint --example hello_axum >&2
 }
+
+# wait_200 URL [SECONDS, default 10]: polls every 5 ms (start-up times are measured with it)
+# until URL answers 200; fails, saying so, when it has not within about SECONDS.
+wait_200() {
+  local tries=$(( ${2:-10} * 200 ))
+  for _ in $(seq 1 "$tries"); do curl -fs -o /dev/null "$1" && return 0; sleep 0.005; done
+  echo "no 200 from $1" >&2; return 1
+}

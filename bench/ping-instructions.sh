@@ -30,7 +30,7 @@ instructions() {
   DATABASE_URL="sqlite://$work/$name.$n.db?mode=rwc" PORT=$port RUST_LOG=error \
     valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" >/dev/null 2>&1 &
   local pid=$!
-  for _ in $(seq 1 600); do curl -fs -o /dev/null "http://127.0.0.1:$port/api/ping" && break; sleep 0.1; done
+  wait_200 "http://127.0.0.1:$port/api/ping" 60 || return 1 # valgrind starts slowly
   python3 - "$port" "$n" <<'PY'
 import http.client, sys
 port, n = int(sys.argv[1]), int(sys.argv[2])

@@ -21,10 +21,6 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-wait_200() { # url -> waits until 200, prints nothing
-  for _ in $(seq 1 2000); do curl -fs -o /dev/null "$1" && return 0; sleep 0.005; done
-  echo "no 200 from $1" >&2; return 1
-}
 
 # --- start-up time: exec -> first 200 on /ready (SQLite file, embedded simulator) ----------
 startups=()

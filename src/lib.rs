@@ -227,8 +227,8 @@ impl App {
     }
 }
 
-/// The whole HTTP surface: every scenario's routes, probes and metrics, behind the telemetry
-/// layers.
+/// The whole HTTP surface: every scenario's routes, probes and metrics, behind the edge
+/// (request id, span, HTTP metrics, request guard: src/edge.rs).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(scenarios::healthy::router())
