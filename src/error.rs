@@ -94,6 +94,11 @@ pub enum AppError {
     #[error("not found")]
     NotFound { detail: String },
 
+    /// A request the app cannot interpret (a malformed path segment, a body that cannot be
+    /// read, conflicting headers).
+    #[error("bad request: {detail}")]
+    BadRequest { code: &'static str, detail: String },
+
     #[error("database error")]
     Database(#[from] sqlx::Error),
 
@@ -143,13 +148,17 @@ impl AppError {
             AppError::DeadlineExceeded { .. } => "deadline_exceeded",
             AppError::PayloadTooLarge { .. } => "payload_too_large",
             AppError::GatewayTimeout { .. } => "gateway_timeout",
-            AppError::Unavailable { code, .. } => code,
+            AppError::Unavailable { code, .. } | AppError::BadRequest { code, .. } => code,
             AppError::NotFound { .. } => "not_found",
             AppError::InvalidKnobs { refused } if refused.iter().all(|r| r.startup_only) => "startup_only",
             AppError::InvalidKnobs { .. } => "invalid_knob",
             AppError::Unauthorized { .. } => "unauthorized",
             AppError::Forbidden { .. } => "admin_token_required",
-            AppError::Database(_) => "database_error",
+            AppError::Database(e) => match db_failure(e) {
+                DbFailure::StorageFull => "storage_full",
+                DbFailure::Unreachable => "db_unavailable",
+                DbFailure::Other => "database_error",
+            },
             AppError::Redis(crate::infra::redis::RedisError::PoolTimeout(_)) => "redis_pool_timeout",
             AppError::Redis(_) => "redis_error",
             AppError::Internal(_) => "internal_error",
@@ -173,11 +182,14 @@ impl AppError {
             AppError::DownstreamError { .. } => StatusCode::BAD_GATEWAY,
             AppError::MemoryCap { .. } => StatusCode::INSUFFICIENT_STORAGE,
             AppError::NotFound { .. } => StatusCode::NOT_FOUND,
+            AppError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             AppError::InvalidKnobs { refused } if refused.iter().all(|r| r.startup_only) => StatusCode::CONFLICT,
             AppError::InvalidKnobs { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             AppError::Forbidden { .. } => StatusCode::FORBIDDEN,
             AppError::Redis(crate::infra::redis::RedisError::PoolTimeout(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Database(e) if db_failure(e) == DbFailure::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+            AppError::Database(e) if db_failure(e) == DbFailure::Unreachable => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Database(_) | AppError::Redis(_) | AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -249,15 +261,61 @@ impl AppError {
                 json!({"error": code, "detail": detail, "refused": refused})
             }
             AppError::Unavailable { detail, .. }
+            | AppError::BadRequest { detail, .. }
             | AppError::NotFound { detail }
             | AppError::Unauthorized { detail }
             | AppError::Forbidden { detail } => {
                 json!({"error": code, "detail": detail})
             }
-            AppError::Database(_) => json!({"error": code, "detail": "the database query failed; see the server log"}),
+            AppError::Database(e) => match db_failure(e) {
+                DbFailure::StorageFull => json!({
+                    "error": code,
+                    "detail": "the database has no room left (disk or size limit full): nothing was stored",
+                }),
+                DbFailure::Unreachable => json!({
+                    "error": code,
+                    "detail": "the database is unreachable (connection refused, closed or shutting down)",
+                }),
+                DbFailure::Other => json!({"error": code, "detail": "the database query failed; see the server log"}),
+            },
             AppError::Redis(e) => json!({"error": code, "detail": e.to_string(), "kind": e.kind()}),
             AppError::Internal(_) => json!({"error": code, "detail": "unexpected error; see the server log"}),
         }
+    }
+}
+
+/// What a database error means to the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbFailure {
+    /// SQLite's SQLITE_FULL (disk full or `max_page_count`), PostgreSQL's 53100 `disk_full`, or
+    /// ENOSPC: a write that was not stored (507 `storage_full`).
+    StorageFull,
+    /// The server cannot be reached or dropped the connection: refused, reset, closed, shutting
+    /// down (503 `db_unavailable`), as opposed to a pool that is merely busy.
+    Unreachable,
+    Other,
+}
+
+pub fn db_failure(e: &sqlx::Error) -> DbFailure {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            match code.as_deref() {
+                // SQLITE_FULL (13); PostgreSQL disk_full.
+                Some("13") | Some("53100") => DbFailure::StorageFull,
+                // Connection exceptions (08xxx), admin/crash shutdown, cannot connect now.
+                Some(c) if c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03") => DbFailure::Unreachable,
+                _ if db.message().contains("database or disk is full") => DbFailure::StorageFull,
+                _ => DbFailure::Other,
+            }
+        }
+        sqlx::Error::Io(io) if io.raw_os_error() == Some(libc::ENOSPC) => DbFailure::StorageFull,
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
+            DbFailure::Unreachable
+        }
+        // sqlx reports a server that closed the socket mid-exchange as a protocol error.
+        sqlx::Error::Protocol(msg) if msg.contains("closed") || msg.contains("EOF") => DbFailure::Unreachable,
+        _ => DbFailure::Other,
     }
 }
 

@@ -10,6 +10,20 @@
 //! the old one closes in the background once its checked-out connections come back, and a waiter
 //! caught on the old pool moves to the new one, so no request fails because of the swap. The
 //! acquire timeout (`db_pool_timeout_ms`) is enforced here, per acquire, so it changes instantly.
+//!
+//! Reachability: a monitor pings the probe pool every [`MONITOR_EVERY`] and keeps `db_up`. While
+//! the server is unreachable (refused, reset, closed, stalled past the probe timeout), acquires
+//! fail at once with 503 `db_unavailable` and waiters already queued are told the same, instead
+//! of hanging until the acquire timeout and being reported as pool exhaustion. A busy pool on a
+//! reachable database queues exactly as before (the scenario).
+//!
+//! Release-time guard: a request cancelled while sqlx's `BEGIN` round trip is in flight (client
+//! gone, `request_timeout_*`) leaves its connection inside a transaction that sqlx does not know
+//! about (sqlx #4385/#4393). Returned to the pool as is, the next request on it writes into that
+//! transaction and is acknowledged, and the rows vanish when the connection closes; after any
+//! error in it, every query on the connection fails. So every connection is checked on release
+//! ([`release_check`]): a transaction still open is rolled back, a connection that cannot be
+//! made clean is discarded (`db_connections_recovered_total{action}`), whatever the sqlx version.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -17,11 +31,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{ConnectOptions, PgPool, Postgres, Sqlite, SqlitePool};
+use sqlx::{ConnectOptions, Executor, PgConnection, PgPool, Postgres, Row, Sqlite, SqliteConnection, SqlitePool};
 
 use crate::error::AppError;
 use crate::knobs::Knobs;
@@ -32,6 +46,8 @@ use crate::telemetry::{register, GaugeGuard, LATENCY_BUCKETS};
 pub const APPLICATION_NAME: &str = "chokepoint";
 const PROBE_APPLICATION_NAME: &str = "chokepoint-probe";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the monitor pings the database (the time `db_up` and `/ready` take to notice).
+pub const MONITOR_EVERY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -78,6 +94,10 @@ struct DbMetrics {
     waiting: IntGauge,
     acquire_wait: Histogram,
     acquire_timeouts: IntCounter,
+    /// Connections found dirty on release (a transaction left open by a cancelled request).
+    recovered: IntCounterVec,
+    up: IntGauge,
+    unavailable: IntCounter,
 }
 
 impl DbMetrics {
@@ -122,6 +142,34 @@ impl DbMetrics {
                 )
                 .unwrap(),
             ),
+            recovered: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "db_connections_recovered_total",
+                        "Connections returned to the pool inside a transaction (a cancelled request): \
+                         rolled back, or discarded when that failed",
+                    ),
+                    &["action"],
+                )
+                .unwrap(),
+            ),
+            up: register(
+                registry,
+                IntGauge::new(
+                    "db_up",
+                    "1 while the database answers the monitor's ping, 0 while it is unreachable",
+                )
+                .unwrap(),
+            ),
+            unavailable: register(
+                registry,
+                IntCounter::new(
+                    "db_unavailable_total",
+                    "Acquires refused because the database was unreachable (503 db_unavailable)",
+                )
+                .unwrap(),
+            ),
         }
     }
 }
@@ -133,6 +181,15 @@ pub struct Database {
     /// (size, overflow) of the current pool.
     shape: std::sync::Mutex<(u32, u32)>,
     metrics: DbMetrics,
+    /// `true` while the monitor finds the database unreachable.
+    down: tokio::sync::watch::Sender<bool>,
+    monitor: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        self.monitor.abort();
+    }
 }
 
 impl Database {
@@ -172,7 +229,11 @@ impl Database {
             ConnectOpts::Pg(_) => format!("cannot connect to PostgreSQL at {}", redact(&url)),
             ConnectOpts::Sqlite(_) => format!("cannot open the SQLite database {}", redact(&url)),
         })?;
-        let pool = build_pool(&opts, knobs.db_pool_size, knobs.db_max_overflow);
+        let metrics = DbMetrics::new(registry);
+        for action in ["rolled_back", "discarded"] {
+            metrics.recovered.with_label_values(&[action]);
+        }
+        let pool = build_pool(&opts, knobs.db_pool_size, knobs.db_max_overflow, &metrics.recovered);
         match &pool {
             _ if settings.skip_migrations => tracing::info!("SKIP_MIGRATIONS: not running the migrations"),
             Pool::Pg(p) => sqlx::migrate!("./migrations/postgres")
@@ -184,14 +245,18 @@ impl Database {
                 .await
                 .context("running SQLite migrations")?,
         }
-        let metrics = DbMetrics::new(registry);
         metrics.max.set(i64::from(knobs.db_pool_size + knobs.db_max_overflow));
+        metrics.up.set(1);
+        let down = tokio::sync::watch::Sender::new(false);
+        let monitor = tokio::spawn(monitor(probe.clone(), down.clone(), metrics.up.clone()));
         Ok(Self {
             pool: ArcSwap::from_pointee(pool),
             probe,
             opts,
             shape: std::sync::Mutex::new((knobs.db_pool_size, knobs.db_max_overflow)),
             metrics,
+            down,
+            monitor,
         })
     }
 
@@ -201,7 +266,7 @@ impl Database {
         if *self.shape.lock().unwrap_or_else(|p| p.into_inner()) == wanted {
             return;
         }
-        let new = build_pool(&self.opts, wanted.0, wanted.1);
+        let new = build_pool(&self.opts, wanted.0, wanted.1, &self.metrics.recovered);
         let old = self.pool.swap(Arc::new(new));
         *self.shape.lock().unwrap_or_else(|p| p.into_inner()) = wanted;
         self.metrics.max.set(i64::from(wanted.0 + wanted.1));
@@ -229,6 +294,10 @@ impl Database {
     /// the connection.
     pub async fn acquire(&self, timeout: Duration) -> Result<(Conn, Duration), AppError> {
         let start = Instant::now();
+        let mut down = self.down.subscribe();
+        if *down.borrow_and_update() {
+            return Err(self.unreachable());
+        }
         // Counts the waiter for as long as it waits, even if its request is cancelled mid-wait.
         let waiting = GaugeGuard::new(&self.metrics.waiting);
         let result = loop {
@@ -240,11 +309,23 @@ impl Database {
                     Pool::Sqlite(p) => p.acquire().await.map(Conn::Sqlite),
                 }
             };
+            let attempt = async {
+                tokio::select! {
+                    r = attempt => Some(r),
+                    _ = down.wait_for(|d| *d) => None,
+                }
+            };
             match tokio::time::timeout(left, attempt).await {
                 Err(_) => break Err(sqlx::Error::PoolTimedOut),
-                // Caught on a pool that was swapped out: wait on the new one instead.
-                Ok(Err(sqlx::Error::PoolClosed)) if !Arc::ptr_eq(&pool, &self.pool.load_full()) => continue,
-                Ok(r) => break r,
+                Ok(None) => {
+                    drop(waiting);
+                    return Err(self.unreachable());
+                }
+                Ok(Some(r)) => match r {
+                    // Caught on a pool that was swapped out: wait on the new one instead.
+                    Err(sqlx::Error::PoolClosed) if !Arc::ptr_eq(&pool, &self.pool.load_full()) => continue,
+                    r => break r,
+                },
             }
         };
         drop(waiting);
@@ -260,18 +341,22 @@ impl Database {
         }
     }
 
+    fn unreachable(&self) -> AppError {
+        self.metrics.unavailable.inc();
+        AppError::Unavailable {
+            code: "db_unavailable",
+            detail: "the database is unreachable (the monitor's ping fails); not waiting for the pool".into(),
+        }
+    }
+
+    /// Whether the monitor currently finds the database unreachable.
+    pub fn is_down(&self) -> bool {
+        *self.down.borrow()
+    }
+
     /// Runs `SELECT 1` on the probe pool: is the database reachable at all?
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        let run = async {
-            match &self.probe {
-                // The simple protocol: safe behind PgBouncer in transaction mode.
-                Pool::Pg(p) => sqlx::raw_sql("SELECT 1").execute(p).await.map(|_| ()),
-                Pool::Sqlite(p) => sqlx::raw_sql("SELECT 1").execute(p).await.map(|_| ()),
-            }
-        };
-        tokio::time::timeout(PROBE_TIMEOUT, run)
-            .await
-            .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+        ping_probe(&self.probe).await
     }
 
     /// Pool occupancy right now.
@@ -310,6 +395,49 @@ impl Database {
     }
 }
 
+async fn ping_probe(probe: &Pool) -> Result<(), sqlx::Error> {
+    let run = async {
+        match probe {
+            // The simple protocol: safe behind PgBouncer in transaction mode.
+            Pool::Pg(p) => sqlx::raw_sql("SELECT 1").execute(p).await.map(|_| ()),
+            Pool::Sqlite(p) => sqlx::raw_sql("SELECT 1").execute(p).await.map(|_| ()),
+        }
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, run)
+        .await
+        .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+}
+
+/// Pings every [`MONITOR_EVERY`] and publishes reachability. Only a connection failure or a
+/// stalled server counts as down: a server refusing for a reason of its own (`too many clients`,
+/// the db-replicas scenario) is up.
+async fn monitor(probe: Pool, down: tokio::sync::watch::Sender<bool>, up: IntGauge) {
+    loop {
+        tokio::time::sleep(MONITOR_EVERY).await;
+        let is_down = match ping_probe(&probe).await {
+            Ok(()) => false,
+            // A dead socket reused once: ask again on a fresh connection before deciding.
+            Err(e) if crate::error::db_failure(&e) == crate::error::DbFailure::Unreachable => {
+                ping_probe(&probe).await.is_err_and(|e| {
+                    matches!(e, sqlx::Error::PoolTimedOut)
+                        || crate::error::db_failure(&e) == crate::error::DbFailure::Unreachable
+                })
+            }
+            Err(sqlx::Error::PoolTimedOut) => true,
+            Err(_) => false,
+        };
+        if *down.borrow() != is_down {
+            if is_down {
+                tracing::error!("database unreachable: DB routes answer 503 db_unavailable until it returns");
+            } else {
+                tracing::info!("database reachable again");
+            }
+            down.send_replace(is_down);
+        }
+        up.set(i64::from(!is_down));
+    }
+}
+
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct PoolStats {
     pub max_connections: u32,
@@ -321,25 +449,91 @@ pub struct PoolStats {
 
 /// A pool of `size` kept + `overflow` extra connections, opened lazily (the kept ones are
 /// opened in the background).
-fn build_pool(opts: &ConnectOpts, size: u32, overflow: u32) -> Pool {
+fn build_pool(opts: &ConnectOpts, size: u32, overflow: u32, recovered: &IntCounterVec) -> Pool {
     match opts {
-        ConnectOpts::Pg(o) => Pool::Pg(
-            PgPoolOptions::new()
-                .max_connections(size + overflow)
-                .min_connections(size)
-                .acquire_timeout(POOL_BACKSTOP_TIMEOUT)
-                .test_before_acquire(false)
-                .connect_lazy_with(o.clone()),
-        ),
-        ConnectOpts::Sqlite(o) => Pool::Sqlite(
-            SqlitePoolOptions::new()
-                .max_connections(size + overflow)
-                .min_connections(size)
-                .acquire_timeout(POOL_BACKSTOP_TIMEOUT)
-                .test_before_acquire(false)
-                .connect_lazy_with(o.clone()),
-        ),
+        ConnectOpts::Pg(o) => {
+            let recovered = recovered.clone();
+            Pool::Pg(
+                PgPoolOptions::new()
+                    .max_connections(size + overflow)
+                    .min_connections(size)
+                    .acquire_timeout(POOL_BACKSTOP_TIMEOUT)
+                    .test_before_acquire(false)
+                    .after_release(move |conn, _| {
+                        let recovered = recovered.clone();
+                        Box::pin(async move { Ok(release_check(Released::Pg(conn), &recovered).await) })
+                    })
+                    .connect_lazy_with(o.clone()),
+            )
+        }
+        ConnectOpts::Sqlite(o) => {
+            let recovered = recovered.clone();
+            Pool::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(size + overflow)
+                    .min_connections(size)
+                    .acquire_timeout(POOL_BACKSTOP_TIMEOUT)
+                    .test_before_acquire(false)
+                    .after_release(move |conn, _| {
+                        let recovered = recovered.clone();
+                        Box::pin(async move { Ok(release_check(Released::Sqlite(conn), &recovered).await) })
+                    })
+                    .connect_lazy_with(o.clone()),
+            )
+        }
     }
+}
+
+/// A connection on its way back to the pool.
+enum Released<'c> {
+    Pg(&'c mut PgConnection),
+    Sqlite(&'c mut SqliteConnection),
+}
+
+/// Is the session still inside a transaction? Asked of the server, not of sqlx's own counter
+/// (which is what a cancelled `BEGIN` gets wrong). On PostgreSQL, `transaction_timestamp()`
+/// equals `statement_timestamp()` only in the first statement of a transaction, i.e. outside
+/// an explicit one; an aborted transaction fails the query (25P02), which also counts as open.
+/// On SQLite, `BEGIN` fails inside a transaction. Both are one round trip, in the simple
+/// protocol (safe behind PgBouncer in transaction mode). Pending replies of a cut-off request
+/// are drained by sqlx before the check runs.
+async fn in_transaction(conn: &mut Released<'_>) -> bool {
+    match conn {
+        Released::Pg(c) => match c
+            .fetch_one(sqlx::raw_sql("SELECT transaction_timestamp() <> statement_timestamp()"))
+            .await
+        {
+            Ok(row) => row.try_get::<bool, _>(0).unwrap_or(true),
+            Err(_) => true,
+        },
+        Released::Sqlite(c) => match c.execute(sqlx::raw_sql("BEGIN")).await {
+            Ok(_) => {
+                let _ = c.execute(sqlx::raw_sql("ROLLBACK")).await;
+                false
+            }
+            Err(_) => true,
+        },
+    }
+}
+
+/// The release-time guard: `true` keeps the connection (clean, or rolled back to clean),
+/// `false` discards it.
+async fn release_check(mut conn: Released<'_>, recovered: &IntCounterVec) -> bool {
+    if !in_transaction(&mut conn).await {
+        return true;
+    }
+    let rolled_back = match &mut conn {
+        Released::Pg(c) => c.execute(sqlx::raw_sql("ROLLBACK")).await.is_ok(),
+        Released::Sqlite(c) => c.execute(sqlx::raw_sql("ROLLBACK")).await.is_ok(),
+    };
+    let clean = rolled_back && !in_transaction(&mut conn).await;
+    let action = if clean { "rolled_back" } else { "discarded" };
+    recovered.with_label_values(&[action]).inc();
+    tracing::warn!(
+        action,
+        "a connection came back to the pool inside a transaction (a request was cancelled mid-query)"
+    );
+    clean
 }
 
 /// Opens one connection outside any pool, so an unreachable database fails start-up with its

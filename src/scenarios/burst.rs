@@ -16,9 +16,17 @@
 //! (200, `Idempotent-Replayed: true`) and never creates a second one.
 //!
 //! Metrics: `deployments_total{mode,outcome}`, `deploy_queue_depth`, `deploy_workers_busy`,
-//! `deploy_queue_wait_seconds`, `deploy_transaction_seconds`.
+//! `deploy_queue_wait_seconds`, `deploy_transaction_seconds`, `deploy_job_retries_total`,
+//! `deploy_jobs_recovered_total`.
+//!
+//! An accepted (202) deployment always ends `succeeded` or `failed` with a reason: a worker
+//! retries a job whose database work failed with exponential backoff (up to
+//! [`JOB_ATTEMPTS`] attempts, then marks it `failed`), and a sweep every [`SWEEP_EVERY`]
+//! re-queues `queued` rows that no worker of this process holds (accepted while the database
+//! was failing, or left by a crashed process). Completing a job claims its row
+//! (`status = 'queued'` → `succeeded`), so a job run twice completes once.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -52,6 +60,15 @@ pub(crate) const REPLICAS: std::ops::RangeInclusive<i64> = 1..=100;
 pub(crate) const IDEMPOTENCY_KEY_LEN: std::ops::RangeInclusive<usize> = 1..=255;
 /// How often the dispatcher looks at the knobs even when nothing woke it.
 const DISPATCH_TICK: Duration = Duration::from_millis(250);
+/// Attempts at one job's database work before it is marked `failed` (backoff 100 ms doubling
+/// to 5 s between them: about 35 s of outage ridden out).
+pub(crate) const JOB_ATTEMPTS: u32 = 12;
+const JOB_BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const JOB_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often `queued` rows nobody holds are looked for, and how old they must be (a row younger
+/// than this may still be on its way into the queue).
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(5);
+const SWEEP_MIN_AGE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct Deployment {
@@ -94,6 +111,8 @@ struct Metrics {
     busy: IntGauge,
     queue_wait: Histogram,
     transaction: Histogram,
+    retries: IntCounterVec,
+    recovered: prometheus::IntCounter,
 }
 
 /// A queued async deployment.
@@ -115,6 +134,8 @@ struct Queue {
     jobs: VecDeque<Job>,
     /// Slots promised to requests still writing their row; counted against the bound.
     reserved: usize,
+    /// Ids queued or running in this process, so the sweep does not queue them twice.
+    held: HashSet<String>,
 }
 
 /// A promised queue slot; given back if the request fails before it enqueues.
@@ -128,6 +149,7 @@ impl Reservation {
         self.used = true;
         let mut q = self.owner.lock();
         q.reserved -= 1;
+        q.held.insert(id.clone());
         q.jobs.push_back(Job {
             id,
             enqueued: Instant::now(),
@@ -192,6 +214,25 @@ impl Deployments {
                 )
                 .unwrap(),
             ),
+            retries: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "deploy_job_retries_total",
+                        "Async deployment attempts that failed and were retried with backoff, by error code",
+                    ),
+                    &["error"],
+                )
+                .unwrap(),
+            ),
+            recovered: register(
+                registry,
+                prometheus::IntCounter::new(
+                    "deploy_jobs_recovered_total",
+                    "Accepted deployments found `queued` with no worker holding them, re-queued by the sweep",
+                )
+                .unwrap(),
+            ),
         };
         // Every series from the start, so rate() sees the first increment.
         for mode in ["sync", "async"] {
@@ -242,6 +283,32 @@ impl Deployments {
         job
     }
 
+    /// Queues ids found in the database unless this process already holds them; returns how
+    /// many were queued.
+    fn requeue(&self, ids: Vec<String>) -> usize {
+        let mut q = self.lock();
+        let mut added = 0;
+        for id in ids {
+            if q.held.insert(id.clone()) {
+                q.jobs.push_back(Job {
+                    id,
+                    enqueued: Instant::now(),
+                });
+                added += 1;
+            }
+        }
+        self.metrics.queue_depth.set((q.jobs.len() + q.reserved) as i64);
+        drop(q);
+        if added > 0 {
+            self.notify.notify_one();
+        }
+        added
+    }
+
+    fn release(&self, id: &str) {
+        self.lock().held.remove(id);
+    }
+
     fn count(&self, mode: DeployMode, outcome: &str) {
         let mode = match mode {
             DeployMode::Sync => "sync",
@@ -257,34 +324,46 @@ impl Deployments {
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         // The simple protocol (no prepared statement): safe behind PgBouncer in transaction mode.
-        let pending: Vec<String> = on_conn!(&mut conn, c => {
-            sqlx::raw_sql("SELECT id FROM deployments WHERE status = 'queued' ORDER BY created_ms")
-                .fetch_all(&mut **c)
-                .await?
-                .iter()
-                .map(|row| sqlx::Row::try_get::<String, _>(row, 0))
-                .collect::<Result<_, _>>()?
-        });
+        let pending = queued_before(&mut conn, i64::MAX).await?;
         drop(conn);
-        if !pending.is_empty() {
-            tracing::info!(
-                count = pending.len(),
-                "re-queued deployments accepted by an earlier run"
-            );
-        }
-        {
-            let mut q = self.lock();
-            for id in pending {
-                q.jobs.push_back(Job {
-                    id,
-                    enqueued: Instant::now(),
-                });
-            }
-            self.metrics.queue_depth.set(q.jobs.len() as i64);
+        let count = self.requeue(pending);
+        if count > 0 {
+            tracing::info!(count, "re-queued deployments accepted by an earlier run");
         }
         let me = self.clone();
+        let sweep_db = db.clone();
         tokio::spawn(async move { me.dispatch(db, knobs).await });
+        let me = self.clone();
+        tokio::spawn(async move { me.sweep(sweep_db).await });
         Ok(())
+    }
+
+    /// Every [`SWEEP_EVERY`]: re-queues `queued` rows older than [`SWEEP_MIN_AGE`] that no worker
+    /// here holds. A failed look (database down) is tried again at the next tick.
+    async fn sweep(self: Arc<Self>, db: Arc<Database>) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let before = now_ms() - SWEEP_MIN_AGE.as_millis() as i64;
+            let found = async {
+                let (mut conn, _) = db.acquire(SWEEP_EVERY).await?;
+                Ok::<_, AppError>(queued_before(&mut conn, before).await?)
+            }
+            .await;
+            match found {
+                Ok(ids) => {
+                    let added = self.requeue(ids);
+                    if added > 0 {
+                        self.metrics.recovered.inc_by(added as u64);
+                        tracing::warn!(count = added, "re-queued accepted deployments that no worker held");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %crate::error::error_chain(&e), "deployment sweep skipped"),
+            }
+        }
     }
 
     /// Stops the workers: running deployments are aborted (their transactions roll back, their
@@ -320,46 +399,76 @@ impl Deployments {
         self.metrics.busy.set(0);
     }
 
+    /// Runs one job to a final state: retried with backoff while its database work fails,
+    /// then marked `failed` with the last error as its reason.
     async fn run_job(&self, db: &Database, knobs: &KnobStore, id: String) {
-        let conn = loop {
-            let k = knobs.current();
-            match db.acquire(Duration::from_millis(k.db_pool_timeout_ms)).await {
-                Ok((conn, _)) => break conn,
-                // The pool is busy: the job keeps its turn and tries again.
+        let mut backoff = JOB_BACKOFF_FIRST;
+        let mut attempt = 1;
+        let outcome = loop {
+            let result = async {
+                let k = knobs.current();
+                let (mut conn, _) = db.acquire(Duration::from_millis(k.db_pool_timeout_ms)).await?;
+                let start = Instant::now();
+                let done = complete_queued(&mut conn, &id, Duration::from_millis(k.deploy_work_ms)).await;
+                self.metrics.transaction.observe(start.elapsed().as_secs_f64());
+                Ok::<_, AppError>(done?)
+            }
+            .await;
+            match result {
+                Ok(()) => break Ok(()),
+                // The pool is busy: the job keeps its turn and tries again (not an attempt).
                 Err(AppError::PoolTimeout { .. }) => continue,
-                Err(e) => {
-                    tracing::error!(deployment = %id, error = %crate::error::error_chain(&e), "deployment failed");
-                    self.count(DeployMode::Async, "failed");
-                    return;
+                Err(e) if attempt < JOB_ATTEMPTS => {
+                    self.metrics.retries.with_label_values(&[e.code()]).inc();
+                    tracing::warn!(deployment = %id, attempt, error = %crate::error::error_chain(&e), "deployment attempt failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(JOB_BACKOFF_MAX);
+                    attempt += 1;
                 }
+                Err(e) => break Err(e),
             }
         };
-        let mut conn = conn;
-        let work = Duration::from_millis(knobs.current().deploy_work_ms);
-        let start = Instant::now();
-        let result = complete_queued(&mut conn, &id, work).await;
-        self.metrics.transaction.observe(start.elapsed().as_secs_f64());
-        match result {
+        match outcome {
             Ok(()) => self.count(DeployMode::Async, "created"),
             Err(e) => {
-                tracing::error!(deployment = %id, error = %e, "deployment failed");
+                let detail = crate::error::error_chain(&e);
+                tracing::error!(deployment = %id, attempts = attempt, error = %detail, "deployment failed");
                 self.count(DeployMode::Async, "failed");
-                let detail = e.to_string();
-                let marked: Result<(), sqlx::Error> = on_conn!(&mut conn, c => {
-                    sqlx::query("UPDATE deployments SET status = 'failed', error = $2, completed_ms = $3 WHERE id = $1")
-                        .bind(&id)
-                        .bind(&detail)
-                        .bind(now_ms())
-                        .execute(&mut **c)
-                        .await
-                        .map(|_| ())
-                });
+                let marked = async {
+                    let (mut conn, _) = db.acquire(Duration::from_millis(knobs.current().db_pool_timeout_ms)).await?;
+                    on_conn!(&mut conn, c => {
+                        sqlx::query("UPDATE deployments SET status = 'failed', error = $2, completed_ms = $3 WHERE id = $1 AND status = 'queued'")
+                            .bind(&id)
+                            .bind(format!("gave up after {attempt} attempts: {detail}"))
+                            .bind(now_ms())
+                            .execute(&mut **c)
+                            .await
+                            .map(|_| ())?
+                    });
+                    Ok::<_, AppError>(())
+                }
+                .await;
                 if let Err(e) = marked {
-                    tracing::error!(deployment = %id, error = %e, "could not mark the deployment failed");
+                    // Still `queued`: the sweep picks it up again once the database answers.
+                    tracing::error!(deployment = %id, error = %crate::error::error_chain(&e), "could not mark the deployment failed");
                 }
             }
         }
+        self.release(&id);
     }
+}
+
+/// Ids of `queued` deployments created before `before_ms`, oldest first (an unnamed statement:
+/// safe behind PgBouncer in transaction mode).
+async fn queued_before(conn: &mut Conn, before_ms: i64) -> Result<Vec<String>, sqlx::Error> {
+    const SQL: &str = "SELECT id FROM deployments WHERE status = 'queued' AND created_ms < $1 ORDER BY created_ms";
+    on_conn!(conn, c => {
+        sqlx::query_scalar::<_, String>(SQL)
+            .bind(before_ms)
+            .persistent(false)
+            .fetch_all(&mut **c)
+            .await
+    })
 }
 
 /// What a POST asked for.
@@ -394,6 +503,13 @@ fn text_field(
 /// Parses the optional JSON body (unknown fields are ignored, like the original app) and the
 /// `Idempotency-Key` header.
 fn parse_request(headers: &HeaderMap, body: &Bytes) -> AppResult<NewDeployment> {
+    if headers.get_all("idempotency-key").iter().count() > 1 {
+        // Which one would be "the" key? Keeping the first silently could create a duplicate.
+        return Err(AppError::BadRequest {
+            code: "duplicate_header",
+            detail: "send one `Idempotency-Key` header, not several".into(),
+        });
+    }
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
@@ -571,13 +687,24 @@ async fn accept_async(conn: &mut Conn, new: &NewDeployment) -> Result<Created, s
 }
 
 /// A worker's transaction for a queued deployment.
+/// Claims the row first (`queued` → `succeeded`): a job that another worker or process already
+/// completed changes nothing.
 async fn complete_queued(conn: &mut Conn, id: &str, work: Duration) -> Result<(), sqlx::Error> {
     on_conn!(conn, c => {
         let mut tx = sqlx::Connection::begin(&mut **c).await?;
         // The work first: on SQLite a write would take the database's one write lock for it.
         tokio::time::sleep(work).await;
-        finish!(tx, id);
-        tx.commit().await?;
+        let claimed = sqlx::query("UPDATE deployments SET status = 'succeeded' WHERE id = $1 AND status = 'queued'")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if claimed == 1 {
+            finish!(tx, id);
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
     });
     Ok(())
 }
@@ -671,9 +798,11 @@ async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
 }
 
 async fn show(State(state): State<AppState>, Path(id): Path<String>) -> AppResult<Json<Deployment>> {
-    if uuid::Uuid::parse_str(&id).is_err() {
+    // Upper-case, braced, URN and simple forms name the same deployment: ids are stored in the
+    // hyphenated lower-case form.
+    let Ok(id) = uuid::Uuid::parse_str(&id).map(|u| u.hyphenated().to_string()) else {
         return Err(AppError::invalid("id", "`id` must be a deployment id (a UUID)"));
-    }
+    };
     let k = state.knobs.current();
     let (mut conn, _) = state.db.acquire(Duration::from_millis(k.db_pool_timeout_ms)).await?;
     let found = find_by_id(&mut conn, &id).await?;

@@ -223,13 +223,16 @@ async fn create_task(State(state): State<AppState>, params: Params) -> AppResult
     let title = params.text_of(&TITLE)?.unwrap_or_default();
     let description = params.text_of(&DESCRIPTION)?;
     let (mut conn, _) = state.db.acquire(db_timeouts(&state).0).await?;
-    let task = match &mut conn {
+    // `fetch_all`, not `fetch_one`: the statement must run to its end. With `fetch_one`, SQLite
+    // hands over the RETURNING row and the commit's SQLITE_FULL (disk full) is never read, so a
+    // write that was rolled back got a 200 with its id.
+    let rows = match &mut conn {
         Conn::Pg(c) => {
             let sql = format!("INSERT INTO tasks (title, description) VALUES ($1, $2) RETURNING {PG_TASK_COLUMNS}");
             sqlx::query_as::<_, Task>(&sql)
                 .bind(&title)
                 .bind(&description)
-                .fetch_one(&mut **c)
+                .fetch_all(&mut **c)
                 .await?
         }
         Conn::Sqlite(c) => {
@@ -237,10 +240,11 @@ async fn create_task(State(state): State<AppState>, params: Params) -> AppResult
             sqlx::query_as::<_, Task>(&sql)
                 .bind(&title)
                 .bind(&description)
-                .fetch_one(&mut **c)
+                .fetch_all(&mut **c)
                 .await?
         }
     };
+    let task = rows.into_iter().next().ok_or(sqlx::Error::RowNotFound)?;
     Ok(Json(task))
 }
 

@@ -46,6 +46,13 @@ async fn ready(State(state): State<AppState>) -> Response {
         }
         .into_response();
     }
+    if state.db.is_down() {
+        return AppError::Unavailable {
+            code: "not_ready",
+            detail: "database unreachable".into(),
+        }
+        .into_response();
+    }
     match state.db.ping().await {
         Ok(()) => Json(json!({"status": "ready", "database": state.db.backend()})).into_response(),
         Err(e) => {
