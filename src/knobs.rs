@@ -594,6 +594,7 @@ pub const STARTUP_ONLY: &[(&str, &str)] = &[
     ("redis_url", "REDIS_URL"),
     ("redis_key_prefix", "REDIS_KEY_PREFIX"),
     ("skip_migrations", "SKIP_MIGRATIONS"),
+    ("sqlite_max_page_count", "SQLITE_MAX_PAGE_COUNT"),
     ("downstream_service_url", "DOWNSTREAM_SERVICE_URL"),
     ("downstream_timeout", "DOWNSTREAM_TIMEOUT"),
     ("memory_leak_limit_mb", "MEMORY_LEAK_LIMIT_MB"),

@@ -122,6 +122,12 @@ pub struct Settings {
     #[arg(long, env = "SKIP_MIGRATIONS", default_value_t = false, value_parser = parse_bool)]
     pub skip_migrations: bool,
 
+    /// SQLite only: cap the database file at this many pages (`PRAGMA max_page_count`, 4 KiB
+    /// pages), so a full disk can be rehearsed without filling one: writes past it answer 507
+    /// `storage_full`. Unset: no cap.
+    #[arg(long, env = "SQLITE_MAX_PAGE_COUNT", value_parser = clap::value_parser!(u32).range(1..))]
+    pub sqlite_max_page_count: Option<u32>,
+
     /// Prefix of every Redis key the lab writes; `POST /admin/cache/flush` deletes only these.
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "chokepoint:", value_parser = parse_key_prefix)]
     pub redis_key_prefix: String,

@@ -198,7 +198,7 @@ impl Database {
     pub async fn connect(settings: &Settings, knobs: &Knobs, registry: &Registry) -> anyhow::Result<Self> {
         let url = settings.effective_database_url();
         let (opts, probe) = if url.starts_with("sqlite:") {
-            let opts = SqliteConnectOptions::from_str(&url)
+            let mut opts = SqliteConnectOptions::from_str(&url)
                 .with_context(|| "DATABASE_URL is not a valid sqlite URL")?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
@@ -207,6 +207,9 @@ impl Database {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(5))
                 .disable_statement_logging();
+            if let Some(pages) = settings.sqlite_max_page_count {
+                opts = opts.pragma("max_page_count", pages.to_string());
+            }
             let probe = SqlitePoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(PROBE_TIMEOUT)

@@ -120,7 +120,11 @@ pub async fn spawn_app(db: Db, flags: &[&str]) -> TestApp {
             (None, Some(dir), url)
         }
     };
-    let mut all: Vec<String> = vec!["--port".into(), "0".into(), "--database-url".into(), url];
+    let mut all: Vec<String> = vec!["--port".into(), "0".into()];
+    // A test may name its own database (e.g. a file on a small tmpfs).
+    if !flags.contains(&"--database-url") {
+        all.extend(["--database-url".into(), url]);
+    }
     all.extend(["--shutdown-grace-ms".into(), "1000".into()]);
     all.extend(["--shutdown-delay-ms".into(), "0".into()]);
     all.extend(flags.iter().map(|s| s.to_string()));
