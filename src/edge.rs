@@ -66,6 +66,53 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_str(id).expect("a UUID is a valid header value")
 }
 
+/// An error answer that is not already the JSON error shape: axum's own rejections (a path
+/// segment that is not UTF-8, a body over the limit or unreadable, a wrong content type) answer
+/// `text/plain`.
+fn needs_json_error(resp: &Response) -> bool {
+    let status = resp.status();
+    (status.is_client_error() || status.is_server_error())
+        && !resp
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/json"))
+}
+
+/// Rewrites a non-JSON error answer into `{"error": code, "detail": ...}`, keeping its status
+/// and headers (`Retry-After`, `Allow`) and the rejection's own text as the detail.
+async fn json_error(resp: Response) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let detail = String::from_utf8_lossy(&text).trim().to_string();
+    let code = match parts.status.as_u16() {
+        400 => "bad_request",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        411 => "length_required",
+        413 => "payload_too_large",
+        414 => "uri_too_long",
+        415 => "unsupported_media_type",
+        422 => "invalid_body",
+        431 => "headers_too_large",
+        s if s >= 500 => "internal_error",
+        _ => "bad_request",
+    };
+    let detail = if detail.is_empty() {
+        parts.status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        detail
+    };
+    let body = serde_json::to_vec(&serde_json::json!({"error": code, "detail": detail})).unwrap_or_default();
+    parts.headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body))
+}
+
 /// What happens after the guard's decision: a refusal to send, or the route's future to run
 /// holding the permit, with the group's timeout if it has one.
 enum Work<F> {
@@ -147,6 +194,9 @@ where
                         Err(_) => state.guard.timed_out(group, limit),
                     },
                 };
+                if needs_json_error(&resp) {
+                    resp = json_error(resp).await;
+                }
                 let status = resp.status();
                 let latency = start.elapsed();
                 let route = route.as_ref().map_or(UNMATCHED_ROUTE, |p| p.as_str());

@@ -64,6 +64,9 @@ pub struct Knobs {
     pub cpu_mode: CpuMode,
     pub cpu_max_concurrency: u32,
     pub max_in_flight: u32,
+    pub http_header_read_timeout_ms: u64,
+    pub http_idle_timeout_ms: u64,
+    pub http_max_connections: u32,
     pub rate_limit_enabled: bool,
     pub rate_limit_rps: u32,
     pub rate_limit_burst: u32,
@@ -83,6 +86,7 @@ pub struct Knobs {
     pub retry_max_backoff_ms: u64,
     pub retry_budget_percent: u32,
     pub memory_budget_mb: u64,
+    pub memory_trim_interval_ms: u64,
     pub worker_pool_size: u32,
     pub worker_queue_max: u32,
     pub worker_deadline_check: bool,
@@ -118,6 +122,9 @@ impl Knobs {
                 cpu_mode: CpuMode::Inline,
                 cpu_max_concurrency: 2,
                 max_in_flight: 0,
+                http_header_read_timeout_ms: 30_000,
+                http_idle_timeout_ms: 120_000,
+                http_max_connections: 0,
                 rate_limit_enabled: false,
                 rate_limit_rps: 100,
                 rate_limit_burst: 200,
@@ -137,6 +144,7 @@ impl Knobs {
                 retry_max_backoff_ms: 2_000,
                 retry_budget_percent: 0,
                 memory_budget_mb: 0,
+                memory_trim_interval_ms: 5_000,
                 worker_pool_size: 10,
                 worker_queue_max: 0,
                 worker_deadline_check: false,
@@ -168,6 +176,9 @@ impl Knobs {
                 cpu_mode: CpuMode::Offload,
                 cpu_max_concurrency: 2,
                 max_in_flight: 256,
+                http_header_read_timeout_ms: 5_000,
+                http_idle_timeout_ms: 30_000,
+                http_max_connections: 0,
                 rate_limit_enabled: false,
                 rate_limit_rps: 100,
                 rate_limit_burst: 200,
@@ -187,6 +198,7 @@ impl Knobs {
                 retry_max_backoff_ms: 2_000,
                 retry_budget_percent: 20,
                 memory_budget_mb: 256,
+                memory_trim_interval_ms: 5_000,
                 worker_pool_size: 20,
                 worker_queue_max: 20,
                 worker_deadline_check: true,
@@ -296,6 +308,27 @@ pub const SPECS: &[KnobSpec] = &[
         Range::Int(0, 100_000),
         "all",
         "load shedding: requests in flight beyond this get 503 + Retry-After (0 = unlimited)"
+    ),
+    spec!(
+        "http_header_read_timeout_ms",
+        "HTTP_HEADER_READ_TIMEOUT_MS",
+        Range::Int(100, 600_000),
+        "all",
+        "a connection that has not sent a whole request head within this is closed (slow-header sockets); new connections take a change"
+    ),
+    spec!(
+        "http_idle_timeout_ms",
+        "HTTP_IDLE_TIMEOUT_MS",
+        Range::Int(100, 3_600_000),
+        "all",
+        "a keep-alive connection with no request in flight and no bytes moving for this long is closed"
+    ),
+    spec!(
+        "http_max_connections",
+        "HTTP_MAX_CONNECTIONS",
+        Range::Int(0, 1_000_000),
+        "all",
+        "open client connections allowed; at the cap the oldest idle one is closed for a new one, or the new one is refused when none is idle (0 = auto: the descriptor limit less a reserve)"
     ),
     spec!(
         "rate_limit_enabled",
@@ -429,6 +462,13 @@ pub const SPECS: &[KnobSpec] = &[
         Range::Int(0, 1_048_576),
         "memory",
         "memory the memory endpoints may hold before refusing with 507 (0 = only the safety cap)"
+    ),
+    spec!(
+        "memory_trim_interval_ms",
+        "MEMORY_TRIM_INTERVAL_MS",
+        Range::Int(0, 3_600_000),
+        "memory",
+        "how often freed heap memory is handed back to the OS (glibc malloc_trim), so RSS falls after load; 0 = never (glibc's own behaviour: RSS stays at its peak)"
     ),
     spec!(
         "worker_pool_size",
@@ -791,6 +831,10 @@ pub fn from_settings(settings: &Settings) -> (Knobs, BTreeMap<&'static str, Sour
     layer!(cold_start_ms, settings.cold_start_ms);
     layer!(idle_timeout_ms, settings.idle_timeout_ms);
     layer!(gateway_timeout_ms, settings.gateway_timeout_ms);
+    layer!(http_header_read_timeout_ms, settings.http_header_read_timeout_ms);
+    layer!(http_idle_timeout_ms, settings.http_idle_timeout_ms);
+    layer!(http_max_connections, settings.http_max_connections);
+    layer!(memory_trim_interval_ms, settings.memory_trim_interval_ms);
     layer!(deploy_mode, settings.deploy_mode);
     layer!(deploy_timeout_ms, settings.deploy_timeout_ms);
     layer!(deploy_work_ms, settings.deploy_work_ms);

@@ -16,6 +16,7 @@ pub mod params;
 pub mod repro;
 pub mod resilience;
 pub mod scenarios;
+pub mod server;
 pub mod settings;
 pub mod telemetry;
 
@@ -200,10 +201,19 @@ impl App {
             tokio::time::sleep(delay).await;
             let _ = stop_tx.send(true);
         });
-        let mut graceful_rx = stop_rx.clone();
-        let serve = axum::serve(listener, router.into_make_service()).with_graceful_shutdown(async move {
-            let _ = graceful_rx.wait_for(|stop| *stop).await;
-        });
+        let trimmer = tokio::spawn(scenarios::memory::trim_periodically(
+            state.knobs.clone(),
+            stop_rx.clone(),
+        ));
+        let (hard_tx, hard_rx) = tokio::sync::watch::channel(false);
+        let serve = server::serve(
+            listener,
+            router,
+            state.knobs.clone(),
+            &state.registry,
+            stop_rx.clone(),
+            hard_rx,
+        );
         let grace_expired = async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
             tokio::time::sleep(grace).await;
@@ -212,9 +222,11 @@ impl App {
             r = serve => r,
             _ = grace_expired => {
                 tracing::warn!("grace period expired with requests still in flight; exiting anyway");
+                let _ = hard_tx.send(true);
                 Ok(())
             }
         };
+        trimmer.abort();
         state.deployments.stop();
         if tokio::time::timeout(Duration::from_secs(2), state.db.close())
             .await

@@ -169,11 +169,26 @@ impl Op {
     }
 
     fn to_json(&self) -> Value {
-        let responses: Map<String, Value> = self
-            .responses
-            .iter()
-            .map(|(status, r)| (status.to_string(), r.clone()))
-            .collect();
+        // What the HTTP layer answers before the handler runs, in the same error shape (the
+        // edge rewrites axum's plain-text rejections): a path segment that is not valid UTF-8,
+        // an unreadable or oversized body.
+        let mut all = self.responses.clone();
+        let has_path_param = self.params.iter().any(|p| p["in"] == "path");
+        let mut implicit = |status: u16, description: &str| {
+            all.entry(status).or_insert_with(|| {
+                json!({"description": description, "content": {"application/json": {"schema": schema_ref("Error")}}})
+            });
+        };
+        if has_path_param || self.body.is_some() {
+            implicit(
+                400,
+                "the request could not be read: a path segment that is not UTF-8, a malformed (e.g. chunked) body (bad_request)",
+            );
+        }
+        if self.body.is_some() {
+            implicit(413, "the body is above the 2 MiB limit (payload_too_large)");
+        }
+        let responses: Map<String, Value> = all.iter().map(|(status, r)| (status.to_string(), r.clone())).collect();
         let mut op = json!({
             "tags": [self.tag],
             "summary": self.summary,

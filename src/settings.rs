@@ -250,6 +250,18 @@ pub struct Settings {
     /// Knob `gateway_timeout_ms`.
     #[arg(long, env = "GATEWAY_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub gateway_timeout_ms: Option<u64>,
+    /// Knob `http_header_read_timeout_ms` (every route).
+    #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub http_header_read_timeout_ms: Option<u64>,
+    /// Knob `http_idle_timeout_ms` (every route).
+    #[arg(long, env = "HTTP_IDLE_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub http_idle_timeout_ms: Option<u64>,
+    /// Knob `http_max_connections` (every route; 0 = auto).
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub http_max_connections: Option<u32>,
+    /// Knob `memory_trim_interval_ms` (memory scenario; 0 = never).
+    #[arg(long, env = "MEMORY_TRIM_INTERVAL_MS", value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub memory_trim_interval_ms: Option<u64>,
     /// Knob `deploy_mode` (burst scenario).
     #[arg(long, env = "DEPLOY_MODE", value_enum)]
     pub deploy_mode: Option<DeployMode>,

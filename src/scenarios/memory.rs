@@ -188,6 +188,34 @@ impl MemoryStore {
     }
 }
 
+/// Hands the heap's free pages back to the OS (glibc's `malloc_trim`). glibc keeps memory freed
+/// by buffers and connection state in its arenas, so without this RSS stays at its peak after
+/// the load is gone (5,000 closed connections: 95 MB against a 13 MB baseline), and the lab's
+/// RSS chart would show a "leak" that is not the scenario's. Elsewhere: nothing to do.
+pub fn give_back() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and madvises the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Calls [`give_back`] every `memory_trim_interval_ms` (read each time; 0 = never) on the
+/// blocking pool, until `stop` turns true.
+pub async fn trim_periodically(knobs: Arc<crate::knobs::KnobStore>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let every = knobs.current().memory_trim_interval_ms;
+        let wait = if every == 0 { 1_000 } else { every };
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(wait)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if every > 0 {
+            let _ = tokio::task::spawn_blocking(give_back).await;
+        }
+    }
+}
+
 /// An anonymous mapping of `len` bytes with every page written, so it is resident.
 fn allocate_touched(len: usize) -> std::io::Result<MmapMut> {
     let mut map = MmapMut::map_anon(len)?;
@@ -266,6 +294,10 @@ impl Drop for SpikeGuard {
 
 async fn clear_memory(State(state): State<AppState>) -> Json<Value> {
     let (bytes, chunks) = state.memory.clear();
+    if state.knobs.current().memory_trim_interval_ms > 0 {
+        // Now, not at the next tick: the RSS chart should fall when the button is pressed.
+        let _ = tokio::task::spawn_blocking(give_back).await;
+    }
     Json(json!({"released_mb": bytes / MIB, "chunks": chunks, "retained_mb": state.memory.retained_bytes() / MIB}))
 }
 

@@ -28,6 +28,9 @@ use crate::infra::http_client::CallTimeout;
 use crate::params::{Choice, Fallback, Num, Params};
 use crate::AppState;
 
+/// A buffered upload without `Content-Length` is counted against the memory cap in steps of this.
+const UPLOAD_COUNT_STEP: u64 = 4 * 1024 * 1024;
+
 /// Largest upload accepted (the report's 100 MB).
 pub const UPLOAD_LIMIT: u64 = 100 * 1024 * 1024;
 
@@ -99,15 +102,38 @@ async fn upload(
     }
     let mut hasher = Sha256::new();
     let bytes = if buffer {
-        // The fragile way: the whole body in memory first, counted against the memory cap.
-        let reserve = declared.unwrap_or(UPLOAD_LIMIT);
+        // The fragile way: the whole body in memory first, counted against the memory cap as
+        // it really is held. The chunks are kept as they arrive (no growing buffer that doubles
+        // and copies: `to_bytes` peaked at 2.1x the body), and a body without a length is
+        // counted in steps as it grows instead of being trusted to stay small.
         let budget = state.knobs.current().memory_budget_mb * 1024 * 1024;
-        let _held = state.memory.hold(reserve, budget)?;
-        let all = axum::body::to_bytes(body, UPLOAD_LIMIT as usize)
-            .await
-            .map_err(|_| too_large())?;
-        hasher.update(&all);
-        all.len() as u64
+        let mut holds = Vec::new();
+        let mut counted: u64 = 0;
+        if let Some(n) = declared {
+            holds.push(state.memory.hold(n, budget)?);
+            counted = n;
+        }
+        let mut chunks: Vec<axum::body::Bytes> = Vec::new();
+        let mut n: u64 = 0;
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| AppError::invalid("body", format!("the upload was interrupted: {e}")))?;
+            n += chunk.len() as u64;
+            if n > UPLOAD_LIMIT {
+                return Err(too_large());
+            }
+            while n > counted {
+                holds.push(state.memory.hold(UPLOAD_COUNT_STEP, budget)?);
+                counted += UPLOAD_COUNT_STEP;
+            }
+            chunks.push(chunk);
+        }
+        for c in &chunks {
+            hasher.update(c);
+        }
+        drop(chunks);
+        drop(holds);
+        n
     } else {
         let mut stream = body.into_data_stream();
         let mut n: u64 = 0;
