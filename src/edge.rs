@@ -203,6 +203,14 @@ where
                 state.http_metrics.record(method.as_str(), route, status, latency);
                 drop(in_flight);
                 resp.headers_mut().insert(REQUEST_ID, request_id);
+                if state.is_draining() {
+                    // Shutting down: the client must not send its next request on this
+                    // connection, which closes once this answer is written (a request sent on a
+                    // kept-alive connection as it closes is lost; a new connection is refused
+                    // cleanly, and the load balancer has already moved on).
+                    resp.headers_mut()
+                        .insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 let latency_ms = latency.as_secs_f64() * 1000.0;
                 if status.is_server_error() {
                     tracing::error!(status = status.as_u16(), latency_ms, "response failed");

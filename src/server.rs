@@ -60,7 +60,7 @@ fn fd_limit() -> Option<u64> {
     };
     // SAFETY: getrlimit writes into the struct we own.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    (rc == 0).then_some(lim.rlim_cur as u64)
+    (rc == 0).then_some(lim.rlim_cur)
 }
 
 #[derive(Clone)]
@@ -212,6 +212,9 @@ struct Activity {
     last_io: AtomicU64,
     head_since: AtomicU64,
     in_flight: Arc<AtomicUsize>,
+    /// Has it served a request yet? A fresh connection at the stop may carry a request already
+    /// sent: it is served (with `Connection: close`), not closed unread (which resets it).
+    served: std::sync::atomic::AtomicBool,
 }
 
 const NO_HEAD: u64 = u64::MAX;
@@ -314,10 +317,24 @@ pub async fn serve(
     // Dropped when the last connection task ends: the drain is over.
     let (alive_tx, mut alive_rx) = watch::channel(());
     let mut last_accept_error: Option<Instant> = None;
+    let mut closing = false;
     loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.wait_for(|s| *s) => break,
+        // After the stop, the connections already waiting in the backlog are still taken (the
+        // kernel would reset them when the listener closes, losing the requests their clients
+        // have sent); then the listener closes and new ones are refused.
+        let accepted = if closing {
+            match futures::FutureExt::now_or_never(listener.accept()) {
+                Some(a) => a,
+                None => break,
+            }
+        } else {
+            tokio::select! {
+                a = listener.accept() => a,
+                _ = stop.wait_for(|s| *s) => {
+                    closing = true;
+                    continue;
+                }
+            }
         };
         let stream = match accepted {
             Ok((stream, _peer)) => stream,
@@ -348,6 +365,7 @@ pub async fn serve(
             last_io: AtomicU64::new(clock.now_ms()),
             head_since: AtomicU64::new(clock.now_ms()),
             in_flight,
+            served: std::sync::atomic::AtomicBool::new(false),
         });
         let io = TokioIo::new(Tracked {
             inner: stream,
@@ -365,6 +383,7 @@ pub async fn serve(
             // The head is complete: its timer stops until the next request's first byte.
             let guard = InFlight::new(&seen.in_flight);
             seen.head_since.store(NO_HEAD, Ordering::Relaxed);
+            seen.served.store(true, Ordering::Relaxed);
             let svc = svc.clone();
             async move {
                 let resp = svc.oneshot(req.map(Body::new)).await;
@@ -379,7 +398,9 @@ pub async fn serve(
             builder.http2().timer(TokioTimer::new());
             let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
             tokio::pin!(conn);
-            let mut draining = false;
+            // Taken from the backlog after the stop: serve its request (answered with
+            // `Connection: close`) instead of closing it unread.
+            let mut draining = closing;
             let reason = loop {
                 let now = clock.now_ms();
                 let busy = activity.in_flight.load(Ordering::Acquire) > 0;
@@ -404,7 +425,9 @@ pub async fn serve(
                     _ = hard_stop.wait_for(|s| *s) => break None,
                     _ = stop.wait_for(|s| *s), if !draining => {
                         draining = true;
-                        conn.as_mut().graceful_shutdown();
+                        if activity.served.load(Ordering::Relaxed) {
+                            conn.as_mut().graceful_shutdown();
+                        }
                     }
                     _ = tokio::time::sleep(Duration::from_millis(next)) => {}
                 }

@@ -622,6 +622,7 @@ async fn a_database_that_is_down_is_reported_as_down() {
             let mut slowest_answer = Duration::ZERO;
             let mut first_503 = None;
             let mut caught = Vec::new();
+            let mut pool_timeouts_after = Vec::new();
             for _ in 0..20 {
                 let start = Instant::now();
                 let sent = cut.elapsed();
@@ -633,6 +634,9 @@ async fn a_database_that_is_down_is_reported_as_down() {
                         slowest_answer = slowest_answer.max(start.elapsed());
                         if status == 503 && first_503.is_none() {
                             first_503 = Some(cut.elapsed());
+                        }
+                        if body["error"] == "db_pool_timeout" {
+                            pool_timeouts_after.push(sent);
                         }
                         format!("{status} {}", body["error"].as_str().unwrap_or("-"))
                     }
@@ -886,4 +890,158 @@ async fn buffered_uploads_count_what_they_hold() {
         "the cap let 240 MiB through: {statuses:?}"
     );
     assert!(above <= 176, "peak {above} MiB above baseline with a 160 MiB cap");
+}
+
+/// 300 clients create one deployment each at once, retrying (up to 10 times, with backoff) with
+/// their own `Idempotency-Key` whenever they get no answer they can trust: timeouts cut
+/// transactions mid-flight, the pool refuses. Afterwards, per key at most one row, every
+/// acknowledged key stored and (once the queue drains) succeeded, and the shared counter equals
+/// the rows that succeeded: nothing lost, nothing done twice. Both profiles, both databases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_burst_with_idempotency_keys_loses_and_duplicates_nothing() {
+    for db in [Db::Sqlite, Db::Postgres] {
+        for profile in ["fragile", "hardened"] {
+            idempotent_burst(db, profile).await;
+        }
+    }
+}
+
+/// (stored keys, keys stored twice, rows succeeded, the shared counter) from the database itself.
+macro_rules! read_burst_from {
+    ($c:expr) => {{
+        let keys: Vec<String> =
+            sqlx::query_scalar("SELECT idempotency_key FROM deployments WHERE idempotency_key IS NOT NULL")
+                .fetch_all(&mut *$c)
+                .await
+                .unwrap();
+        let total = keys.len();
+        let stored: HashSet<String> = keys.into_iter().collect();
+        let succeeded: i64 = sqlx::query_scalar("SELECT count(*) FROM deployments WHERE status = 'succeeded'")
+            .fetch_one(&mut *$c)
+            .await
+            .unwrap();
+        let counter: i64 = sqlx::query_scalar("SELECT total FROM deployment_counter WHERE id = 1")
+            .fetch_one(&mut *$c)
+            .await
+            .unwrap();
+        let duplicated = (total - stored.len()) as i64;
+        (stored, duplicated, succeeded, counter)
+    }};
+}
+
+async fn idempotent_burst(db: Db, profile: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = match db {
+        Db::Postgres => Some(common::TestPgDatabase::create().await),
+        Db::Sqlite => None,
+    };
+    let url = match &pg {
+        Some(pg) => pg.url.clone(),
+        None => format!("sqlite://{}?mode=rwc", dir.path().join("burst.db").display()),
+    };
+    let app = spawn_app(
+        Db::Sqlite,
+        &[
+            "--database-url",
+            &url,
+            "--profile",
+            profile,
+            "--deploy-work-ms",
+            "20",
+            "--deploy-timeout-ms",
+            "150",
+            "--db-pool-size",
+            "5",
+            "--db-max-overflow",
+            "0",
+        ],
+    )
+    .await;
+    let started = Instant::now();
+    let clients = (0..300).map(|i| {
+        let client = app.client.clone();
+        let url = app.url("/api/v1/deployments/");
+        async move {
+            let key = format!("burst-{i}");
+            let mut statuses = Vec::new();
+            for attempt in 0..10u64 {
+                let resp = client
+                    .post(&url)
+                    .header("Idempotency-Key", &key)
+                    .json(&serde_json::json!({"name": format!("svc-{i}")}))
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await;
+                let status = resp.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
+                statuses.push(status);
+                if matches!(status, 200 | 201 | 202) {
+                    let body: serde_json::Value = resp.unwrap().json().await.unwrap();
+                    return (key, Some(body["id"].as_str().unwrap().to_string()), statuses);
+                }
+                tokio::time::sleep(Duration::from_millis(50 * (attempt + 1) + (i as u64 % 7) * 10)).await;
+            }
+            (key, None, statuses)
+        }
+    });
+    let results = join_all(clients).await;
+    let mut by_status = std::collections::BTreeMap::<u16, usize>::new();
+    for (_, _, statuses) in &results {
+        for s in statuses {
+            *by_status.entry(*s).or_default() += 1;
+        }
+    }
+    let acknowledged: Vec<(String, String)> = results
+        .iter()
+        .filter_map(|(k, id, _)| id.clone().map(|id| (k.clone(), id)))
+        .collect();
+    // Async acceptance: wait for the queue to drain.
+    let mut pending = true;
+    let drain_deadline = Instant::now() + Duration::from_secs(60);
+    while pending && Instant::now() < drain_deadline {
+        pending = false;
+        for (_, id) in &acknowledged {
+            let (_, d) = app.get_json(&format!("/api/v1/deployments/{id}")).await;
+            if d["status"] != "succeeded" {
+                pending = true;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                break;
+            }
+        }
+    }
+    let (stored, duplicated, succeeded, counter): (HashSet<String>, i64, i64, i64) = match &pg {
+        Some(pg) => {
+            let mut c = PgConnection::connect(&pg.url).await.unwrap();
+            read_burst_from!(&mut c)
+        }
+        None => {
+            let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            read_burst_from!(&mut c)
+        }
+    };
+    let lost: Vec<_> = acknowledged.iter().filter(|(k, _)| !stored.contains(k)).collect();
+    eprintln!(
+        "{db:?} {profile}: 300 clients with retries: attempts by status {by_status:?}; {} acknowledged, {} rows, {duplicated} keys duplicated, {} lost; counter {counter} = succeeded {succeeded}; {:?}",
+        acknowledged.len(),
+        stored.len(),
+        lost.len(),
+        started.elapsed()
+    );
+    assert!(
+        lost.is_empty(),
+        "{db:?} {profile}: acknowledged but not stored: {lost:?}"
+    );
+    assert_eq!(duplicated, 0, "{db:?} {profile}: keys with two rows");
+    assert!(
+        !pending,
+        "{db:?} {profile}: acknowledged deployments not succeeded after 60 s"
+    );
+    assert_eq!(
+        counter, succeeded,
+        "{db:?} {profile}: a deployment finished twice or not at all"
+    );
+    assert!(
+        acknowledged.len() >= 250,
+        "{db:?} {profile}: only {} of 300 got through",
+        acknowledged.len()
+    );
 }

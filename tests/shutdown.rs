@@ -142,3 +142,85 @@ async fn sigterm_under_load_drains_accepted_requests_and_exits_zero() {
         "exit before the delay: {exited_after:?}"
     );
 }
+
+/// The same with keep-alive clients (as k6 and every browser are): after SIGTERM each answer says
+/// `Connection: close`, so no request is sent on a connection the drain is about to close. No
+/// request fails with anything but a refused new connection once the listener is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_keep_alive_load_resets_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("k.db").display());
+    let port = common::free_port();
+    let mut child = start(port, &db);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !client
+        .get(format!("{base}/ready"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..16)
+        .map(|i| {
+            let (client, base, stop) = (client.clone(), base.clone(), stop.clone());
+            tokio::spawn(async move {
+                let path = if i % 4 == 0 { "/api/slow?delay=1" } else { "/api/ping" };
+                let (mut ok, mut refused, mut failed) = (0usize, 0usize, Vec::new());
+                let until = Instant::now() + Duration::from_secs(15);
+                while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+                    match client.get(format!("{base}{path}")).send().await {
+                        Ok(r) if r.status() == 200 => ok += 1,
+                        Err(e) if e.is_connect() => {
+                            refused += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Ok(r) => failed.push(format!("{path}: {}", r.status())),
+                        Err(e) => failed.push(format!("{path}: {e:?}")),
+                    }
+                }
+                (ok, refused, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let signalled = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let code = loop {
+        if let Some(code) = child.try_wait().unwrap() {
+            break code;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "still running 10 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    stop.store(true, Ordering::SeqCst);
+    let (mut ok, mut refused, mut failed) = (0, 0, Vec::new());
+    for c in clients {
+        let (o, r, f) = c.await.unwrap();
+        ok += o;
+        refused += r;
+        failed.extend(f);
+    }
+    eprintln!(
+        "keep-alive load: {ok} ok, {refused} refused new connections after the listener closed, {} failed (resets); exit {code:?} after {:?}",
+        failed.len(),
+        signalled.elapsed()
+    );
+    assert!(code.success());
+    assert!(ok >= 20);
+    assert!(failed.is_empty(), "requests lost to the shutdown: {failed:?}");
+}

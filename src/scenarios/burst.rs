@@ -458,16 +458,20 @@ impl Deployments {
     }
 }
 
-/// Ids of `queued` deployments created before `before_ms`, oldest first (an unnamed statement:
-/// safe behind PgBouncer in transaction mode).
+/// Ids of `queued` deployments created before `before_ms`, oldest first. An unnamed statement
+/// inside a transaction: safe behind PgBouncer in transaction mode, where the statement's two
+/// round trips would otherwise be free to land on two server connections.
 async fn queued_before(conn: &mut Conn, before_ms: i64) -> Result<Vec<String>, sqlx::Error> {
     const SQL: &str = "SELECT id FROM deployments WHERE status = 'queued' AND created_ms < $1 ORDER BY created_ms";
     on_conn!(conn, c => {
-        sqlx::query_scalar::<_, String>(SQL)
+        let mut tx = sqlx::Connection::begin(&mut **c).await?;
+        let ids = sqlx::query_scalar::<_, String>(SQL)
             .bind(before_ms)
             .persistent(false)
-            .fetch_all(&mut **c)
-            .await
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(ids)
     })
 }
 
