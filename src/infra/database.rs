@@ -47,7 +47,7 @@ pub const APPLICATION_NAME: &str = "chokepoint";
 const PROBE_APPLICATION_NAME: &str = "chokepoint-probe";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the monitor pings the database (the time `db_up` and `/ready` take to notice).
-pub const MONITOR_EVERY: Duration = Duration::from_millis(500);
+pub const MONITOR_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
