@@ -258,7 +258,8 @@ fn operations() -> Vec<Op> {
         ("status", string()),
         ("created_at", string()),
     ]);
-    let pool_timeout = "no pooled connection within db_pool_timeout_ms (db_pool_timeout)";
+    let pool_timeout = "no pooled connection within db_pool_timeout_ms (db_pool_timeout), or the database is unreachable (db_unavailable)";
+    let storage_full = "the database has no room left: nothing was stored (storage_full)";
     let downstream_failures = |op: Op| {
         op.fails(
             502,
@@ -313,6 +314,7 @@ fn operations() -> Vec<Op> {
         .fails(503, pool_timeout)
         .fails(503, "the async queue is full (shed)")
         .fails(504, "deploy_timeout_ms passed (request_timeout)")
+        .fails(507, storage_full)
     };
 
     vec![
@@ -399,7 +401,8 @@ fn operations() -> Vec<Op> {
             .query(&[&db_pool::TITLE, &db_pool::DESCRIPTION])
             .ok(200, "the new task", task)
             .fails(422, "invalid_parameter")
-            .fails(503, pool_timeout),
+            .fails(503, pool_timeout)
+            .fails(507, storage_full),
         Op::new("get", "/api/db/hold", "db-pool", "Hold one pooled connection")
             .query(&[&db_pool::HOLD_MS])
             .ok(200, "held", obj(&[("held_ms", int()), ("wait_ms", num()), ("pool", pool.clone())]))

@@ -32,6 +32,7 @@ const BOUNCER_POOL: u32 = 15;
 /// mode that ping waits for a server connection like any query.
 const ACQUIRE_TIMEOUT_S: &str = "3";
 
+/// PgBouncer in transaction mode in front of `pg`, with `pool` server connections.
 struct Bouncer {
     child: Child,
     port: u16,

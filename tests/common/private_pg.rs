@@ -142,8 +142,6 @@ impl Drop for PrivatePostgres {
     }
 }
 
-/// PgBouncer in transaction mode in front of `pg`, with `pool` server connections.
-
 impl PrivatePostgres {
     /// `postgres://app@127.0.0.1:<port>/lab`, the app's role and database.
     pub fn app_url(&self) -> String {
