@@ -29,7 +29,6 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::service::TowerToHyperService;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -295,6 +294,33 @@ impl Drop for InFlight {
     }
 }
 
+/// The router as one connection's hyper service: marks the request head complete and counts
+/// the request in flight until its response is ready. (One router clone per request, as
+/// `axum::serve` does; a tower `service_fn` behind `TowerToHyperService` cloned twice.)
+struct ConnService {
+    router: Router,
+    activity: Arc<Activity>,
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
+        // The head is complete: its timer stops until the next request's first byte.
+        let guard = InFlight::new(&self.activity.in_flight);
+        self.activity.head_since.store(NO_HEAD, Ordering::Relaxed);
+        self.activity.served.store(true, Ordering::Relaxed);
+        let fut = self.router.clone().oneshot(req.map(Body::new));
+        Box::pin(async move {
+            let resp = fut.await;
+            drop(guard);
+            resp
+        })
+    }
+}
+
 /// Serves `router` on `listener` until `stop` turns true; then stops accepting, lets every
 /// connection finish its in-flight request (idle keep-alive connections close at once) and
 /// returns when all are closed. The caller bounds that wait with the grace period; `hard_stop`
@@ -377,26 +403,16 @@ pub async fn serve(
         // A head that starts while the task sleeps toward a later deadline is noticed at most
         // this late.
         let longest_nap = (header_timeout.min(idle) / 4).max(50);
-        let seen = activity.clone();
-        let svc = router.clone();
-        let service = tower::service_fn(move |req: hyper::Request<Incoming>| {
-            // The head is complete: its timer stops until the next request's first byte.
-            let guard = InFlight::new(&seen.in_flight);
-            seen.head_since.store(NO_HEAD, Ordering::Relaxed);
-            seen.served.store(true, Ordering::Relaxed);
-            let svc = svc.clone();
-            async move {
-                let resp = svc.oneshot(req.map(Body::new)).await;
-                drop(guard);
-                resp
-            }
-        });
+        let service = ConnService {
+            router: router.clone(),
+            activity: activity.clone(),
+        };
         let conns = conns.clone();
         let (mut stop, mut hard_stop, alive) = (stop.clone(), hard_stop.clone(), alive_tx.clone());
         tokio::spawn(async move {
             let mut builder = Builder::new(TokioExecutor::new());
             builder.http2().timer(TokioTimer::new());
-            let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
+            let conn = builder.serve_connection_with_upgrades(io, service);
             tokio::pin!(conn);
             // Taken from the backlog after the stop: serve its request (answered with
             // `Connection: close`) instead of closing it unread.
