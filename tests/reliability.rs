@@ -854,14 +854,31 @@ fn hwm_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-/// Buffered uploads without a length are counted as they really grow: four concurrent chunked
-/// 60 MiB uploads against a 160 MiB cap get refused (507) past it, and the process's peak RSS
-/// stays within 10% of the cap above its baseline (it was 2.1x the counted size).
+/// Buffered uploads hold what they are counted for: one chunked 60 MiB upload peaks within 15%
+/// of 60 MiB above the baseline (a growing buffer that doubles and copies peaked at 2.1x), and
+/// four concurrent ones against a 160 MiB cap get refused (507) past it, the process's peak RSS
+/// staying within 10% of the cap above its baseline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffered_uploads_count_what_they_hold() {
+    let one = start_binary(20000, &[]).await;
+    let client = reqwest::Client::new();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let baseline = rss_kib(one.child.id());
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..60 * 16).map(|_| Ok(vec![5u8; 64 * 1024])).collect();
+    let resp = client
+        .post(format!("{}/api/upload?mode=buffer", one.base))
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let single = hwm_kib(one.child.id()).saturating_sub(baseline) / 1024;
+    eprintln!("one chunked 60 MiB buffered upload: peak RSS {single} MiB above baseline");
+    assert!(single <= 69, "one 60 MiB upload held {single} MiB");
+    drop(one);
+
     let app = start_binary(20000, &[("MEMORY_LEAK_LIMIT_MB", "160")]).await;
     let pid = app.child.id();
-    let client = reqwest::Client::new();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let baseline = rss_kib(pid);
     let uploads = (0..4).map(|_| {
