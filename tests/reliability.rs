@@ -113,17 +113,16 @@ fn ms(start: Instant) -> u128 {
     start.elapsed().as_millis()
 }
 
-/// SQLite with no room left (`max_page_count` stands in for a full disk): every write path
-/// answers 507 `storage_full` (never 200), acknowledged ids are all stored and distinct, and
-/// reads still work.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_sqlite_never_acknowledges_a_write_it_did_not_store() {
-    // Migrations need ~15 pages; a few dozen more hold a few hundred small tasks.
-    let app = spawn_app(Db::Sqlite, &["--sqlite-max-page-count", "40"]).await;
-    let long = "x".repeat(1500);
+/// `n` sequential `POST /api/tasks` with a `long` description: each answer is 200 (its id
+/// collected) or 507 `storage_full`, nothing else. Returns the statuses counted and the ids.
+async fn post_tasks_until_full(
+    app: &common::TestApp,
+    n: usize,
+    long: &str,
+) -> (std::collections::BTreeMap<u16, usize>, Vec<i64>) {
     let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
     let mut acknowledged = Vec::new();
-    for i in 0..300 {
+    for i in 0..n {
         let resp = app
             .client
             .post(app.url(&format!("/api/tasks?title=t{i}&description={long}")))
@@ -139,6 +138,18 @@ async fn full_sqlite_never_acknowledges_a_write_it_did_not_store() {
             other => panic!("POST /api/tasks answered {other}: {body}"),
         }
     }
+    (statuses, acknowledged)
+}
+
+/// SQLite with no room left (`max_page_count` stands in for a full disk): every write path
+/// answers 507 `storage_full` (never 200), acknowledged ids are all stored and distinct, and
+/// reads still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_sqlite_never_acknowledges_a_write_it_did_not_store() {
+    // Migrations need ~15 pages; a few dozen more hold a few hundred small tasks.
+    let app = spawn_app(Db::Sqlite, &["--sqlite-max-page-count", "40"]).await;
+    let long = "x".repeat(1500);
+    let (statuses, acknowledged) = post_tasks_until_full(&app, 300, &long).await;
     // The async and sync deployment paths too.
     let (status, body) = {
         let resp = app
@@ -207,25 +218,8 @@ async fn full_tmpfs_never_acknowledges_a_write_it_did_not_store() {
     let url = format!("sqlite://{}?mode=rwc", db_file.display());
     let app = spawn_app(Db::Sqlite, &["--database-url", &url]).await;
     let long = "y".repeat(1000);
-    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
-    let mut acknowledged = Vec::new();
     let started = Instant::now();
-    for i in 0..1500 {
-        let resp = app
-            .client
-            .post(app.url(&format!("/api/tasks?title=t{i}&description={long}")))
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let body: serde_json::Value = resp.json().await.expect("every answer is JSON");
-        *statuses.entry(status).or_default() += 1;
-        match status {
-            200 => acknowledged.push(body["id"].as_i64().unwrap()),
-            507 => assert_eq!(body["error"], "storage_full", "{body}"),
-            other => panic!("POST /api/tasks answered {other}: {body}"),
-        }
-    }
+    let (statuses, acknowledged) = post_tasks_until_full(&app, 1500, &long).await;
     let mut reader = sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=ro", db_file.display()))
         .await
         .unwrap();
@@ -289,16 +283,7 @@ async fn start_binary(nofile: u32, env: &[(&str, &str)]) -> Proc {
     let child = cmd.spawn().expect("start chokepoint");
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !client
-        .get(format!("{base}/health"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(Instant::now() < deadline, "the binary never answered /health");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_200(&client, &format!("{base}/health"), "the binary never answered /health").await;
     Proc { child, base, _dir: dir }
 }
 

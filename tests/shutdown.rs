@@ -47,16 +47,7 @@ async fn sigterm_under_load_drains_accepted_requests_and_exits_zero() {
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !client
-        .get(format!("{base}/ready"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_200(&client, &format!("{base}/ready"), "never ready").await;
 
     // Steady load: slow requests (1 s) and fast ones, 16 clients in closed loops.
     let stop = Arc::new(AtomicBool::new(false));
@@ -157,16 +148,7 @@ async fn sigterm_under_keep_alive_load_resets_nothing() {
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !client
-        .get(format!("{base}/ready"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_200(&client, &format!("{base}/ready"), "never ready").await;
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..16)
         .map(|i| {

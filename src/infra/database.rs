@@ -453,38 +453,34 @@ pub struct PoolStats {
 /// A pool of `size` kept + `overflow` extra connections, opened lazily (the kept ones are
 /// opened in the background).
 fn build_pool(opts: &ConnectOpts, size: u32, overflow: u32, recovered: &IntCounterVec) -> Pool {
+    let recovered = recovered.clone();
     match opts {
-        ConnectOpts::Pg(o) => {
-            let recovered = recovered.clone();
-            Pool::Pg(
-                PgPoolOptions::new()
-                    .max_connections(size + overflow)
-                    .min_connections(size)
-                    .acquire_timeout(POOL_BACKSTOP_TIMEOUT)
-                    .test_before_acquire(false)
-                    .after_release(move |conn, _| {
-                        let recovered = recovered.clone();
-                        Box::pin(async move { Ok(release_check(Released::Pg(conn), &recovered).await) })
-                    })
-                    .connect_lazy_with(o.clone()),
-            )
-        }
-        ConnectOpts::Sqlite(o) => {
-            let recovered = recovered.clone();
-            Pool::Sqlite(
-                SqlitePoolOptions::new()
-                    .max_connections(size + overflow)
-                    .min_connections(size)
-                    .acquire_timeout(POOL_BACKSTOP_TIMEOUT)
-                    .test_before_acquire(false)
-                    .after_release(move |conn, _| {
-                        let recovered = recovered.clone();
-                        Box::pin(async move { Ok(release_check(Released::Sqlite(conn), &recovered).await) })
-                    })
-                    .connect_lazy_with(o.clone()),
-            )
-        }
+        ConnectOpts::Pg(o) => Pool::Pg(
+            pool_options(size, overflow)
+                .after_release(move |conn, _| {
+                    let recovered = recovered.clone();
+                    Box::pin(async move { Ok(release_check(Released::Pg(conn), &recovered).await) })
+                })
+                .connect_lazy_with(o.clone()),
+        ),
+        ConnectOpts::Sqlite(o) => Pool::Sqlite(
+            pool_options(size, overflow)
+                .after_release(move |conn, _| {
+                    let recovered = recovered.clone();
+                    Box::pin(async move { Ok(release_check(Released::Sqlite(conn), &recovered).await) })
+                })
+                .connect_lazy_with(o.clone()),
+        ),
     }
+}
+
+/// The shape both backends' pools share.
+fn pool_options<DB: sqlx::Database>(size: u32, overflow: u32) -> sqlx::pool::PoolOptions<DB> {
+    sqlx::pool::PoolOptions::new()
+        .max_connections(size + overflow)
+        .min_connections(size)
+        .acquire_timeout(POOL_BACKSTOP_TIMEOUT)
+        .test_before_acquire(false)
 }
 
 /// A connection on its way back to the pool.

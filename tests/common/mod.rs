@@ -329,6 +329,16 @@ where
     }
 }
 
+/// Polls `url` every 50 ms until it answers 200; panics saying `what` after 20 s (a process
+/// started by a test that never came up).
+pub async fn wait_200(client: &reqwest::Client, url: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !client.get(url).send().await.is_ok_and(|r| r.status() == 200) {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Redis for the tests: the machine's server (started by scripts/ensure-services.sh).
 pub const REDIS_ADDR: &str = "127.0.0.1:6379";
 
