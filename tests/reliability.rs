@@ -1199,3 +1199,31 @@ async fn postgres_stopped_and_restarted_under_load() {
     assert_eq!(idle_in_tx, 0);
     assert!(sessions <= 16, "{sessions} sessions for a pool of 5 + 10 and one probe");
 }
+
+/// The knobs this suite added refuse values outside their ranges, at run time (422 naming the
+/// knob and its range) and at start-up (a clear flag error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_new_knobs_refuse_bad_values() {
+    let app = spawn_app(Db::Sqlite, &[]).await;
+    for (knob, bad) in [
+        ("http_header_read_timeout_ms", serde_json::json!(99)),
+        ("http_idle_timeout_ms", serde_json::json!(3_600_001)),
+        ("http_max_connections", serde_json::json!(-1)),
+        ("memory_trim_interval_ms", serde_json::json!("often")),
+    ] {
+        let (status, body) = app.patch_config(serde_json::json!({ knob: bad }), None).await;
+        assert_eq!(status, 422, "{knob}={bad}: {body}");
+        assert_eq!(body["refused"][0]["knob"], knob, "{body}");
+    }
+    for flags in [
+        ["--http-header-read-timeout-ms", "50"],
+        ["--http-max-connections", "2000000"],
+        ["--memory-trim-interval-ms", "3600001"],
+        ["--sqlite-max-page-count", "0"],
+    ] {
+        let err = chokepoint::settings::Settings::from_flags(flags)
+            .err()
+            .unwrap_or_else(|| panic!("{flags:?} accepted"));
+        assert!(err.to_string().contains(flags[0]), "{flags:?}: {err}");
+    }
+}
