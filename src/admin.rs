@@ -11,17 +11,105 @@
 //! `Authorization: Bearer $ADMIN_TOKEN`, and without a configured token they are refused (403).
 //! When a token is configured it is required on every bind. The token is never logged.
 
+use std::collections::BTreeMap;
+
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::error::AppError;
-use crate::knobs::{self, Knobs, Profile, Source};
+use crate::knobs::{self, Knobs, Profile, Source, SPECS};
+use crate::settings::{Settings, StartupSetting};
 use crate::AppState;
+
+/// What `GET /admin/config` (and every admin write) answers: the typed view that the admin API,
+/// `repro`, the lab and the tests all read, instead of indexing JSON by path.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConfigView {
+    /// Every runtime knob, by name.
+    pub knobs: BTreeMap<String, KnobView>,
+    /// Every start-up-only setting, by name.
+    pub startup_only: BTreeMap<String, StartupSetting>,
+    pub profile_at_startup: Profile,
+    /// `POST /admin/reset` only: retained memory released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_memory_mb: Option<u64>,
+}
+
+/// One knob in [`ConfigView`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KnobView {
+    pub value: Value,
+    /// The start-up value (`POST /admin/reset` returns to it).
+    pub default: Value,
+    pub source: Source,
+    pub runtime_tunable: bool,
+    pub range: Value,
+    pub profiles: ProfileValues,
+    pub env: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    pub scenario: String,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfileValues {
+    pub fragile: Value,
+    pub hardened: Value,
+}
+
+impl ConfigView {
+    pub fn new(knobs: &knobs::KnobStore, settings: &Settings) -> Self {
+        let current = knobs.current();
+        let startup = knobs.startup();
+        let sources = knobs.sources();
+        let fragile = Knobs::for_profile(Profile::Fragile);
+        let hardened = Knobs::for_profile(Profile::Hardened);
+        let knobs = SPECS
+            .iter()
+            .map(|s| {
+                let view = KnobView {
+                    value: current.get(s.name).unwrap_or_default(),
+                    default: startup.get(s.name).unwrap_or_default(),
+                    source: sources.get(s.name).copied().unwrap_or(Source::Profile),
+                    runtime_tunable: true,
+                    range: s.range_json(),
+                    profiles: ProfileValues {
+                        fragile: fragile.get(s.name).unwrap_or_default(),
+                        hardened: hardened.get(s.name).unwrap_or_default(),
+                    },
+                    env: s.env.to_string(),
+                    unit: s.unit().map(str::to_string),
+                    scenario: s.scenario.to_string(),
+                    description: s.doc.to_string(),
+                };
+                (s.name.to_string(), view)
+            })
+            .collect();
+        ConfigView {
+            knobs,
+            startup_only: settings.startup_view(),
+            profile_at_startup: settings.profile,
+            released_memory_mb: None,
+        }
+    }
+
+    /// The current knob set, typed.
+    pub fn current(&self) -> Result<Knobs, serde_json::Error> {
+        let values: serde_json::Map<String, Value> = self
+            .knobs
+            .iter()
+            .map(|(name, k)| (name.clone(), k.value.clone()))
+            .collect();
+        serde_json::from_value(Value::Object(values))
+    }
+}
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -61,23 +149,27 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     da.iter().zip(db.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn config_view(state: &AppState) -> Value {
-    let mut view = state.knobs.describe(&state.settings);
-    view["profile_at_startup"] = json!(state.settings.profile.as_str());
-    view
+fn config_view(state: &AppState) -> ConfigView {
+    ConfigView::new(&state.knobs, &state.settings)
 }
 
-async fn get_config(State(state): State<AppState>) -> Json<Value> {
+async fn get_config(State(state): State<AppState>) -> Json<ConfigView> {
     Json(config_view(&state))
 }
 
-/// Applies `new` (swapping the database pool if its size changed) and publishes it.
-fn apply(state: &AppState, new: Knobs, source: Source) {
-    state.db.apply(&new);
-    state.worker_pool.resize(new.worker_pool_size);
-    state.elastic.apply(&new);
-    state.cache.apply(&new);
-    state.knobs.publish(new, source);
+/// Applies `new` to everything sized by a knob (the database pool swapped if its size changed,
+/// the worker pool, the elastic pool, the Redis pool) and publishes it. `None` returns to the
+/// start-up values.
+fn apply(state: &AppState, new: Option<(Knobs, Source)>) {
+    let knobs = match &new {
+        Some((k, _)) => k.clone(),
+        None => (*state.knobs.startup()).clone(),
+    };
+    state.apply_knobs(&knobs);
+    match new {
+        Some((k, source)) => state.knobs.publish(k, source),
+        None => state.knobs.reset(),
+    }
 }
 
 async fn patch_config(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
@@ -91,7 +183,7 @@ async fn patch_config(State(state): State<AppState>, headers: HeaderMap, body: B
         }
     };
     let _serialised = state.knobs.change_lock.lock().await;
-    let new = match knobs::merge(&state.knobs.current(), &patch) {
+    let new = match knobs::merge(&state.knobs.current(), &patch, &Settings::startup_only_names()) {
         Ok(new) => new,
         Err(refused) => return AppError::InvalidKnobs { refused }.into_response(),
     };
@@ -99,7 +191,7 @@ async fn patch_config(State(state): State<AppState>, headers: HeaderMap, body: B
         .as_object()
         .map(|o| o.keys().cloned().collect())
         .unwrap_or_default();
-    apply(&state, new, Source::Runtime);
+    apply(&state, Some((new, Source::Runtime)));
     tracing::info!(knobs = ?changed, "configuration changed at runtime");
     Json(config_view(&state)).into_response()
 }
@@ -119,7 +211,7 @@ async fn set_profile(State(state): State<AppState>, headers: HeaderMap, Path(nam
         }
     };
     let _serialised = state.knobs.change_lock.lock().await;
-    apply(&state, Knobs::for_profile(profile), Source::RuntimeProfile);
+    apply(&state, Some((Knobs::for_profile(profile), Source::RuntimeProfile)));
     tracing::info!(profile = profile.as_str(), "profile switched at runtime");
     Json(config_view(&state)).into_response()
 }
@@ -129,15 +221,10 @@ async fn reset(State(state): State<AppState>, headers: HeaderMap) -> Response {
         return e.into_response();
     }
     let _serialised = state.knobs.change_lock.lock().await;
-    let startup = (*state.knobs.startup()).clone();
-    state.db.apply(&startup);
-    state.worker_pool.resize(startup.worker_pool_size);
-    state.elastic.apply(&startup);
-    state.cache.apply(&startup);
-    state.knobs.reset();
+    apply(&state, None);
     let (bytes, chunks) = state.memory.clear();
     tracing::info!(released_bytes = bytes, chunks, "configuration reset to start-up values");
     let mut view = config_view(&state);
-    view["released_memory_mb"] = json!(bytes / (1024 * 1024));
+    view.released_memory_mb = Some(bytes / (1024 * 1024));
     Json(view).into_response()
 }

@@ -1,5 +1,13 @@
 //! Runtime knobs: every setting that causes or cures a collapse, tunable while the load runs.
 //!
+//! **One table.** [`knob_table!`] below declares each knob once: its name and type, environment
+//! variable (the CLI flag is its kebab-case form), range, owning scenario, fragile and hardened
+//! values and doc line. From that one declaration come the [`Knobs`] struct, both profiles,
+//! [`SPECS`] (what `/admin/config`, the OpenAPI schema and `docs/knobs.md` say), the env/CLI
+//! parsing ([`KnobArgs`], flattened into the serve settings) and the typed field access that
+//! `PATCH /admin/config` uses. Env, CLI and `PATCH` go through the same [`KnobSpec::check`], so a
+//! range is written once. Adding a knob is one entry here plus its use site.
+//!
 //! Layers, later wins: the profile's values (`PROFILE=fragile`, the default, behaves like the
 //! field reports; `hardened` turns every fix on) < environment < CLI flags < runtime changes
 //! through `/admin`. The current set lives in the app state behind a `watch` channel; readers
@@ -13,7 +21,6 @@ use prometheus::{GaugeVec, IntCounter, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::settings::Settings;
 use crate::telemetry::register;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -34,7 +41,7 @@ impl Profile {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CpuMode {
     /// CPU work runs on the async workers (fragile: unrelated routes starve).
@@ -43,187 +50,13 @@ pub enum CpuMode {
     Offload,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeployMode {
     /// The deployment's work runs before the answer (fragile: waits pile up to the timeout).
     Sync,
     /// 202 + Location at once; workers drain a bounded queue at database speed.
     Async,
-}
-
-/// The runtime-tunable settings. Field names are the knob names of the admin API; units are in
-/// the names. `0` means "off / unlimited" where the range allows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Knobs {
-    pub db_pool_size: u32,
-    pub db_max_overflow: u32,
-    pub db_pool_timeout_ms: u64,
-    pub db_statement_timeout_ms: u64,
-    pub cpu_mode: CpuMode,
-    pub cpu_max_concurrency: u32,
-    pub max_in_flight: u32,
-    pub http_header_read_timeout_ms: u64,
-    pub http_idle_timeout_ms: u64,
-    pub http_max_connections: u32,
-    pub rate_limit_enabled: bool,
-    pub rate_limit_rps: u32,
-    pub rate_limit_burst: u32,
-    pub request_timeout_cpu_ms: u64,
-    pub request_timeout_io_ms: u64,
-    pub request_timeout_db_ms: u64,
-    pub request_timeout_downstream_ms: u64,
-    pub downstream_timeout_cap_ms: u64,
-    pub downstream_max_concurrency: u32,
-    pub breaker_enabled: bool,
-    pub breaker_failure_rate: f64,
-    pub breaker_min_calls: u32,
-    pub breaker_window_calls: u32,
-    pub breaker_open_ms: u64,
-    pub retry_max_attempts: u32,
-    pub retry_base_ms: u64,
-    pub retry_max_backoff_ms: u64,
-    pub retry_budget_percent: u32,
-    pub memory_budget_mb: u64,
-    pub memory_trim_interval_ms: u64,
-    pub worker_pool_size: u32,
-    pub worker_queue_max: u32,
-    pub worker_deadline_check: bool,
-    pub request_deadline_ms: u64,
-    pub min_warm_workers: u32,
-    pub max_workers: u32,
-    pub cold_start_ms: u64,
-    pub idle_timeout_ms: u64,
-    pub gateway_timeout_ms: u64,
-    pub deploy_mode: DeployMode,
-    pub deploy_timeout_ms: u64,
-    pub deploy_work_ms: u64,
-    pub deploy_queue_max: u32,
-    pub deploy_workers: u32,
-    pub cache_ttl_ms: u64,
-    pub cache_ttl_jitter_percent: u32,
-    pub cache_single_flight: bool,
-    pub cache_serve_stale: bool,
-    pub cache_query_ms: u64,
-    pub redis_timeout_ms: u64,
-    pub redis_pool_size: u32,
-    pub redis_pool_timeout_ms: u64,
-}
-
-impl Knobs {
-    pub fn for_profile(profile: Profile) -> Self {
-        match profile {
-            Profile::Fragile => Knobs {
-                db_pool_size: 5,
-                db_max_overflow: 10,
-                db_pool_timeout_ms: 30_000,
-                db_statement_timeout_ms: 0,
-                cpu_mode: CpuMode::Inline,
-                cpu_max_concurrency: 2,
-                max_in_flight: 0,
-                http_header_read_timeout_ms: 30_000,
-                http_idle_timeout_ms: 120_000,
-                http_max_connections: 0,
-                rate_limit_enabled: false,
-                rate_limit_rps: 100,
-                rate_limit_burst: 200,
-                request_timeout_cpu_ms: 0,
-                request_timeout_io_ms: 0,
-                request_timeout_db_ms: 0,
-                request_timeout_downstream_ms: 0,
-                downstream_timeout_cap_ms: 0,
-                downstream_max_concurrency: 0,
-                breaker_enabled: false,
-                breaker_failure_rate: 0.5,
-                breaker_min_calls: 5,
-                breaker_window_calls: 20,
-                breaker_open_ms: 5_000,
-                retry_max_attempts: 1,
-                retry_base_ms: 0,
-                retry_max_backoff_ms: 2_000,
-                retry_budget_percent: 0,
-                memory_budget_mb: 0,
-                memory_trim_interval_ms: 5_000,
-                worker_pool_size: 10,
-                worker_queue_max: 0,
-                worker_deadline_check: false,
-                request_deadline_ms: 2_000,
-                min_warm_workers: 0,
-                max_workers: 10,
-                cold_start_ms: 1_000,
-                idle_timeout_ms: 60_000,
-                gateway_timeout_ms: 1_150,
-                deploy_mode: DeployMode::Sync,
-                deploy_timeout_ms: 20_000,
-                deploy_work_ms: 2000,
-                deploy_queue_max: 1000,
-                deploy_workers: 4,
-                cache_ttl_ms: 30_000,
-                cache_ttl_jitter_percent: 0,
-                cache_single_flight: false,
-                cache_serve_stale: false,
-                cache_query_ms: 200,
-                redis_timeout_ms: 0,
-                redis_pool_size: 16,
-                redis_pool_timeout_ms: 30_000,
-            },
-            Profile::Hardened => Knobs {
-                db_pool_size: 5,
-                db_max_overflow: 10,
-                db_pool_timeout_ms: 250,
-                db_statement_timeout_ms: 10_000,
-                cpu_mode: CpuMode::Offload,
-                cpu_max_concurrency: 2,
-                max_in_flight: 256,
-                http_header_read_timeout_ms: 5_000,
-                http_idle_timeout_ms: 30_000,
-                http_max_connections: 0,
-                rate_limit_enabled: false,
-                rate_limit_rps: 100,
-                rate_limit_burst: 200,
-                request_timeout_cpu_ms: 10_000,
-                request_timeout_io_ms: 35_000,
-                request_timeout_db_ms: 15_000,
-                request_timeout_downstream_ms: 10_000,
-                downstream_timeout_cap_ms: 2_500,
-                downstream_max_concurrency: 16,
-                breaker_enabled: true,
-                breaker_failure_rate: 0.5,
-                breaker_min_calls: 5,
-                breaker_window_calls: 20,
-                breaker_open_ms: 5_000,
-                retry_max_attempts: 3,
-                retry_base_ms: 100,
-                retry_max_backoff_ms: 2_000,
-                retry_budget_percent: 20,
-                memory_budget_mb: 256,
-                memory_trim_interval_ms: 5_000,
-                worker_pool_size: 20,
-                worker_queue_max: 20,
-                worker_deadline_check: true,
-                request_deadline_ms: 2_000,
-                min_warm_workers: 3,
-                max_workers: 10,
-                cold_start_ms: 1_000,
-                idle_timeout_ms: 60_000,
-                gateway_timeout_ms: 1_150,
-                deploy_mode: DeployMode::Async,
-                deploy_timeout_ms: 20_000,
-                deploy_work_ms: 2000,
-                deploy_queue_max: 1000,
-                deploy_workers: 4,
-                cache_ttl_ms: 30_000,
-                cache_ttl_jitter_percent: 20,
-                cache_single_flight: true,
-                cache_serve_stale: true,
-                cache_query_ms: 200,
-                redis_timeout_ms: 100,
-                redis_pool_size: 16,
-                redis_pool_timeout_ms: 100,
-            },
-        }
-    }
 }
 
 /// Allowed values of one knob.
@@ -234,423 +67,677 @@ pub enum Range {
     Bool,
     Choice(&'static [&'static str]),
 }
+use Range::{Bool, Choice, Float, Int};
 
-/// What the admin API and `docs/knobs.md` say about one knob.
+/// The unit the environment variable and flag are written in, when it is not the knob's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvUnit {
+    /// The knob's own unit (the one in its name).
+    Same,
+    /// Seconds, fractions allowed, for a `_ms` knob (the seed's `DB_POOL_TIMEOUT`).
+    Seconds,
+}
+
+/// What the admin API, the CLI and `docs/knobs.md` say about one knob.
+#[derive(Debug)]
 pub struct KnobSpec {
     pub name: &'static str,
     /// Environment variable that sets it at start-up (the CLI flag is its kebab-case form).
     pub env: &'static str,
+    pub env_unit: EnvUnit,
     pub range: Range,
-    /// Scenario it causes or cures.
+    /// Scenario it causes or cures (`all` for the edge's knobs).
     pub scenario: &'static str,
     pub doc: &'static str,
 }
 
-macro_rules! spec {
-    ($name:literal, $env:literal, $range:expr, $scenario:literal, $doc:literal) => {
-        KnobSpec {
-            name: $name,
-            env: $env,
-            range: $range,
-            scenario: $scenario,
-            doc: $doc,
+macro_rules! knob_table {
+    ($(
+        $name:ident : $ty:ty {
+            env: $env:literal,
+            $(env_in: $unit:ident,)?
+            range: $range:expr,
+            scenario: $scenario:literal,
+            fragile: $fragile:expr, hardened: $hardened:expr,
+            doc: $doc:literal $(,)?
         }
+    )*) => {
+        /// The runtime-tunable settings. Field names are the knob names of the admin API; units
+        /// are in the names. `0` means "off / unlimited" where the range allows it.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct Knobs {
+            $(pub $name: $ty,)*
+        }
+
+        impl Knobs {
+            pub fn for_profile(profile: Profile) -> Self {
+                match profile {
+                    Profile::Fragile => Knobs { $($name: $fragile,)* },
+                    Profile::Hardened => Knobs { $($name: $hardened,)* },
+                }
+            }
+
+            /// One knob's value as the admin API shows it.
+            pub fn get(&self, name: &str) -> Option<Value> {
+                match name {
+                    $(stringify!($name) => Some(json!(self.$name)),)*
+                    _ => None,
+                }
+            }
+
+            /// Sets one knob from a value already checked against its range.
+            fn set(&mut self, name: &str, value: &Value) -> Result<(), String> {
+                match name {
+                    $(stringify!($name) => {
+                        self.$name = <$ty>::deserialize(value).map_err(|e| format!("`{name}`: {e}"))?;
+                    })*
+                    _ => return Err(format!("unknown knob `{name}`")),
+                }
+                Ok(())
+            }
+        }
+
+        /// Every runtime knob, in the order of [`Knobs`].
+        pub const SPECS: &[KnobSpec] = &[$(
+            KnobSpec {
+                name: stringify!($name),
+                env: $env,
+                env_unit: knob_table!(@unit $($unit)?),
+                range: $range,
+                scenario: $scenario,
+                doc: $doc,
+            },
+        )*];
     };
+    (@unit) => { EnvUnit::Same };
+    (@unit $unit:ident) => { EnvUnit::$unit };
 }
 
-/// Every runtime knob, in the order of [`Knobs`].
-pub const SPECS: &[KnobSpec] = &[
-    spec!(
-        "db_pool_size",
-        "DB_POOL_SIZE",
-        Range::Int(1, 1000),
-        "db-pool",
-        "connections the pool keeps open; a change rebuilds the pool and drains the old one"
-    ),
-    spec!(
-        "db_max_overflow",
-        "DB_MAX_OVERFLOW",
-        Range::Int(0, 1000),
-        "db-pool",
-        "extra connections under load (pool maximum = size + overflow)"
-    ),
-    spec!(
-        "db_pool_timeout_ms",
-        "DB_POOL_TIMEOUT",
-        Range::Int(10, 600_000),
-        "db-pool",
-        "acquire timeout: how long a request waits for a connection before 503 (env in seconds)"
-    ),
-    spec!(
-        "db_statement_timeout_ms",
-        "DB_STATEMENT_TIMEOUT_MS",
-        Range::Int(0, 600_000),
-        "db-pool",
-        "longest a query may hold its connection (0 = unlimited)"
-    ),
-    spec!(
-        "cpu_mode",
-        "CPU_MODE",
-        Range::Choice(&["inline", "offload"]),
-        "cpu",
-        "inline: CPU work on the async workers; offload: on a bounded blocking pool"
-    ),
-    spec!(
-        "cpu_max_concurrency",
-        "CPU_MAX_CONCURRENCY",
-        Range::Int(1, 256),
-        "cpu",
-        "offload mode: CPU jobs running at once; more are shed with 503"
-    ),
-    spec!(
-        "max_in_flight",
-        "MAX_IN_FLIGHT",
-        Range::Int(0, 100_000),
-        "all",
-        "load shedding: requests in flight beyond this get 503 + Retry-After (0 = unlimited)"
-    ),
-    spec!(
-        "http_header_read_timeout_ms",
-        "HTTP_HEADER_READ_TIMEOUT_MS",
-        Range::Int(100, 600_000),
-        "all",
-        "a connection that has not sent a whole request head within this is closed (slow-header sockets); new connections take a change"
-    ),
-    spec!(
-        "http_idle_timeout_ms",
-        "HTTP_IDLE_TIMEOUT_MS",
-        Range::Int(100, 3_600_000),
-        "all",
-        "a keep-alive connection with no request in flight and no bytes moving for this long is closed"
-    ),
-    spec!(
-        "http_max_connections",
-        "HTTP_MAX_CONNECTIONS",
-        Range::Int(0, 1_000_000),
-        "all",
-        "open client connections allowed; at the cap the oldest idle one is closed for a new one, or the new one is refused when none is idle (0 = auto: the descriptor limit less a reserve)"
-    ),
-    spec!(
-        "rate_limit_enabled",
-        "ENABLE_RATE_LIMITING",
-        Range::Bool,
-        "burst",
-        "rate limiting: requests above the rate get 429 + Retry-After"
-    ),
-    spec!(
-        "rate_limit_rps",
-        "RATE_LIMIT_RPS",
-        Range::Int(1, 1_000_000),
-        "burst",
-        "sustained requests per second allowed"
-    ),
-    spec!(
-        "rate_limit_burst",
-        "RATE_LIMIT_BURST",
-        Range::Int(1, 1_000_000),
-        "burst",
-        "requests allowed at once above the rate"
-    ),
-    spec!(
-        "request_timeout_cpu_ms",
-        "REQUEST_TIMEOUT_CPU_MS",
-        Range::Int(0, 600_000),
-        "cpu",
-        "request timeout of the CPU routes (0 = none)"
-    ),
-    spec!(
-        "request_timeout_io_ms",
-        "REQUEST_TIMEOUT_IO_MS",
-        Range::Int(0, 600_000),
-        "cpu",
-        "request timeout of the slow-I/O routes (0 = none)"
-    ),
-    spec!(
-        "request_timeout_db_ms",
-        "REQUEST_TIMEOUT_DB_MS",
-        Range::Int(0, 600_000),
-        "db-pool",
-        "request timeout of the database routes (0 = none)"
-    ),
-    spec!(
-        "request_timeout_downstream_ms",
-        "REQUEST_TIMEOUT_DOWNSTREAM_MS",
-        Range::Int(0, 600_000),
-        "downstream",
-        "request timeout of the downstream routes (0 = none)"
-    ),
-    spec!(
-        "downstream_timeout_cap_ms",
-        "DOWNSTREAM_TIMEOUT_CAP_MS",
-        Range::Int(0, 600_000),
-        "downstream",
-        "caps every downstream call's timeout, /api/no-timeout included (0 = calls keep their own)"
-    ),
-    spec!(
-        "downstream_max_concurrency",
-        "DOWNSTREAM_MAX_CONCURRENCY",
-        Range::Int(0, 100_000),
-        "downstream",
-        "bulkhead: downstream calls at once; more fail fast with 503 (0 = unbounded)"
-    ),
-    spec!(
-        "breaker_enabled",
-        "ENABLE_CIRCUIT_BREAKER",
-        Range::Bool,
-        "downstream",
-        "circuit breaker on downstream calls"
-    ),
-    spec!(
-        "breaker_failure_rate",
-        "BREAKER_FAILURE_RATE",
-        Range::Float(0.01, 1.0),
-        "downstream",
-        "failure rate over the window that opens the breaker"
-    ),
-    spec!(
-        "breaker_min_calls",
-        "BREAKER_MIN_CALLS",
-        Range::Int(1, 10_000),
-        "downstream",
-        "calls in the window before the rate is judged"
-    ),
-    spec!(
-        "breaker_window_calls",
-        "BREAKER_WINDOW_CALLS",
-        Range::Int(1, 10_000),
-        "downstream",
-        "the last N calls the failure rate is computed over"
-    ),
-    spec!(
-        "breaker_open_ms",
-        "BREAKER_OPEN_MS",
-        Range::Int(10, 600_000),
-        "downstream",
-        "how long the breaker stays open before a half-open trial call"
-    ),
-    spec!(
-        "retry_max_attempts",
-        "RETRY_MAX_ATTEMPTS",
-        Range::Int(1, 10),
-        "retry-storm",
-        "attempts per downstream call (1 = no retry)"
-    ),
-    spec!(
-        "retry_base_ms",
-        "RETRY_BASE_MS",
-        Range::Int(0, 60_000),
-        "retry-storm",
-        "backoff base: attempt n waits a random time in [0, base * 2^n] (0 = immediate retries)"
-    ),
-    spec!(
-        "retry_max_backoff_ms",
-        "RETRY_MAX_BACKOFF_MS",
-        Range::Int(0, 600_000),
-        "retry-storm",
-        "cap on one backoff wait"
-    ),
-    spec!(
-        "retry_budget_percent",
-        "RETRY_BUDGET_PERCENT",
-        Range::Int(0, 1000),
-        "retry-storm",
-        "retries may add at most this % of first attempts over the last 10 s (0 = unlimited)"
-    ),
-    spec!(
-        "memory_budget_mb",
-        "MEMORY_BUDGET_MB",
-        Range::Int(0, 1_048_576),
-        "memory",
-        "memory the memory endpoints may hold before refusing with 507 (0 = only the safety cap)"
-    ),
-    spec!(
-        "memory_trim_interval_ms",
-        "MEMORY_TRIM_INTERVAL_MS",
-        Range::Int(0, 3_600_000),
-        "memory",
-        "how often freed heap memory is handed back to the OS (glibc malloc_trim), so RSS falls after load; 0 = never (glibc's own behaviour: RSS stays at its peak)"
-    ),
-    spec!(
-        "worker_pool_size",
-        "WORKER_POOL_SIZE",
-        Range::Int(1, 512),
-        "worker-pool",
-        "OS threads of the worker pool behind /api/worker-pool; resized live"
-    ),
-    spec!(
-        "worker_queue_max",
-        "WORKER_QUEUE_MAX",
-        Range::Int(0, 100_000),
-        "worker-pool",
-        "jobs allowed to wait for a worker; more are refused with 503 + Retry-After (0 = unbounded)"
-    ),
-    spec!(
-        "worker_deadline_check",
-        "WORKER_DEADLINE_CHECK",
-        Range::Bool,
-        "worker-pool",
-        "skip a queued job whose deadline passed before a worker took it (no wasted work)"
-    ),
-    spec!(
-        "request_deadline_ms",
-        "REQUEST_DEADLINE_MS",
-        Range::Int(1, 600_000),
-        "worker-pool",
-        "default deadline of a worker-pool request (a grpc-timeout header or deadline_ms overrides it)"
-    ),
-    spec!(
-        "min_warm_workers",
-        "MIN_WARM_WORKERS",
-        Range::Int(0, 1000),
-        "cold-start",
-        "simulated workers kept warm (provisioned concurrency); the cold-start fix"
-    ),
-    spec!(
-        "max_workers",
-        "MAX_WORKERS",
-        Range::Int(1, 1000),
-        "cold-start",
-        "simulated workers that may exist at once (started on demand)"
-    ),
-    spec!(
-        "cold_start_ms",
-        "COLD_START_MS",
-        Range::Int(0, 600_000),
-        "cold-start",
-        "time a new simulated worker takes before it can serve"
-    ),
-    spec!(
-        "idle_timeout_ms",
-        "IDLE_TIMEOUT_MS",
-        Range::Int(10, 3_600_000),
-        "cold-start",
-        "idle time after which a simulated worker above the warm minimum is retired"
-    ),
-    spec!(
-        "gateway_timeout_ms",
-        "GATEWAY_TIMEOUT_MS",
-        Range::Int(1, 600_000),
-        "cold-start",
-        "the gateway answers 504 once a cold-start request has taken this long"
-    ),    spec!(
-        "deploy_mode",
-        "DEPLOY_MODE",
-        Range::Choice(&["sync", "async"]),
-        "burst",
-        "sync: POST /api/v1/deployments/ does the work before answering; async: 202 + Location, work drained from a bounded queue"
-    ),
-    spec!(
-        "deploy_timeout_ms",
-        "DEPLOY_TIMEOUT_MS",
-        Range::Int(0, 600000),
-        "burst",
-        "request timeout of POST /api/v1/deployments/ (the report's 20 s; 0 = none); 504 when it expires"
-    ),
-    spec!(
-        "deploy_work_ms",
-        "DEPLOY_WORK_MS",
-        Range::Int(0, 60000),
-        "burst",
-        "provisioning work each deployment does inside its transaction, holding its connection"
-    ),
-    spec!(
-        "deploy_queue_max",
-        "DEPLOY_QUEUE_MAX",
-        Range::Int(1, 1000000),
-        "burst",
-        "async mode: deployments allowed to wait for a worker; more are refused with 503 + Retry-After"
-    ),
-    spec!(
-        "deploy_workers",
-        "DEPLOY_WORKERS",
-        Range::Int(1, 256),
-        "burst",
-        "async mode: workers draining the deployment queue (keep below the pool size, so accepting always finds a connection)"
-    ),
-    spec!(
-        "cache_ttl_ms",
-        "CACHE_TTL_MS",
-        Range::Int(100, 86400000),
-        "cache-stampede",
-        "how long a cached item stays fresh in Redis"
-    ),
-    spec!(
-        "cache_ttl_jitter_percent",
-        "CACHE_TTL_JITTER_PERCENT",
-        Range::Int(0, 100),
-        "cache-stampede",
-        "each TTL is drawn from ttl ± this %, so keys filled together do not expire together"
-    ),
-    spec!(
-        "cache_single_flight",
-        "CACHE_SINGLE_FLIGHT",
-        Range::Bool,
-        "cache-stampede",
-        "one database load per missing key at a time; concurrent misses wait for it"
-    ),
-    spec!(
-        "cache_serve_stale",
-        "CACHE_SERVE_STALE",
-        Range::Bool,
-        "cache-stampede",
-        "on a Redis error or timeout, answer from the last value this process saw instead of 500"
-    ),
-    spec!(
-        "cache_query_ms",
-        "CACHE_QUERY_MS",
-        Range::Int(0, 60000),
-        "cache-stampede",
-        "time the slow database query behind a cache miss holds its connection"
-    ),
-    spec!(
-        "redis_timeout_ms",
-        "REDIS_TIMEOUT_MS",
-        Range::Int(0, 60000),
-        "cache-stampede",
-        "timeout of one Redis operation, connection included (0 = none)"
-    ),
-    spec!(
-        "redis_pool_size",
-        "REDIS_POOL_SIZE",
-        Range::Int(1, 1000),
-        "cache-stampede",
-        "Redis connections the pool may open; resized live"
-    ),
-    spec!(
-        "redis_pool_timeout_ms",
-        "REDIS_POOL_TIMEOUT_MS",
-        Range::Int(1, 600000),
-        "cache-stampede",
-        "how long a request waits for a pooled Redis connection"
-    ),
-];
+knob_table! {
+    db_pool_size: u32 {
+        env: "DB_POOL_SIZE",
+        range: Int(1, 1000),
+        scenario: "db-pool",
+        fragile: 5, hardened: 5,
+        doc: "connections the pool keeps open; a change rebuilds the pool and drains the old one",
+    }
+    db_max_overflow: u32 {
+        env: "DB_MAX_OVERFLOW",
+        range: Int(0, 1000),
+        scenario: "db-pool",
+        fragile: 10, hardened: 10,
+        doc: "extra connections under load (pool maximum = size + overflow)",
+    }
+    db_pool_timeout_ms: u64 {
+        env: "DB_POOL_TIMEOUT",
+        env_in: Seconds,
+        range: Int(10, 600_000),
+        scenario: "db-pool",
+        fragile: 30_000, hardened: 250,
+        doc: "acquire timeout: how long a request waits for a connection before 503",
+    }
+    db_statement_timeout_ms: u64 {
+        env: "DB_STATEMENT_TIMEOUT_MS",
+        range: Int(0, 600_000),
+        scenario: "db-pool",
+        fragile: 0, hardened: 10_000,
+        doc: "longest a query may hold its connection (0 = unlimited)",
+    }
+    cpu_mode: CpuMode {
+        env: "CPU_MODE",
+        range: Choice(&["inline", "offload"]),
+        scenario: "cpu",
+        fragile: CpuMode::Inline, hardened: CpuMode::Offload,
+        doc: "inline: CPU work on the async workers; offload: on a bounded blocking pool",
+    }
+    cpu_max_concurrency: u32 {
+        env: "CPU_MAX_CONCURRENCY",
+        range: Int(1, 256),
+        scenario: "cpu",
+        fragile: 2, hardened: 2,
+        doc: "offload mode: CPU jobs running at once; more are shed with 503",
+    }
+    max_in_flight: u32 {
+        env: "MAX_IN_FLIGHT",
+        range: Int(0, 100_000),
+        scenario: "all",
+        fragile: 0, hardened: 256,
+        doc: "load shedding: requests in flight beyond this get 503 + Retry-After (0 = unlimited)",
+    }
+    http_header_read_timeout_ms: u64 {
+        env: "HTTP_HEADER_READ_TIMEOUT_MS",
+        range: Int(100, 600_000),
+        scenario: "all",
+        fragile: 30_000, hardened: 5_000,
+        doc: "a connection that has not sent a whole request head within this is closed (slow-header sockets); new connections take a change",
+    }
+    http_idle_timeout_ms: u64 {
+        env: "HTTP_IDLE_TIMEOUT_MS",
+        range: Int(100, 3_600_000),
+        scenario: "all",
+        fragile: 120_000, hardened: 30_000,
+        doc: "a keep-alive connection with no request in flight and no bytes moving for this long is closed",
+    }
+    http_max_connections: u32 {
+        env: "HTTP_MAX_CONNECTIONS",
+        range: Int(0, 1_000_000),
+        scenario: "all",
+        fragile: 0, hardened: 0,
+        doc: "open client connections allowed; at the cap the oldest idle one is closed for a new one, or the new one is refused when none is idle (0 = auto: the descriptor limit less a reserve)",
+    }
+    rate_limit_enabled: bool {
+        env: "ENABLE_RATE_LIMITING",
+        range: Bool,
+        scenario: "burst",
+        fragile: false, hardened: false,
+        doc: "rate limiting: requests above the rate get 429 + Retry-After",
+    }
+    rate_limit_rps: u32 {
+        env: "RATE_LIMIT_RPS",
+        range: Int(1, 1_000_000),
+        scenario: "burst",
+        fragile: 100, hardened: 100,
+        doc: "sustained requests per second allowed",
+    }
+    rate_limit_burst: u32 {
+        env: "RATE_LIMIT_BURST",
+        range: Int(1, 1_000_000),
+        scenario: "burst",
+        fragile: 200, hardened: 200,
+        doc: "requests allowed at once above the rate",
+    }
+    request_timeout_cpu_ms: u64 {
+        env: "REQUEST_TIMEOUT_CPU_MS",
+        range: Int(0, 600_000),
+        scenario: "cpu",
+        fragile: 0, hardened: 10_000,
+        doc: "request timeout of the CPU routes (0 = none)",
+    }
+    request_timeout_io_ms: u64 {
+        env: "REQUEST_TIMEOUT_IO_MS",
+        range: Int(0, 600_000),
+        scenario: "cpu",
+        fragile: 0, hardened: 35_000,
+        doc: "request timeout of the slow-I/O routes (0 = none)",
+    }
+    request_timeout_db_ms: u64 {
+        env: "REQUEST_TIMEOUT_DB_MS",
+        range: Int(0, 600_000),
+        scenario: "db-pool",
+        fragile: 0, hardened: 15_000,
+        doc: "request timeout of the database routes (0 = none)",
+    }
+    request_timeout_downstream_ms: u64 {
+        env: "REQUEST_TIMEOUT_DOWNSTREAM_MS",
+        range: Int(0, 600_000),
+        scenario: "downstream",
+        fragile: 0, hardened: 10_000,
+        doc: "request timeout of the downstream routes (0 = none)",
+    }
+    downstream_timeout_cap_ms: u64 {
+        env: "DOWNSTREAM_TIMEOUT_CAP_MS",
+        range: Int(0, 600_000),
+        scenario: "downstream",
+        fragile: 0, hardened: 2_500,
+        doc: "caps every downstream call's timeout, /api/no-timeout included (0 = calls keep their own)",
+    }
+    downstream_max_concurrency: u32 {
+        env: "DOWNSTREAM_MAX_CONCURRENCY",
+        range: Int(0, 100_000),
+        scenario: "downstream",
+        fragile: 0, hardened: 16,
+        doc: "bulkhead: downstream calls at once; more fail fast with 503 (0 = unbounded)",
+    }
+    breaker_enabled: bool {
+        env: "ENABLE_CIRCUIT_BREAKER",
+        range: Bool,
+        scenario: "downstream",
+        fragile: false, hardened: true,
+        doc: "circuit breaker on downstream calls",
+    }
+    breaker_failure_rate: f64 {
+        env: "BREAKER_FAILURE_RATE",
+        range: Float(0.01, 1.0),
+        scenario: "downstream",
+        fragile: 0.5, hardened: 0.5,
+        doc: "failure rate over the window that opens the breaker",
+    }
+    breaker_min_calls: u32 {
+        env: "BREAKER_MIN_CALLS",
+        range: Int(1, 10_000),
+        scenario: "downstream",
+        fragile: 5, hardened: 5,
+        doc: "calls in the window before the rate is judged",
+    }
+    breaker_window_calls: u32 {
+        env: "BREAKER_WINDOW_CALLS",
+        range: Int(1, 10_000),
+        scenario: "downstream",
+        fragile: 20, hardened: 20,
+        doc: "the last N calls the failure rate is computed over",
+    }
+    breaker_open_ms: u64 {
+        env: "BREAKER_OPEN_MS",
+        range: Int(10, 600_000),
+        scenario: "downstream",
+        fragile: 5_000, hardened: 5_000,
+        doc: "how long the breaker stays open before a half-open trial call",
+    }
+    retry_max_attempts: u32 {
+        env: "RETRY_MAX_ATTEMPTS",
+        range: Int(1, 10),
+        scenario: "retry-storm",
+        fragile: 1, hardened: 3,
+        doc: "attempts per downstream call (1 = no retry)",
+    }
+    retry_base_ms: u64 {
+        env: "RETRY_BASE_MS",
+        range: Int(0, 60_000),
+        scenario: "retry-storm",
+        fragile: 0, hardened: 100,
+        doc: "backoff base: attempt n waits a random time in [0, base * 2^n] (0 = immediate retries)",
+    }
+    retry_max_backoff_ms: u64 {
+        env: "RETRY_MAX_BACKOFF_MS",
+        range: Int(0, 600_000),
+        scenario: "retry-storm",
+        fragile: 2_000, hardened: 2_000,
+        doc: "cap on one backoff wait",
+    }
+    retry_budget_percent: u32 {
+        env: "RETRY_BUDGET_PERCENT",
+        range: Int(0, 1000),
+        scenario: "retry-storm",
+        fragile: 0, hardened: 20,
+        doc: "retries may add at most this % of first attempts over the last 10 s (0 = unlimited)",
+    }
+    memory_budget_mb: u64 {
+        env: "MEMORY_BUDGET_MB",
+        range: Int(0, 1_048_576),
+        scenario: "memory",
+        fragile: 0, hardened: 256,
+        doc: "memory the memory endpoints may hold before refusing with 507 (0 = only the safety cap)",
+    }
+    memory_trim_interval_ms: u64 {
+        env: "MEMORY_TRIM_INTERVAL_MS",
+        range: Int(0, 3_600_000),
+        scenario: "memory",
+        fragile: 5_000, hardened: 5_000,
+        doc: "how often freed heap memory is handed back to the OS (glibc malloc_trim), so RSS falls after load; 0 = never (glibc's own behaviour: RSS stays at its peak)",
+    }
+    worker_pool_size: u32 {
+        env: "WORKER_POOL_SIZE",
+        range: Int(1, 512),
+        scenario: "worker-pool",
+        fragile: 10, hardened: 20,
+        doc: "OS threads of the worker pool behind /api/worker-pool; resized live",
+    }
+    worker_queue_max: u32 {
+        env: "WORKER_QUEUE_MAX",
+        range: Int(0, 100_000),
+        scenario: "worker-pool",
+        fragile: 0, hardened: 20,
+        doc: "jobs allowed to wait for a worker; more are refused with 503 + Retry-After (0 = unbounded)",
+    }
+    worker_deadline_check: bool {
+        env: "WORKER_DEADLINE_CHECK",
+        range: Bool,
+        scenario: "worker-pool",
+        fragile: false, hardened: true,
+        doc: "skip a queued job whose deadline passed before a worker took it (no wasted work)",
+    }
+    request_deadline_ms: u64 {
+        env: "REQUEST_DEADLINE_MS",
+        range: Int(1, 600_000),
+        scenario: "worker-pool",
+        fragile: 2_000, hardened: 2_000,
+        doc: "default deadline of a worker-pool request (a grpc-timeout header or deadline_ms overrides it)",
+    }
+    min_warm_workers: u32 {
+        env: "MIN_WARM_WORKERS",
+        range: Int(0, 1000),
+        scenario: "cold-start",
+        fragile: 0, hardened: 3,
+        doc: "simulated workers kept warm (provisioned concurrency); the cold-start fix",
+    }
+    max_workers: u32 {
+        env: "MAX_WORKERS",
+        range: Int(1, 1000),
+        scenario: "cold-start",
+        fragile: 10, hardened: 10,
+        doc: "simulated workers that may exist at once (started on demand)",
+    }
+    cold_start_ms: u64 {
+        env: "COLD_START_MS",
+        range: Int(0, 600_000),
+        scenario: "cold-start",
+        fragile: 1_000, hardened: 1_000,
+        doc: "time a new simulated worker takes before it can serve",
+    }
+    idle_timeout_ms: u64 {
+        env: "IDLE_TIMEOUT_MS",
+        range: Int(10, 3_600_000),
+        scenario: "cold-start",
+        fragile: 60_000, hardened: 60_000,
+        doc: "idle time after which a simulated worker above the warm minimum is retired",
+    }
+    gateway_timeout_ms: u64 {
+        env: "GATEWAY_TIMEOUT_MS",
+        range: Int(1, 600_000),
+        scenario: "cold-start",
+        fragile: 1_150, hardened: 1_150,
+        doc: "the gateway answers 504 once a cold-start request has taken this long",
+    }
+    deploy_mode: DeployMode {
+        env: "DEPLOY_MODE",
+        range: Choice(&["sync", "async"]),
+        scenario: "burst",
+        fragile: DeployMode::Sync, hardened: DeployMode::Async,
+        doc: "sync: POST /api/v1/deployments/ does the work before answering; async: 202 + Location, work drained from a bounded queue",
+    }
+    deploy_timeout_ms: u64 {
+        env: "DEPLOY_TIMEOUT_MS",
+        range: Int(0, 600000),
+        scenario: "burst",
+        fragile: 20_000, hardened: 20_000,
+        doc: "request timeout of POST /api/v1/deployments/ (the report's 20 s; 0 = none); 504 when it expires",
+    }
+    deploy_work_ms: u64 {
+        env: "DEPLOY_WORK_MS",
+        range: Int(0, 60000),
+        scenario: "burst",
+        fragile: 2000, hardened: 2000,
+        doc: "provisioning work each deployment does inside its transaction, holding its connection",
+    }
+    deploy_queue_max: u32 {
+        env: "DEPLOY_QUEUE_MAX",
+        range: Int(1, 1000000),
+        scenario: "burst",
+        fragile: 1000, hardened: 1000,
+        doc: "async mode: deployments allowed to wait for a worker; more are refused with 503 + Retry-After",
+    }
+    deploy_workers: u32 {
+        env: "DEPLOY_WORKERS",
+        range: Int(1, 256),
+        scenario: "burst",
+        fragile: 4, hardened: 4,
+        doc: "async mode: workers draining the deployment queue (keep below the pool size, so accepting always finds a connection)",
+    }
+    cache_ttl_ms: u64 {
+        env: "CACHE_TTL_MS",
+        range: Int(100, 86400000),
+        scenario: "cache-stampede",
+        fragile: 30_000, hardened: 30_000,
+        doc: "how long a cached item stays fresh in Redis",
+    }
+    cache_ttl_jitter_percent: u32 {
+        env: "CACHE_TTL_JITTER_PERCENT",
+        range: Int(0, 100),
+        scenario: "cache-stampede",
+        fragile: 0, hardened: 20,
+        doc: "each TTL is drawn from ttl ± this %, so keys filled together do not expire together",
+    }
+    cache_single_flight: bool {
+        env: "CACHE_SINGLE_FLIGHT",
+        range: Bool,
+        scenario: "cache-stampede",
+        fragile: false, hardened: true,
+        doc: "one database load per missing key at a time; concurrent misses wait for it",
+    }
+    cache_serve_stale: bool {
+        env: "CACHE_SERVE_STALE",
+        range: Bool,
+        scenario: "cache-stampede",
+        fragile: false, hardened: true,
+        doc: "on a Redis error or timeout, answer from the last value this process saw instead of 500",
+    }
+    cache_query_ms: u64 {
+        env: "CACHE_QUERY_MS",
+        range: Int(0, 60000),
+        scenario: "cache-stampede",
+        fragile: 200, hardened: 200,
+        doc: "time the slow database query behind a cache miss holds its connection",
+    }
+    redis_timeout_ms: u64 {
+        env: "REDIS_TIMEOUT_MS",
+        range: Int(0, 60000),
+        scenario: "cache-stampede",
+        fragile: 0, hardened: 100,
+        doc: "timeout of one Redis operation, connection included (0 = none)",
+    }
+    redis_pool_size: u32 {
+        env: "REDIS_POOL_SIZE",
+        range: Int(1, 1000),
+        scenario: "cache-stampede",
+        fragile: 16, hardened: 16,
+        doc: "Redis connections the pool may open; resized live",
+    }
+    redis_pool_timeout_ms: u64 {
+        env: "REDIS_POOL_TIMEOUT_MS",
+        range: Int(1, 600000),
+        scenario: "cache-stampede",
+        fragile: 30_000, hardened: 100,
+        doc: "how long a request waits for a pooled Redis connection",
+    }
+}
 
-/// Settings that exist but cannot change while running (a restart is needed).
-pub const STARTUP_ONLY: &[(&str, &str)] = &[
-    ("host", "HOST"),
-    ("port", "PORT"),
-    ("worker_count", "WORKER_COUNT"),
-    ("database_url", "DATABASE_URL"),
-    ("redis_url", "REDIS_URL"),
-    ("redis_key_prefix", "REDIS_KEY_PREFIX"),
-    ("skip_migrations", "SKIP_MIGRATIONS"),
-    ("sqlite_max_page_count", "SQLITE_MAX_PAGE_COUNT"),
-    ("downstream_service_url", "DOWNSTREAM_SERVICE_URL"),
-    ("downstream_timeout", "DOWNSTREAM_TIMEOUT"),
-    ("memory_leak_limit_mb", "MEMORY_LEAK_LIMIT_MB"),
-    ("shutdown_grace_ms", "SHUTDOWN_GRACE_MS"),
-    ("shutdown_delay_ms", "SHUTDOWN_DELAY_MS"),
-    ("log_format", "LOG_FORMAT"),
-    ("profile", "PROFILE"),
-    ("admin_token", "ADMIN_TOKEN"),
-];
+impl KnobSpec {
+    /// The command-line flag: the environment variable in kebab case (`--db-pool-timeout`).
+    pub fn flag(&self) -> String {
+        self.env.to_ascii_lowercase().replace('_', "-")
+    }
+
+    /// The unit, read from the name's suffix.
+    pub fn unit(&self) -> Option<&'static str> {
+        [("_ms", "ms"), ("_mb", "MiB"), ("_percent", "%"), ("_rps", "requests/s")]
+            .iter()
+            .find(|(suffix, _)| self.name.ends_with(suffix))
+            .map(|(_, unit)| *unit)
+    }
+
+    /// Whether `value` is allowed: the one range check behind env, CLI and `PATCH`.
+    pub fn check(&self, v: &Value) -> Result<(), String> {
+        let ok = match self.range {
+            Int(min, max) => v.as_u64().is_some_and(|n| (min..=max).contains(&n)),
+            Float(min, max) => v.as_f64().is_some_and(|n| (min..=max).contains(&n)),
+            Bool => v.is_boolean(),
+            Choice(c) => v.as_str().is_some_and(|s| c.contains(&s)),
+        };
+        if ok {
+            return Ok(());
+        }
+        let name = self.name;
+        Err(match self.range {
+            Int(min, max) => format!("`{name}` must be an integer between {min} and {max} (got {v})"),
+            Float(min, max) => format!("`{name}` must be a number between {min} and {max} (got {v})"),
+            Bool => format!("`{name}` must be true or false (got {v})"),
+            Choice(c) => format!("`{name}` must be one of {} (got {v})", c.join(", ")),
+        })
+    }
+
+    /// Parses the text of the environment variable or flag into the value `PATCH` would take,
+    /// then checks it like `PATCH` does.
+    pub fn parse_text(&self, raw: &str) -> Result<Value, String> {
+        let raw = raw.trim();
+        let value = match (self.range, self.env_unit) {
+            (Int(min, max), EnvUnit::Seconds) => {
+                let secs: f64 = raw
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                    .ok_or_else(|| seconds_range(min, max))?;
+                let ms = (secs * 1000.0).round() as u64;
+                return if (min..=max).contains(&ms) {
+                    Ok(json!(ms))
+                } else {
+                    Err(seconds_range(min, max))
+                };
+            }
+            (Int(..), EnvUnit::Same) => raw.parse::<u64>().map(|n| json!(n)).map_err(|_| String::new()),
+            (Float(..), _) => raw
+                .parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .map(|f| json!(f))
+                .ok_or_else(String::new),
+            (Bool, _) => parse_bool(raw).map(Value::Bool),
+            (Choice(_), _) => Ok(json!(raw)),
+        };
+        let value = value.map_err(|_| self.expected())?;
+        self.check(&value).map_err(|_| self.expected())?;
+        Ok(value)
+    }
+
+    fn expected(&self) -> String {
+        match self.range {
+            Int(min, max) => format!("expected an integer in {min}..={max}"),
+            Float(min, max) => format!("expected a number in {min}..={max}"),
+            Bool => "expected true or false".into(),
+            Choice(c) => format!("expected one of {}", c.join(", ")),
+        }
+    }
+
+    /// The range as `/admin/config` and the 422 refusals show it.
+    pub fn range_json(&self) -> Value {
+        match self.range {
+            Int(min, max) => json!({"min": min, "max": max}),
+            Float(min, max) => json!({"min": min, "max": max}),
+            Bool => json!({"values": [true, false]}),
+            Choice(c) => json!({"values": c}),
+        }
+    }
+
+    /// The range as the knob table in `docs/knobs.md` writes it.
+    pub fn range_text(&self) -> String {
+        match self.range {
+            Int(min, max) => format!("{min}–{max}"),
+            Float(min, max) => format!("{min:?}–{max:?}"),
+            Bool => "true / false".into(),
+            Choice(c) => c.join(" / "),
+        }
+    }
+
+    /// The JSON Schema of the knob's value.
+    pub fn schema(&self) -> Value {
+        let mut schema = match self.range {
+            Int(min, max) => json!({"type": "integer", "minimum": min, "maximum": max}),
+            Float(min, max) => json!({"type": "number", "minimum": min, "maximum": max}),
+            Bool => json!({"type": "boolean"}),
+            Choice(c) => json!({"type": "string", "enum": c}),
+        };
+        schema["description"] = json!(self.doc);
+        schema
+    }
+
+    /// The value's number on the `knob_value` gauge (booleans 0/1, a choice by its position).
+    fn gauge(&self, v: &Value) -> f64 {
+        match (v, self.range) {
+            (Value::Bool(b), _) => f64::from(u8::from(*b)),
+            (Value::Number(n), _) => n.as_f64().unwrap_or(0.0),
+            (Value::String(s), Choice(c)) => c.iter().position(|x| x == s).unwrap_or(0) as f64,
+            _ => 0.0,
+        }
+    }
+}
+
+fn seconds_range(min_ms: u64, max_ms: u64) -> String {
+    format!(
+        "expected a number of seconds in {}..={}",
+        min_ms as f64 / 1000.0,
+        max_ms as f64 / 1000.0
+    )
+}
+
+/// `1/true/yes/on` and `0/false/no/off/` (empty), any case: what the seed's env files use.
+pub fn parse_bool(raw: &str) -> Result<bool, String> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
 
 pub fn spec(name: &str) -> Option<&'static KnobSpec> {
     SPECS.iter().find(|s| s.name == name)
 }
 
+/// The knobs set at start-up by environment variables or flags (the serve command flattens
+/// this in, one `--flag` / `ENV` per knob, parsed and range-checked by [`KnobSpec::parse_text`]).
+#[derive(Debug, Clone, Default)]
+pub struct KnobArgs {
+    set: BTreeMap<&'static str, Value>,
+}
+
+impl KnobArgs {
+    /// The start-up knobs: `profile`'s values overridden by whatever the environment or flags
+    /// set, and where each came from.
+    pub fn layer_over(&self, profile: Profile) -> (Knobs, BTreeMap<&'static str, Source>) {
+        let mut knobs = Knobs::for_profile(profile);
+        let mut sources: BTreeMap<&'static str, Source> = SPECS.iter().map(|s| (s.name, Source::Profile)).collect();
+        for (name, value) in &self.set {
+            // Checked at parse time; `set` cannot refuse a checked value.
+            if knobs.set(name, value).is_ok() {
+                sources.insert(name, Source::Startup);
+            }
+        }
+        (knobs, sources)
+    }
+
+    /// One knob set at start-up, if it was.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.set.get(name)
+    }
+}
+
+impl clap::FromArgMatches for KnobArgs {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut args = KnobArgs::default();
+        args.update_from_arg_matches(matches)?;
+        Ok(args)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        for spec in SPECS {
+            if let Some(v) = matches.get_one::<Value>(spec.name) {
+                self.set.insert(spec.name, v.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl clap::Args for KnobArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        SPECS.iter().fold(cmd, |cmd, spec| {
+            let help = match spec.env_unit {
+                EnvUnit::Same => format!("Knob `{}`: {}", spec.name, spec.doc),
+                EnvUnit::Seconds => format!("Knob `{}`, in seconds: {}", spec.name, spec.doc),
+            };
+            cmd.arg(
+                clap::Arg::new(spec.name)
+                    .long(spec.flag())
+                    .env(spec.env)
+                    .value_name(spec.env)
+                    .help(help)
+                    .value_parser(move |raw: &str| spec.parse_text(raw)),
+            )
+        })
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+/// A part of the app sized or tuned by knobs, which must take a new set before it is published
+/// (a pool resized, a simulated fleet re-planned).
+pub trait ApplyKnobs {
+    fn apply_knobs(&self, knobs: &Knobs);
+}
+
 /// Where a knob's current value came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     /// The start-up profile's value.
@@ -674,67 +761,37 @@ pub struct Refusal {
     pub startup_only: bool,
 }
 
+impl Refusal {
+    fn body(detail: String) -> Self {
+        Refusal {
+            knob: "(body)".into(),
+            detail,
+            range: None,
+            startup_only: false,
+        }
+    }
+}
+
 /// The JSON Schema of a `PATCH /admin/config` body: every runtime knob with its type and range,
 /// nothing else (unknown names are refused with 422).
 pub fn patch_schema() -> Value {
-    let properties: serde_json::Map<String, Value> = SPECS
-        .iter()
-        .map(|s| {
-            let schema = match s.range {
-                Range::Int(min, max) => json!({"type": "integer", "minimum": min, "maximum": max}),
-                Range::Float(min, max) => json!({"type": "number", "minimum": min, "maximum": max}),
-                Range::Bool => json!({"type": "boolean"}),
-                Range::Choice(c) => json!({"type": "string", "enum": c}),
-            };
-            let mut schema = schema;
-            schema["description"] = json!(s.doc);
-            (s.name.to_string(), schema)
-        })
-        .collect();
+    let properties: serde_json::Map<String, Value> = SPECS.iter().map(|s| (s.name.to_string(), s.schema())).collect();
     json!({"type": "object", "properties": properties, "additionalProperties": false})
 }
 
-fn range_json(r: Range) -> Value {
-    match r {
-        Range::Int(min, max) => json!({"min": min, "max": max}),
-        Range::Float(min, max) => json!({"min": min, "max": max}),
-        Range::Bool => json!({"values": [true, false]}),
-        Range::Choice(c) => json!({"values": c}),
-    }
-}
-
-fn check_range(spec: &KnobSpec, v: &Value) -> Result<(), String> {
-    let ok = match spec.range {
-        Range::Int(min, max) => v.as_u64().is_some_and(|n| (min..=max).contains(&n)),
-        Range::Float(min, max) => v.as_f64().is_some_and(|n| (min..=max).contains(&n)),
-        Range::Bool => v.is_boolean(),
-        Range::Choice(c) => v.as_str().is_some_and(|s| c.contains(&s)),
-    };
-    if ok {
-        return Ok(());
-    }
-    Err(match spec.range {
-        Range::Int(min, max) => format!("`{}` must be an integer between {min} and {max} (got {v})", spec.name),
-        Range::Float(min, max) => format!("`{}` must be a number between {min} and {max} (got {v})", spec.name),
-        Range::Bool => format!("`{}` must be true or false (got {v})", spec.name),
-        Range::Choice(c) => format!("`{}` must be one of {} (got {v})", spec.name, c.join(", ")),
-    })
-}
-
 /// Applies a partial JSON change to `current`, validating every field before any is applied.
-pub fn merge(current: &Knobs, patch: &Value) -> Result<Knobs, Vec<Refusal>> {
+/// `startup_only` names the settings that exist but need a restart (with their variables), so
+/// asking for one is told so rather than "unknown".
+pub fn merge(current: &Knobs, patch: &Value, startup_only: &[(String, String)]) -> Result<Knobs, Vec<Refusal>> {
     let Some(obj) = patch.as_object() else {
-        return Err(vec![Refusal {
-            knob: "(body)".into(),
-            detail: "the body must be a JSON object of knob names to values".into(),
-            range: None,
-            startup_only: false,
-        }]);
+        return Err(vec![Refusal::body(
+            "the body must be a JSON object of knob names to values".into(),
+        )]);
     };
-    let mut merged = serde_json::to_value(current).expect("knobs serialize");
+    let mut merged = current.clone();
     let mut refusals = Vec::new();
     for (name, value) in obj {
-        if let Some((_, env)) = STARTUP_ONLY.iter().find(|(n, _)| n == name) {
+        if let Some((_, env)) = startup_only.iter().find(|(n, _)| n == name) {
             refusals.push(Refusal {
                 knob: name.clone(),
                 detail: format!(
@@ -754,101 +811,53 @@ pub fn merge(current: &Knobs, patch: &Value) -> Result<Knobs, Vec<Refusal>> {
             });
             continue;
         };
-        if let Err(detail) = check_range(spec, value) {
+        if let Err(detail) = spec.check(value).and_then(|()| merged.set(name, value)) {
             refusals.push(Refusal {
                 knob: name.clone(),
                 detail,
-                range: Some(range_json(spec.range)),
+                range: Some(spec.range_json()),
                 startup_only: false,
             });
-            continue;
         }
-        merged[name] = value.clone();
     }
-    if !refusals.is_empty() {
-        return Err(refusals);
+    if refusals.is_empty() {
+        Ok(merged)
+    } else {
+        Err(refusals)
     }
-    serde_json::from_value(merged).map_err(|e| {
-        vec![Refusal {
-            knob: "(body)".into(),
-            detail: e.to_string(),
-            range: None,
-            startup_only: false,
-        }]
-    })
 }
 
-/// The start-up knobs: the profile's values overridden by whatever the environment or flags set.
-pub fn from_settings(settings: &Settings) -> (Knobs, BTreeMap<&'static str, Source>) {
-    let mut knobs = Knobs::for_profile(settings.profile);
-    let mut sources: BTreeMap<&'static str, Source> = SPECS.iter().map(|s| (s.name, Source::Profile)).collect();
-    let mut set = |name: &'static str, apply: &mut dyn FnMut(&mut Knobs)| {
-        apply(&mut knobs);
-        sources.insert(name, Source::Startup);
+/// The knob table of `docs/knobs.md`, generated from [`SPECS`] (`chokepoint knobs` prints it;
+/// a test keeps the page equal to it).
+pub fn markdown_table() -> String {
+    let fragile = Knobs::for_profile(Profile::Fragile);
+    let hardened = Knobs::for_profile(Profile::Hardened);
+    let show = |v: Option<Value>| match v {
+        Some(Value::String(s)) => s,
+        Some(v) => v.to_string(),
+        None => String::new(),
     };
-    macro_rules! layer {
-        ($field:ident, $value:expr) => {
-            if let Some(v) = $value {
-                set(stringify!($field), &mut |k: &mut Knobs| k.$field = v);
-            }
-        };
-    }
-    layer!(db_pool_size, settings.db_pool_size);
-    layer!(db_max_overflow, settings.db_max_overflow);
-    layer!(
-        db_pool_timeout_ms,
-        settings.db_pool_timeout.map(|s| (s * 1000.0).round() as u64)
+    let mut out = String::from(
+        "| knob | env | range | unit | fragile | hardened | scenario | what it does |\n|---|---|---|---|---|---|---|---|\n",
     );
-    layer!(db_statement_timeout_ms, settings.db_statement_timeout_ms);
-    layer!(cpu_mode, settings.cpu_mode);
-    layer!(cpu_max_concurrency, settings.cpu_max_concurrency);
-    layer!(max_in_flight, settings.max_in_flight);
-    layer!(rate_limit_enabled, settings.enable_rate_limiting);
-    layer!(rate_limit_rps, settings.rate_limit_rps);
-    layer!(rate_limit_burst, settings.rate_limit_burst);
-    layer!(request_timeout_cpu_ms, settings.request_timeout_cpu_ms);
-    layer!(request_timeout_io_ms, settings.request_timeout_io_ms);
-    layer!(request_timeout_db_ms, settings.request_timeout_db_ms);
-    layer!(request_timeout_downstream_ms, settings.request_timeout_downstream_ms);
-    layer!(downstream_timeout_cap_ms, settings.downstream_timeout_cap_ms);
-    layer!(downstream_max_concurrency, settings.downstream_max_concurrency);
-    layer!(breaker_enabled, settings.enable_circuit_breaker);
-    layer!(breaker_failure_rate, settings.breaker_failure_rate);
-    layer!(breaker_min_calls, settings.breaker_min_calls);
-    layer!(breaker_window_calls, settings.breaker_window_calls);
-    layer!(breaker_open_ms, settings.breaker_open_ms);
-    layer!(retry_max_attempts, settings.retry_max_attempts);
-    layer!(retry_base_ms, settings.retry_base_ms);
-    layer!(retry_max_backoff_ms, settings.retry_max_backoff_ms);
-    layer!(retry_budget_percent, settings.retry_budget_percent);
-    layer!(memory_budget_mb, settings.memory_budget_mb);
-    layer!(worker_pool_size, settings.worker_pool_size);
-    layer!(worker_queue_max, settings.worker_queue_max);
-    layer!(worker_deadline_check, settings.worker_deadline_check);
-    layer!(request_deadline_ms, settings.request_deadline_ms);
-    layer!(min_warm_workers, settings.min_warm_workers);
-    layer!(max_workers, settings.max_workers);
-    layer!(cold_start_ms, settings.cold_start_ms);
-    layer!(idle_timeout_ms, settings.idle_timeout_ms);
-    layer!(gateway_timeout_ms, settings.gateway_timeout_ms);
-    layer!(http_header_read_timeout_ms, settings.http_header_read_timeout_ms);
-    layer!(http_idle_timeout_ms, settings.http_idle_timeout_ms);
-    layer!(http_max_connections, settings.http_max_connections);
-    layer!(memory_trim_interval_ms, settings.memory_trim_interval_ms);
-    layer!(deploy_mode, settings.deploy_mode);
-    layer!(deploy_timeout_ms, settings.deploy_timeout_ms);
-    layer!(deploy_work_ms, settings.deploy_work_ms);
-    layer!(deploy_queue_max, settings.deploy_queue_max);
-    layer!(deploy_workers, settings.deploy_workers);
-    layer!(cache_ttl_ms, settings.cache_ttl_ms);
-    layer!(cache_ttl_jitter_percent, settings.cache_ttl_jitter_percent);
-    layer!(cache_single_flight, settings.cache_single_flight);
-    layer!(cache_serve_stale, settings.cache_serve_stale);
-    layer!(cache_query_ms, settings.cache_query_ms);
-    layer!(redis_timeout_ms, settings.redis_timeout_ms);
-    layer!(redis_pool_size, settings.redis_pool_size);
-    layer!(redis_pool_timeout_ms, settings.redis_pool_timeout_ms);
-    (knobs, sources)
+    for s in SPECS {
+        let unit = match (s.env_unit, s.unit()) {
+            (EnvUnit::Seconds, Some(u)) => format!("{u} (env: s)"),
+            (_, u) => u.unwrap_or("").to_string(),
+        };
+        out.push_str(&format!(
+            "| `{}` | `{}` | {} | {} | {} | {} | {} | {} |\n",
+            s.name,
+            s.env,
+            s.range_text(),
+            unit,
+            show(fragile.get(s.name)),
+            show(hardened.get(s.name)),
+            s.scenario,
+            s.doc
+        ));
+    }
+    out
 }
 
 /// The live knob set, its history of sources, and its metrics.
@@ -864,8 +873,9 @@ pub struct KnobStore {
 }
 
 impl KnobStore {
-    pub fn new(settings: &Settings, registry: &Registry) -> Self {
-        let (knobs, sources) = from_settings(settings);
+    /// The store of the start-up knobs (`KnobArgs::layer_over` the start-up profile).
+    pub fn new(startup: (Knobs, BTreeMap<&'static str, Source>), registry: &Registry) -> Self {
+        let (knobs, sources) = startup;
         let values = register(
             registry,
             GaugeVec::new(
@@ -908,17 +918,18 @@ impl KnobStore {
         self.startup.clone()
     }
 
+    /// Where each knob's current value came from.
+    pub fn sources(&self) -> BTreeMap<&'static str, Source> {
+        self.sources.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Publishes `new`, recording `source` for every knob whose value changed.
     pub fn publish(&self, new: Knobs, source: Source) {
         let old = self.current();
-        let (old_v, new_v) = (
-            serde_json::to_value(&*old).unwrap(),
-            serde_json::to_value(&new).unwrap(),
-        );
         {
             let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
             for spec in SPECS {
-                if old_v[spec.name] != new_v[spec.name] {
+                if old.get(spec.name) != new.get(spec.name) {
                     sources.insert(spec.name, source);
                 }
             }
@@ -937,75 +948,10 @@ impl KnobStore {
     }
 
     fn export(&self, knobs: &Knobs) {
-        let v = serde_json::to_value(knobs).unwrap();
         for spec in SPECS {
-            let n = match &v[spec.name] {
-                Value::Bool(b) => f64::from(u8::from(*b)),
-                Value::Number(n) => n.as_f64().unwrap_or(0.0),
-                // A choice exports its position in the range (cpu_mode offload = 1, deploy_mode async = 1).
-                Value::String(s) => match spec.range {
-                    Range::Choice(c) => c.iter().position(|x| x == s).unwrap_or(0) as f64,
-                    _ => 0.0,
-                },
-                _ => 0.0,
-            };
-            self.values.with_label_values(&[spec.name]).set(n);
+            let v = knobs.get(spec.name).unwrap_or(Value::Null);
+            self.values.with_label_values(&[spec.name]).set(spec.gauge(&v));
         }
-    }
-
-    /// The `/admin/config` view: every knob with value, profile defaults, source and range,
-    /// plus the start-up-only settings.
-    pub fn describe(&self, settings: &Settings) -> Value {
-        let cur = serde_json::to_value(&*self.current()).unwrap();
-        let fragile = serde_json::to_value(Knobs::for_profile(Profile::Fragile)).unwrap();
-        let hardened = serde_json::to_value(Knobs::for_profile(Profile::Hardened)).unwrap();
-        let startup = serde_json::to_value(&*self.startup).unwrap();
-        let sources = self.sources.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let knobs: BTreeMap<&str, Value> = SPECS
-            .iter()
-            .map(|s| {
-                (
-                    s.name,
-                    json!({
-                        "value": cur[s.name],
-                        "default": startup[s.name],
-                        "source": sources.get(s.name),
-                        "runtime_tunable": true,
-                        "range": range_json(s.range),
-                        "profiles": {"fragile": fragile[s.name], "hardened": hardened[s.name]},
-                        "env": s.env,
-                        "scenario": s.scenario,
-                        "description": s.doc,
-                    }),
-                )
-            })
-            .collect();
-        let startup_only: BTreeMap<&str, Value> = STARTUP_ONLY
-            .iter()
-            .map(|(name, env)| {
-                let value = match *name {
-                    "host" => json!(settings.host.to_string()),
-                    "port" => json!(settings.port),
-                    "worker_count" => json!(settings.worker_count),
-                    "database_url" => json!(crate::infra::database::redact(&settings.effective_database_url())),
-                    "redis_url" => json!(settings.redis_url.as_deref().map(crate::infra::database::redact)),
-                    "downstream_service_url" => json!(settings.downstream_service_url),
-                    "downstream_timeout" => json!(settings.downstream_timeout),
-                    "memory_leak_limit_mb" => json!(settings.memory_leak_limit_mb),
-                    "shutdown_grace_ms" => json!(settings.shutdown_grace_ms),
-                    "log_format" => json!(settings.log_format),
-                    "profile" => json!(settings.profile.as_str()),
-                    "admin_token" => json!(if settings.admin_token.is_some() {
-                        "(set)"
-                    } else {
-                        "(unset)"
-                    }),
-                    _ => Value::Null,
-                };
-                (*name, json!({"value": value, "runtime_tunable": false, "env": env}))
-            })
-            .collect();
-        json!({"knobs": knobs, "startup_only": startup_only})
     }
 }
 
@@ -1027,44 +973,61 @@ mod tests {
     #[test]
     fn both_profiles_are_within_range() {
         for p in [Profile::Fragile, Profile::Hardened] {
-            let v = serde_json::to_value(Knobs::for_profile(p)).unwrap();
+            let k = Knobs::for_profile(p);
             for s in SPECS {
-                check_range(s, &v[s.name]).unwrap_or_else(|e| panic!("{p:?}: {e}"));
+                s.check(&k.get(s.name).unwrap())
+                    .unwrap_or_else(|e| panic!("{p:?}: {e}"));
             }
         }
     }
 
     #[test]
+    fn text_and_patch_share_one_range_check() {
+        let size = spec("db_pool_size").unwrap();
+        assert_eq!(size.parse_text(" 7 ").unwrap(), json!(7));
+        assert!(size.parse_text("0").is_err());
+        assert!(size.parse_text("1001").is_err());
+        assert!(size.parse_text("x").is_err());
+        let timeout = spec("db_pool_timeout_ms").unwrap();
+        assert_eq!(timeout.parse_text("0.25").unwrap(), json!(250));
+        assert!(timeout.parse_text("-1").is_err());
+        assert!(timeout.parse_text("601").is_err());
+        assert_eq!(
+            spec("cpu_mode").unwrap().parse_text("offload").unwrap(),
+            json!("offload")
+        );
+        assert!(spec("cpu_mode").unwrap().parse_text("fast").is_err());
+        assert_eq!(spec("breaker_enabled").unwrap().parse_text("YES").unwrap(), json!(true));
+        assert!(spec("breaker_failure_rate").unwrap().parse_text("NaN").is_err());
+    }
+
+    #[test]
     fn merge_validates_everything_before_applying() {
         let k = Knobs::for_profile(Profile::Fragile);
-        let ok = merge(&k, &json!({"db_pool_size": 7, "cpu_mode": "offload"})).unwrap();
+        let startup_only = [("port".to_string(), "PORT".to_string())];
+        let ok = merge(&k, &json!({"db_pool_size": 7, "cpu_mode": "offload"}), &startup_only).unwrap();
         assert_eq!(ok.db_pool_size, 7);
         assert_eq!(ok.cpu_mode, CpuMode::Offload);
         let err = merge(
             &k,
             &json!({"db_pool_size": 0, "nope": 1, "port": 1, "cpu_mode": "x", "breaker_enabled": 1}),
+            &startup_only,
         )
         .unwrap_err();
         assert_eq!(err.len(), 5);
         assert!(err.iter().any(|r| r.startup_only && r.knob == "port"));
-        assert!(merge(&k, &json!({"db_pool_size": "5"})).is_err());
-        assert!(merge(&k, &json!({"db_pool_size": 5.5})).is_err());
-        assert!(merge(&k, &json!([1])).is_err());
+        assert!(merge(&k, &json!({"db_pool_size": "5"}), &startup_only).is_err());
+        assert!(merge(&k, &json!({"db_pool_size": 5.5}), &startup_only).is_err());
+        assert!(merge(&k, &json!([1]), &startup_only).is_err());
     }
-}
 
-#[cfg(test)]
-mod doc_tests {
-    /// `docs/knobs.md` documents every knob with its environment variable.
+    /// `docs/knobs.md` carries the table generated from [`SPECS`], as it is now.
     #[test]
-    fn every_knob_is_documented() {
+    fn the_knob_page_has_the_generated_table() {
         let doc = include_str!("../docs/knobs.md");
-        for spec in super::SPECS {
-            assert!(
-                doc.contains(&format!("| `{}` | `{}` |", spec.name, spec.env)),
-                "{} missing from docs/knobs.md",
-                spec.name
-            );
-        }
+        assert!(
+            doc.contains(&markdown_table()),
+            "docs/knobs.md's knob table is out of date: replace it with the output of `chokepoint knobs`"
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! requests within the grace period. The binary and the tests build the very same app.
 
 pub mod admin;
+pub mod cli;
 pub mod downstream;
 pub mod edge;
 pub mod error;
@@ -84,6 +85,16 @@ pub struct AppStateInner {
 }
 
 impl AppState {
+    /// Everything sized or tuned by a knob takes `knobs` (before they are published): the
+    /// database pool (swapped if its size changed), the worker pool, the elastic pool, the
+    /// Redis pool. The admin API's change, profile switch and reset all go through here.
+    pub fn apply_knobs(&self, knobs: &knobs::Knobs) {
+        let tuned: [&dyn knobs::ApplyKnobs; 4] = [&*self.db, &*self.worker_pool, &self.elastic, &*self.cache];
+        for part in tuned {
+            part.apply_knobs(knobs);
+        }
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
@@ -102,7 +113,7 @@ impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
         let registry = telemetry::new_registry();
         let http_metrics = HttpMetrics::new(&registry);
-        let knobs = KnobStore::new(&settings, &registry);
+        let knobs = KnobStore::new(settings.startup_knobs(), &registry);
         let db = Database::connect(&settings, &knobs.current(), &registry).await?;
 
         let (downstream_url, embedded_downstream) = match &settings.downstream_service_url {

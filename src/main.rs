@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use chokepoint::settings::{self, Cli, Command, DownstreamSettings, Settings};
+use chokepoint::cli::{self, Cli, Command};
+use chokepoint::settings::{DownstreamSettings, Settings};
 use chokepoint::{downstream, telemetry, App};
 
 fn main() -> ExitCode {
@@ -17,7 +18,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             // One clear line naming the variable, instead of clap's multi-line block.
-            eprintln!("chokepoint: {}", settings::one_line_error(&e));
+            eprintln!("chokepoint: {}", cli::one_line_error(&e));
             return ExitCode::from(2);
         }
     };
@@ -27,10 +28,15 @@ fn main() -> ExitCode {
         Command::Migrate(settings) => migrate(*settings),
         Command::Healthcheck(args) => healthcheck(&args),
         Command::Repro(cmd) => repro(*cmd),
+        Command::Knobs => {
+            print!("{}", chokepoint::knobs::markdown_table());
+            ExitCode::SUCCESS
+        }
     }
 }
 
-fn repro(cmd: settings::ReproCommand) -> ExitCode {
+fn repro(mut cmd: cli::ReproCommand) -> ExitCode {
+    cmd.repro.admin_token = cmd.lab.admin_token.as_ref().map(|t| t.expose().to_string());
     // The in-process lab logs errors only: its failures are the report's subject, not noise.
     if std::env::var_os("RUST_LOG").is_none() {
         std::env::set_var("RUST_LOG", "error");
@@ -56,7 +62,7 @@ fn migrate(mut settings: Settings) -> ExitCode {
         Err(e) => return fail("cannot start the async runtime", &e),
     };
     runtime.block_on(async move {
-        let knobs = chokepoint::knobs::from_settings(&settings).0;
+        let knobs = settings.startup_knobs().0;
         let registry = prometheus::Registry::new();
         match chokepoint::infra::database::Database::connect(&settings, &knobs, &registry).await {
             Ok(db) => {
@@ -69,7 +75,7 @@ fn migrate(mut settings: Settings) -> ExitCode {
     })
 }
 
-fn healthcheck(args: &settings::HealthcheckArgs) -> ExitCode {
+fn healthcheck(args: &cli::HealthcheckArgs) -> ExitCode {
     let url = format!("http://127.0.0.1:{}{}", args.port, args.path);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -4,82 +4,19 @@
 //! (`DATABASE_URL`, `DB_POOL_SIZE`, `DB_MAX_OVERFLOW`, ...). An invalid value stops start-up with
 //! one line naming the variable and its allowed range.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Args, FromArgMatches};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{json, Value};
 
-use crate::knobs::{CpuMode, DeployMode, Profile};
+use crate::knobs::{parse_bool, KnobArgs, Knobs, Profile, Source, SPECS};
 
-/// chokepoint: a deliberately fragile backend that reproduces production collapses on demand.
-#[derive(Debug, Parser)]
-#[command(name = "chokepoint", version, about)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the lab (the default when no subcommand is given).
-    Serve(Box<Settings>),
-    /// Run the downstream dependency simulator.
-    Downstream(DownstreamSettings),
-    /// Run the database migrations and exit (a job or init container ahead of replicas that
-    /// reach PostgreSQL through PgBouncer with SKIP_MIGRATIONS=true).
-    Migrate(Box<Settings>),
-    /// Exit 0 when the local server answers 200 on a path (a container HEALTHCHECK without curl).
-    Healthcheck(HealthcheckArgs),
-    /// Reproduce a catalog row under open-model load and print a breaking-point report
-    /// (in-process lab by default; the serve settings, e.g. DATABASE_URL, apply to it).
-    Repro(Box<ReproCommand>),
-}
-
-/// `chokepoint repro`: its own arguments plus the settings of the in-process lab.
-#[derive(Debug, Clone, Args)]
-pub struct ReproCommand {
-    #[command(flatten)]
-    pub repro: crate::repro::ReproArgs,
-    #[command(flatten)]
-    pub lab: Settings,
-}
-
-/// Arguments of `chokepoint healthcheck`.
-#[derive(Debug, Clone, Args)]
-pub struct HealthcheckArgs {
-    /// Port of the local server (the app's 8000, the simulator's 8001).
-    #[arg(long, env = "PORT", default_value_t = 8000)]
-    pub port: u16,
-    /// Path to probe.
-    #[arg(long, default_value = "/health")]
-    pub path: String,
-    /// Give up after this many seconds.
-    #[arg(long, default_value_t = 3)]
-    pub timeout: u64,
-}
-
-impl Cli {
-    /// Parses the command line, treating a missing subcommand as `serve`.
-    pub fn parse_with_default_serve<I, T>(args: I) -> Result<Self, clap::Error>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
-    {
-        let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
-        let needs_serve = match args.get(1).and_then(|a| a.to_str()) {
-            None => true,
-            Some("-h" | "--help" | "-V" | "--version" | "help") => false,
-            Some(first) => first.starts_with('-'),
-        };
-        if needs_serve {
-            args.insert(1.min(args.len()), "serve".into());
-        }
-        Cli::try_parse_from(args)
-    }
-}
-
-/// Settings of `chokepoint serve`.
-#[derive(Debug, Clone, Args)]
+/// Settings of `chokepoint serve`: the start-up-only settings, plus every runtime knob's
+/// variable and flag (flattened in from the knob table, [`KnobArgs`]).
+#[derive(Debug, Clone, Args, Serialize)]
 pub struct Settings {
     /// Address to bind. A non-loopback address exposes the lab (and its admin API) to the network.
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
@@ -98,20 +35,6 @@ pub struct Settings {
     /// fix on. Single knobs below override it.
     #[arg(long, env = "PROFILE", value_enum, default_value = "fragile")]
     pub profile: Profile,
-
-    /// Connections the pool keeps open (SQLAlchemy's `pool_size`; profile default 5).
-    #[arg(long, env = "DB_POOL_SIZE", value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub db_pool_size: Option<u32>,
-
-    /// Extra connections opened under load on top of the pool size (SQLAlchemy's `max_overflow`;
-    /// profile default 10).
-    #[arg(long, env = "DB_MAX_OVERFLOW", value_parser = clap::value_parser!(u32).range(0..=1000))]
-    pub db_max_overflow: Option<u32>,
-
-    /// Seconds a request waits for a pooled connection before failing with 503 (acquire timeout;
-    /// fragile 30 like the reports, hardened 0.25).
-    #[arg(long, env = "DB_POOL_TIMEOUT", value_parser = seconds(0.01, 600.0))]
-    pub db_pool_timeout: Option<f64>,
 
     /// Redis URL; unset disables the cache scenario (it answers 503 saying so).
     #[arg(long, env = "REDIS_URL", value_parser = parse_redis_url)]
@@ -146,161 +69,16 @@ pub struct Settings {
     #[arg(long, env = "WORKER_COUNT", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub worker_count: Option<u16>,
 
-    /// Circuit breaker on downstream calls (knob `breaker_enabled`).
-    #[arg(long, env = "ENABLE_CIRCUIT_BREAKER", value_parser = parse_bool)]
-    pub enable_circuit_breaker: Option<bool>,
-
-    /// Rate limiting: 429 above `RATE_LIMIT_RPS` (knob `rate_limit_enabled`).
-    #[arg(long, env = "ENABLE_RATE_LIMITING", value_parser = parse_bool)]
-    pub enable_rate_limiting: Option<bool>,
-
     /// Bearer token required by mutating `/admin` calls when bound to a non-loopback address.
     /// Never logged.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    #[serde(serialize_with = "set_or_unset")]
     pub admin_token: Option<Secret>,
 
-    // Runtime knobs settable at start-up; see docs/knobs.md. Unset: the profile's value.
-    /// Knob `db_statement_timeout_ms`.
-    #[arg(long, env = "DB_STATEMENT_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(0..=600_000))]
-    pub db_statement_timeout_ms: Option<u64>,
-    /// Knob `cpu_mode`: `inline` or `offload`.
-    #[arg(long, env = "CPU_MODE", value_enum)]
-    pub cpu_mode: Option<CpuMode>,
-    /// Knob `cpu_max_concurrency`.
-    #[arg(long, env = "CPU_MAX_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=256))]
-    pub cpu_max_concurrency: Option<u32>,
-    /// Knob `max_in_flight` (load shedding; 0 = unlimited).
-    #[arg(long, env = "MAX_IN_FLIGHT", value_parser = clap::value_parser!(u32).range(0..=100_000))]
-    pub max_in_flight: Option<u32>,
-    /// Knob `rate_limit_rps`.
-    #[arg(long, env = "RATE_LIMIT_RPS", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub rate_limit_rps: Option<u32>,
-    /// Knob `rate_limit_burst`.
-    #[arg(long, env = "RATE_LIMIT_BURST", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub rate_limit_burst: Option<u32>,
-    /// Knob `request_timeout_cpu_ms`.
-    #[arg(long, env = "REQUEST_TIMEOUT_CPU_MS", value_parser = clap::value_parser!(u64).range(0..=600_000))]
-    pub request_timeout_cpu_ms: Option<u64>,
-    /// Knob `request_timeout_io_ms`.
-    #[arg(long, env = "REQUEST_TIMEOUT_IO_MS", value_parser = clap::value_parser!(u64).range(0..=600_000))]
-    pub request_timeout_io_ms: Option<u64>,
-    /// Knob `request_timeout_db_ms`.
-    #[arg(long, env = "REQUEST_TIMEOUT_DB_MS", value_parser = clap::value_parser!(u64).range(0..=600_000))]
-    pub request_timeout_db_ms: Option<u64>,
-    /// Knob `request_timeout_downstream_ms`.
-    #[arg(long, env = "REQUEST_TIMEOUT_DOWNSTREAM_MS", value_parser = clap::value_parser!(u64).range(0..=600_000))]
-    pub request_timeout_downstream_ms: Option<u64>,
-    /// Knob `downstream_timeout_cap_ms`.
-    #[arg(long, env = "DOWNSTREAM_TIMEOUT_CAP_MS", value_parser = clap::value_parser!(u64).range(0..=600_000))]
-    pub downstream_timeout_cap_ms: Option<u64>,
-    /// Knob `downstream_max_concurrency` (bulkhead; 0 = unbounded).
-    #[arg(long, env = "DOWNSTREAM_MAX_CONCURRENCY", value_parser = clap::value_parser!(u32).range(0..=100_000))]
-    pub downstream_max_concurrency: Option<u32>,
-    /// Knob `breaker_failure_rate`.
-    #[arg(long, env = "BREAKER_FAILURE_RATE", value_parser = fraction(0.01, 1.0))]
-    pub breaker_failure_rate: Option<f64>,
-    /// Knob `breaker_min_calls`.
-    #[arg(long, env = "BREAKER_MIN_CALLS", value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub breaker_min_calls: Option<u32>,
-    /// Knob `breaker_window_calls`.
-    #[arg(long, env = "BREAKER_WINDOW_CALLS", value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub breaker_window_calls: Option<u32>,
-    /// Knob `breaker_open_ms`.
-    #[arg(long, env = "BREAKER_OPEN_MS", value_parser = clap::value_parser!(u64).range(10..=600_000))]
-    pub breaker_open_ms: Option<u64>,
-    /// Knob `retry_max_attempts` (1 = no retry).
-    #[arg(long, env = "RETRY_MAX_ATTEMPTS", value_parser = clap::value_parser!(u32).range(1..=10))]
-    pub retry_max_attempts: Option<u32>,
-    /// Knob `retry_base_ms` (0 = immediate retries).
-    #[arg(long, env = "RETRY_BASE_MS", value_parser = clap::value_parser!(u64).range(0..=60_000))]
-    pub retry_base_ms: Option<u64>,
-    /// Knob `retry_max_backoff_ms`.
-    #[arg(long, env = "RETRY_MAX_BACKOFF_MS", value_parser = clap::value_parser!(u64).range(0..=600_000))]
-    pub retry_max_backoff_ms: Option<u64>,
-    /// Knob `retry_budget_percent` (0 = unlimited).
-    #[arg(long, env = "RETRY_BUDGET_PERCENT", value_parser = clap::value_parser!(u32).range(0..=1000))]
-    pub retry_budget_percent: Option<u32>,
-    /// Knob `memory_budget_mb` (0 = only the safety cap).
-    #[arg(long, env = "MEMORY_BUDGET_MB", value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
-    pub memory_budget_mb: Option<u64>,
-    /// Knob `worker_pool_size` (OS threads of the worker-pool scenario).
-    #[arg(long, env = "WORKER_POOL_SIZE", value_parser = clap::value_parser!(u32).range(1..=512))]
-    pub worker_pool_size: Option<u32>,
-    /// Knob `worker_queue_max` (0 = unbounded).
-    #[arg(long, env = "WORKER_QUEUE_MAX", value_parser = clap::value_parser!(u32).range(0..=100_000))]
-    pub worker_queue_max: Option<u32>,
-    /// Knob `worker_deadline_check`.
-    #[arg(long, env = "WORKER_DEADLINE_CHECK", value_parser = parse_bool)]
-    pub worker_deadline_check: Option<bool>,
-    /// Knob `request_deadline_ms`.
-    #[arg(long, env = "REQUEST_DEADLINE_MS", value_parser = clap::value_parser!(u64).range(1..=600_000))]
-    pub request_deadline_ms: Option<u64>,
-    /// Knob `min_warm_workers` (cold-start scenario).
-    #[arg(long, env = "MIN_WARM_WORKERS", value_parser = clap::value_parser!(u32).range(0..=1000))]
-    pub min_warm_workers: Option<u32>,
-    /// Knob `max_workers` (cold-start scenario).
-    #[arg(long, env = "MAX_WORKERS", value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub max_workers: Option<u32>,
-    /// Knob `cold_start_ms`.
-    #[arg(long, env = "COLD_START_MS", value_parser = clap::value_parser!(u64).range(0..=600_000))]
-    pub cold_start_ms: Option<u64>,
-    /// Knob `idle_timeout_ms`.
-    #[arg(long, env = "IDLE_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
-    pub idle_timeout_ms: Option<u64>,
-    /// Knob `gateway_timeout_ms`.
-    #[arg(long, env = "GATEWAY_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..=600_000))]
-    pub gateway_timeout_ms: Option<u64>,
-    /// Knob `http_header_read_timeout_ms` (every route).
-    #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(100..=600_000))]
-    pub http_header_read_timeout_ms: Option<u64>,
-    /// Knob `http_idle_timeout_ms` (every route).
-    #[arg(long, env = "HTTP_IDLE_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
-    pub http_idle_timeout_ms: Option<u64>,
-    /// Knob `http_max_connections` (every route; 0 = auto).
-    #[arg(long, env = "HTTP_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
-    pub http_max_connections: Option<u32>,
-    /// Knob `memory_trim_interval_ms` (memory scenario; 0 = never).
-    #[arg(long, env = "MEMORY_TRIM_INTERVAL_MS", value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
-    pub memory_trim_interval_ms: Option<u64>,
-    /// Knob `deploy_mode` (burst scenario).
-    #[arg(long, env = "DEPLOY_MODE", value_enum)]
-    pub deploy_mode: Option<DeployMode>,
-    /// Knob `deploy_timeout_ms` (burst scenario).
-    #[arg(long, env = "DEPLOY_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(0..=600000))]
-    pub deploy_timeout_ms: Option<u64>,
-    /// Knob `deploy_work_ms` (burst scenario).
-    #[arg(long, env = "DEPLOY_WORK_MS", value_parser = clap::value_parser!(u64).range(0..=60000))]
-    pub deploy_work_ms: Option<u64>,
-    /// Knob `deploy_queue_max` (burst scenario).
-    #[arg(long, env = "DEPLOY_QUEUE_MAX", value_parser = clap::value_parser!(u32).range(1..=1000000))]
-    pub deploy_queue_max: Option<u32>,
-    /// Knob `deploy_workers` (burst scenario).
-    #[arg(long, env = "DEPLOY_WORKERS", value_parser = clap::value_parser!(u32).range(1..=256))]
-    pub deploy_workers: Option<u32>,
-    /// Knob `cache_ttl_ms` (cache-stampede scenario).
-    #[arg(long, env = "CACHE_TTL_MS", value_parser = clap::value_parser!(u64).range(100..=86400000))]
-    pub cache_ttl_ms: Option<u64>,
-    /// Knob `cache_ttl_jitter_percent` (cache-stampede scenario).
-    #[arg(long, env = "CACHE_TTL_JITTER_PERCENT", value_parser = clap::value_parser!(u32).range(0..=100))]
-    pub cache_ttl_jitter_percent: Option<u32>,
-    /// Knob `cache_single_flight` (cache-stampede scenario).
-    #[arg(long, env = "CACHE_SINGLE_FLIGHT", value_parser = parse_bool)]
-    pub cache_single_flight: Option<bool>,
-    /// Knob `cache_serve_stale` (cache-stampede scenario).
-    #[arg(long, env = "CACHE_SERVE_STALE", value_parser = parse_bool)]
-    pub cache_serve_stale: Option<bool>,
-    /// Knob `cache_query_ms` (cache-stampede scenario).
-    #[arg(long, env = "CACHE_QUERY_MS", value_parser = clap::value_parser!(u64).range(0..=60000))]
-    pub cache_query_ms: Option<u64>,
-    /// Knob `redis_timeout_ms` (cache-stampede scenario).
-    #[arg(long, env = "REDIS_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(0..=60000))]
-    pub redis_timeout_ms: Option<u64>,
-    /// Knob `redis_pool_size` (cache-stampede scenario).
-    #[arg(long, env = "REDIS_POOL_SIZE", value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub redis_pool_size: Option<u32>,
-    /// Knob `redis_pool_timeout_ms` (cache-stampede scenario).
-    #[arg(long, env = "REDIS_POOL_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..=600000))]
-    pub redis_pool_timeout_ms: Option<u64>,
+    /// Runtime knobs settable at start-up (unset: the profile's value); see docs/knobs.md.
+    #[command(flatten)]
+    #[serde(skip)]
+    pub knobs: KnobArgs,
 
     /// Safety cap (MiB) on memory the memory endpoints may hold at once (retained + spikes).
     /// Raise it explicitly to let the process grow into the container limit (OOM demos).
@@ -337,30 +115,6 @@ pub struct DownstreamSettings {
     pub log_format: String,
 }
 
-/// One line for a command-line or environment error, naming the environment variable behind
-/// the offending flag, e.g. `invalid value 'abc' for DB_POOL_SIZE (--db-pool-size): ...`.
-pub fn one_line_error(err: &clap::Error) -> String {
-    let rendered = err.to_string();
-    let first = rendered
-        .lines()
-        .next()
-        .unwrap_or("invalid configuration")
-        .trim_start_matches("error: ");
-    let Some(clap::error::ContextValue::String(arg)) = err.get(clap::error::ContextKind::InvalidArg) else {
-        return first.to_string();
-    };
-    let long = arg.split_whitespace().next().unwrap_or("").trim_start_matches("--");
-    let env = Cli::command()
-        .get_subcommands()
-        .flat_map(|sub| sub.get_arguments().cloned().collect::<Vec<_>>())
-        .find(|a| a.get_long() == Some(long))
-        .and_then(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()));
-    match env {
-        Some(env) if !first.contains(&format!("<{env}>")) => format!("{first} (environment variable {env})"),
-        _ => first.to_string(),
-    }
-}
-
 impl Settings {
     /// Settings from the given flags only, ignoring the environment (used by tests so that a
     /// developer's exported `DATABASE_URL` never leaks into them).
@@ -375,6 +129,59 @@ impl Settings {
             std::iter::once(std::ffi::OsString::from("serve")).chain(flags.into_iter().map(Into::into)),
         )?;
         Settings::from_arg_matches(&matches)
+    }
+
+    /// The start-up knobs: the profile's values with the environment's and flags' on top.
+    pub fn startup_knobs(&self) -> (Knobs, BTreeMap<&'static str, Source>) {
+        self.knobs.layer_over(self.profile)
+    }
+
+    /// The start-up-only settings (everything `serve` takes that is not a knob) with their
+    /// environment variables, read from the command definition so none can be missed.
+    pub fn startup_only_names() -> Vec<(String, String)> {
+        let knobs: BTreeSet<&str> = SPECS.iter().map(|s| s.name).collect();
+        Settings::augment_args(clap::Command::new("serve"))
+            .get_arguments()
+            .filter(|a| !knobs.contains(a.get_id().as_str()))
+            .filter_map(|a| {
+                let env = a.get_env()?.to_string_lossy().into_owned();
+                Some((a.get_id().to_string(), env))
+            })
+            .collect()
+    }
+
+    /// The start-up-only settings as `GET /admin/config` shows them: URLs without passwords,
+    /// the token as `(set)`/`(unset)`, defaults filled in (the database URL, the worker count).
+    pub fn startup_view(&self) -> BTreeMap<String, StartupSetting> {
+        let mut values = match serde_json::to_value(self) {
+            Ok(Value::Object(map)) => map,
+            _ => Default::default(),
+        };
+        values.insert("database_url".into(), json!(redact(&self.effective_database_url())));
+        values.insert("redis_url".into(), json!(self.redis_url.as_deref().map(redact)));
+        values.insert("worker_count".into(), json!(self.effective_worker_count()));
+        Self::startup_only_names()
+            .into_iter()
+            .map(|(name, env)| {
+                let value = values.remove(&name).unwrap_or(Value::Null);
+                (
+                    name,
+                    StartupSetting {
+                        value,
+                        runtime_tunable: false,
+                        env,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Async runtime worker threads: `WORKER_COUNT`, or one per CPU.
+    pub fn effective_worker_count(&self) -> usize {
+        match self.worker_count {
+            Some(n) => usize::from(n),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
     }
 
     pub fn bind_addr(&self) -> SocketAddr {
@@ -419,6 +226,32 @@ fn parse_database_url(raw: &str) -> Result<String, String> {
         return Ok(url.to_string());
     }
     Err("expected a postgres://, postgresql+asyncpg:// or sqlite:// URL".into())
+}
+
+/// One start-up-only setting in `GET /admin/config`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartupSetting {
+    pub value: Value,
+    pub runtime_tunable: bool,
+    pub env: String,
+}
+
+fn set_or_unset<S: Serializer>(token: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if token.is_some() { "(set)" } else { "(unset)" })
+}
+
+/// The URL without its password, for error messages, logs and `/admin/config`.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let creds = &url[scheme_end + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &creds[..colon], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// A secret whose `Debug` never shows it, so logging settings cannot leak it.
@@ -473,27 +306,6 @@ fn parse_http_url(raw: &str) -> Result<String, String> {
     }
 }
 
-fn parse_bool(raw: &str) -> Result<bool, String> {
-    match raw.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" | "" => Ok(false),
-        _ => Err("expected true or false".into()),
-    }
-}
-
-/// A parser for a fraction within `min..=max`.
-fn fraction(min: f64, max: f64) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
-    move |raw: &str| {
-        let msg = || format!("expected a number in {min}..={max}");
-        let value: f64 = raw.trim().parse().map_err(|_| msg())?;
-        if (min..=max).contains(&value) {
-            Ok(value)
-        } else {
-            Err(msg())
-        }
-    }
-}
-
 /// A parser for a number of seconds (fractions allowed) within `min..=max`.
 fn seconds(min: f64, max: f64) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
     move |raw: &str| {
@@ -514,16 +326,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cli_definition_is_consistent() {
-        Cli::command().debug_assert();
-    }
-
-    #[test]
     fn defaults_match_the_seed() {
         let s = Settings::from_flags(Vec::<String>::new()).unwrap();
         assert_eq!(s.port, 8000);
         assert_eq!(s.profile, Profile::Fragile);
-        let (k, _) = crate::knobs::from_settings(&s);
+        let (k, _) = s.startup_knobs();
         assert_eq!(k.db_pool_size, 5);
         assert_eq!(k.db_max_overflow, 10);
         assert_eq!(k.db_pool_timeout_ms, 30_000);
@@ -549,20 +356,36 @@ mod tests {
     }
 
     #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+    }
+
+    /// Every start-up setting with a default shows a value, not `null`.
+    #[test]
+    fn the_startup_view_names_every_setting() {
+        let s = Settings::from_flags(Vec::<String>::new()).unwrap();
+        let view = s.startup_view();
+        for name in [
+            "redis_key_prefix",
+            "skip_migrations",
+            "shutdown_delay_ms",
+            "worker_count",
+            "database_url",
+        ] {
+            assert!(!view[name].value.is_null(), "{name} is null");
+        }
+        assert_eq!(view["admin_token"].value, "(unset)");
+        assert!(!view.contains_key("db_pool_size"));
+        assert_eq!(view.len(), Settings::startup_only_names().len());
+    }
+
+    #[test]
     fn admin_token_never_shows_in_debug() {
         let s = Settings::from_flags(["--admin-token", "super-secret-token"]).unwrap();
         assert!(!format!("{s:?}").contains("super-secret-token"));
         assert_eq!(s.admin_token.unwrap().expose(), "super-secret-token");
         assert!(Settings::from_flags(["--admin-token", "short"]).is_err());
-    }
-
-    #[test]
-    fn missing_subcommand_means_serve() {
-        let cli = Cli::parse_with_default_serve(["chokepoint", "--port", "9000"]).unwrap();
-        assert!(matches!(cli.command, Command::Serve(s) if s.port == 9000));
-        let cli = Cli::parse_with_default_serve(["chokepoint"]).unwrap();
-        assert!(matches!(cli.command, Command::Serve(_)));
-        let cli = Cli::parse_with_default_serve(["chokepoint", "downstream"]).unwrap();
-        assert!(matches!(cli.command, Command::Downstream(d) if d.port == 8001));
     }
 }

@@ -39,7 +39,7 @@ use sqlx::{ConnectOptions, Executor, PgConnection, PgPool, Postgres, Row, Sqlite
 
 use crate::error::AppError;
 use crate::knobs::Knobs;
-use crate::settings::Settings;
+use crate::settings::{redact, Settings};
 use crate::telemetry::{register, GaugeGuard, LATENCY_BUCKETS};
 
 /// Application name the pool's connections carry (visible in `pg_stat_activity`).
@@ -550,28 +550,8 @@ async fn check_reachable(opts: &ConnectOpts, within: Duration) -> anyhow::Result
     }
 }
 
-/// The URL without its password, for error messages and logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let creds = &url[scheme_end + 3..at];
-            match creds.find(':') {
-                Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &creds[..colon], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+impl crate::knobs::ApplyKnobs for Database {
+    fn apply_knobs(&self, knobs: &Knobs) {
+        self.apply(knobs);
     }
 }

@@ -35,8 +35,9 @@ pub struct ReproArgs {
     /// the admin API (and reset afterwards).
     #[arg(long)]
     pub base_url: Option<String>,
-    /// The admin token of the lab at --base-url, when it has one.
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    /// The admin token of the lab at --base-url, when it has one: the serve settings'
+    /// `--admin-token` / `ADMIN_TOKEN`, which `chokepoint repro` also takes (one flag, not two).
+    #[arg(skip)]
     pub admin_token: Option<String>,
     /// Seconds of load per stage (1-60).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
@@ -235,8 +236,11 @@ impl LabClient {
         Ok(body)
     }
 
-    async fn config(&self) -> anyhow::Result<Value> {
-        self.admin(reqwest::Method::GET, "/admin/config", None).await
+    async fn config(&self) -> anyhow::Result<scenarios::RunConfig> {
+        let view: crate::admin::ConfigView =
+            serde_json::from_value(self.admin(reqwest::Method::GET, "/admin/config", None).await?)
+                .context("reading the lab's /admin/config")?;
+        scenarios::RunConfig::from_view(&view)
     }
 
     /// Every series of `/metrics` as name{labels} → value.
@@ -295,15 +299,12 @@ async fn run_profile(
     let config = lab.config().await?;
     if scenario == ScenarioId::ColdStart {
         // Let the profile's warm workers (min_warm_workers) finish their own cold start.
-        let cold = config["knobs"]["cold_start_ms"]["value"].as_u64().unwrap_or(0);
+        let cold = config.knobs.cold_start_ms;
         tokio::time::sleep(Duration::from_millis(cold + 250)).await;
     }
     let plan = scenario.plan(&config, cpu_ms);
     let prediction = scenario.predict(&config, cpu_ms);
-    let knobs: Value = config["knobs"]
-        .as_object()
-        .map(|o| o.iter().map(|(k, v)| (k.clone(), v["value"].clone())).collect())
-        .unwrap_or_default();
+    let knobs = serde_json::to_value(&config.knobs)?;
     let request = format!("{} {}", plan.target.method, plan.target.path);
     let mut stages = Vec::new();
     for (i, &rate) in plan.rates.iter().enumerate() {
@@ -585,7 +586,7 @@ fn progress(label: &str, sent: u64, total: u64, done: u64, in_flight: u64) {
     );
 }
 
-fn verdict(plan: &Plan, config: &Value, prediction: &Prediction, stages: &[StageResult]) -> Verdict {
+fn verdict(plan: &Plan, config: &scenarios::RunConfig, prediction: &Prediction, stages: &[StageResult]) -> Verdict {
     // The baseline is the best stage's p95 (not the first stage's: a cold start breaks first).
     let base_p95 = stages.iter().filter_map(|s| s.p95_ms).fold(f64::INFINITY, f64::min);
     let base_p95 = if base_p95.is_finite() { base_p95 } else { 0.0 };

@@ -2,6 +2,7 @@
 //! numbers small enough for a short run, the stages of offered load, the prediction from the
 //! knobs, and the metrics that show the saturation.
 
+use crate::knobs::{CpuMode, DeployMode, Knobs};
 use serde_json::{json, Value};
 
 /// The catalog rows `repro` can run.
@@ -71,10 +72,8 @@ pub struct Watch {
 pub enum SaturatedAt {
     /// Above this value.
     Above(f64),
-    /// At or above the value of this knob (from `/admin/config`).
-    AtKnob(&'static str),
-    /// At or above the sum of these knobs.
-    AtKnobSum(&'static str, &'static str),
+    /// At or above a capacity set by knobs (read from the lab's configuration).
+    AtKnobs(fn(&Knobs) -> f64),
 }
 
 /// What the knobs predict.
@@ -110,12 +109,29 @@ const POOL_WAITING: Watch = Watch {
     saturated_at: SaturatedAt::Above(0.0),
 };
 
-fn knob(config: &Value, name: &str) -> f64 {
-    config["knobs"][name]["value"].as_f64().unwrap_or(0.0)
+/// The lab's configuration in force for a run, typed (read once from `GET /admin/config`).
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub knobs: Knobs,
+    /// The safety cap, `MEMORY_LEAK_LIMIT_MB`.
+    pub memory_leak_limit_mb: f64,
 }
 
-fn knob_str<'a>(config: &'a Value, name: &str) -> &'a str {
-    config["knobs"][name]["value"].as_str().unwrap_or("")
+impl RunConfig {
+    pub fn from_view(view: &crate::admin::ConfigView) -> anyhow::Result<Self> {
+        let knobs = view
+            .current()
+            .map_err(|e| anyhow::anyhow!("the lab's /admin/config has unexpected knobs: {e}"))?;
+        let memory_leak_limit_mb = view
+            .startup_only
+            .get("memory_leak_limit_mb")
+            .and_then(|s| s.value.as_f64())
+            .unwrap_or(f64::NAN);
+        Ok(RunConfig {
+            knobs,
+            memory_leak_limit_mb,
+        })
+    }
 }
 
 /// Multiples of a capacity.
@@ -135,7 +151,11 @@ impl ScenarioId {
 
     /// The request the scenario sends (it does not depend on the knobs).
     pub fn target(self) -> Target {
-        self.plan(&Value::Null, None).target
+        let defaults = RunConfig {
+            knobs: Knobs::for_profile(crate::knobs::Profile::Fragile),
+            memory_leak_limit_mb: f64::NAN,
+        };
+        self.plan(&defaults, None).target
     }
 
     /// The knobs the run sets on top of the profile.
@@ -153,7 +173,8 @@ impl ScenarioId {
     }
 
     /// The plan, given the configuration in force after the profile and the run knobs.
-    pub fn plan(self, config: &Value, cpu_ms: Option<f64>) -> Plan {
+    pub fn plan(self, config: &RunConfig, cpu_ms: Option<f64>) -> Plan {
+        let knobs = &config.knobs;
         let mut plan = Plan {
             target: Target::get("/api/ping"),
             knobs: self.run_knobs(),
@@ -162,7 +183,7 @@ impl ScenarioId {
             canary: None,
             before_stage: None,
         };
-        let pool = || knob(config, "db_pool_size") + knob(config, "db_max_overflow");
+        let pool = || (knobs.db_pool_size as f64) + (knobs.db_max_overflow as f64);
         match self {
             ScenarioId::DbPool | ScenarioId::DbReplicas => {
                 let hold = if self == ScenarioId::DbPool { 100.0 } else { 1000.0 };
@@ -174,7 +195,7 @@ impl ScenarioId {
                         series: "db_pool_connections{state=\"in_use\"}",
                         label: "connections in use (max)",
                         counter: false,
-                        saturated_at: SaturatedAt::AtKnobSum("db_pool_size", "db_max_overflow"),
+                        saturated_at: SaturatedAt::AtKnobs(|k| f64::from(k.db_pool_size + k.db_max_overflow)),
                     },
                     Watch {
                         series: "db_pool_acquire_timeouts_total",
@@ -186,7 +207,7 @@ impl ScenarioId {
             }
             ScenarioId::WorkerPool => {
                 plan.target = Target::get("/api/worker-pool?work_ms=100");
-                plan.rates = around(knob(config, "worker_pool_size") / 0.1, AROUND);
+                plan.rates = around((knobs.worker_pool_size as f64) / 0.1, AROUND);
                 plan.watches = vec![
                     Watch {
                         series: "worker_pool_queue_depth",
@@ -198,7 +219,7 @@ impl ScenarioId {
                         series: "worker_pool_busy",
                         label: "busy threads (max)",
                         counter: false,
-                        saturated_at: SaturatedAt::AtKnob("worker_pool_size"),
+                        saturated_at: SaturatedAt::AtKnobs(|k| f64::from(k.worker_pool_size)),
                     },
                     Watch {
                         series: "worker_pool_deadline_exceeded_total",
@@ -214,9 +235,9 @@ impl ScenarioId {
                     path: "/api/v1/deployments/".into(),
                     body: Some("{}"),
                 };
-                let work = knob(config, "deploy_work_ms") / 1000.0;
-                let cap = if knob_str(config, "deploy_mode") == "async" {
-                    knob(config, "deploy_workers").min(pool()) / work
+                let work = (knobs.deploy_work_ms as f64) / 1000.0;
+                let cap = if knobs.deploy_mode == DeployMode::Async {
+                    (knobs.deploy_workers as f64).min(pool()) / work
                 } else {
                     pool() / work
                 };
@@ -235,8 +256,8 @@ impl ScenarioId {
                 plan.target = Target::get("/api/cpu-intensive?complexity=30");
                 let single = cpu_ms.unwrap_or(10.0) / 1000.0;
                 let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
-                let lanes = if knob_str(config, "cpu_mode") == "offload" {
-                    knob(config, "cpu_max_concurrency").min(cores)
+                let lanes = if knobs.cpu_mode == CpuMode::Offload {
+                    (knobs.cpu_max_concurrency as f64).min(cores)
                 } else {
                     cores
                 };
@@ -259,7 +280,7 @@ impl ScenarioId {
             }
             ScenarioId::ColdStart => {
                 plan.target = Target::get("/api/cold-start?work_ms=100");
-                plan.rates = around(knob(config, "max_workers") / 0.1, AROUND);
+                plan.rates = around((knobs.max_workers as f64) / 0.1, AROUND);
                 plan.watches = vec![
                     Watch {
                         series: "cold_start_queue_depth",
@@ -296,7 +317,7 @@ impl ScenarioId {
                         series: "downstream_calls_in_flight",
                         label: "downstream calls in flight (max)",
                         counter: false,
-                        saturated_at: SaturatedAt::AtKnob("downstream_max_concurrency"),
+                        saturated_at: SaturatedAt::AtKnobs(|k| f64::from(k.downstream_max_concurrency)),
                     },
                     Watch {
                         series: "circuit_breaker_rejections_total",
@@ -364,10 +385,10 @@ impl ScenarioId {
     }
 
     /// The prediction from the knobs in force (after the profile and the run knobs).
-    pub fn predict(self, config: &Value, cpu_ms: Option<f64>) -> Prediction {
-        let k = |n: &str| knob(config, n);
-        let pool = k("db_pool_size") + k("db_max_overflow");
-        let acquire = k("db_pool_timeout_ms");
+    pub fn predict(self, config: &RunConfig, cpu_ms: Option<f64>) -> Prediction {
+        let knobs = &config.knobs;
+        let pool = (knobs.db_pool_size as f64) + (knobs.db_max_overflow as f64);
+        let acquire = knobs.db_pool_timeout_ms as f64;
         match self {
             ScenarioId::DbPool | ScenarioId::DbReplicas => {
                 let hold = if self == ScenarioId::DbPool { 0.1 } else { 1.0 };
@@ -380,25 +401,25 @@ impl ScenarioId {
                 }
             }
             ScenarioId::WorkerPool => {
-                let w = k("worker_pool_size");
+                let w = knobs.worker_pool_size as f64;
                 Prediction {
                     capacity_rps: Some(w / 0.1),
                     formula: format!("{w} worker threads / 0.1 s work = {:.1} req/s", w / 0.1),
                     expect: format!(
                         "past capacity the queue grows (bound {}); requests whose wait passes the {} ms deadline fail with 504",
-                        if k("worker_queue_max") == 0.0 { "none".to_string() } else { k("worker_queue_max").to_string() },
-                        k("request_deadline_ms")
+                        if (knobs.worker_queue_max as f64) == 0.0 { "none".to_string() } else { (knobs.worker_queue_max as f64).to_string() },
+                        (knobs.request_deadline_ms as f64)
                     ),
                 }
             }
             ScenarioId::Burst => {
-                let work = k("deploy_work_ms") / 1000.0;
-                if knob_str(config, "deploy_mode") == "async" {
-                    let c = k("deploy_workers").min(pool) / work;
+                let work = (knobs.deploy_work_ms as f64) / 1000.0;
+                if knobs.deploy_mode == DeployMode::Async {
+                    let c = (knobs.deploy_workers as f64).min(pool) / work;
                     Prediction {
                         // Acceptance is not bounded by it: no capacity line for the answers.
                         capacity_rps: None,
-                        formula: format!("min({} workers, {pool} connections) / {work} s work = {c:.1} deployments/s drained in the background", k("deploy_workers")),
+                        formula: format!("min({} workers, {pool} connections) / {work} s work = {c:.1} deployments/s drained in the background", (knobs.deploy_workers as f64)),
                         expect: "every POST is accepted at once (202); the queue absorbs the excess".into(),
                     }
                 } else {
@@ -410,7 +431,7 @@ impl ScenarioId {
                         ),
                         expect: format!(
                             "past capacity creations queue for a connection and fail at the {} ms request timeout",
-                            k("deploy_timeout_ms")
+                            (knobs.deploy_timeout_ms as f64)
                         ),
                     }
                 }
@@ -418,9 +439,9 @@ impl ScenarioId {
             ScenarioId::Cpu => {
                 let single = cpu_ms.unwrap_or(f64::NAN);
                 let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
-                let offload = knob_str(config, "cpu_mode") == "offload";
+                let offload = knobs.cpu_mode == CpuMode::Offload;
                 let lanes = if offload {
-                    k("cpu_max_concurrency").min(cores)
+                    (knobs.cpu_max_concurrency as f64).min(cores)
                 } else {
                     cores
                 };
@@ -431,8 +452,8 @@ impl ScenarioId {
                         if offload { "offload slots" } else { "cores" },
                         lanes * 1000.0 / single
                     ),
-                    expect: if knob_str(config, "cpu_mode") == "offload" {
-                        format!("CPU work runs on a bounded pool ({}); the excess is shed with 503 and /api/ping stays fast", k("cpu_max_concurrency"))
+                    expect: if knobs.cpu_mode == CpuMode::Offload {
+                        format!("CPU work runs on a bounded pool ({}); the excess is shed with 503 and /api/ping stays fast", (knobs.cpu_max_concurrency as f64))
                     } else {
                         "CPU work runs inline on the async workers: past capacity everything queues, /api/ping included"
                             .into()
@@ -440,16 +461,16 @@ impl ScenarioId {
                 }
             }
             ScenarioId::ColdStart => {
-                let w = k("max_workers");
+                let w = knobs.max_workers as f64;
                 Prediction {
                     capacity_rps: Some(w / 0.1),
-                    formula: format!("{w} workers / 0.1 s work = {:.1} req/s once warm; each new worker takes {} ms to start ({} kept warm)", w / 0.1, k("cold_start_ms"), k("min_warm_workers")),
-                    expect: format!("requests queued behind a cold start longer than the {} ms gateway timeout fail with 504", k("gateway_timeout_ms")),
+                    formula: format!("{w} workers / 0.1 s work = {:.1} req/s once warm; each new worker takes {} ms to start ({} kept warm)", w / 0.1, (knobs.cold_start_ms as f64), (knobs.min_warm_workers as f64)),
+                    expect: format!("requests queued behind a cold start longer than the {} ms gateway timeout fail with 504", (knobs.gateway_timeout_ms as f64)),
                 }
             }
             ScenarioId::Downstream => {
-                let bulkhead = k("downstream_max_concurrency");
-                let cap = k("downstream_timeout_cap_ms");
+                let bulkhead = knobs.downstream_max_concurrency as f64;
+                let cap = knobs.downstream_timeout_cap_ms as f64;
                 if cap > 0.0 && cap < 3000.0 {
                     Prediction {
                         capacity_rps: None,
@@ -471,10 +492,8 @@ impl ScenarioId {
                 }
             }
             ScenarioId::Memory => {
-                let budget = k("memory_budget_mb");
-                let cap = config["startup_only"]["memory_leak_limit_mb"]["value"]
-                    .as_f64()
-                    .unwrap_or(f64::NAN);
+                let budget = knobs.memory_budget_mb as f64;
+                let cap = config.memory_leak_limit_mb;
                 let (limit, what) = if budget > 0.0 && budget < cap {
                     (budget, "budget (memory_budget_mb)")
                 } else {
@@ -490,7 +509,7 @@ impl ScenarioId {
                 }
             }
             ScenarioId::RetryStorm => {
-                let attempts = k("retry_max_attempts").max(1.0);
+                let attempts = (knobs.retry_max_attempts as f64).max(1.0);
                 let lost = 0.2f64.powf(attempts);
                 Prediction {
                     capacity_rps: None,
@@ -502,14 +521,12 @@ impl ScenarioId {
                 }
             }
             ScenarioId::CacheStampede => {
-                let sf = config["knobs"]["cache_single_flight"]["value"]
-                    .as_bool()
-                    .unwrap_or(false);
+                let sf = knobs.cache_single_flight;
                 Prediction {
                     capacity_rps: None,
                     formula: format!(
                         "after a flush, every reader that misses during the {} ms load goes to the database{}",
-                        k("cache_query_ms"),
+                        (knobs.cache_query_ms as f64),
                         if sf { " — single-flight: one load per key" } else { "" }
                     ),
                     expect: if sf {
@@ -524,10 +541,9 @@ impl ScenarioId {
 }
 
 /// The threshold a watch saturates at, resolved against the configuration.
-pub fn threshold(w: &Watch, config: &Value) -> f64 {
+pub fn threshold(w: &Watch, config: &RunConfig) -> f64 {
     match w.saturated_at {
         SaturatedAt::Above(v) => v,
-        SaturatedAt::AtKnob(k) => knob(config, k) - 0.5,
-        SaturatedAt::AtKnobSum(a, b) => knob(config, a) + knob(config, b) - 0.5,
+        SaturatedAt::AtKnobs(capacity) => capacity(&config.knobs) - 0.5,
     }
 }

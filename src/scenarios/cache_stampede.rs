@@ -303,3 +303,9 @@ async fn flush(State(state): State<AppState>, headers: HeaderMap) -> AppResult<J
     tracing::info!(deleted, "cache flushed");
     Ok(Json(json!({"deleted": deleted})))
 }
+
+impl crate::knobs::ApplyKnobs for Cache {
+    fn apply_knobs(&self, knobs: &Knobs) {
+        self.apply(knobs);
+    }
+}

@@ -234,3 +234,9 @@ async fn invoke(State(state): State<AppState>, params: Params) -> AppResult<Json
         }
     }
 }
+
+impl crate::knobs::ApplyKnobs for Arc<ElasticPool> {
+    fn apply_knobs(&self, knobs: &Knobs) {
+        self.apply(knobs);
+    }
+}

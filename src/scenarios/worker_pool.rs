@@ -385,6 +385,12 @@ async fn work(State(state): State<AppState>, headers: HeaderMap, params: Params)
     }
 }
 
+impl crate::knobs::ApplyKnobs for WorkerPool {
+    fn apply_knobs(&self, knobs: &crate::knobs::Knobs) {
+        self.resize(knobs.worker_pool_size);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

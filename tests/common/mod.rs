@@ -10,6 +10,8 @@ pub mod private_pg;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use chokepoint::admin::ConfigView;
+use chokepoint::knobs::Knobs;
 use chokepoint::settings::Settings;
 use chokepoint::App;
 use serde_json::Value;
@@ -256,10 +258,16 @@ impl TestApp {
         assert_eq!(status, 200, "profile {name}: {body}");
     }
 
-    /// The current value of one knob from `/admin/config`.
-    pub async fn knob(&self, name: &str) -> Value {
-        let (_, config) = self.get_json("/admin/config").await;
-        config["knobs"][name]["value"].clone()
+    /// `GET /admin/config`, typed.
+    pub async fn config(&self) -> ConfigView {
+        let (status, config) = self.get_json("/admin/config").await;
+        assert_eq!(status, 200, "{config}");
+        serde_json::from_value(config).expect("/admin/config matches ConfigView")
+    }
+
+    /// The current knobs, typed (from `/admin/config`).
+    pub async fn knobs(&self) -> Knobs {
+        self.config().await.current().expect("every knob in /admin/config")
     }
 
     /// The raw `/metrics` text.
