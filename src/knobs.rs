@@ -175,7 +175,7 @@ knob_table! {
         range: Int(10, 600_000),
         scenario: "db-pool",
         fragile: 30_000, hardened: 250,
-        doc: "acquire timeout: how long a request waits for a connection before 503",
+        doc: "acquire timeout: how long a request waits for a connection before 503 (env in seconds)",
     }
     db_statement_timeout_ms: u64 {
         env: "DB_STATEMENT_TIMEOUT_MS",

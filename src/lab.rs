@@ -10,7 +10,7 @@
 //! One sampler task per process starts with the first subscriber and stops when the state is
 //! dropped; each snapshot is serialised once and shared by every subscriber.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
@@ -26,6 +26,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
 use crate::knobs::{Knobs, Profile};
+use crate::scenarios::{Reading, ALL};
 use crate::{AppState, AppStateInner};
 
 const LAB_HTML: &str = include_str!("../assets/lab.html");
@@ -33,9 +34,6 @@ const LAB_JS: &[u8] = include_bytes!("../assets/lab.js");
 
 /// How often a snapshot is taken.
 pub const INTERVAL: Duration = Duration::from_secs(1);
-
-/// Route groups whose traffic is the observer's own, not the lab's.
-const OBSERVER_TAGS: &[&str] = &["admin", "telemetry", "docs", "lab"];
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -112,32 +110,15 @@ async fn run(weak: Weak<AppStateInner>, mut sampler: Sampler) {
     }
 }
 
-/// Route template → group (the route's OpenAPI tag).
-static GROUP_OF: LazyLock<HashMap<String, String>> = LazyLock::new(|| {
-    let spec = crate::openapi::spec();
-    let mut map = HashMap::new();
-    for (path, item) in spec["paths"].as_object().into_iter().flatten() {
-        for op in item.as_object().into_iter().flatten().map(|(_, op)| op) {
-            if let Some(tag) = op["tags"][0].as_str() {
-                map.insert(path.clone(), tag.to_string());
-            }
-        }
-    }
-    map
-});
-
-/// The groups shown, in the catalog's order (read from the spec once, not every snapshot).
-pub fn groups() -> &'static [String] {
-    static GROUPS: LazyLock<Vec<String>> = LazyLock::new(|| {
-        let spec = crate::openapi::spec();
-        spec["tags"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|t| t["name"].as_str())
-            .filter(|t| !OBSERVER_TAGS.contains(t))
-            .map(String::from)
-            .chain(std::iter::once("other".to_string()))
+/// The groups shown: every scenario with routes, in the catalog's order, then `other` (the
+/// observer surfaces' own traffic is not shown).
+pub fn groups() -> &'static [&'static str] {
+    static GROUPS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+        let route_scenarios = crate::scenarios::route_scenarios();
+        ALL.iter()
+            .map(|s| s.id)
+            .filter(|id| route_scenarios.values().any(|v| v == id))
+            .chain(std::iter::once("other"))
             .collect()
     });
     &GROUPS
@@ -166,7 +147,7 @@ impl Sampler {
         let now = std::time::Instant::now();
         let totals = group_totals(&families);
         let mut by_group = Map::new();
-        for g in groups() {
+        for &g in groups() {
             let cur = totals.get(g).cloned().unwrap_or_default();
             let (rps, error_rate, p) = match &self.prev {
                 Some((at, prev)) => {
@@ -190,7 +171,7 @@ impl Sampler {
                 None => (0.0, 0.0, [None, None, None]),
             };
             by_group.insert(
-                g.clone(),
+                g.to_string(),
                 json!({"rps": (rps * 100.0).round() / 100.0, "error_rate": (error_rate * 1e4).round() / 1e4,
                        "p50_ms": p[0], "p95_ms": p[1], "p99_ms": p[2]}),
             );
@@ -208,30 +189,28 @@ impl Sampler {
             _ => Vec::new(),
         };
         self.prev_knobs = Some(knob_values.clone());
-        let g = |name: &str, labels: &[(&str, &str)]| gauge(&families, name, labels);
+        let gauges: Map<String, Value> = ALL
+            .iter()
+            .flat_map(|s| s.gauges)
+            .map(|g| {
+                let v = gauge(&families, g.metric, g.labels);
+                let shown = match g.reading {
+                    Reading::Value => json!(v),
+                    Reading::MiB => json!(v.map(|b| (b / 1048576.0 * 10.0).round() / 10.0)),
+                    Reading::BreakerState => json!(match v {
+                        Some(1.0) => "open",
+                        Some(2.0) => "half_open",
+                        Some(_) => "closed",
+                        None => "unknown",
+                    }),
+                };
+                (g.key.to_string(), shown)
+            })
+            .collect();
         json!({
             "t": chrono::Utc::now().timestamp_millis(),
             "groups": by_group,
-            "gauges": {
-                "http_in_flight": g("http_requests_in_flight", &[]),
-                "db_in_use": g("db_pool_connections", &[("state", "in_use")]),
-                "db_idle": g("db_pool_connections", &[("state", "idle")]),
-                "db_waiting": g("db_pool_waiting", &[]),
-                "db_max": g("db_pool_max_connections", &[]),
-                "worker_queue": g("worker_pool_queue_depth", &[]),
-                "worker_busy": g("worker_pool_busy", &[]),
-                "worker_threads": g("worker_pool_threads", &[]),
-                "cold_start_queue": g("cold_start_queue_depth", &[]),
-                "deploy_queue": g("deploy_queue_depth", &[]),
-                "retained_mb": g("memory_retained_bytes", &[]).map(|b| (b / 1048576.0 * 10.0).round() / 10.0),
-                "rss_mb": g("process_resident_memory_bytes", &[]).map(|b| (b / 1048576.0 * 10.0).round() / 10.0),
-                "breaker": match g("circuit_breaker_state", &[]) {
-                    Some(1.0) => "open",
-                    Some(2.0) => "half_open",
-                    Some(_) => "closed",
-                    None => "unknown",
-                },
-            },
+            "gauges": gauges,
             "profile": profile_of(&knobs),
             "knobs": knob_values,
             "changes": changes,
@@ -268,12 +247,22 @@ fn gauge(families: &[MetricFamily], name: &str, labels: &[(&str, &str)]) -> Opti
 
 fn group_totals(families: &[MetricFamily]) -> HashMap<String, Totals> {
     let mut out: HashMap<String, Totals> = HashMap::new();
-    let group = |route: &str| GROUP_OF.get(route).cloned().unwrap_or_else(|| "other".to_string());
+    let routes = crate::scenarios::route_scenarios();
+    let group = |route: &str| -> Option<String> {
+        match routes.get(route) {
+            Some(id) => Some(id.to_string()),
+            None if crate::resilience::guard::is_exempt(route) => None,
+            None => Some("other".to_string()),
+        }
+    };
     for f in families {
         match f.name() {
             "http_requests_total" => {
                 for m in f.get_metric() {
-                    let t = out.entry(group(label(m, "route").unwrap_or(""))).or_default();
+                    let Some(g) = group(label(m, "route").unwrap_or("")) else {
+                        continue;
+                    };
+                    let t = out.entry(g).or_default();
                     let v = m.get_counter().value();
                     t.requests += v;
                     let status: u16 = label(m, "status").and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -284,7 +273,10 @@ fn group_totals(families: &[MetricFamily]) -> HashMap<String, Totals> {
             }
             "http_request_duration_seconds" => {
                 for m in f.get_metric() {
-                    let t = out.entry(group(label(m, "route").unwrap_or(""))).or_default();
+                    let Some(g) = group(label(m, "route").unwrap_or("")) else {
+                        continue;
+                    };
+                    let t = out.entry(g).or_default();
                     let h = m.get_histogram();
                     let buckets = h.get_bucket();
                     if t.buckets.is_empty() {
@@ -338,35 +330,25 @@ pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
     Some(lower.0)
 }
 
-/// The catalog for the scenario selector: each k6 script's opening comment (the field report it
-/// reproduces, and what each profile should show) and the command that runs it.
+/// The catalog for the scenario selector: each scenario's k6 script's opening comment (the
+/// field report it reproduces, and what each profile should show) and the commands that run it.
 static SCENARIOS: LazyLock<Value> = LazyLock::new(|| {
-    let scripts: BTreeMap<&str, &str> = BTreeMap::from([
-        ("baseline", include_str!("../load-tests/baseline.js")),
-        ("cpu", include_str!("../load-tests/cpu.js")),
-        ("memory", include_str!("../load-tests/memory.js")),
-        ("db-pool", include_str!("../load-tests/db-pool.js")),
-        ("db-replicas", include_str!("../load-tests/db-replicas.js")),
-        ("downstream", include_str!("../load-tests/downstream.js")),
-        ("worker-pool", include_str!("../load-tests/worker-pool.js")),
-        ("retry-storm", include_str!("../load-tests/retry-storm.js")),
-        ("cold-start", include_str!("../load-tests/cold-start.js")),
-        ("burst", include_str!("../load-tests/burst.js")),
-        ("cache-stampede", include_str!("../load-tests/cache-stampede.js")),
-    ]);
-    let list: Vec<Value> = scripts
+    let list: Vec<Value> = ALL
         .iter()
-        .map(|(id, src)| {
-            let about: Vec<&str> = src
-                .lines()
-                .take_while(|l| l.starts_with("//"))
-                .map(|l| l.trim_start_matches('/').trim())
-                .collect();
+        .map(|s| {
+            let about: Vec<&str> =
+                s.k6.source
+                    .lines()
+                    .take_while(|l| l.starts_with("//"))
+                    .map(|l| l.trim_start_matches('/').trim())
+                    .collect();
             json!({
-                "id": id,
+                "id": s.id,
+                "title": s.title,
+                "doc": s.doc,
                 "about": about.join(" "),
-                "k6_fragile": format!("PROFILE=fragile k6 run load-tests/{id}.js"),
-                "k6_hardened": format!("PROFILE=hardened k6 run load-tests/{id}.js"),
+                "k6_fragile": format!("PROFILE=fragile k6 run {}", s.k6.path),
+                "k6_hardened": format!("PROFILE=hardened k6 run {}", s.k6.path),
             })
         })
         .collect();
@@ -395,7 +377,8 @@ mod tests {
         for s in SCENARIOS.as_array().unwrap() {
             assert!(s["about"].as_str().unwrap().len() > 40, "{s}");
         }
-        assert!(groups().contains(&"db-pool".to_string()));
-        assert!(!groups().contains(&"admin".to_string()));
+        assert!(groups().contains(&"db-pool"));
+        assert!(!groups().contains(&"admin"));
+        assert!(!groups().contains(&"db-replicas"));
     }
 }

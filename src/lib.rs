@@ -5,6 +5,7 @@
 //! requests within the grace period. The binary and the tests build the very same app.
 
 pub mod admin;
+pub mod apidoc;
 pub mod cli;
 pub mod downstream;
 pub mod edge;
@@ -82,6 +83,8 @@ pub struct AppStateInner {
     pub draining: Arc<AtomicBool>,
     /// The live panel's sampler (`/lab`).
     pub lab: lab::Lab,
+    /// The `GET /` index's endpoint table (from the OpenAPI operations).
+    pub endpoints: Arc<serde_json::Value>,
 }
 
 impl AppState {
@@ -155,7 +158,7 @@ impl App {
             downstream,
             memory: Arc::new(memory),
             knobs: Arc::new(knobs),
-            guard: Arc::new(Guard::new(&registry)),
+            guard: Arc::new(Guard::new(scenarios::route_groups(), &registry)),
             cpu_pool: Bulkhead::new(Some(scenarios::cpu::offload_gauge(&registry))),
             worker_pool,
             elastic,
@@ -163,6 +166,7 @@ impl App {
             cache,
             draining: Arc::new(AtomicBool::new(false)),
             lab: lab::Lab::default(),
+            endpoints: Arc::new(serde_json::Value::Array(openapi::endpoint_table())),
         }));
         state
             .deployments
@@ -253,18 +257,9 @@ impl App {
 /// The whole HTTP surface: every scenario's routes, probes and metrics, behind the edge
 /// (request id, span, HTTP metrics, request guard: src/edge.rs).
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .merge(scenarios::healthy::router())
-        .merge(scenarios::cpu::router())
-        .merge(scenarios::io::router())
-        .merge(scenarios::memory::router())
-        .merge(scenarios::db_pool::router())
-        .merge(scenarios::downstream::router())
-        .merge(scenarios::worker_pool::router())
-        .merge(scenarios::retry_storm::router())
-        .merge(scenarios::cold_start::router())
-        .merge(scenarios::burst::router())
-        .merge(scenarios::cache_stampede::router())
+    scenarios::ALL
+        .iter()
+        .fold(Router::new(), |router, scenario| router.merge((scenario.router)()))
         .merge(admin::router())
         .merge(openapi::router())
         .merge(lab::router())

@@ -28,6 +28,21 @@ fn main() -> ExitCode {
         Command::Migrate(settings) => migrate(*settings),
         Command::Healthcheck(args) => healthcheck(&args),
         Command::Repro(cmd) => repro(*cmd),
+        Command::Scenarios(args) => {
+            let listing = chokepoint::scenarios::listing();
+            if args.json {
+                match serde_json::to_string_pretty(&listing) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => return fail("cannot list the scenarios", &e),
+                }
+            } else {
+                println!("{:<15} {:<28} {:<26} title", "id", "k6 script", "test");
+                for s in listing {
+                    println!("{:<15} {:<28} {:<26} {}", s.id, s.k6, s.test, s.title);
+                }
+            }
+            ExitCode::SUCCESS
+        }
         Command::Knobs => {
             print!("{}", chokepoint::knobs::markdown_table());
             ExitCode::SUCCESS

@@ -547,3 +547,24 @@ pub fn threshold(w: &Watch, config: &RunConfig) -> f64 {
         SaturatedAt::AtKnobs(capacity) => capacity(&config.knobs) - 0.5,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+
+    use super::ScenarioId;
+
+    /// `repro`'s scenario ids are catalog ids, and its CLI spells them the catalog's way.
+    #[test]
+    fn repro_ids_are_catalog_ids() {
+        for id in ScenarioId::value_variants() {
+            assert!(
+                crate::scenarios::find(id.as_str()).is_some(),
+                "{} is not in scenarios::ALL",
+                id.as_str()
+            );
+            let cli = id.to_possible_value().unwrap();
+            assert_eq!(cli.get_name(), id.as_str());
+        }
+    }
+}

@@ -3,6 +3,7 @@
 //! Probes (`/health`, `/ready`), `/metrics` and `/admin` are never guarded: an operator must
 //! always be able to see and fix the system.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,8 @@ use crate::knobs::Knobs;
 use crate::resilience::bulkhead::{Bulkhead, Permit};
 use crate::telemetry::register;
 
-/// Route groups that share a request timeout.
+/// Route groups that share a request timeout. Each route declares its group with its OpenAPI
+/// operation (`Op::guard`, in its scenario's module); the guard is handed that route map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Group {
     Cpu,
@@ -29,16 +31,6 @@ pub enum Group {
 }
 
 impl Group {
-    pub fn of(route: &str) -> Group {
-        match route {
-            "/api/cpu-intensive" | "/api/hash" | "/api/json-processing" | "/api/cpu/burn" => Group::Cpu,
-            "/api/slow" | "/api/random-delay" | "/api/blocking" | "/api/parallel-io" => Group::Io,
-            "/api/tasks" | "/api/db/hold" | "/api/db-pool-exhaust" | "/api/expensive-query" => Group::Db,
-            "/api/call-downstream" | "/api/cascade-failure" | "/api/no-timeout" => Group::Downstream,
-            _ => Group::Other,
-        }
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Group::Cpu => "cpu",
@@ -76,6 +68,8 @@ struct Limiter {
 }
 
 pub struct Guard {
+    /// Route template → group, from the scenarios' operations; other routes are `Other`.
+    routes: HashMap<&'static str, Group>,
     in_flight: Arc<Bulkhead>,
     limiter: ArcSwap<Limiter>,
     shed: IntCounterVec,
@@ -94,8 +88,9 @@ fn limiter(rps: u32, burst: u32) -> Limiter {
 }
 
 impl Guard {
-    pub fn new(registry: &Registry) -> Self {
-        let guard = Self::register_all(registry);
+    pub fn new(routes: HashMap<&'static str, Group>, registry: &Registry) -> Self {
+        let mut guard = Self::register_all(registry);
+        guard.routes = routes;
         // Present from the start, so dashboards and rate() see zero rather than nothing.
         for reason in ["in_flight", "cpu"] {
             guard.shed.with_label_values(&[reason]);
@@ -108,6 +103,7 @@ impl Guard {
 
     fn register_all(registry: &Registry) -> Self {
         Self {
+            routes: HashMap::new(),
             in_flight: Bulkhead::new(None),
             limiter: ArcSwap::from_pointee(limiter(100, 200)),
             shed: register(
@@ -181,7 +177,7 @@ impl Guard {
     pub fn admit(&self, knobs: &Knobs, route: Option<&str>) -> Admission {
         let group = match route {
             Some(r) if is_exempt(r) => return Admission::Exempt,
-            Some(r) => Group::of(r),
+            Some(r) => self.routes.get(r).copied().unwrap_or(Group::Other),
             None => Group::Other,
         };
         if knobs.rate_limit_enabled {

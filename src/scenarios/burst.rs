@@ -37,13 +37,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use serde_json::json;
 use serde_json::Value;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
+use crate::apidoc::{int, nullable, obj, path_param, string, Op, POOL_TIMEOUT, STORAGE_FULL};
 use crate::error::{AppError, AppResult};
 use crate::infra::database::{Conn, Database};
 use crate::knobs::{DeployMode, KnobStore};
+use crate::scenarios::{Gauge, K6Script, Scenario};
 use crate::telemetry::{register, LATENCY_BUCKETS};
 use crate::AppState;
 
@@ -813,4 +816,94 @@ async fn show(State(state): State<AppState>, Path(id): Path<String>) -> AppResul
     found.map(Json).ok_or_else(|| AppError::NotFound {
         detail: format!("no deployment {id}"),
     })
+}
+
+/// The catalog entry (see [`crate::scenarios::ALL`]).
+pub const SCENARIO: Scenario = Scenario {
+    id: "burst",
+    title: "synchronous deployments hold connections until requests time out",
+    doc: "docs/scenarios/burst.md",
+    k6: K6Script {
+        path: "load-tests/burst.js",
+        source: include_str!("../../load-tests/burst.js"),
+        smoke: true,
+    },
+    test: "tests/burst.rs",
+    router,
+    operations,
+    gauges: &[Gauge::value("deploy_queue", "deploy_queue_depth")],
+};
+
+/// Its routes in the OpenAPI document, each with its guard group.
+fn operations() -> Vec<Op> {
+    let deployment = obj(&[
+        ("id", string()),
+        ("name", string()),
+        ("environment", string()),
+        ("replicas", int()),
+        (
+            "status",
+            json!({"type": "string", "enum": ["queued", "running", "succeeded", "failed"]}),
+        ),
+        ("idempotency_key", nullable("string")),
+        ("sequence", nullable("integer")),
+        ("error", nullable("string")),
+        ("created_ms", int()),
+        ("completed_ms", nullable("integer")),
+    ]);
+    let deploy_body = json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": ["string", "null"], "minLength": NAME_LEN.start(), "maxLength": NAME_LEN.end(), "default": "deployment"},
+            "environment": {"type": ["string", "null"], "minLength": ENVIRONMENT_LEN.start(), "maxLength": ENVIRONMENT_LEN.end(), "default": "production"},
+            "replicas": {"type": ["integer", "null"], "minimum": REPLICAS.start(), "maximum": REPLICAS.end(), "default": 1},
+        },
+    });
+    let idempotency = json!({
+        "name": "Idempotency-Key", "in": "header", "required": false,
+        "description": "a retry with the same key returns the first deployment (200, Idempotent-Replayed: true)",
+        "schema": {"type": "string", "minLength": IDEMPOTENCY_KEY_LEN.start(), "maxLength": IDEMPOTENCY_KEY_LEN.end(), "pattern": "^[!-~]+$"},
+    });
+    let create_deployment = |path: &'static str| {
+        Op::new(
+            "post",
+            path,
+            "Create a deployment: sync 201, or async 202 with Location",
+        )
+        .param(idempotency.clone())
+        .body("application/json", deploy_body.clone(), false)
+        .ok(201, "created (deploy_mode sync)", deployment.clone())
+        .ok(
+            202,
+            "accepted, runs in the background (deploy_mode async)",
+            deployment.clone(),
+        )
+        .ok(
+            200,
+            "replayed: this Idempotency-Key already created a deployment",
+            deployment.clone(),
+        )
+        .fails(
+            422,
+            "a body field or the Idempotency-Key is invalid (invalid_parameter)",
+        )
+        .fails(503, POOL_TIMEOUT)
+        .fails(503, "the async queue is full (shed)")
+        .fails(504, "deploy_timeout_ms passed (request_timeout)")
+        .fails(507, STORAGE_FULL)
+    };
+    vec![
+        create_deployment("/api/v1/deployments/"),
+        create_deployment("/api/v1/deployments"),
+        Op::new("get", "/api/v1/deployments/{id}", "Read a deployment back")
+            .param(path_param(
+                "id",
+                json!({"type": "string", "format": "uuid"}),
+                "the deployment's id",
+            ))
+            .ok(200, "the deployment", deployment)
+            .fails(404, "no such deployment (not_found)")
+            .fails(422, "the id is not a UUID (invalid_parameter)")
+            .fails(503, POOL_TIMEOUT),
+    ]
 }

@@ -30,10 +30,12 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::apidoc::{admin_auth, int, obj, path_param, string, Op};
 use crate::error::{AppError, AppResult};
 use crate::infra::database::Database;
 use crate::infra::redis::Redis;
 use crate::knobs::Knobs;
+use crate::scenarios::{K6Script, Scenario};
 use crate::telemetry::{register, GaugeGuard};
 use crate::AppState;
 
@@ -308,4 +310,47 @@ impl crate::knobs::ApplyKnobs for Cache {
     fn apply_knobs(&self, knobs: &Knobs) {
         self.apply(knobs);
     }
+}
+
+/// The catalog entry (see [`crate::scenarios::ALL`]).
+pub const SCENARIO: Scenario = Scenario {
+    id: "cache-stampede",
+    title: "expired keys send every reader to the database",
+    doc: "docs/scenarios/cache-stampede.md",
+    k6: K6Script {
+        path: "load-tests/cache-stampede.js",
+        source: include_str!("../../load-tests/cache-stampede.js"),
+        smoke: true,
+    },
+    test: "tests/cache_stampede.rs",
+    router,
+    operations,
+    gauges: &[],
+};
+
+/// Its routes in the OpenAPI document, each with its guard group.
+fn operations() -> Vec<Op> {
+    vec![
+        Op::new("get", "/api/cache/items/{id}", "Read-through Redis cache over a slow query")
+            .param(path_param(
+                "id",
+                json!({"type": "integer", "minimum": ITEM_IDS.start(), "maximum": ITEM_IDS.end()}),
+                "the item's id",
+            ))
+            .ok(
+                200,
+                "the item and how the cache served it",
+                obj(&[
+                    ("item", obj(&[("id", int()), ("name", string()), ("price_cents", int()), ("loaded_at_ms", int())])),
+                    ("cache", json!({"type": "string", "enum": ["hit", "miss", "coalesced", "stale", "bypass"]})),
+                ]),
+            )
+            .fails(422, "invalid_parameter")
+            .fails(500, "Redis failed and cache_serve_stale is off (redis_error)")
+            .fails(503, "no REDIS_URL (redis_not_configured), no Redis connection within redis_pool_timeout_ms (redis_pool_timeout), or a database pool timeout"),
+        admin_auth(Op::new("post", "/admin/cache/flush", "Delete the lab's cache keys"))
+            .ok(200, "deleted", obj(&[("deleted", int())]))
+            .fails(500, "Redis failed (redis_error)")
+            .fails(503, "no REDIS_URL (redis_not_configured) or no Redis connection in time (redis_pool_timeout)"),
+    ]
 }

@@ -25,9 +25,11 @@ use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
+use crate::apidoc::{int, num, obj, Op};
 use crate::error::{AppError, AppResult};
 use crate::knobs::Knobs;
 use crate::params::{Fallback, Num, Params};
+use crate::scenarios::{Gauge, K6Script, Scenario};
 use crate::telemetry::register;
 use crate::AppState;
 
@@ -239,4 +241,38 @@ impl crate::knobs::ApplyKnobs for Arc<ElasticPool> {
     fn apply_knobs(&self, knobs: &Knobs) {
         self.apply(knobs);
     }
+}
+
+/// The catalog entry (see [`crate::scenarios::ALL`]).
+pub const SCENARIO: Scenario = Scenario {
+    id: "cold-start",
+    title: "requests wait behind cold starts",
+    doc: "docs/scenarios/cold-start.md",
+    k6: K6Script {
+        path: "load-tests/cold-start.js",
+        source: include_str!("../../load-tests/cold-start.js"),
+        smoke: true,
+    },
+    test: "tests/cold_start.rs",
+    router,
+    operations,
+    gauges: &[Gauge::value("cold_start_queue", "cold_start_queue_depth")],
+};
+
+/// Its routes in the OpenAPI document, each with its guard group.
+fn operations() -> Vec<Op> {
+    vec![Op::new(
+        "get",
+        "/api/cold-start",
+        "Work on a simulated pool provisioned on demand",
+    )
+    .query(&[&WORK_MS])
+    .ok(
+        200,
+        "done",
+        obj(&[("work_ms", int()), ("waited_ms", num()), ("total_ms", num())]),
+    )
+    .fails(422, "invalid_parameter")
+    .fails(503, "no worker could be provisioned (shed)")
+    .fails(504, "gateway_timeout_ms passed (gateway_timeout)")]
 }

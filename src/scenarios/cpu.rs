@@ -18,9 +18,12 @@ use prometheus::{IntGauge, Registry};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::apidoc::{array_of, int, num, obj, string, Op};
 use crate::error::{AppError, AppResult};
 use crate::knobs::CpuMode;
 use crate::params::{Fallback, Num, Params};
+use crate::resilience::guard::Group;
+use crate::scenarios::{K6Script, Scenario};
 use crate::AppState;
 
 /// The gauge of CPU jobs running on the blocking pool (offload mode).
@@ -232,6 +235,94 @@ async fn burn(State(state): State<AppState>, params: Params) -> AppResult<Json<V
         "wall_ms": start.elapsed().as_secs_f64() * 1e3,
         "mode": mode,
     })))
+}
+
+/// The catalog entry (see [`crate::scenarios::ALL`]).
+pub const SCENARIO: Scenario = Scenario {
+    id: "cpu",
+    title: "inline CPU work starves unrelated routes",
+    doc: "docs/scenarios/cpu.md",
+    k6: K6Script {
+        path: "load-tests/cpu.js",
+        source: include_str!("../../load-tests/cpu.js"),
+        smoke: true,
+    },
+    test: "tests/cpu.rs",
+    router,
+    operations,
+    gauges: &[],
+};
+
+/// Its routes in the OpenAPI document, each with its guard group.
+fn operations() -> Vec<Op> {
+    vec![
+        Op::new(
+            "get",
+            "/api/cpu-intensive",
+            "Recursive fibonacci (inline or offloaded: cpu_mode)",
+        )
+        .guard(Group::Cpu)
+        .query(&[&COMPLEXITY])
+        .ok(
+            200,
+            "computed",
+            obj(&[
+                ("complexity", int()),
+                ("result", int()),
+                ("duration_ms", num()),
+                ("mode", string()),
+            ]),
+        )
+        .fails(422, "invalid_parameter")
+        .fails(503, "the CPU bulkhead is full (shed)"),
+        Op::new("get", "/api/hash", "Chained SHA-256")
+            .guard(Group::Cpu)
+            .query(&[&ITERATIONS])
+            .ok(
+                200,
+                "computed",
+                obj(&[
+                    ("iterations", int()),
+                    ("hash", string()),
+                    ("duration_ms", num()),
+                    ("mode", string()),
+                ]),
+            )
+            .fails(422, "invalid_parameter")
+            .fails(503, "the CPU bulkhead is full (shed)"),
+        Op::new("get", "/api/json-processing", "Serialize, parse and aggregate records")
+            .guard(Group::Cpu)
+            .query(&[&SIZE])
+            .ok(
+                200,
+                "computed",
+                obj(&[
+                    ("size", int()),
+                    ("bytes", int()),
+                    ("sum", num()),
+                    ("average", num()),
+                    ("top_ids", array_of(int())),
+                    ("duration_ms", num()),
+                    ("mode", string()),
+                ]),
+            )
+            .fails(422, "invalid_parameter")
+            .fails(503, "the CPU bulkhead is full (shed)"),
+        Op::new(
+            "get",
+            "/api/cpu/burn",
+            "Burn a calibrated amount of CPU time (thread CPU clock)",
+        )
+        .guard(Group::Cpu)
+        .query(&[&BURN_MS])
+        .ok(
+            200,
+            "burned",
+            obj(&[("ms", int()), ("cpu_ms", num()), ("wall_ms", num()), ("mode", string())]),
+        )
+        .fails(422, "invalid_parameter")
+        .fails(503, "the CPU bulkhead is full (shed)"),
+    ]
 }
 
 #[cfg(test)]

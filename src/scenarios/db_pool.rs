@@ -15,9 +15,12 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use sqlx::Connection;
 
+use crate::apidoc::{any, array_of, int, nullable, num, obj, string, Op, POOL_TIMEOUT, STORAGE_FULL};
 use crate::error::{AppError, AppResult};
 use crate::infra::database::Conn;
 use crate::params::{Fallback, Num, Params, Text};
+use crate::resilience::guard::Group;
+use crate::scenarios::{Gauge, K6Script, Reading, Scenario};
 use crate::AppState;
 
 /// How long each `/api/db-pool-exhaust` query holds its connection (the seed's 5 s).
@@ -300,4 +303,120 @@ async fn expensive_query(State(state): State<AppState>, params: Params) -> AppRe
         "query_ms": start.elapsed().as_secs_f64() * 1e3,
         "wait_ms": waited.as_secs_f64() * 1e3,
     })))
+}
+
+/// The catalog entry (see [`crate::scenarios::ALL`]).
+pub const SCENARIO: Scenario = Scenario {
+    id: "db-pool",
+    title: "requests queue for pooled connections",
+    doc: "docs/scenarios/db-pool.md",
+    k6: K6Script {
+        path: "load-tests/db-pool.js",
+        source: include_str!("../../load-tests/db-pool.js"),
+        smoke: true,
+    },
+    test: "tests/db_pool.rs",
+    router,
+    operations,
+    gauges: &[
+        Gauge {
+            key: "db_in_use",
+            metric: "db_pool_connections",
+            labels: &[("state", "in_use")],
+            reading: Reading::Value,
+        },
+        Gauge {
+            key: "db_idle",
+            metric: "db_pool_connections",
+            labels: &[("state", "idle")],
+            reading: Reading::Value,
+        },
+        Gauge::value("db_waiting", "db_pool_waiting"),
+        Gauge::value("db_max", "db_pool_max_connections"),
+    ],
+};
+
+/// Its routes in the OpenAPI document, each with its guard group.
+fn operations() -> Vec<Op> {
+    let pool = obj(&[
+        ("max_connections", int()),
+        ("open", int()),
+        ("idle", int()),
+        ("in_use", int()),
+        ("waiting", int()),
+    ]);
+    let task = obj(&[
+        ("id", int()),
+        ("title", string()),
+        ("description", nullable("string")),
+        ("status", string()),
+        ("created_at", string()),
+    ]);
+    vec![
+        Op::new("get", "/api/tasks", "List tasks, newest first")
+            .guard(Group::Db)
+            .query(&[&LIMIT])
+            .ok(
+                200,
+                "the tasks",
+                obj(&[("count", int()), ("tasks", array_of(task.clone()))]),
+            )
+            .fails(422, "invalid_parameter")
+            .fails(503, POOL_TIMEOUT),
+        Op::new("post", "/api/tasks", "Insert a task")
+            .guard(Group::Db)
+            .query(&[&TITLE, &DESCRIPTION])
+            .ok(200, "the new task", task)
+            .fails(422, "invalid_parameter")
+            .fails(503, POOL_TIMEOUT)
+            .fails(507, STORAGE_FULL),
+        Op::new("get", "/api/db/hold", "Hold one pooled connection")
+            .guard(Group::Db)
+            .query(&[&HOLD_MS])
+            .ok(
+                200,
+                "held",
+                obj(&[("held_ms", int()), ("wait_ms", num()), ("pool", pool.clone())]),
+            )
+            .fails(422, "invalid_parameter")
+            .fails(503, POOL_TIMEOUT)
+            .fails(503, "db_statement_timeout_ms cut the hold short (db_statement_timeout)"),
+        Op::new(
+            "get",
+            "/api/db-pool-exhaust",
+            "Concurrent queries, each holding a connection 5 s",
+        )
+        .guard(Group::Db)
+        .query(&[&CONCURRENT_QUERIES])
+        .ok(
+            200,
+            "the outcome of every query (failures included)",
+            obj(&[
+                ("concurrent_queries", int()),
+                ("succeeded", int()),
+                ("failed", int()),
+                ("elapsed_seconds", num()),
+                ("pool", pool),
+                ("queries", array_of(any())),
+            ]),
+        )
+        .fails(422, "invalid_parameter"),
+        Op::new("get", "/api/expensive-query", "A heavy recursive SQL query")
+            .guard(Group::Db)
+            .query(&[&QUERY_ITERATIONS])
+            .ok(
+                200,
+                "counted",
+                obj(&[
+                    ("iterations", int()),
+                    ("rows", int()),
+                    ("checksum", any()),
+                    ("query_ms", num()),
+                    ("wait_ms", num()),
+                ]),
+            )
+            .fails(422, "invalid_parameter")
+            .fails(503, POOL_TIMEOUT)
+            .fails(503, "the query ran past db_statement_timeout_ms (db_statement_timeout)"),
+    ]
 }

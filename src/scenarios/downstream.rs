@@ -14,9 +14,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use crate::apidoc::{any, array_of, downstream_failures, int, num, obj, string, Op};
 use crate::error::AppResult;
 use crate::infra::http_client::CallTimeout;
 use crate::params::{Fallback, Num, Params};
+use crate::resilience::guard::Group;
+use crate::scenarios::{Gauge, K6Script, Reading, Scenario};
 use crate::AppState;
 
 /// The seed's fixed downstream delays and fan-out.
@@ -102,4 +105,68 @@ async fn no_timeout(State(state): State<AppState>) -> AppResult<Json<Value>> {
         "message": "waited for the downstream with no timeout",
         "downstream": ok.body,
     })))
+}
+
+/// The catalog entry (see [`crate::scenarios::ALL`]).
+pub const SCENARIO: Scenario = Scenario {
+    id: "downstream",
+    title: "a slow dependency piles requests up behind it",
+    doc: "docs/scenarios/downstream.md",
+    k6: K6Script {
+        path: "load-tests/downstream.js",
+        source: include_str!("../../load-tests/downstream.js"),
+        smoke: true,
+    },
+    test: "tests/downstream.rs",
+    router,
+    operations,
+    gauges: &[Gauge {
+        key: "breaker",
+        metric: "circuit_breaker_state",
+        labels: &[],
+        reading: Reading::BreakerState,
+    }],
+};
+
+/// Its routes in the OpenAPI document, each with its guard group.
+fn operations() -> Vec<Op> {
+    vec![
+        downstream_failures(
+            Op::new("get", "/api/call-downstream", "Downstream /slow?delay=3 with a timeout")
+                .guard(Group::Downstream)
+                .query(&[&TIMEOUT])
+                .ok(
+                    200,
+                    "answered",
+                    obj(&[("timeout", num()), ("elapsed_ms", num()), ("downstream", any())]),
+                )
+                .fails(422, "invalid_parameter"),
+        ),
+        Op::new("get", "/api/cascade-failure", "Five parallel downstream calls")
+            .guard(Group::Downstream)
+            .ok(
+                200,
+                "the outcome of every call (failures included)",
+                obj(&[
+                    ("calls", int()),
+                    ("succeeded", int()),
+                    ("failed", int()),
+                    ("timeout_seconds", int()),
+                    ("results", array_of(any())),
+                ]),
+            ),
+        downstream_failures(
+            Op::new(
+                "get",
+                "/api/no-timeout",
+                "Downstream delay of 30 s, waited for without a timeout",
+            )
+            .guard(Group::Downstream)
+            .ok(
+                200,
+                "answered",
+                obj(&[("elapsed_ms", num()), ("message", string()), ("downstream", any())]),
+            ),
+        ),
+    ]
 }

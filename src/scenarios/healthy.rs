@@ -9,7 +9,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use crate::apidoc::{any, obj, string, Op};
 use crate::error::AppError;
+use crate::scenarios::{Gauge, K6Script, Scenario};
 use crate::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -22,15 +24,15 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn index(State(state): State<AppState>) -> Json<Value> {
-    // From the OpenAPI document: one table, so the index cannot miss a route the spec has.
-    let endpoints = crate::openapi::endpoint_table();
+    // From the OpenAPI operations (built once with the app): the index cannot miss a route.
+    let endpoints = state.endpoints.clone();
     Json(json!({
         "service": "chokepoint",
         "version": env!("CARGO_PKG_VERSION"),
         "description": "a deliberately fragile backend that reproduces production collapses on demand",
         "database": state.db.backend(),
         "downstream": state.downstream.base_url(),
-        "endpoints": endpoints,
+        "endpoints": *endpoints,
     }))
 }
 
@@ -89,4 +91,50 @@ pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
         Json(json!({"error": "method_not_allowed", "detail": detail})),
     )
         .into_response()
+}
+
+/// The catalog entry (see [`crate::scenarios::ALL`]).
+pub const SCENARIO: Scenario = Scenario {
+    id: "healthy",
+    title: "the baseline: probes and fast routes, the canaries of every collapse",
+    doc: "docs/scenarios/healthy.md",
+    k6: K6Script {
+        path: "load-tests/baseline.js",
+        source: include_str!("../../load-tests/baseline.js"),
+        smoke: true,
+    },
+    test: "tests/api_surface.rs",
+    router,
+    operations,
+    gauges: &[Gauge::value("http_in_flight", "http_requests_in_flight")],
+};
+
+/// Its routes in the OpenAPI document, each with its guard group.
+fn operations() -> Vec<Op> {
+    vec![
+        Op::new("get", "/", "Service index: version, backends and the endpoint table").ok(
+            200,
+            "the index",
+            obj(&[
+                ("service", string()),
+                ("version", string()),
+                ("database", string()),
+                ("endpoints", any()),
+            ]),
+        ),
+        Op::new("get", "/health", "Liveness").ok(200, "alive", obj(&[("status", string())])),
+        Op::new("get", "/ready", "Readiness: database reachable and not draining")
+            .ok(200, "ready", obj(&[("status", string()), ("database", string())]))
+            .fails(503, "draining for shutdown or database unreachable (not_ready)"),
+        Op::new("get", "/api/ping", "The canary for unrelated-route latency").ok(
+            200,
+            "pong",
+            obj(&[("ping", string())]),
+        ),
+        Op::new("get", "/api/fast", "A fast response").ok(
+            200,
+            "ok",
+            obj(&[("status", string()), ("message", string()), ("timestamp", string())]),
+        ),
+    ]
 }

@@ -11,8 +11,11 @@ use axum::{Json, Router};
 use rand::Rng;
 use serde_json::{json, Value};
 
+use crate::apidoc::{array_of, int, num, obj, string, Op};
 use crate::error::AppResult;
 use crate::params::{Fallback, Num, Params};
+use crate::resilience::guard::Group;
+use crate::scenarios::{K6Script, Scenario};
 use crate::AppState;
 
 pub const DELAY: Num<f64> = Num {
@@ -90,4 +93,53 @@ async fn parallel_io(params: Params) -> AppResult<Json<Value>> {
         "elapsed_seconds": start.elapsed().as_secs_f64(),
         "sequential_seconds": sequential,
     })))
+}
+
+/// The catalog entry (see [`crate::scenarios::ALL`]).
+pub const SCENARIO: Scenario = Scenario {
+    id: "io",
+    title: "a blocked thread freezes every route it serves",
+    doc: "docs/scenarios/io.md",
+    k6: K6Script {
+        path: "load-tests/io.js",
+        source: include_str!("../../load-tests/io.js"),
+        smoke: true,
+    },
+    test: "tests/io.rs",
+    router,
+    operations,
+    gauges: &[],
+};
+
+/// Its routes in the OpenAPI document, each with its guard group.
+fn operations() -> Vec<Op> {
+    vec![
+        Op::new("get", "/api/slow", "Asynchronous sleep")
+            .guard(Group::Io)
+            .query(&[&DELAY])
+            .ok(200, "slept", obj(&[("delay", num()), ("message", string())]))
+            .fails(422, "invalid_parameter"),
+        Op::new("get", "/api/random-delay", "Asynchronous sleep of 0.5-5 s")
+            .guard(Group::Io)
+            .ok(200, "slept", obj(&[("delay", num()), ("message", string())])),
+        Op::new("get", "/api/blocking", "Blocks the async worker thread it runs on")
+            .guard(Group::Io)
+            .query(&[&DURATION])
+            .ok(200, "blocked", obj(&[("duration", num()), ("message", string())]))
+            .fails(422, "invalid_parameter"),
+        Op::new("get", "/api/parallel-io", "Concurrent simulated I/O")
+            .guard(Group::Io)
+            .query(&[&COUNT])
+            .ok(
+                200,
+                "done",
+                obj(&[
+                    ("count", int()),
+                    ("results", array_of(obj(&[("operation", int()), ("delay", num())]))),
+                    ("elapsed_seconds", num()),
+                    ("sequential_seconds", num()),
+                ]),
+            )
+            .fails(422, "invalid_parameter"),
+    ]
 }

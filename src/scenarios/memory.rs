@@ -20,8 +20,10 @@ use memmap2::MmapMut;
 use prometheus::{IntCounter, IntGauge, Registry};
 use serde_json::{json, Value};
 
+use crate::apidoc::{int, obj, string, Op};
 use crate::error::{AppError, AppResult};
 use crate::params::{Fallback, Num, Params};
+use crate::scenarios::{Gauge, K6Script, Reading, Scenario};
 use crate::telemetry::register;
 use crate::AppState;
 
@@ -299,6 +301,70 @@ async fn clear_memory(State(state): State<AppState>) -> Json<Value> {
         let _ = tokio::task::spawn_blocking(give_back).await;
     }
     Json(json!({"released_mb": bytes / MIB, "chunks": chunks, "retained_mb": state.memory.retained_bytes() / MIB}))
+}
+
+/// The catalog entry (see [`crate::scenarios::ALL`]).
+pub const SCENARIO: Scenario = Scenario {
+    id: "memory",
+    title: "RSS climbs towards the container limit",
+    doc: "docs/scenarios/memory.md",
+    k6: K6Script {
+        path: "load-tests/memory.js",
+        source: include_str!("../../load-tests/memory.js"),
+        smoke: true,
+    },
+    test: "tests/memory.rs",
+    router,
+    operations,
+    gauges: &[
+        Gauge {
+            key: "retained_mb",
+            metric: "memory_retained_bytes",
+            labels: &[],
+            reading: Reading::MiB,
+        },
+        Gauge {
+            key: "rss_mb",
+            metric: "process_resident_memory_bytes",
+            labels: &[],
+            reading: Reading::MiB,
+        },
+    ],
+};
+
+/// Its routes in the OpenAPI document, each with its guard group.
+fn operations() -> Vec<Op> {
+    vec![
+        Op::new("get", "/api/memory-leak", "Allocate and retain memory until cleared")
+            .query(&[&LEAK_MB])
+            .ok(
+                200,
+                "retained",
+                obj(&[
+                    ("allocated_mb", int()),
+                    ("retained_mb", int()),
+                    ("chunks", int()),
+                    ("limit_mb", int()),
+                    ("message", string()),
+                ]),
+            )
+            .fails(422, "invalid_parameter")
+            .fails(507, "the memory cap or budget would be exceeded (memory_cap)"),
+        Op::new("get", "/api/memory-spike", "Allocate, hold about a second, free")
+            .query(&[&SPIKE_MB])
+            .ok(
+                200,
+                "done",
+                obj(&[("spike_mb", int()), ("held_ms", int()), ("message", string())]),
+            )
+            .fails(422, "invalid_parameter")
+            .fails(507, "the memory cap or budget would be exceeded (memory_cap)"),
+        Op::new("post", "/api/clear-memory", "Free the retained memory").ok(
+            200,
+            "freed",
+            obj(&[("released_mb", int()), ("chunks", int()), ("retained_mb", int())]),
+        ),
+    ]
 }
 
 #[cfg(test)]

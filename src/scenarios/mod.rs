@@ -1,15 +1,237 @@
-//! The catalog: one module per failure mode, each owning its routes, its knobs and its metrics.
+//! The catalog: one module per failure mode, each describing itself with one [`Scenario`] value
+//! (its id, title, doc page, k6 script and test file; its router and OpenAPI operations, each
+//! route with its guard group; its live-panel gauges). [`ALL`] is the one list: `App::build`
+//! merges its routers, the guard takes its route map from it, `/openapi.json`, the `GET /`
+//! index, `/lab/scenarios.json`, the lab's route groups and gauges, and `chokepoint scenarios`
+//! (read by `scripts/k6-smoke.sh` and `scripts/gen-monitoring.py`) all derive from it.
+//!
 //! `healthy` holds the probes and the fast routes whose latency shows when something else is
-//! starving the process.
+//! starving the process; `db-replicas` has no routes of its own (it is `db-pool`'s routes on
+//! several replicas in front of one PostgreSQL).
+//!
+//! Adding a scenario: one module exporting `SCENARIO`, one line in [`ALL`], its doc page, its
+//! k6 script and its test file (docs/architecture.md shows a real diff).
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use axum::Router;
+use serde::Serialize;
+
+use crate::apidoc::Op;
+use crate::resilience::guard::Group;
+use crate::AppState;
 
 pub mod burst;
 pub mod cache_stampede;
 pub mod cold_start;
 pub mod cpu;
 pub mod db_pool;
+pub mod db_replicas;
 pub mod downstream;
 pub mod healthy;
 pub mod io;
 pub mod memory;
 pub mod retry_storm;
 pub mod worker_pool;
+
+/// Every scenario, in the order the panel, the OpenAPI document and the dashboards show them.
+pub static ALL: &[Scenario] = &[
+    healthy::SCENARIO,
+    cpu::SCENARIO,
+    io::SCENARIO,
+    memory::SCENARIO,
+    db_pool::SCENARIO,
+    db_replicas::SCENARIO,
+    downstream::SCENARIO,
+    worker_pool::SCENARIO,
+    retry_storm::SCENARIO,
+    cold_start::SCENARIO,
+    burst::SCENARIO,
+    cache_stampede::SCENARIO,
+];
+
+/// One failure mode, as it describes itself.
+pub struct Scenario {
+    /// The catalog id (`db-pool`): the OpenAPI tag of its routes, the panel's route group, the
+    /// `repro` argument, the doc page's and k6 script's file name.
+    pub id: &'static str,
+    /// The collapse, in a few words.
+    pub title: &'static str,
+    /// `docs/scenarios/<id>.md`.
+    pub doc: &'static str,
+    /// The k6 script that triggers it.
+    pub k6: K6Script,
+    /// The test file that shows the collapse and the cure.
+    pub test: &'static str,
+    pub router: fn() -> Router<AppState>,
+    /// Its routes in the OpenAPI document, each with its guard group.
+    pub operations: fn() -> Vec<Op>,
+    /// What the live panel reads for it.
+    pub gauges: &'static [Gauge],
+}
+
+/// A scenario's k6 script.
+pub struct K6Script {
+    /// `load-tests/<name>.js`.
+    pub path: &'static str,
+    /// The script itself (its opening comment explains the scenario in the panel).
+    pub source: &'static str,
+    /// Run by `scripts/k6-smoke.sh` against one lab process; false when it needs more than one
+    /// (db-replicas runs in `scripts/k6-replicas.sh`).
+    pub smoke: bool,
+}
+
+/// One number of the live panel: a key of the snapshot's `gauges`, read from a metric.
+pub struct Gauge {
+    pub key: &'static str,
+    pub metric: &'static str,
+    pub labels: &'static [(&'static str, &'static str)],
+    pub reading: Reading,
+}
+
+/// How a gauge's value is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    Value,
+    /// Bytes shown as MiB with one decimal.
+    MiB,
+    /// The circuit breaker's state number shown as `closed`/`open`/`half_open`.
+    BreakerState,
+}
+
+impl Gauge {
+    pub const fn value(key: &'static str, metric: &'static str) -> Gauge {
+        Gauge {
+            key,
+            metric,
+            labels: &[],
+            reading: Reading::Value,
+        }
+    }
+}
+
+impl Scenario {
+    /// Its operations, tagged with its id.
+    pub fn tagged_operations(&self) -> Vec<Op> {
+        (self.operations)().into_iter().map(|op| op.tag(self.id)).collect()
+    }
+}
+
+/// The scenario with this id.
+pub fn find(id: &str) -> Option<&'static Scenario> {
+    ALL.iter().find(|s| s.id == id)
+}
+
+/// Route template → guard group, for every scenario route (the guard's route map).
+pub fn route_groups() -> HashMap<&'static str, Group> {
+    ALL.iter()
+        .flat_map(|s| (s.operations)())
+        .map(|op| (op.path, op.group))
+        .collect()
+}
+
+/// Route template → scenario id (the panel's route groups).
+pub fn route_scenarios() -> &'static HashMap<&'static str, &'static str> {
+    static MAP: LazyLock<HashMap<&'static str, &'static str>> = LazyLock::new(|| {
+        ALL.iter()
+            .flat_map(|s| (s.operations)().into_iter().map(move |op| (op.path, s.id)))
+            .collect()
+    });
+    &MAP
+}
+
+/// One line of `chokepoint scenarios --json`.
+#[derive(Debug, Serialize)]
+pub struct Listing {
+    pub id: &'static str,
+    pub title: &'static str,
+    pub doc: &'static str,
+    pub k6: &'static str,
+    pub k6_smoke: bool,
+    pub test: &'static str,
+    pub routes: Vec<String>,
+}
+
+/// The catalog as `chokepoint scenarios` lists it.
+pub fn listing() -> Vec<Listing> {
+    ALL.iter()
+        .map(|s| Listing {
+            id: s.id,
+            title: s.title,
+            doc: s.doc,
+            k6: s.k6.path,
+            k6_smoke: s.k6.smoke,
+            test: s.test,
+            routes: (s.operations)()
+                .iter()
+                .map(|op| format!("{} {}", op.method.to_uppercase(), op.path))
+                .collect(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use super::*;
+
+    fn root() -> &'static Path {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    /// Every scenario has its doc page, k6 script and test file, named after its id; and every
+    /// doc page and k6 script belongs to a scenario.
+    #[test]
+    fn every_scenario_has_its_doc_page_k6_script_and_test() {
+        let mut ids = BTreeSet::new();
+        for s in ALL {
+            assert!(ids.insert(s.id), "{} twice in ALL", s.id);
+            for file in [s.doc, s.k6.path, s.test] {
+                assert!(root().join(file).is_file(), "{}: {file} is missing", s.id);
+            }
+            assert_eq!(s.doc, format!("docs/scenarios/{}.md", s.id));
+            let source = std::fs::read_to_string(root().join(s.k6.path)).unwrap();
+            assert_eq!(
+                source, s.k6.source,
+                "{}: the embedded k6 script is not {}",
+                s.id, s.k6.path
+            );
+            assert!(
+                s.k6.source.starts_with("//"),
+                "{}: the k6 script opens with its explanation",
+                s.id
+            );
+        }
+        for (dir, ext) in [("docs/scenarios", "md"), ("load-tests", "js")] {
+            for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().and_then(|e| e.to_str()) != Some(ext) {
+                    continue;
+                }
+                let rel = format!("{dir}/{}", path.file_name().unwrap().to_string_lossy());
+                assert!(
+                    ALL.iter().any(|s| s.doc == rel || s.k6.path == rel),
+                    "{rel} belongs to no scenario in ALL"
+                );
+            }
+        }
+    }
+
+    /// Every route is declared once, by one scenario.
+    #[test]
+    fn routes_belong_to_one_scenario() {
+        let mut seen = HashMap::new();
+        for s in ALL {
+            for op in (s.operations)() {
+                let key = (op.method, op.path);
+                assert!(seen.insert(key, s.id).is_none(), "{key:?} declared twice");
+            }
+        }
+        assert_eq!(route_groups()["/api/cpu-intensive"], Group::Cpu);
+        assert_eq!(route_groups()["/api/db/hold"], Group::Db);
+        assert_eq!(route_scenarios()["/api/db/hold"], "db-pool");
+    }
+}

@@ -23,9 +23,11 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::apidoc::{any, boolean, downstream_failures, int, num, obj, string, Op};
 use crate::error::{AppError, AppResult};
 use crate::infra::http_client::CallTimeout;
 use crate::params::{Choice, Fallback, Num, Params};
+use crate::scenarios::{K6Script, Scenario};
 use crate::AppState;
 
 /// A buffered upload without `Content-Length` is counted against the memory cap in steps of this.
@@ -152,4 +154,56 @@ async fn upload(
         "bytes": bytes,
         "sha256": hex::encode(hasher.finalize()),
     })))
+}
+
+/// The catalog entry (see [`crate::scenarios::ALL`]).
+pub const SCENARIO: Scenario = Scenario {
+    id: "retry-storm",
+    title: "no retry loses deliveries; naive retries multiply the load",
+    doc: "docs/scenarios/retry-storm.md",
+    k6: K6Script {
+        path: "load-tests/retry-storm.js",
+        source: include_str!("../../load-tests/retry-storm.js"),
+        smoke: true,
+    },
+    test: "tests/retry_storm.rs",
+    router,
+    operations,
+    gauges: &[],
+};
+
+/// Its routes in the OpenAPI document, each with its guard group.
+fn operations() -> Vec<Op> {
+    vec![
+        downstream_failures(
+            Op::new("get", "/api/deliver", "One delivery through the retry policy")
+                .query(&[&FAILURE_RATE, &TARGET])
+                .ok(
+                    200,
+                    "delivered",
+                    obj(&[
+                        ("delivered", boolean()),
+                        ("attempts", int()),
+                        ("elapsed_ms", num()),
+                        ("receiver", any()),
+                    ]),
+                )
+                .fails(422, "invalid_parameter"),
+        ),
+        Op::new("post", "/api/upload", "Upload 0-100 MiB, buffered or streamed")
+            .query(&[&UPLOAD_MODE])
+            .body(
+                "application/octet-stream",
+                json!({"type": "string", "format": "binary"}),
+                false,
+            )
+            .ok(
+                200,
+                "hashed",
+                obj(&[("mode", string()), ("bytes", int()), ("sha256", string())]),
+            )
+            .fails(413, "above 100 MiB (payload_too_large)")
+            .fails(422, "invalid_parameter")
+            .fails(507, "buffering would exceed the memory cap or budget (memory_cap)"),
+    ]
 }

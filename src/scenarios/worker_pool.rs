@@ -27,8 +27,10 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, 
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
+use crate::apidoc::{int, num, obj, string, Op};
 use crate::error::{AppError, AppResult};
 use crate::params::{Choice, Fallback, Num, Params};
+use crate::scenarios::{Gauge, K6Script, Scenario};
 use crate::telemetry::{register, GaugeGuard, LATENCY_BUCKETS};
 use crate::AppState;
 
@@ -389,6 +391,45 @@ impl crate::knobs::ApplyKnobs for WorkerPool {
     fn apply_knobs(&self, knobs: &crate::knobs::Knobs) {
         self.resize(knobs.worker_pool_size);
     }
+}
+
+/// The catalog entry (see [`crate::scenarios::ALL`]).
+pub const SCENARIO: Scenario = Scenario {
+    id: "worker-pool",
+    title: "queue wait passes the deadline",
+    doc: "docs/scenarios/worker-pool.md",
+    k6: K6Script {
+        path: "load-tests/worker-pool.js",
+        source: include_str!("../../load-tests/worker-pool.js"),
+        smoke: true,
+    },
+    test: "tests/worker_pool.rs",
+    router,
+    operations,
+    gauges: &[
+        Gauge::value("worker_queue", "worker_pool_queue_depth"),
+        Gauge::value("worker_busy", "worker_pool_busy"),
+        Gauge::value("worker_threads", "worker_pool_threads"),
+    ],
+};
+
+/// Its routes in the OpenAPI document, each with its guard group.
+fn operations() -> Vec<Op> {
+    vec![
+        Op::new("get", "/api/worker-pool", "Work on a fixed OS-thread pool within a deadline")
+            .query(&[&WORK_MS, &MODE, &DEADLINE_MS])
+            .param(json!({"name": "grpc-timeout", "in": "header", "required": false,
+                          "description": "the deadline as gRPC sends it: digits and a unit (H, M, S, m, u, n), e.g. 500m",
+                          "schema": {"type": "string", "pattern": "^[0-9]{1,8}[HMSmun]$"}}))
+            .ok(
+                200,
+                "done within the deadline",
+                obj(&[("work_ms", int()), ("mode", string()), ("queue_wait_ms", num()), ("total_ms", num()), ("deadline_ms", int())]),
+            )
+            .fails(422, "invalid_parameter")
+            .fails(503, "the queue is full (worker_queue_max) (shed)")
+            .fails(504, "the deadline passed (deadline_exceeded)"),
+    ]
 }
 
 #[cfg(test)]
