@@ -8,7 +8,7 @@
 // hardened (the pgbouncer overlay: the same replicas through PgBouncer): under 1% fail. Keep
 // the acquire timeout above PgBouncer's queue time (docs/scenarios/db-replicas.md).
 // With a single replica nothing exceeds max_connections and the fragile threshold fails: that
-// is the point of the scenario. tests/db_replicas.rs measures both on one machine.
+// is the point of the scenario. tests/scenarios/db_replicas.rs measures both on one machine.
 import http from 'k6/http';
 import { check, sleep } from 'k6';
 import { BASE_URL, dur, pick } from './lib/lab.js';

@@ -145,7 +145,7 @@ impl ScenarioId {
     /// Why the scenario cannot run against an in-process lab, when it cannot.
     pub fn needs_base_url(self) -> Option<&'static str> {
         (self == ScenarioId::DbReplicas).then_some(
-            "db-replicas needs several replicas in front of one PostgreSQL: point --base-url at their Service (the k8s `replicas` overlay) — tests/db_replicas.rs measures it on one machine",
+            "db-replicas needs several replicas in front of one PostgreSQL: point --base-url at their Service (the k8s `replicas` overlay) — tests/scenarios/db_replicas.rs measures it on one machine",
         )
     }
 

@@ -828,7 +828,7 @@ pub const SCENARIO: Scenario = Scenario {
         source: include_str!("../../load-tests/burst.js"),
         smoke: true,
     },
-    test: "tests/burst.rs",
+    test: "tests/scenarios/burst.rs",
     router,
     operations,
     gauges: &[Gauge::value("deploy_queue", "deploy_queue_depth")],

@@ -322,7 +322,7 @@ pub const SCENARIO: Scenario = Scenario {
         source: include_str!("../../load-tests/cache-stampede.js"),
         smoke: true,
     },
-    test: "tests/cache_stampede.rs",
+    test: "tests/scenarios/cache_stampede.rs",
     router,
     operations,
     gauges: &[],

@@ -253,7 +253,7 @@ pub const SCENARIO: Scenario = Scenario {
         source: include_str!("../../load-tests/cold-start.js"),
         smoke: true,
     },
-    test: "tests/cold_start.rs",
+    test: "tests/scenarios/cold_start.rs",
     router,
     operations,
     gauges: &[Gauge::value("cold_start_queue", "cold_start_queue_depth")],

@@ -247,7 +247,7 @@ pub const SCENARIO: Scenario = Scenario {
         source: include_str!("../../load-tests/cpu.js"),
         smoke: true,
     },
-    test: "tests/cpu.rs",
+    test: "tests/scenarios/cpu.rs",
     router,
     operations,
     gauges: &[],

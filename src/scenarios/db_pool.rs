@@ -315,7 +315,7 @@ pub const SCENARIO: Scenario = Scenario {
         source: include_str!("../../load-tests/db-pool.js"),
         smoke: true,
     },
-    test: "tests/db_pool.rs",
+    test: "tests/scenarios/db_pool.rs",
     router,
     operations,
     gauges: &[

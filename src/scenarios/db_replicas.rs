@@ -18,7 +18,7 @@ pub const SCENARIO: Scenario = Scenario {
         source: include_str!("../../load-tests/db-replicas.js"),
         smoke: false,
     },
-    test: "tests/db_replicas.rs",
+    test: "tests/scenarios/db_replicas.rs",
     router: Router::new,
     operations: Vec::new,
     gauges: &[],

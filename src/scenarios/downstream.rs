@@ -117,7 +117,7 @@ pub const SCENARIO: Scenario = Scenario {
         source: include_str!("../../load-tests/downstream.js"),
         smoke: true,
     },
-    test: "tests/downstream.rs",
+    test: "tests/scenarios/downstream.rs",
     router,
     operations,
     gauges: &[Gauge {

@@ -103,7 +103,7 @@ pub const SCENARIO: Scenario = Scenario {
         source: include_str!("../../load-tests/baseline.js"),
         smoke: true,
     },
-    test: "tests/api_surface.rs",
+    test: "tests/scenarios/api_surface.rs",
     router,
     operations,
     gauges: &[Gauge::value("http_in_flight", "http_requests_in_flight")],

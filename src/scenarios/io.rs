@@ -105,7 +105,7 @@ pub const SCENARIO: Scenario = Scenario {
         source: include_str!("../../load-tests/io.js"),
         smoke: true,
     },
-    test: "tests/io.rs",
+    test: "tests/scenarios/io.rs",
     router,
     operations,
     gauges: &[],

@@ -313,7 +313,7 @@ pub const SCENARIO: Scenario = Scenario {
         source: include_str!("../../load-tests/memory.js"),
         smoke: true,
     },
-    test: "tests/memory.rs",
+    test: "tests/scenarios/memory.rs",
     router,
     operations,
     gauges: &[

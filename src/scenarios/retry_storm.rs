@@ -166,7 +166,7 @@ pub const SCENARIO: Scenario = Scenario {
         source: include_str!("../../load-tests/retry-storm.js"),
         smoke: true,
     },
-    test: "tests/retry_storm.rs",
+    test: "tests/scenarios/retry_storm.rs",
     router,
     operations,
     gauges: &[],

@@ -403,7 +403,7 @@ pub const SCENARIO: Scenario = Scenario {
         source: include_str!("../../load-tests/worker-pool.js"),
         smoke: true,
     },
-    test: "tests/worker_pool.rs",
+    test: "tests/scenarios/worker_pool.rs",
     router,
     operations,
     gauges: &[

@@ -3,11 +3,9 @@
 //! milliseconds). With no warm workers, the 5 requests queued behind the cold starts pass the
 //! gateway timeout: success below 100%. With 3 warm workers, everyone is served.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{spawn_app, Db, TestApp};
+use crate::common::{spawn_app, Db, TestApp};
 use futures::future::join_all;
 use serde_json::json;
 

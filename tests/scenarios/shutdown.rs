@@ -3,8 +3,6 @@
 //! request sent before the signal completes with 200, and the process exits 0 within
 //! `SHUTDOWN_GRACE_MS`.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -38,7 +36,7 @@ struct Tally {
 async fn sigterm_under_load_drains_accepted_requests_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
-    let port = common::free_port();
+    let port = crate::common::free_port();
     let mut child = start(port, &db);
     let base = format!("http://127.0.0.1:{port}");
     // A new connection per request, so a refused connection is the only way not to be accepted.
@@ -47,7 +45,7 @@ async fn sigterm_under_load_drains_accepted_requests_and_exits_zero() {
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap();
-    common::wait_200(&client, &format!("{base}/ready"), "never ready").await;
+    crate::common::wait_200(&client, &format!("{base}/ready"), "never ready").await;
 
     // Steady load: slow requests (1 s) and fast ones, 16 clients in closed loops.
     let stop = Arc::new(AtomicBool::new(false));
@@ -141,14 +139,14 @@ async fn sigterm_under_load_drains_accepted_requests_and_exits_zero() {
 async fn sigterm_under_keep_alive_load_resets_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}?mode=rwc", dir.path().join("k.db").display());
-    let port = common::free_port();
+    let port = crate::common::free_port();
     let mut child = start(port, &db);
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap();
-    common::wait_200(&client, &format!("{base}/ready"), "never ready").await;
+    crate::common::wait_200(&client, &format!("{base}/ready"), "never ready").await;
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..16)
         .map(|i| {

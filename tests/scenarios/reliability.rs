@@ -3,12 +3,10 @@
 //! SQLite, sockets, hostile input) and asserts the failure is gone: no acknowledged write lost,
 //! no poisoned connection, no silent hang. Figures are printed for docs/reliability.md.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{spawn_app, Db};
+use crate::common::{spawn_app, Db};
 use futures::future::join_all;
 use sqlx::{Connection, PgConnection};
 
@@ -116,7 +114,7 @@ fn ms(start: Instant) -> u128 {
 /// `n` sequential `POST /api/tasks` with a `long` description: each answer is 200 (its id
 /// collected) or 507 `storage_full`, nothing else. Returns the statuses counted and the ids.
 async fn post_tasks_until_full(
-    app: &common::TestApp,
+    app: &crate::common::TestApp,
     n: usize,
     long: &str,
 ) -> (std::collections::BTreeMap<u16, usize>, Vec<i64>) {
@@ -262,7 +260,7 @@ impl Drop for Proc {
 
 async fn start_binary(nofile: u32, env: &[(&str, &str)]) -> Proc {
     let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
+    let port = crate::common::free_port();
     let mut cmd = std::process::Command::new("bash");
     cmd.arg("-c")
         .arg(format!("ulimit -n {nofile} && exec \"$0\" serve"))
@@ -283,7 +281,7 @@ async fn start_binary(nofile: u32, env: &[(&str, &str)]) -> Proc {
     let child = cmd.spawn().expect("start chokepoint");
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    common::wait_200(&client, &format!("{base}/health"), "the binary never answered /health").await;
+    crate::common::wait_200(&client, &format!("{base}/health"), "the binary never answered /health").await;
     Proc { child, base, _dir: dir }
 }
 
@@ -328,9 +326,10 @@ async fn silent_sockets_never_lock_out_the_observer_routes() {
             .text()
             .await
             .unwrap();
-        let evicted = common::metric_in(&metrics, "http_connections_closed_total{reason=\"evicted\"}").unwrap_or(0.0);
-        let cap = common::metric_in(&metrics, "http_connections_max").unwrap_or(0.0);
-        let accept_errors = common::metric_in(&metrics, "http_accept_errors_total").unwrap_or(-1.0);
+        let evicted =
+            crate::common::metric_in(&metrics, "http_connections_closed_total{reason=\"evicted\"}").unwrap_or(0.0);
+        let cap = crate::common::metric_in(&metrics, "http_connections_max").unwrap_or(0.0);
+        let accept_errors = crate::common::metric_in(&metrics, "http_accept_errors_total").unwrap_or(-1.0);
         eprintln!(
             "{profile}: 1,100 silent sockets, ulimit -n 1024: slowest observer answer {slowest:?}; cap {cap}, evicted {evicted}, accept errors {accept_errors}"
         );
@@ -404,7 +403,7 @@ async fn slow_headers_and_idle_keep_alives_are_closed() {
         .await
         .unwrap();
     for reason in ["header_timeout", "idle_timeout"] {
-        let n = common::metric_in(
+        let n = crate::common::metric_in(
             &metrics,
             &format!("http_connections_closed_total{{reason=\"{reason}\"}}"),
         )
@@ -570,11 +569,17 @@ async fn duplicate_keys_are_refused_and_uuid_forms_are_normalised() {
     }
 }
 
-/// The app on a fresh PostgreSQL database reached through a [`common::FaultProxy`], whose link
+/// The app on a fresh PostgreSQL database reached through a [`crate::common::FaultProxy`], whose link
 /// is cut to stand in for a server that died.
-async fn app_behind_proxy(flags: &[&str]) -> (common::TestApp, common::FaultProxy, common::TestPgDatabase) {
-    let pg = common::TestPgDatabase::create().await;
-    let proxy = common::FaultProxy::start("127.0.0.1:5432").await;
+async fn app_behind_proxy(
+    flags: &[&str],
+) -> (
+    crate::common::TestApp,
+    crate::common::FaultProxy,
+    crate::common::TestPgDatabase,
+) {
+    let pg = crate::common::TestPgDatabase::create().await;
+    let proxy = crate::common::FaultProxy::start("127.0.0.1:5432").await;
     let url = format!("postgres://postgres@{}/{}", proxy.addr, pg.name);
     let mut all = vec!["--database-url", url.as_str()];
     all.extend_from_slice(flags);
@@ -588,7 +593,7 @@ async fn app_behind_proxy(flags: &[&str]) -> (common::TestApp, common::FaultProx
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_is_down_is_reported_as_down() {
     for profile in ["fragile", "hardened"] {
-        for mode in [common::LinkMode::Refuse, common::LinkMode::Hang] {
+        for mode in [crate::common::LinkMode::Refuse, crate::common::LinkMode::Hang] {
             let (app, proxy, _pg) = app_behind_proxy(&["--profile", profile, "--db-pool-size", "3"]).await;
             for _ in 0..5 {
                 let (status, body) = app.get_json("/api/tasks").await;
@@ -634,19 +639,19 @@ async fn a_database_that_is_down_is_reported_as_down() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let slowest = slowest_answer;
-            let ready_down = common::eventually(Duration::from_secs(5), || async {
+            let ready_down = crate::common::eventually(Duration::from_secs(5), || async {
                 app.get("/ready").await.status() == 503
             })
             .await;
             let db_up = app.metric("db_up").await;
-            proxy.set(common::LinkMode::Forward);
+            proxy.set(crate::common::LinkMode::Forward);
             let back = Instant::now();
-            let recovered = common::eventually(Duration::from_secs(10), || async {
+            let recovered = crate::common::eventually(Duration::from_secs(10), || async {
                 app.get_json("/api/tasks").await.0 == 200
             })
             .await;
             let recovery = back.elapsed();
-            let ready_up = common::eventually(Duration::from_secs(5), || async {
+            let ready_up = crate::common::eventually(Duration::from_secs(5), || async {
                 app.get("/ready").await.status() == 200
             })
             .await;
@@ -663,7 +668,7 @@ async fn a_database_that_is_down_is_reported_as_down() {
             // can be caught, and only on a stalled link.
             assert!(
                 caught.iter().all(|t| *t < Duration::from_secs(3))
-                    && (mode == common::LinkMode::Hang || caught.is_empty()),
+                    && (mode == crate::common::LinkMode::Hang || caught.is_empty()),
                 "{profile} {mode:?}: requests caught at {caught:?}"
             );
             assert!(
@@ -704,7 +709,7 @@ async fn accepted_deployments_never_stay_queued_after_an_outage() {
         }
     }
     // The workers are busy with the queue: cut the database for 5 s, keep posting.
-    proxy.set(common::LinkMode::Refuse);
+    proxy.set(crate::common::LinkMode::Refuse);
     for (status, body) in join_all((40..60).map(post)).await {
         *statuses.entry(status).or_default() += 1;
         if status == 202 {
@@ -712,7 +717,7 @@ async fn accepted_deployments_never_stay_queued_after_an_outage() {
         }
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
-    proxy.set(common::LinkMode::Forward);
+    proxy.set(crate::common::LinkMode::Forward);
     let back = Instant::now();
     let mut last = std::collections::BTreeMap::<String, usize>::new();
     let mut settled = false;
@@ -934,7 +939,7 @@ macro_rules! read_burst_from {
 async fn idempotent_burst(db: Db, profile: &str) {
     let dir = tempfile::tempdir().unwrap();
     let pg = match db {
-        Db::Postgres => Some(common::TestPgDatabase::create().await),
+        Db::Postgres => Some(crate::common::TestPgDatabase::create().await),
         Db::Sqlite => None,
     };
     let url = match &pg {
@@ -1056,7 +1061,7 @@ async fn idempotent_burst(db: Db, profile: &str) {
 /// accepted deployment finished.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped_and_restarted_under_load() {
-    let pg = common::private_pg::PrivatePostgres::start(50, 3);
+    let pg = crate::common::private_pg::PrivatePostgres::start(50, 3);
     let url = pg.app_url();
     let app = spawn_app(
         Db::Sqlite,
@@ -1125,7 +1130,7 @@ async fn postgres_stopped_and_restarted_under_load() {
     pg.restart();
     let restarted = Instant::now();
     phase.store(2, std::sync::atomic::Ordering::SeqCst);
-    let back = common::eventually(Duration::from_secs(15), || async {
+    let back = crate::common::eventually(Duration::from_secs(15), || async {
         app.get_json("/api/tasks?limit=1").await.0 == 200
     })
     .await;

@@ -2,11 +2,9 @@
 //! single async worker, one blocking call freezes every route (the collapse); a hundred
 //! asynchronous waits leave the probe fast (the cure: never block the worker).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{spawn_app, Db, TestApp};
+use crate::common::{spawn_app_alone, Db, TestApp};
 
 /// Sends `request` in the background, then a `/health` probe 150 ms later; returns how long the
 /// probe took, once the background requests have all answered 200.
@@ -30,7 +28,7 @@ async fn probe_beside(app: &TestApp, path: &str, concurrent: usize) -> Duration 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_call_freezes_its_worker() {
     // Arrange: a single async worker, the extreme case of thread-pool exhaustion.
-    let app = spawn_app(Db::Sqlite, &["--worker-count", "1"]).await;
+    let app = spawn_app_alone(Db::Sqlite, &["--worker-count", "1"]).await;
     app.get("/health").await;
 
     // Act: one request blocks the only worker for 1 s; a probe sent right after must wait.
@@ -46,7 +44,7 @@ async fn blocking_call_freezes_its_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asynchronous_waits_leave_the_worker_free() {
     // The same single worker, now with 100 requests waiting 1 s each on (simulated) I/O.
-    let app = spawn_app(Db::Sqlite, &["--worker-count", "1"]).await;
+    let app = spawn_app_alone(Db::Sqlite, &["--worker-count", "1"]).await;
     app.get("/health").await;
 
     let probe = probe_beside(&app, "/api/slow?delay=1", 100).await;

@@ -3,13 +3,11 @@
 //! (fragile profile, the machine's Redis for the cache) takes every load in turn; the time each
 //! took to recover is printed.
 
-mod common;
-
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use common::{median, spawn_app, unique_prefix, Db, TestApp, REDIS_ADDR};
+use crate::common::{median, spawn_app, unique_prefix, Db, TestApp, REDIS_ADDR};
 use futures::future::join_all;
 
 const RECOVER_WITHIN: Duration = Duration::from_secs(10);

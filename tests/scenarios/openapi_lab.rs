@@ -2,11 +2,9 @@
 //! app. (schemathesis fuzzes the whole spec in CI — scripts/api-fuzz.sh — and a real Chromium
 //! opens both pages — scripts/browser-test.sh.)
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{spawn_app, Db};
+use crate::common::{spawn_app, Db};
 use futures::StreamExt;
 use serde_json::Value;
 
@@ -115,7 +113,11 @@ async fn docs_and_lab_pages_are_served_with_their_embedded_assets() {
 }
 
 /// Reads server-sent events until `done` accepts one snapshot or `limit` passes.
-async fn watch_until(app: &common::TestApp, limit: Duration, mut done: impl FnMut(&Value) -> bool) -> Option<Value> {
+async fn watch_until(
+    app: &crate::common::TestApp,
+    limit: Duration,
+    mut done: impl FnMut(&Value) -> bool,
+) -> Option<Value> {
     let resp = app.get("/lab/events").await;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-type"]

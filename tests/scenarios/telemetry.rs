@@ -1,12 +1,10 @@
 //! Telemetry: `/metrics` is valid Prometheus text (checked by the real `promtool`), routes are
 //! labelled by template (unmatched paths share one label), and every request carries an id.
 
-mod common;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::{spawn_app, Db};
+use crate::common::{spawn_app, Db};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_check() {
@@ -81,14 +79,14 @@ async fn routes_are_labelled_by_template_never_raw_path() {
     }
     let text = app.metrics_text().await;
     assert_eq!(
-        common::metric_in(
+        crate::common::metric_in(
             &text,
             r#"http_requests_total{method="GET",route="/api/tasks",status="200"}"#
         ),
         Some(1.0)
     );
     assert_eq!(
-        common::metric_in(
+        crate::common::metric_in(
             &text,
             r#"http_requests_total{method="GET",route="unmatched",status="404"}"#
         ),

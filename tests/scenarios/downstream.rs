@@ -2,11 +2,9 @@
 //! about 1 s; an error answer becomes 502; the cascade fan-out reports every call; and the
 //! embedded simulator's fault controls drive all of it.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{spawn_app, Db};
+use crate::common::{spawn_app, Db};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_timeout_turns_a_slow_dependency_into_a_fast_504() {
@@ -143,7 +141,7 @@ async fn simulator_endpoints_and_controls() {
 
 /// 30 concurrent `/api/call-downstream?timeout=10` against the 3 s dependency: returns
 /// (statuses with latencies, peak downstream calls in flight sampled meanwhile).
-async fn pile_up(app: &common::TestApp) -> (Vec<(u16, Duration)>, f64) {
+async fn pile_up(app: &crate::common::TestApp) -> (Vec<(u16, Duration)>, f64) {
     let calls = futures::future::join_all((0..30).map(|_| async {
         let start = Instant::now();
         let status = app.get("/api/call-downstream?timeout=10").await.status().as_u16();
@@ -251,7 +249,7 @@ async fn breaker_opens_on_failures_and_half_opens_after_the_open_duration() {
         ("half_open", "closed", 1.0),
     ] {
         let series = format!(r#"circuit_breaker_transitions_total{{from="{from}",to="{to}"}}"#);
-        assert_eq!(common::metric_in(&text, &series), Some(n), "{series}");
+        assert_eq!(crate::common::metric_in(&text, &series), Some(n), "{series}");
     }
 }
 

@@ -3,12 +3,10 @@
 //! throughput of a longer run sits at pool / hold (Little's law); and the seed's
 //! `/api/db-pool-exhaust` returns every connection it takes.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{spawn_app, Db, TestApp};
+use crate::common::{spawn_app, Db, TestApp};
 use futures::future::join_all;
 use sqlx::{Connection, PgConnection};
 
@@ -126,7 +124,7 @@ async fn postgres_throughput_is_pool_over_hold() {
 /// Connections of the app's pool in the test database, by state.
 async fn pg_pool_connections(app: &TestApp) -> (i64, i64) {
     let pg = app.pg.as_ref().unwrap();
-    let mut admin = PgConnection::connect(&common::pg_admin_url()).await.unwrap();
+    let mut admin = PgConnection::connect(&crate::common::pg_admin_url()).await.unwrap();
     sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE state <> 'idle') FROM pg_stat_activity \
          WHERE datname = $1 AND application_name = 'chokepoint'",
@@ -157,7 +155,7 @@ async fn postgres_db_pool_exhaust_returns_every_connection() {
 
     // Assert: nothing checked out, every server connection of the pool idle, and the server's
     // view matches the pool's own count.
-    let settled = common::eventually(Duration::from_secs(3), || async {
+    let settled = crate::common::eventually(Duration::from_secs(3), || async {
         let (total, busy) = pg_pool_connections(&app).await;
         let open = app.metric("db_pool_connections{state=\"idle\"}").await;
         busy == 0 && total as f64 == open && app.metric("db_pool_connections{state=\"in_use\"}").await == 0.0

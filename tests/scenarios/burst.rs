@@ -5,11 +5,9 @@
 //! queue refuses with 503 instead of queueing forever. With `Idempotency-Key`, clients that retry
 //! after timeouts never create a deployment twice and never lose an acknowledged one.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{eventually, median, spawn_app, Db, TestApp};
+use crate::common::{eventually, median, spawn_app, Db, TestApp};
 use futures::future::join_all;
 use serde_json::{json, Value};
 

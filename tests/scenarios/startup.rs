@@ -1,8 +1,6 @@
 //! Start-up: the real binary refuses an invalid setting with one clear line naming the variable,
 //! and `chokepoint downstream` serves the simulator.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -135,7 +133,7 @@ fn serve_starts_and_stops_on_sigterm() {
 
 #[test]
 fn downstream_subcommand_serves_the_simulator() {
-    let port = common::free_port();
+    let port = crate::common::free_port();
     let mut child = chokepoint()
         .args(["downstream", "--port", &port.to_string()])
         .stdout(Stdio::null())
@@ -158,7 +156,7 @@ fn downstream_subcommand_serves_the_simulator() {
 
 #[test]
 fn healthcheck_exits_zero_only_when_the_local_server_answers() {
-    let port = common::free_port();
+    let port = crate::common::free_port();
     // Nothing listening: non-zero, with the reason.
     let out = chokepoint()
         .args(["healthcheck", "--timeout", "1"])

@@ -2,15 +2,13 @@
 //! profiles and reset work; writes need a token off loopback; pools resize under load without
 //! failing a request; probes, metrics and admin are never shed, limited or timed out.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::{spawn_app, Db};
 use chokepoint::admin::ConfigView;
 use chokepoint::knobs::{CpuMode, Profile, Source};
-use common::{spawn_app, Db};
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,7 +37,8 @@ async fn config_lists_every_knob_with_value_source_and_range() {
         );
     }
     assert_eq!(config.startup_only["redis_key_prefix"].value, "chokepoint:");
-    assert_eq!(config.startup_only["shutdown_delay_ms"].value, 1000);
+    // The harness starts every app with --shutdown-delay-ms 0.
+    assert_eq!(config.startup_only["shutdown_delay_ms"].value, 0);
     assert_eq!(config.startup_only["skip_migrations"].value, false);
 }
 
@@ -173,7 +172,7 @@ async fn pool_resizes_live_under_load_without_failing_a_request() {
     // Act: grow the pool while 12 clients queue on it.
     let changed = Instant::now();
     app.set_knobs(json!({"db_pool_size": 6})).await;
-    let seen = common::eventually(Duration::from_secs(1), || async {
+    let seen = crate::common::eventually(Duration::from_secs(1), || async {
         app.metric("db_pool_max_connections").await == 6.0
     })
     .await;

@@ -1,13 +1,11 @@
 //! `cpu`: CPU work inline on the async workers slows *unrelated* routes. With 2 workers busy
 //! computing fibonacci, `/health` latency rises by a large factor over its idle latency.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{median, spawn_app, Db, TestApp};
+use crate::common::{median, spawn_app_alone, Db, TestApp};
 
 async fn health_latency(app: &TestApp, samples: usize) -> Duration {
     let mut xs = Vec::with_capacity(samples);
@@ -23,7 +21,7 @@ async fn health_latency(app: &TestApp, samples: usize) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inline_cpu_work_slows_the_health_probe() {
     // Arrange: 2 async workers, as in a small pod.
-    let app = spawn_app(Db::Sqlite, &["--worker-count", "2"]).await;
+    let app = spawn_app_alone(Db::Sqlite, &["--worker-count", "2"]).await;
     health_latency(&app, 5).await; // warm the connection
     let idle = health_latency(&app, 30).await;
 
@@ -92,7 +90,7 @@ async fn health_under_cpu_load(app: &TestApp) -> (Duration, usize, usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offload_keeps_the_health_probe_fast_under_the_same_load() {
     // Arrange: 2 async workers; measure the idle probe.
-    let app = spawn_app(Db::Sqlite, &["--worker-count", "2"]).await;
+    let app = spawn_app_alone(Db::Sqlite, &["--worker-count", "2"]).await;
     health_latency(&app, 5).await;
     let idle = health_latency(&app, 30).await;
 

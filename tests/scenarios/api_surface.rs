@@ -1,9 +1,7 @@
 //! The seed-compatible API: every path the existing k6 scripts call answers with its documented
 //! status and body shape, and every parameter outside its range gets 422 naming it.
 
-mod common;
-
-use common::{spawn_app, Db};
+use crate::common::{spawn_app, Db};
 use futures::future::join_all;
 use serde_json::Value;
 

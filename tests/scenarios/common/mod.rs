@@ -101,6 +101,18 @@ pub struct TestApp {
     _sqlite_dir: Option<tempfile::TempDir>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Held until the app has stopped (fields drop after `Drop::drop`).
+    _share: Share,
+}
+
+/// Every app runs inside the one test process. Most tests share it (a read lock for the life
+/// of their apps); a test that measures the process itself (its RSS, a probe's latency under
+/// its own CPU load) takes it alone ([`spawn_app_alone`]), so no other test's app runs beside it.
+static PROCESS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+enum Share {
+    Shared(#[allow(dead_code)] tokio::sync::RwLockReadGuard<'static, ()>),
+    Alone(#[allow(dead_code)] tokio::sync::RwLockWriteGuard<'static, ()>),
 }
 
 fn init_test_log() {
@@ -111,6 +123,21 @@ fn init_test_log() {
 
 /// Spawns the app with the given extra flags (e.g. `["--db-pool-size", "2"]`).
 pub async fn spawn_app(db: Db, flags: &[&str]) -> TestApp {
+    let share = Share::Shared(PROCESS.read().await);
+    start_app(db, flags, share).await
+}
+
+/// Like [`spawn_app`], once every other test's app has stopped, and no other starts until this
+/// one is dropped: for measurements of the whole test process. One such app at a time per test.
+pub async fn spawn_app_alone(db: Db, flags: &[&str]) -> TestApp {
+    let share = Share::Alone(PROCESS.write().await);
+    // Freed memory of earlier tests' apps, still resident in the allocator's free lists, would
+    // be reused without growing RSS: start the measurement from a trimmed heap.
+    chokepoint::scenarios::memory::give_back();
+    start_app(db, flags, share).await
+}
+
+async fn start_app(db: Db, flags: &[&str], share: Share) -> TestApp {
     init_test_log();
     let (pg, sqlite_dir, url) = match db {
         Db::Postgres => {
@@ -178,6 +205,7 @@ pub async fn spawn_app(db: Db, flags: &[&str]) -> TestApp {
         _sqlite_dir: sqlite_dir,
         stop: Some(stop_tx),
         thread: Some(thread),
+        _share: share,
     }
 }
 

@@ -9,14 +9,12 @@
 //! The private cluster and PgBouncer run as the `postgres` user when the test runs as root
 //! (initdb and pgbouncer refuse root). scripts/ensure-services.sh installs pgbouncer.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use std::path::PathBuf;
 
-use common::private_pg::{as_pg_user, is_root, run, PrivatePostgres};
+use crate::common::private_pg::{as_pg_user, is_root, run, PrivatePostgres};
 use futures::future::join_all;
 
 const MAX_CONNECTIONS: u32 = 20;
@@ -42,7 +40,7 @@ struct Bouncer {
 impl Bouncer {
     fn start(pg: &PrivatePostgres, pool: u32) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = common::free_port();
+        let port = crate::common::free_port();
         let ini = format!(
             "[databases]\nlab = host=127.0.0.1 port={pg_port} dbname=lab user=app\n\n\
              [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
@@ -97,7 +95,7 @@ struct Replica {
 
 impl Replica {
     fn start(database_url: &str, skip_migrations: bool) -> Self {
-        let port = common::free_port();
+        let port = crate::common::free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_chokepoint"))
             .env_clear()

@@ -3,11 +3,9 @@
 //! knobs: the excess is refused at once, late jobs are skipped instead of run, and 40 workers
 //! (resized live) serve everyone within the deadline.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{spawn_app, Db, TestApp};
+use crate::common::{spawn_app, Db, TestApp};
 use futures::future::join_all;
 use serde_json::json;
 
@@ -39,7 +37,7 @@ async fn unbounded_queue_collapses_goodput_and_the_fix_restores_it() {
     assert!((3..=5).contains(&ok), "fragile: {ok} succeeded: {results:?}");
     assert_eq!(ok + late, 40, "{results:?}");
     // Every abandoned job still runs to the end: 18 more waves of 200 ms.
-    let all_wasted = common::eventually(Duration::from_secs(8), || async {
+    let all_wasted = crate::common::eventually(Duration::from_secs(8), || async {
         app.metric("worker_pool_wasted_work_total").await == late as f64
     })
     .await;

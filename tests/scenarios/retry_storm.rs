@@ -3,11 +3,9 @@
 //! out a short outage, and the retry budget bounds amplification during a long one. Uploads:
 //! buffering 10 concurrent 10 MiB bodies costs their size in RSS; streaming does not.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{spawn_app, Db, TestApp};
+use crate::common::{spawn_app, spawn_app_alone, Db, TestApp};
 use futures::future::join_all;
 use serde_json::json;
 
@@ -123,9 +121,6 @@ async fn malformed_answers_are_a_clear_502_never_retried() {
 
 const MIB: u64 = 1024 * 1024;
 
-/// Peak-RSS measurements must not overlap (the app runs in this test process).
-static RSS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 fn vm_hwm_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
@@ -140,7 +135,8 @@ fn reset_peak() {
 /// 10 concurrent uploads of 10 MiB, each body generated in 64 KiB chunks (the client holds
 /// none of it); returns the peak RSS growth of this process (the app runs in it).
 async fn peak_rss_of_uploads(app: &TestApp, mode: &str) -> u64 {
-    let _rss = RSS.lock().await;
+    // What earlier work freed must not be reused unseen: measure from a trimmed heap.
+    chokepoint::scenarios::memory::give_back();
     reset_peak();
     let base = vm_hwm_bytes();
     // Every upload holds back its last chunk until all ten have sent the rest, so the ten bodies
@@ -178,7 +174,7 @@ async fn peak_rss_of_uploads(app: &TestApp, mode: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffered_uploads_cost_their_size_in_memory_streamed_ones_do_not() {
-    let app = spawn_app(Db::Sqlite, &[]).await;
+    let app = spawn_app_alone(Db::Sqlite, &[]).await;
     let streamed = peak_rss_of_uploads(&app, "stream").await;
     let buffered = peak_rss_of_uploads(&app, "buffer").await;
     eprintln!(
@@ -187,7 +183,7 @@ async fn buffered_uploads_cost_their_size_in_memory_streamed_ones_do_not() {
         streamed / MIB
     );
     assert!(
-        buffered >= 85 * MIB,
+        buffered >= 70 * MIB,
         "buffering 100 MiB grew RSS by only {} MiB",
         buffered / MIB
     );

@@ -1,23 +1,16 @@
 //! `memory`: retained memory is really resident (RSS grows by what was asked), clearing really
 //! releases it, and the safety cap refuses growth past `MEMORY_LEAK_LIMIT_MB`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{spawn_app, Db};
+use crate::common::{spawn_app_alone, Db};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// The apps run inside this test process, so its RSS is theirs: tests that allocate or measure
-/// RSS take this lock so one test's memory never shows in another's measurement.
-static RSS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leak_grows_rss_and_clear_releases_it() {
-    let _rss = RSS.lock().await;
     // Arrange (the app runs in this process, so the process RSS is the app's RSS).
-    let app = spawn_app(Db::Sqlite, &[]).await;
+    let app = spawn_app_alone(Db::Sqlite, &[]).await;
     let before = app.metric("process_resident_memory_bytes").await;
 
     // Act: retain 64 MiB.
@@ -44,9 +37,8 @@ async fn leak_grows_rss_and_clear_releases_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn safety_cap_refuses_growth_with_a_clear_error() {
-    let _rss = RSS.lock().await;
     // Arrange: a 16 MiB cap.
-    let app = spawn_app(Db::Sqlite, &["--memory-leak-limit-mb", "16"]).await;
+    let app = spawn_app_alone(Db::Sqlite, &["--memory-leak-limit-mb", "16"]).await;
 
     // Act + assert: 10 fits, another 10 does not.
     assert_eq!(app.get_json("/api/memory-leak?size_mb=10").await.0, 200);
@@ -73,13 +65,12 @@ async fn safety_cap_refuses_growth_with_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spike_is_held_then_freed() {
-    let _rss = RSS.lock().await;
-    let app = spawn_app(Db::Sqlite, &[]).await;
+    let app = spawn_app_alone(Db::Sqlite, &[]).await;
     let spike = {
         let (client, url) = (app.client.clone(), app.url("/api/memory-spike?size_mb=32"));
         tokio::spawn(async move { client.get(&url).send().await.unwrap().status().as_u16() })
     };
-    let held = common::eventually(Duration::from_secs(2), || async {
+    let held = crate::common::eventually(Duration::from_secs(2), || async {
         app.metric("memory_spike_bytes").await == 32.0 * MIB
     })
     .await;
@@ -91,8 +82,7 @@ async fn spike_is_held_then_freed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_budget_refuses_instead_of_growing() {
-    let _rss = RSS.lock().await;
-    let app = spawn_app(Db::Sqlite, &[]).await;
+    let app = spawn_app_alone(Db::Sqlite, &[]).await;
 
     // Fragile: 5 leaks of 16 MiB all succeed and RSS climbs with them.
     let before = app.metric("process_resident_memory_bytes").await;

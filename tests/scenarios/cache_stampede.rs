@@ -3,11 +3,9 @@
 //! filled together expire together unless their TTLs are jittered; a Redis outage is a 500 for
 //! every request, unless stale values are served under a Redis timeout.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{spawn_app, unique_prefix, Db, FaultProxy, LinkMode, TestApp, REDIS_ADDR};
+use crate::common::{spawn_app, unique_prefix, Db, FaultProxy, LinkMode, TestApp, REDIS_ADDR};
 use deadpool_redis::redis::{self, AsyncCommands};
 use futures::future::join_all;
 use serde_json::{json, Value};
@@ -220,7 +218,7 @@ async fn a_redis_outage_is_a_500_unless_stale_values_are_served() {
 
     // Redis back: hits again, no restart.
     proxy.set(LinkMode::Forward);
-    let recovered = common::eventually(Duration::from_secs(5), || async {
+    let recovered = crate::common::eventually(Duration::from_secs(5), || async {
         app.get_json("/api/cache/items/1").await.1["cache"] == "hit"
     })
     .await;
