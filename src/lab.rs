@@ -20,7 +20,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, Response};
 use axum::routing::get;
 use axum::Router;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use prometheus::proto::MetricFamily;
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
@@ -55,15 +55,19 @@ async fn scenarios() -> axum::Json<Value> {
     axum::Json(SCENARIOS.clone())
 }
 
+/// The stream ends when the server starts draining, so an open panel never holds a shutdown
+/// for the grace period.
 async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let rx = state.lab.subscribe(&state);
+    let draining = state.lifecycle.draining();
     let stream = futures::stream::unfold((rx, true), |(mut rx, first)| async move {
         if !first && rx.changed().await.is_err() {
             return None;
         }
         let data = rx.borrow_and_update().clone();
         Some((Ok(Event::default().event("snapshot").data(data.as_str())), (rx, false)))
-    });
+    })
+    .take_until(draining);
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
@@ -91,7 +95,7 @@ impl Lab {
             let mut sampler = Sampler::default();
             // The first snapshot now, so a new page has numbers at once.
             self.tx.send_replace(Arc::new(sampler.sample(state).to_string()));
-            tokio::spawn(run(weak, sampler));
+            state.lifecycle.spawn_background(run(weak, sampler));
         }
         self.tx.subscribe()
     }

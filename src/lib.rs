@@ -13,6 +13,7 @@ pub mod error;
 pub mod infra;
 pub mod knobs;
 pub mod lab;
+pub mod lifecycle;
 pub mod openapi;
 pub mod params;
 pub mod repro;
@@ -83,6 +84,8 @@ pub struct AppStateInner {
     pub draining: Arc<AtomicBool>,
     /// The live panel's sampler (`/lab`).
     pub lab: lab::Lab,
+    /// One shutdown: every task and thread the app starts (src/lifecycle.rs).
+    pub lifecycle: lifecycle::Lifecycle,
     /// The `GET /` index's endpoint table (from the OpenAPI operations).
     pub endpoints: Arc<serde_json::Value>,
 }
@@ -114,26 +117,31 @@ impl App {
     /// Connects the database (running migrations), starts the embedded downstream simulator when
     /// no `DOWNSTREAM_SERVICE_URL` is set, and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        let lifecycle = lifecycle::Lifecycle::default();
         let registry = telemetry::new_registry();
         let http_metrics = HttpMetrics::new(&registry);
         let knobs = KnobStore::new(settings.startup_knobs(), &registry);
-        let db = Database::connect(&settings, &knobs.current(), &registry).await?;
+        let db = Database::connect(&settings, &knobs.current(), &registry, &lifecycle).await?;
 
         let (downstream_url, embedded_downstream) = match &settings.downstream_service_url {
             Some(url) => (url.clone(), None),
             None => {
-                let embedded = EmbeddedDownstream::start().context("starting the embedded downstream simulator")?;
+                let embedded =
+                    EmbeddedDownstream::start(&lifecycle).context("starting the embedded downstream simulator")?;
                 (format!("http://{}", embedded.addr()), Some(embedded))
             }
         };
         let downstream = DownstreamClient::new(&downstream_url, settings.downstream_timeout(), &registry);
         let memory = MemoryStore::new(settings.memory_limit_bytes(), &registry);
-        let elastic = scenarios::cold_start::ElasticPool::new(&registry);
+        let elastic = scenarios::cold_start::ElasticPool::new(&registry, lifecycle.clone());
         elastic.apply(&knobs.current());
         let worker_pool = Arc::new(scenarios::worker_pool::WorkerPool::new(
             knobs.current().worker_pool_size,
             &registry,
         ));
+        // The worker threads wind down when the app stops (surplus threads exit once idle).
+        let winding_down = worker_pool.clone();
+        lifecycle.on_stop(move || winding_down.resize(0));
 
         let redis = match &settings.redis_url {
             Some(url) => Some(infra::redis::Redis::new(
@@ -166,11 +174,12 @@ impl App {
             cache,
             draining: Arc::new(AtomicBool::new(false)),
             lab: lab::Lab::default(),
+            lifecycle: lifecycle.clone(),
             endpoints: Arc::new(serde_json::Value::Array(openapi::endpoint_table())),
         }));
         state
             .deployments
-            .start(state.db.clone(), state.knobs.clone())
+            .start(state.db.clone(), state.knobs.clone(), &lifecycle)
             .await
             .context("starting the deployment workers")?;
         let router = router(state.clone());
@@ -205,7 +214,9 @@ impl App {
         let delay = state.settings.shutdown_delay();
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let draining = state.draining.clone();
-        tokio::spawn(async move {
+        let lifecycle = state.lifecycle.clone();
+        let signalled = lifecycle.clone();
+        lifecycle.spawn_background(async move {
             shutdown.await;
             draining.store(true, Ordering::SeqCst);
             tracing::info!(
@@ -214,12 +225,11 @@ impl App {
                 "shutdown requested: not ready; serving for the delay, then draining in-flight requests"
             );
             tokio::time::sleep(delay).await;
+            // Open event streams end now, so they do not hold the drain for the grace period.
+            signalled.start_draining();
             let _ = stop_tx.send(true);
         });
-        let trimmer = tokio::spawn(scenarios::memory::trim_periodically(
-            state.knobs.clone(),
-            stop_rx.clone(),
-        ));
+        lifecycle.spawn_background(scenarios::memory::trim_periodically(state.knobs.clone()));
         let (hard_tx, hard_rx) = tokio::sync::watch::channel(false);
         let serve = server::serve(
             listener,
@@ -241,8 +251,14 @@ impl App {
                 Ok(())
             }
         };
-        trimmer.abort();
-        state.deployments.stop();
+        // Background work stops; work that must finish (an accepted deployment's commit, a
+        // single-flight load, the old pool's drain) gets a bounded wait.
+        if !lifecycle.stop(Duration::from_secs(2)).await {
+            tracing::warn!(
+                tasks = lifecycle.tasks(),
+                "background tasks still running 2 s after the stop"
+            );
+        }
         if tokio::time::timeout(Duration::from_secs(2), state.db.close())
             .await
             .is_err()

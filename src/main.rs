@@ -79,7 +79,8 @@ fn migrate(mut settings: Settings) -> ExitCode {
     runtime.block_on(async move {
         let knobs = settings.startup_knobs().0;
         let registry = prometheus::Registry::new();
-        match chokepoint::infra::database::Database::connect(&settings, &knobs, &registry).await {
+        let lifecycle = chokepoint::lifecycle::Lifecycle::default();
+        match chokepoint::infra::database::Database::connect(&settings, &knobs, &registry, &lifecycle).await {
             Ok(db) => {
                 db.close().await;
                 tracing::info!(database = ?db.backend(), "migrations applied");

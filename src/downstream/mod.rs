@@ -294,14 +294,16 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, Router)> {
 /// The simulator running on its own OS thread and single-threaded runtime, stopped on drop.
 pub struct EmbeddedDownstream {
     addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl EmbeddedDownstream {
-    /// Starts the simulator on 127.0.0.1 with a free port.
-    pub fn start() -> std::io::Result<Self> {
+    /// Starts the simulator on 127.0.0.1 with a free port; it stops when the app does (or when
+    /// this is dropped).
+    pub fn start(lifecycle: &crate::lifecycle::Lifecycle) -> std::io::Result<Self> {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stop_rx = stop.clone();
         // Detached: joining on stop would wait for slow simulated calls (up to minutes); the
         // thread ends by itself once its connections close, and logs a serve error if any.
         std::thread::Builder::new()
@@ -324,9 +326,7 @@ impl EmbeddedDownstream {
                     };
                     let _ = addr_tx.send(listener.local_addr());
                     let served = axum::serve(listener, app)
-                        .with_graceful_shutdown(async {
-                            let _ = stop_rx.await;
-                        })
+                        .with_graceful_shutdown(stop_rx.cancelled_owned())
                         .await;
                     if let Err(e) = served {
                         tracing::error!(error = %e, "embedded downstream simulator stopped with an error");
@@ -336,10 +336,9 @@ impl EmbeddedDownstream {
         let addr = addr_rx
             .recv()
             .map_err(|_| std::io::Error::other("the simulator thread exited before binding"))??;
-        Ok(Self {
-            addr,
-            stop: Some(stop_tx),
-        })
+        let on_stop = stop.clone();
+        lifecycle.on_stop(move || on_stop.cancel());
+        Ok(Self { addr, stop })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -349,8 +348,6 @@ impl EmbeddedDownstream {
 
 impl Drop for EmbeddedDownstream {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.stop.cancel();
     }
 }

@@ -39,6 +39,7 @@ use sqlx::{ConnectOptions, Executor, PgConnection, PgPool, Postgres, Row, Sqlite
 
 use crate::error::AppError;
 use crate::knobs::Knobs;
+use crate::lifecycle::Lifecycle;
 use crate::settings::{redact, Settings};
 use crate::telemetry::{register, GaugeGuard, LATENCY_BUCKETS};
 
@@ -183,19 +184,19 @@ pub struct Database {
     metrics: DbMetrics,
     /// `true` while the monitor finds the database unreachable.
     down: tokio::sync::watch::Sender<bool>,
-    monitor: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        self.monitor.abort();
-    }
+    /// Runs the monitor and the old pools' drains.
+    lifecycle: Lifecycle,
 }
 
 impl Database {
     /// Opens the pool described by the knobs (at the database the settings name) and runs the
     /// migrations.
-    pub async fn connect(settings: &Settings, knobs: &Knobs, registry: &Registry) -> anyhow::Result<Self> {
+    pub async fn connect(
+        settings: &Settings,
+        knobs: &Knobs,
+        registry: &Registry,
+        lifecycle: &Lifecycle,
+    ) -> anyhow::Result<Self> {
         let url = settings.effective_database_url();
         let (opts, probe) = if url.starts_with("sqlite:") {
             let mut opts = SqliteConnectOptions::from_str(&url)
@@ -251,7 +252,7 @@ impl Database {
         metrics.max.set(i64::from(knobs.db_pool_size + knobs.db_max_overflow));
         metrics.up.set(1);
         let down = tokio::sync::watch::Sender::new(false);
-        let monitor = tokio::spawn(monitor(probe.clone(), down.clone(), metrics.up.clone()));
+        lifecycle.spawn_background(monitor(probe.clone(), down.clone(), metrics.up.clone()));
         Ok(Self {
             pool: ArcSwap::from_pointee(pool),
             probe,
@@ -259,7 +260,7 @@ impl Database {
             shape: std::sync::Mutex::new((knobs.db_pool_size, knobs.db_max_overflow)),
             metrics,
             down,
-            monitor,
+            lifecycle: lifecycle.clone(),
         })
     }
 
@@ -278,7 +279,7 @@ impl Database {
             overflow = wanted.1,
             "database pool resized; draining the old pool"
         );
-        tokio::spawn(async move {
+        self.lifecycle.spawn(async move {
             // Waits for connections still checked out (in-flight queries) to come back.
             old.close().await;
             tracing::debug!("old database pool closed");

@@ -39,7 +39,7 @@ use axum::{Json, Router};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 use serde_json::json;
 use serde_json::Value;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::apidoc::{int, nullable, obj, path_param, string, Op, POOL_TIMEOUT, STORAGE_FULL};
@@ -128,7 +128,6 @@ struct Job {
 pub struct Deployments {
     queue: Mutex<Queue>,
     notify: Notify,
-    stop: watch::Sender<bool>,
     metrics: Metrics,
 }
 
@@ -254,7 +253,6 @@ impl Deployments {
         Arc::new(Self {
             queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
-            stop: watch::channel(false).0,
             metrics,
         })
     }
@@ -321,7 +319,12 @@ impl Deployments {
     }
 
     /// Re-queues deployments a previous run accepted but never ran, then starts the dispatcher.
-    pub async fn start(self: &Arc<Self>, db: Arc<Database>, knobs: Arc<KnobStore>) -> anyhow::Result<()> {
+    pub async fn start(
+        self: &Arc<Self>,
+        db: Arc<Database>,
+        knobs: Arc<KnobStore>,
+        lifecycle: &crate::lifecycle::Lifecycle,
+    ) -> anyhow::Result<()> {
         let (mut conn, _) = db
             .acquire(Duration::from_secs(30))
             .await
@@ -333,23 +336,18 @@ impl Deployments {
         if count > 0 {
             tracing::info!(count, "re-queued deployments accepted by an earlier run");
         }
-        let me = self.clone();
-        let sweep_db = db.clone();
-        tokio::spawn(async move { me.dispatch(db, knobs).await });
-        let me = self.clone();
-        tokio::spawn(async move { me.sweep(sweep_db).await });
+        // Background work: when the app stops, the dispatcher is dropped with its running jobs
+        // (their transactions roll back, their rows stay `queued` and the next start runs them).
+        lifecycle.spawn_background(self.clone().dispatch(db.clone(), knobs));
+        lifecycle.spawn_background(self.clone().sweep(db));
         Ok(())
     }
 
     /// Every [`SWEEP_EVERY`]: re-queues `queued` rows older than [`SWEEP_MIN_AGE`] that no worker
     /// here holds. A failed look (database down) is tried again at the next tick.
     async fn sweep(self: Arc<Self>, db: Arc<Database>) {
-        let mut stop = self.stop.subscribe();
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(SWEEP_EVERY) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
+            tokio::time::sleep(SWEEP_EVERY).await;
             let before = now_ms() - SWEEP_MIN_AGE.as_millis() as i64;
             let found = async {
                 let (mut conn, _) = db.acquire(SWEEP_EVERY).await?;
@@ -369,14 +367,7 @@ impl Deployments {
         }
     }
 
-    /// Stops the workers: running deployments are aborted (their transactions roll back, their
-    /// rows stay `queued` and the next start runs them).
-    pub fn stop(&self) {
-        let _ = self.stop.send(true);
-    }
-
     async fn dispatch(self: Arc<Self>, db: Arc<Database>, knobs: Arc<KnobStore>) {
-        let mut stop = self.stop.subscribe();
         let mut running = JoinSet::new();
         loop {
             let limit = knobs.current().deploy_workers as usize;
@@ -395,11 +386,8 @@ impl Deployments {
                     }
                 }
                 _ = tokio::time::sleep(DISPATCH_TICK) => {}
-                _ = stop.wait_for(|s| *s) => break,
             }
         }
-        running.shutdown().await;
-        self.metrics.busy.set(0);
     }
 
     /// Runs one job to a final state: retried with backoff while its database work fails,
@@ -744,16 +732,18 @@ async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
                     // Not cancelled with the request: a row committed as `queued` is always
                     // enqueued, even if the client has stopped waiting.
                     let db = state.db.clone();
-                    tokio::spawn(async move {
-                        let (mut conn, _) = db.acquire(acquire).await?;
-                        let created = accept_async(&mut conn, &new).await?;
-                        if let Created::New(d) = &created {
-                            reservation.enqueue(d.id.clone());
-                        }
-                        Ok::<_, AppError>(created)
-                    })
-                    .await
-                    .map_err(AppError::internal)?
+                    state
+                        .lifecycle
+                        .spawn(async move {
+                            let (mut conn, _) = db.acquire(acquire).await?;
+                            let created = accept_async(&mut conn, &new).await?;
+                            if let Created::New(d) = &created {
+                                reservation.enqueue(d.id.clone());
+                            }
+                            Ok::<_, AppError>(created)
+                        })
+                        .await
+                        .map_err(AppError::internal)?
                 }
             }
         };

@@ -237,7 +237,7 @@ async fn load(state: &AppState, knobs: &Arc<Knobs>, id: u64, fill: bool) -> AppR
                 let (st, k) = (state.clone(), knobs.clone());
                 // Spawned, so the load finishes for its followers even if the leader's client
                 // goes away; it leaves the table once the item is back in Redis.
-                let task = tokio::spawn(async move {
+                let task = state.lifecycle.spawn(async move {
                     let result = load_and_fill(&st, &k, id, fill).await.map_err(Arc::new);
                     st.cache.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                     result

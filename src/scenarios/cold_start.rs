@@ -73,10 +73,12 @@ struct Metrics {
 pub struct ElasticPool {
     inner: Mutex<Pool>,
     metrics: Metrics,
+    /// Runs the cold-start timers (background work: they end with the app).
+    lifecycle: crate::lifecycle::Lifecycle,
 }
 
 impl ElasticPool {
-    pub fn new(registry: &Registry) -> Arc<Self> {
+    pub fn new(registry: &Registry, lifecycle: crate::lifecycle::Lifecycle) -> Arc<Self> {
         let metrics = Metrics {
             workers: register(
                 registry,
@@ -113,6 +115,7 @@ impl ElasticPool {
         let pool = Arc::new(Self {
             inner: Mutex::new(Pool::default()),
             metrics,
+            lifecycle,
         });
         pool.export(&pool.lock());
         pool
@@ -155,7 +158,7 @@ impl ElasticPool {
             self.metrics.cold_starts.inc();
             let pool = self.clone();
             let cold = Duration::from_millis(k.cold_start_ms);
-            tokio::spawn(async move {
+            self.lifecycle.spawn_background(async move {
                 tokio::time::sleep(cold).await;
                 let mut p = pool.lock();
                 p.starting -= 1;
@@ -222,7 +225,9 @@ async fn invoke(State(state): State<AppState>, params: Params) -> AppResult<Json
     let gateway = Duration::from_millis(knobs.gateway_timeout_ms);
     let start = Instant::now();
     // The invocation runs to the end even when the gateway gives up, like a serverless function.
-    let invocation = tokio::spawn(state.elastic.clone().run(knobs.clone(), Duration::from_millis(work_ms)));
+    let invocation = state
+        .lifecycle
+        .spawn(state.elastic.clone().run(knobs.clone(), Duration::from_millis(work_ms)));
     match tokio::time::timeout(gateway, invocation).await {
         Ok(Ok(waited)) => Ok(Json(json!({
             "work_ms": work_ms,

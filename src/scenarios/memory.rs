@@ -203,15 +203,12 @@ pub fn give_back() {
 }
 
 /// Calls [`give_back`] every `memory_trim_interval_ms` (read each time; 0 = never) on the
-/// blocking pool, until `stop` turns true.
-pub async fn trim_periodically(knobs: Arc<crate::knobs::KnobStore>, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// blocking pool (background work: it ends with the app).
+pub async fn trim_periodically(knobs: Arc<crate::knobs::KnobStore>) {
     loop {
         let every = knobs.current().memory_trim_interval_ms;
         let wait = if every == 0 { 1_000 } else { every };
-        tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_millis(wait)) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
         if every > 0 {
             let _ = tokio::task::spawn_blocking(give_back).await;
         }

@@ -204,3 +204,65 @@ async fn sigterm_under_keep_alive_load_resets_nothing() {
     assert!(ok >= 20);
     assert!(failed.is_empty(), "requests lost to the shutdown: {failed:?}");
 }
+
+/// Waits for the child to exit (at most `limit`), returning how long it took from `since`.
+async fn exit_within(child: &mut Child, since: Instant, limit: Duration) -> (std::process::ExitStatus, Duration) {
+    loop {
+        if let Some(code) = child.try_wait().unwrap() {
+            return (code, since.elapsed());
+        }
+        if since.elapsed() > limit {
+            let _ = child.kill();
+            panic!("still running {limit:?} after SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An open `/lab/events` stream (a panel left open) ends when the server starts draining, so
+/// Ctrl-C takes the shutdown delay, not the 5 s grace period: one token and one tracker stop
+/// every task (src/lifecycle.rs). Before, one open panel turned a 2 s stop into 12 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_panel_does_not_hold_the_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+    let port = crate::common::free_port();
+    let mut child = start(port, &db);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    crate::common::wait_200(&client, &format!("{base}/ready"), "never ready").await;
+
+    // Two panels open (the stream's first snapshot arrives at once), and async deployments in
+    // the background so the workers and sweep are running too.
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut resp = client.get(format!("{base}/lab/events")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(resp.chunk().await.unwrap().is_some(), "no first snapshot");
+        streams.push(resp);
+    }
+    let _ = client.get(format!("{base}/lab")).send().await.unwrap();
+
+    let signalled = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let (code, took) = exit_within(&mut child, signalled, Duration::from_secs(15)).await;
+    assert!(code.success(), "exit {code:?}");
+    // The delay is 300 ms; the grace 5 s. The streams must not hold the drain to the grace.
+    assert!(
+        took < Duration::from_secs(3),
+        "exited {took:?} after SIGTERM with panels open"
+    );
+    // And the streams ended cleanly (not a hang until the client gives up).
+    for mut s in streams {
+        let end = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Ok(Some(_)) = s.chunk().await {}
+        })
+        .await;
+        assert!(end.is_ok(), "a stream did not end");
+    }
+    eprintln!("exited {took:?} after SIGTERM with two panels open");
+}
