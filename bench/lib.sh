@@ -1,6 +1,6 @@
 # Shared by the bench/ scripts. Source it after `cd` to the repository root.
 # shellcheck source=../scripts/lib/lab.sh
-source scripts/lib/lab.sh # free_port
+source scripts/lib/lab.sh # free_port, wait_ready (scripts/lib/common.sh)
 log() { printf '[bench] %s\n' "$*" >&2; }
 
 # need_tool COMMAND PACKAGE: installs Debian's PACKAGE when COMMAND is missing.
@@ -21,7 +21,5 @@ build_both() {
 # wait_200 URL [SECONDS, default 10]: polls every 5 ms (start-up times are measured with it)
 # until URL answers 200; fails, saying so, when it has not within about SECONDS.
 wait_200() {
-  local tries=$(( ${2:-10} * 200 ))
-  for _ in $(seq 1 "$tries"); do curl -fs -o /dev/null "$1" && return 0; sleep 0.005; done
-  echo "no 200 from $1" >&2; return 1
+  wait_ready "$1" $(( ${2:-10} * 200 )) 0.005 || { echo "no 200 from $1" >&2; return 1; }
 }

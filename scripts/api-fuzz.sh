@@ -16,8 +16,8 @@ cd "$(dirname "$0")/.."
 BIN=${1:-target/release/chokepoint}
 MAX_EXAMPLES=${FUZZ_MAX_EXAMPLES:-15}
 MIN_CASES=${FUZZ_MIN_CASES:-1000}
-log() { printf '[api-fuzz] %s\n' "$*"; }
-die() { printf '[api-fuzz] ERROR: %s\n' "$*" >&2; exit 1; }
+LOG_TAG=api-fuzz
+. scripts/lib/common.sh
 
 [ -x "$BIN" ] || die "$BIN not found: build it first (cargo build --release)"
 VENV=.ci-tools/schemathesis

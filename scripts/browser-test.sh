@@ -7,8 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-target/release/chokepoint}
-log() { printf '[browser] %s\n' "$*"; }
-die() { printf '[browser] ERROR: %s\n' "$*" >&2; exit 1; }
+LOG_TAG=browser
+. scripts/lib/common.sh
 
 [ -x "$BIN" ] || die "$BIN not found: build it first (cargo build --release)"
 if ! command -v chromium >/dev/null; then

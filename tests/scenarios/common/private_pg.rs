@@ -1,56 +1,34 @@
-//! A throwaway PostgreSQL cluster of the test's own (initdb in a temp dir, its own port), for
-//! the tests that must change the server itself: `max_connections` (db-replicas), or stop and
-//! start it (the fault suite). Runs as the `postgres` user when the tests run as root (initdb
-//! refuses root).
+//! A throwaway PostgreSQL cluster of the test's own (initdb in a temp dir, its own port), and
+//! PgBouncer in front of it, for the tests that must change the server itself:
+//! `max_connections` (db-replicas), or stop and start it (the fault suite). Both come from the
+//! one fixture `scripts/lib/private-pg.sh`, which `scripts/k6-replicas.sh` uses too; it runs
+//! the servers as `postgres` when the tests run as root (initdb and pgbouncer refuse root).
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 
-pub fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
+/// `scripts/lib/private-pg.sh` with `args`; its standard output, trimmed. Panics naming the
+/// command and its error output when it fails.
+fn fixture(args: &[&str]) -> String {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/lib/private-pg.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(args)
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-/// Runs a PostgreSQL/PgBouncer program, as `postgres` when we are root.
-pub fn as_pg_user(program: &Path) -> Command {
-    if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(program);
-        c
-    } else {
-        Command::new(program)
-    }
-}
-
-pub fn pg_bin(name: &str) -> PathBuf {
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL server binaries under /usr/lib/postgresql (scripts/ensure-services.sh)")
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-        .filter(|p| p.join(name).exists())
-        .collect();
-    versions.sort();
-    versions
-        .pop()
-        .unwrap_or_else(|| panic!("{name} not found under /usr/lib/postgresql"))
-        .join(name)
-}
-
-pub fn run(cmd: &mut Command, what: &str) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+        .unwrap_or_else(|e| panic!("private-pg.sh {args:?}: {e}"));
     assert!(
         out.status.success(),
-        "{what} failed: {}{}",
+        "private-pg.sh {args:?} failed: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// A throwaway PostgreSQL cluster in a temp dir, stopped and deleted on drop.
+/// A throwaway PostgreSQL cluster in a temp dir (role `app`, database `lab`), stopped and
+/// deleted on drop.
 pub struct PrivatePostgres {
     pub dir: tempfile::TempDir,
     pub port: u16,
@@ -59,44 +37,15 @@ pub struct PrivatePostgres {
 impl PrivatePostgres {
     pub fn start(max_connections: u32, reserved: u32) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        if is_root() {
-            run(
-                Command::new("chown").args(["postgres:postgres"]).arg(dir.path()),
-                "chown",
-            );
-        }
-        let data = dir.path().join("data");
-        run(
-            as_pg_user(&pg_bin("initdb"))
-                .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-                .arg(&data),
-            "initdb",
-        );
-        let port = super::free_port();
-        let conf = format!(
-            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-             max_connections = {max_connections}\nsuperuser_reserved_connections = {reserved}\n\
-             fsync = off\nshared_buffers = 16MB\n",
-            dir.path().display()
-        );
-        let conf_path = data.join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&conf_path).unwrap();
-        text.push_str(&conf);
-        // Written as root: make sure the postgres user can still read it.
-        std::fs::write(&conf_path, text).unwrap();
-        run(
-            as_pg_user(&pg_bin("pg_ctl"))
-                .args(["-w", "-t", "30", "-D"])
-                .arg(&data)
-                .arg("-l")
-                .arg(dir.path().join("server.log"))
-                .arg("start"),
-            "pg_ctl start",
-        );
-        let pg = Self { dir, port };
-        pg.psql("postgres", "CREATE ROLE app LOGIN");
-        pg.psql("postgres", "CREATE DATABASE lab OWNER app");
-        pg
+        let path = dir.path().display().to_string();
+        let port = fixture(&["start", &path, &max_connections.to_string(), &reserved.to_string()])
+            .parse()
+            .expect("private-pg.sh start prints the port");
+        Self { dir, port }
+    }
+
+    fn path(&self) -> String {
+        self.dir.path().display().to_string()
     }
 
     pub fn psql(&self, db: &str, sql: &str) -> String {
@@ -113,11 +62,7 @@ impl PrivatePostgres {
     /// `sorry, too many clients already` past `max_connections`, and `remaining connection slots
     /// are reserved ...` in the last slots kept for superusers.
     pub fn refusals(&self) -> usize {
-        std::fs::read_to_string(self.dir.path().join("server.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("too many clients already") || l.contains("remaining connection slots are reserved"))
-            .count()
+        fixture(&["refusals", &self.path()]).parse().unwrap_or(0)
     }
 
     pub fn app_connections(&self) -> u32 {
@@ -128,21 +73,7 @@ impl PrivatePostgres {
         .parse()
         .unwrap()
     }
-}
 
-impl Drop for PrivatePostgres {
-    fn drop(&mut self) {
-        let _ = as_pg_user(&pg_bin("pg_ctl"))
-            .args(["-m", "immediate", "-D"])
-            .arg(self.dir.path().join("data"))
-            .arg("stop")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-impl PrivatePostgres {
     /// `postgres://app@127.0.0.1:<port>/lab`, the app's role and database.
     pub fn app_url(&self) -> String {
         format!("postgres://app@127.0.0.1:{}/lab", self.port)
@@ -150,25 +81,42 @@ impl PrivatePostgres {
 
     /// Stops the server (`fast`: open sessions are terminated, as `systemctl stop` does).
     pub fn stop(&self) {
-        run(
-            as_pg_user(&pg_bin("pg_ctl"))
-                .args(["-w", "-m", "fast", "-D"])
-                .arg(self.dir.path().join("data"))
-                .arg("stop"),
-            "pg_ctl stop",
-        );
+        fixture(&["stop", &self.path(), "fast"]);
     }
 
     /// Starts it again on the same port and data.
     pub fn restart(&self) {
-        run(
-            as_pg_user(&pg_bin("pg_ctl"))
-                .args(["-w", "-t", "30", "-D"])
-                .arg(self.dir.path().join("data"))
-                .arg("-l")
-                .arg(self.dir.path().join("server.log"))
-                .arg("start"),
-            "pg_ctl start",
-        );
+        fixture(&["restart", &self.path()]);
+    }
+
+    /// PgBouncer in transaction mode in front of it, with `pool` server connections; stopped
+    /// when the returned value is dropped.
+    pub fn bouncer(&self, pool: u32) -> Bouncer {
+        let port = fixture(&["bouncer", &self.path(), &self.port.to_string(), &pool.to_string()])
+            .parse()
+            .expect("private-pg.sh bouncer prints the port");
+        Bouncer { dir: self.path(), port }
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/lib/private-pg.sh");
+        let _ = Command::new("bash")
+            .arg(script)
+            .args(["stop", &self.path(), "immediate"])
+            .output();
+    }
+}
+
+/// PgBouncer from [`PrivatePostgres::bouncer`].
+pub struct Bouncer {
+    dir: String,
+    pub port: u16,
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        fixture(&["bouncer-stop", &self.dir]);
     }
 }
