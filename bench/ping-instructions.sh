@@ -3,7 +3,8 @@
 # (examples/hello_axum.rs), counted by valgrind's callgrind. Instruction counts do not depend on
 # what else the machine is doing, so unlike bench/ping.sh (throughput under wrk) this number is
 # repeatable on a shared, noisy machine; it leaves out the kernel's share (the TCP path), which
-# both servers pay alike.
+# both servers pay alike. chokepoint runs at its default log level (RUST_LOG unset: info), as
+# users run it.
 #
 # Each server runs twice under callgrind, answering N1 and then N2 sequential keep-alive
 # `GET /api/ping` requests; (instructions(N2) - instructions(N1)) / (N2 - N1) is the cost of one
@@ -27,8 +28,8 @@ instructions() {
   local name=$1 n=$2 bin=$3 port out
   port=$(free_port)
   out="$work/$name.$n.callgrind"
-  DATABASE_URL="sqlite://$work/$name.$n.db?mode=rwc" PORT=$port RUST_LOG=error \
-    valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" >/dev/null 2>&1 &
+  DATABASE_URL="sqlite://$work/$name.$n.db?mode=rwc" PORT=$port \
+    env -u RUST_LOG valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" >/dev/null 2>&1 &
   local pid=$!
   wait_200 "http://127.0.0.1:$port/api/ping" 60 || return 1 # valgrind starts slowly
   python3 - "$port" "$n" <<'PY'

@@ -5,6 +5,7 @@
 #     (target: ratio >= 0.85, i.e. instrumentation costs at most 15%);
 #   - start-up time from exec to the first 200 on /ready (median of 5);
 #   - idle RSS of both after start-up.
+# chokepoint runs at its default log level (RUST_LOG unset: info), as users run it.
 # Usage: bash bench/ping.sh [seconds per wrk run, default 10] [rounds, default 3]
 # (wrk shares the two cores with the server, so one run can lose 10% to a neighbour: the best of
 # several alternating runs is the steadier estimate of what each server can do.)
@@ -27,7 +28,7 @@ startups=()
 for i in 1 2 3 4 5; do
   port=$(free_port)
   t0=$(date +%s%N)
-  DATABASE_URL="sqlite://$work/s$i.db?mode=rwc" PORT=$port RUST_LOG=error target/release/chokepoint >/dev/null 2>&1 &
+  DATABASE_URL="sqlite://$work/s$i.db?mode=rwc" PORT=$port env -u RUST_LOG target/release/chokepoint >/dev/null 2>&1 &
   pid=$!
   wait_200 "http://127.0.0.1:$port/ready"
   t1=$(date +%s%N)
@@ -38,7 +39,7 @@ startup_ms=$(printf '%s\n' "${startups[@]}" | sort -n | sed -n 3p)
 
 # --- both servers up, idle RSS, then wrk alternating --------------------------------------
 cp_port=$(free_port)
-DATABASE_URL="sqlite://$work/bench.db?mode=rwc" PORT=$cp_port RUST_LOG=error target/release/chokepoint >/dev/null 2>&1 &
+DATABASE_URL="sqlite://$work/bench.db?mode=rwc" PORT=$cp_port env -u RUST_LOG target/release/chokepoint >/dev/null 2>&1 &
 cp_pid=$!; pids+=($cp_pid)
 hello_port=$(free_port)
 PORT=$hello_port target/release/examples/hello_axum >/dev/null 2>&1 &
