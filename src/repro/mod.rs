@@ -4,27 +4,20 @@
 //! (no coordinated omission) — and prints a breaking-point report: a table per stage, the
 //! prediction from the knobs beside the measurement, and the verdict.
 
-pub mod chart;
-mod load;
-pub mod report;
 pub mod scenarios;
-mod verdict;
 
-pub use load::StageResult;
-use load::{run_stage, CLIENT_TIMEOUT};
-use verdict::verdict;
-pub use verdict::Verdict;
+use chokepoint_repro::lab::LabClient;
+use chokepoint_repro::load::{run_stage, CLIENT_TIMEOUT};
+use chokepoint_repro::report::{self, Report, Run};
+use chokepoint_repro::verdict::verdict;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use serde_json::Value;
 
-use scenarios::Prediction;
 pub use scenarios::ScenarioId;
 
 use crate::knobs::Profile;
@@ -55,28 +48,6 @@ pub struct ReproArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
-}
-
-/// One profile's run.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Run {
-    pub profile: String,
-    pub prediction: Prediction,
-    pub knobs: Value,
-    pub stages: Vec<StageResult>,
-    pub verdict: Verdict,
-}
-
-/// The whole report.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Report {
-    pub scenario: String,
-    pub target: String,
-    pub generated_at: String,
-    pub stage_seconds: u64,
-    pub request: String,
-    pub runs: Vec<Run>,
-    pub interrupted: bool,
 }
 
 /// Runs the command; the exit code (0, 1 on failure, 130 when interrupted).
@@ -170,51 +141,12 @@ pub async fn run(args: ReproArgs, profile: Profile, settings: Option<crate::sett
     Ok(if interrupted { 130 } else { 0 })
 }
 
-struct LabClient {
-    client: reqwest::Client,
-    base: String,
-    token: Option<String>,
-}
-
-impl LabClient {
-    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
-        let mut req = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await.with_context(|| format!("{}{path}", self.base))?;
-        let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!("{path} answered {status}: {}", body["detail"].as_str().unwrap_or(""));
-        }
-        Ok(body)
-    }
-
-    async fn config(&self) -> anyhow::Result<scenarios::RunConfig> {
-        let view: crate::admin::ConfigView =
-            serde_json::from_value(self.admin(reqwest::Method::GET, "/admin/config", None).await?)
-                .context("reading the lab's /admin/config")?;
-        scenarios::RunConfig::from_view(&view)
-    }
-
-    /// Every series of `/metrics` as name{labels} → value.
-    async fn metrics(&self) -> BTreeMap<String, f64> {
-        let Ok(resp) = self.client.get(format!("{}/metrics", self.base)).send().await else {
-            return BTreeMap::new();
-        };
-        let text = resp.text().await.unwrap_or_default();
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (series, value) = l.rsplit_once(' ')?;
-                Some((series.to_string(), value.parse().ok()?))
-            })
-            .collect()
-    }
+/// The lab's configuration in force, typed (`GET /admin/config` read as [`crate::admin::ConfigView`]).
+async fn config(lab: &LabClient) -> anyhow::Result<scenarios::RunConfig> {
+    let view: crate::admin::ConfigView =
+        serde_json::from_value(lab.admin(reqwest::Method::GET, "/admin/config", None).await?)
+            .context("reading the lab's /admin/config")?;
+    scenarios::RunConfig::from_view(&view)
 }
 
 /// The median latency of `n` requests sent one at a time (the CPU cost of one request alone).
@@ -254,7 +186,7 @@ async fn run_profile(
     } else {
         None
     };
-    let config = lab.config().await?;
+    let config = config(lab).await?;
     if scenario == ScenarioId::ColdStart {
         // Let the profile's warm workers (min_warm_workers) finish their own cold start.
         let cold = config.knobs.cold_start_ms;
@@ -294,7 +226,7 @@ async fn run_profile(
     if scenario == ScenarioId::Memory {
         let _ = lab.client.post(format!("{}/api/clear-memory", lab.base)).send().await;
     }
-    let verdict = verdict(&plan, &config, &prediction, &stages);
+    let verdict = verdict(&plan, &prediction, &stages);
     Ok((
         Run {
             profile: profile.as_str().into(),

@@ -3,6 +3,7 @@
 //! knobs, and the metrics that show the saturation.
 
 use crate::knobs::{CpuMode, DeployMode, Knobs};
+use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 use serde_json::{json, Value};
 
 /// The catalog rows `repro` can run.
@@ -37,76 +38,12 @@ impl ScenarioId {
     }
 }
 
-/// One request the load generator sends.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub method: reqwest::Method,
-    pub path: String,
-    pub body: Option<&'static str>,
-}
-
-impl Target {
-    fn get(path: impl Into<String>) -> Target {
-        Target {
-            method: reqwest::Method::GET,
-            path: path.into(),
-            body: None,
-        }
-    }
-}
-
-/// A gauge or counter read from `/metrics` while a stage runs.
-#[derive(Debug, Clone, Copy)]
-pub struct Watch {
-    /// The series as `/metrics` prints it (name and labels).
-    pub series: &'static str,
-    /// Shown in the report.
-    pub label: &'static str,
-    /// A counter: the report shows its increase over the stage; a gauge: its maximum.
-    pub counter: bool,
-    /// The value from which this metric says "saturated".
-    pub saturated_at: SaturatedAt,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub enum SaturatedAt {
-    /// Above this value.
-    Above(f64),
-    /// At or above a capacity set by knobs (read from the lab's configuration).
-    AtKnobs(fn(&Knobs) -> f64),
-}
-
-/// What the knobs predict.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Prediction {
-    /// Successful requests per second the resource can serve, when the scenario has one.
-    pub capacity_rps: Option<f64>,
-    /// The arithmetic, in words.
-    pub formula: String,
-    /// What should happen past it, per the profile's knobs.
-    pub expect: String,
-}
-
-/// Everything `repro` needs to run one scenario.
-pub struct Plan {
-    pub target: Target,
-    /// Knobs set (after the profile) before the run, to keep it short and the numbers small.
-    pub knobs: Value,
-    /// Offered rates, req/s.
-    pub rates: Vec<f64>,
-    pub watches: Vec<Watch>,
-    /// A light request stream beside the load whose latency shows collateral damage.
-    pub canary: Option<&'static str>,
-    /// Called once before each stage (e.g. flush the cache).
-    pub before_stage: Option<(reqwest::Method, &'static str)>,
-}
-
 /// Requests waiting for a database connection: the pool's first sign of saturation.
 const POOL_WAITING: Watch = Watch {
     series: "db_pool_waiting",
     label: "waiting for a connection (max)",
     counter: false,
-    saturated_at: SaturatedAt::Above(0.0),
+    saturated_above: 0.0,
 };
 
 /// The lab's configuration in force for a run, typed (read once from `GET /admin/config`).
@@ -195,13 +132,13 @@ impl ScenarioId {
                         series: "db_pool_connections{state=\"in_use\"}",
                         label: "connections in use (max)",
                         counter: false,
-                        saturated_at: SaturatedAt::AtKnobs(|k| f64::from(k.db_pool_size + k.db_max_overflow)),
+                        saturated_above: f64::from(knobs.db_pool_size + knobs.db_max_overflow) - 0.5,
                     },
                     Watch {
                         series: "db_pool_acquire_timeouts_total",
                         label: "acquire timeouts",
                         counter: true,
-                        saturated_at: SaturatedAt::Above(0.0),
+                        saturated_above: 0.0,
                     },
                 ];
             }
@@ -213,19 +150,19 @@ impl ScenarioId {
                         series: "worker_pool_queue_depth",
                         label: "queue depth (max)",
                         counter: false,
-                        saturated_at: SaturatedAt::Above(0.0),
+                        saturated_above: 0.0,
                     },
                     Watch {
                         series: "worker_pool_busy",
                         label: "busy threads (max)",
                         counter: false,
-                        saturated_at: SaturatedAt::AtKnobs(|k| f64::from(k.worker_pool_size)),
+                        saturated_above: f64::from(knobs.worker_pool_size) - 0.5,
                     },
                     Watch {
                         series: "worker_pool_deadline_exceeded_total",
                         label: "deadline exceeded",
                         counter: true,
-                        saturated_at: SaturatedAt::Above(0.0),
+                        saturated_above: 0.0,
                     },
                 ];
             }
@@ -248,7 +185,7 @@ impl ScenarioId {
                         series: "deploy_queue_depth",
                         label: "async queue depth (max)",
                         counter: false,
-                        saturated_at: SaturatedAt::Above(0.0),
+                        saturated_above: 0.0,
                     },
                 ];
             }
@@ -268,13 +205,13 @@ impl ScenarioId {
                         series: "http_requests_in_flight",
                         label: "requests in flight (max)",
                         counter: false,
-                        saturated_at: SaturatedAt::Above(cores),
+                        saturated_above: cores,
                     },
                     Watch {
                         series: "requests_shed_total",
                         label: "shed",
                         counter: true,
-                        saturated_at: SaturatedAt::Above(0.0),
+                        saturated_above: 0.0,
                     },
                 ];
             }
@@ -286,19 +223,19 @@ impl ScenarioId {
                         series: "cold_start_queue_depth",
                         label: "queue depth (max)",
                         counter: false,
-                        saturated_at: SaturatedAt::Above(0.0),
+                        saturated_above: 0.0,
                     },
                     Watch {
                         series: "cold_start_cold_starts_total",
                         label: "cold starts",
                         counter: true,
-                        saturated_at: SaturatedAt::Above(0.0),
+                        saturated_above: 0.0,
                     },
                     Watch {
                         series: "cold_start_gateway_timeouts_total",
                         label: "gateway timeouts",
                         counter: true,
-                        saturated_at: SaturatedAt::Above(0.0),
+                        saturated_above: 0.0,
                     },
                 ];
             }
@@ -311,19 +248,19 @@ impl ScenarioId {
                         series: "http_requests_in_flight",
                         label: "requests in flight (max)",
                         counter: false,
-                        saturated_at: SaturatedAt::Above(16.0),
+                        saturated_above: 16.0,
                     },
                     Watch {
                         series: "downstream_calls_in_flight",
                         label: "downstream calls in flight (max)",
                         counter: false,
-                        saturated_at: SaturatedAt::AtKnobs(|k| f64::from(k.downstream_max_concurrency)),
+                        saturated_above: f64::from(knobs.downstream_max_concurrency) - 0.5,
                     },
                     Watch {
                         series: "circuit_breaker_rejections_total",
                         label: "breaker rejections",
                         counter: true,
-                        saturated_at: SaturatedAt::Above(0.0),
+                        saturated_above: 0.0,
                     },
                 ];
             }
@@ -335,19 +272,19 @@ impl ScenarioId {
                         series: "memory_retained_bytes",
                         label: "retained bytes (max)",
                         counter: false,
-                        saturated_at: SaturatedAt::Above(0.0),
+                        saturated_above: 0.0,
                     },
                     Watch {
                         series: "memory_cap_refusals_total",
                         label: "cap refusals",
                         counter: true,
-                        saturated_at: SaturatedAt::Above(0.0),
+                        saturated_above: 0.0,
                     },
                     Watch {
                         series: "process_resident_memory_bytes",
                         label: "RSS (max)",
                         counter: false,
-                        saturated_at: SaturatedAt::Above(f64::INFINITY),
+                        saturated_above: f64::INFINITY,
                     },
                 ];
             }
@@ -358,7 +295,7 @@ impl ScenarioId {
                     series: "circuit_breaker_rejections_total",
                     label: "breaker rejections",
                     counter: true,
-                    saturated_at: SaturatedAt::Above(0.0),
+                    saturated_above: 0.0,
                 }];
             }
             ScenarioId::CacheStampede => {
@@ -370,13 +307,13 @@ impl ScenarioId {
                         series: "cache_db_loads_total",
                         label: "database loads",
                         counter: true,
-                        saturated_at: SaturatedAt::Above(1.0),
+                        saturated_above: 1.0,
                     },
                     Watch {
                         series: "cache_loads_in_flight",
                         label: "loads in flight (max)",
                         counter: false,
-                        saturated_at: SaturatedAt::Above(1.0),
+                        saturated_above: 1.0,
                     },
                 ];
             }
@@ -537,14 +474,6 @@ impl ScenarioId {
                 }
             }
         }
-    }
-}
-
-/// The threshold a watch saturates at, resolved against the configuration.
-pub fn threshold(w: &Watch, config: &RunConfig) -> f64 {
-    match w.saturated_at {
-        SaturatedAt::Above(v) => v,
-        SaturatedAt::AtKnobs(capacity) => capacity(&config.knobs) - 0.5,
     }
 }
 

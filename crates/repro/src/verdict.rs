@@ -1,8 +1,8 @@
 //! The verdict of one profile's run: where it broke (the knee), the measured capacity against
 //! the prediction, and the watched metric that said so first.
 
-use super::scenarios::{self, Plan, Prediction};
-use super::StageResult;
+use crate::load::StageResult;
+use crate::plan::{Plan, Prediction};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Verdict {
@@ -17,12 +17,9 @@ pub struct Verdict {
     pub first_signal: Option<(String, usize)>,
     pub summary: String,
 }
-pub(super) fn verdict(
-    plan: &Plan,
-    config: &scenarios::RunConfig,
-    prediction: &Prediction,
-    stages: &[StageResult],
-) -> Verdict {
+
+/// Judges one profile's stages against the plan's watches and the prediction.
+pub fn verdict(plan: &Plan, prediction: &Prediction, stages: &[StageResult]) -> Verdict {
     // The baseline is the best stage's p95 (not the first stage's: a cold start breaks first).
     let base_p95 = stages.iter().filter_map(|s| s.p95_ms).fold(f64::INFINITY, f64::min);
     let base_p95 = if base_p95.is_finite() { base_p95 } else { 0.0 };
@@ -38,7 +35,7 @@ pub(super) fn verdict(
         .watches
         .iter()
         .filter_map(|w| {
-            let t = scenarios::threshold(w, config);
+            let t = w.saturated_above;
             stages
                 .iter()
                 .position(|s| s.metrics.get(w.series).is_some_and(|v| *v > t))
@@ -92,5 +89,68 @@ pub(super) fn verdict(
         capacity_ratio: ratio.map(|r| (r * 1000.0).round() / 1000.0),
         first_signal,
         summary,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::plan::{Target, Watch};
+
+    fn stage(offered: f64, served: f64, p95: f64, waiting: f64) -> StageResult {
+        StageResult {
+            offered_rps: offered,
+            seconds: 5.0,
+            requests: (offered * 5.0) as u64,
+            ok: (served * 5.0) as u64,
+            failures: BTreeMap::from([("503 shed".to_string(), ((offered - served) * 5.0) as u64)]),
+            p50_ms: Some(p95 / 2.0),
+            p95_ms: Some(p95),
+            p99_ms: Some(p95 * 1.2),
+            max_ms: Some(p95 * 1.5),
+            throughput_rps: served,
+            canary_p95_ms: None,
+            metrics: BTreeMap::from([("db_pool_waiting".to_string(), waiting)]),
+            interrupted: false,
+        }
+    }
+
+    /// The knee is the first stage that serves < 90% of its offered load (or fails > 1%, or
+    /// whose p95 passes 3× the best); the watched metric
+    /// that crossed its threshold first is named with its stage; the capacity is compared with
+    /// the prediction.
+    #[test]
+    fn finds_the_knee_the_first_signal_and_the_capacity_ratio() {
+        let plan = Plan {
+            target: Target::get("/api/db/hold"),
+            knobs: serde_json::json!({}),
+            rates: vec![10.0, 20.0, 40.0],
+            watches: vec![Watch {
+                series: "db_pool_waiting",
+                label: "waiting",
+                counter: false,
+                saturated_above: 0.0,
+            }],
+            canary: None,
+            before_stage: None,
+        };
+        let prediction = Prediction {
+            capacity_rps: Some(20.0),
+            formula: String::new(),
+            expect: String::new(),
+        };
+        let stages = [
+            stage(10.0, 10.0, 20.0, 0.0),
+            stage(20.0, 20.0, 25.0, 3.0),
+            stage(40.0, 21.0, 900.0, 30.0),
+        ];
+        let v = verdict(&plan, &prediction, &stages);
+        assert_eq!(v.knee_stage, Some(2));
+        assert_eq!(v.knee_offered_rps, Some(40.0));
+        assert_eq!(v.measured_capacity_rps, 21.0);
+        assert!((v.capacity_ratio.unwrap() - 1.05).abs() < 1e-9);
+        assert_eq!(v.first_signal, Some(("waiting".to_string(), 1)));
     }
 }

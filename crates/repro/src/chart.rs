@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::Report;
+use crate::report::Report;
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")

@@ -6,7 +6,33 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use super::{Report, Run};
+use serde_json::Value;
+
+use crate::load::StageResult;
+use crate::plan::Prediction;
+use crate::verdict::Verdict;
+
+/// One profile's run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Run {
+    pub profile: String,
+    pub prediction: Prediction,
+    pub knobs: Value,
+    pub stages: Vec<StageResult>,
+    pub verdict: Verdict,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub target: String,
+    pub generated_at: String,
+    pub stage_seconds: u64,
+    pub request: String,
+    pub runs: Vec<Run>,
+    pub interrupted: bool,
+}
 
 fn ms(v: Option<f64>) -> String {
     v.map_or("–".into(), |v| {
@@ -18,7 +44,7 @@ fn ms(v: Option<f64>) -> String {
     })
 }
 
-fn failures(s: &super::StageResult) -> String {
+fn failures(s: &StageResult) -> String {
     if s.failures.is_empty() {
         "0".into()
     } else {
@@ -166,6 +192,6 @@ pub fn write(report: &Report, dir: &Path) -> anyhow::Result<()> {
     );
     std::fs::write(dir.join("report.md"), md).context("writing report.md")?;
     std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(report)?).context("writing report.json")?;
-    std::fs::write(dir.join("chart.svg"), super::chart::svg(report)).context("writing chart.svg")?;
+    std::fs::write(dir.join("chart.svg"), crate::chart::svg(report)).context("writing chart.svg")?;
     Ok(())
 }

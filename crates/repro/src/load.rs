@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::Value;
 
-use super::scenarios::{Plan, Target};
-use super::LabClient;
+use crate::lab::LabClient;
+use crate::plan::{Plan, Target};
 
 /// Requests in flight at most; beyond it a request is not sent and counts as `dropped`
 /// (the generator's own safety cap: bounded tasks and sockets).
 const MAX_IN_FLIGHT: u64 = 2_000;
 /// A request unanswered after this long counts as `client_timeout`.
-pub(super) const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The measurement of one stage.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StageResult {
@@ -77,7 +77,7 @@ async fn send(client: &reqwest::Client, url: &str, target: &Target) -> Result<()
     }
 }
 
-pub(super) async fn run_stage(
+pub async fn run_stage(
     lab: &LabClient,
     plan: &Plan,
     rate: f64,

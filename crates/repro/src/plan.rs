@@ -1,0 +1,61 @@
+//! What one run sends and watches: the request, the stages of offered load, the metrics that
+//! show saturation, and the prediction the verdict compares the measurement with.
+
+use serde_json::Value;
+
+/// One request the load generator sends.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub method: reqwest::Method,
+    pub path: String,
+    pub body: Option<&'static str>,
+}
+
+impl Target {
+    pub fn get(path: impl Into<String>) -> Target {
+        Target {
+            method: reqwest::Method::GET,
+            path: path.into(),
+            body: None,
+        }
+    }
+}
+
+/// A gauge or counter read from `/metrics` while a stage runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Watch {
+    /// The series as `/metrics` prints it (name and labels).
+    pub series: &'static str,
+    /// Shown in the report.
+    pub label: &'static str,
+    /// A counter: the report shows its increase over the stage; a gauge: its maximum.
+    pub counter: bool,
+    /// Above this value the metric says "saturated" (a capacity set by knobs is resolved by
+    /// the plan, which knows the lab's configuration).
+    pub saturated_above: f64,
+}
+
+/// What the knobs predict.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Prediction {
+    /// Successful requests per second the resource can serve, when the scenario has one.
+    pub capacity_rps: Option<f64>,
+    /// The arithmetic, in words.
+    pub formula: String,
+    /// What should happen past it, per the profile's knobs.
+    pub expect: String,
+}
+
+/// Everything `repro` needs to run one scenario.
+pub struct Plan {
+    pub target: Target,
+    /// Knobs set (after the profile) before the run, to keep it short and the numbers small.
+    pub knobs: Value,
+    /// Offered rates, req/s.
+    pub rates: Vec<f64>,
+    pub watches: Vec<Watch>,
+    /// A light request stream beside the load whose latency shows collateral damage.
+    pub canary: Option<&'static str>,
+    /// Called once before each stage (e.g. flush the cache).
+    pub before_stage: Option<(reqwest::Method, &'static str)>,
+}
