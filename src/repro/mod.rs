@@ -18,16 +18,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-pub use scenarios::ScenarioId;
-
 use crate::knobs::Profile;
 
 /// Arguments of `chokepoint repro`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReproArgs {
-    /// The catalog row to reproduce.
-    #[arg(value_enum)]
-    pub scenario: ScenarioId,
+    /// The catalog row to reproduce (every scenario that declares a repro).
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(crate::scenarios::repro_ids()))]
+    pub scenario: String,
     /// Run fragile then hardened and print them side by side.
     #[arg(long)]
     pub compare: bool,
@@ -68,8 +66,9 @@ pub async fn run(args: ReproArgs, profile: Profile, settings: Option<crate::sett
     } else {
         vec![profile]
     };
-    if args.base_url.is_none() && args.scenario == ScenarioId::DbReplicas {
-        bail!("{}", args.scenario.needs_base_url().unwrap_or_default());
+    let repro = repro_of(&args.scenario)?;
+    if let (None, Some(why)) = (&args.base_url, repro.needs_base_url) {
+        bail!("{why}");
     }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
@@ -125,7 +124,7 @@ pub async fn run(args: ReproArgs, profile: Profile, settings: Option<crate::sett
     }
     let interrupted = stop.load(Ordering::SeqCst);
     let report = Report {
-        scenario: args.scenario.as_str().into(),
+        scenario: args.scenario.clone(),
         target: target_label,
         generated_at: chrono::Utc::now().to_rfc3339(),
         stage_seconds: args.stage_seconds,
@@ -146,7 +145,19 @@ async fn config(lab: &LabClient) -> anyhow::Result<scenarios::RunConfig> {
     let view: crate::admin::ConfigView =
         serde_json::from_value(lab.admin(reqwest::Method::GET, "/admin/config", None).await?)
             .context("reading the lab's /admin/config")?;
-    scenarios::RunConfig::from_view(&view)
+    scenarios::run_config(&view)
+}
+
+/// The scenario's repro, by id (the CLI only offers ids that have one).
+fn repro_of(id: &str) -> anyhow::Result<&'static crate::scenarios::Repro> {
+    crate::scenarios::find(id)
+        .and_then(|s| s.repro.as_ref())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no repro for `{id}`; one of: {}",
+                crate::scenarios::repro_ids().join(", ")
+            )
+        })
 }
 
 /// The median latency of `n` requests sent one at a time (the CPU cost of one request alone).
@@ -175,25 +186,21 @@ async fn run_profile(
     )
     .await
     .context("switching the profile (give --admin-token if the lab has one)")?;
-    let scenario = args.scenario;
-    let run_knobs = scenario.run_knobs();
+    let repro = repro_of(&args.scenario)?;
+    let run_knobs = (repro.knobs)();
     if run_knobs.as_object().is_some_and(|o| !o.is_empty()) {
         lab.admin(reqwest::Method::PATCH, "/admin/config", Some(&run_knobs))
             .await?;
     }
-    let cpu_ms = if scenario == ScenarioId::Cpu {
-        Some(calibrate(lab, &scenario.target().path, 15).await?)
+    let cpu_ms = if repro.calibrate {
+        Some(calibrate(lab, &repro.target().path, 15).await?)
     } else {
         None
     };
     let config = config(lab).await?;
-    if scenario == ScenarioId::ColdStart {
-        // Let the profile's warm workers (min_warm_workers) finish their own cold start.
-        let cold = config.knobs.cold_start_ms;
-        tokio::time::sleep(Duration::from_millis(cold + 250)).await;
-    }
-    let plan = scenario.plan(&config, cpu_ms);
-    let prediction = scenario.predict(&config, cpu_ms);
+    let plan = (repro.plan)(&config, cpu_ms);
+    let prediction = (repro.predict)(&config, cpu_ms);
+    tokio::time::sleep(plan.settle).await;
     let knobs = serde_json::to_value(&config.knobs)?;
     let request = format!("{} {}", plan.target.method, plan.target.path);
     let mut stages = Vec::new();
@@ -206,7 +213,7 @@ async fn run_profile(
         }
         let label = format!(
             "[{} {}] stage {}/{} at {rate} req/s",
-            scenario.as_str(),
+            args.scenario,
             profile.as_str(),
             i + 1,
             plan.rates.len()
@@ -223,8 +230,8 @@ async fn run_profile(
         .await;
         stages.push(stage);
     }
-    if scenario == ScenarioId::Memory {
-        let _ = lab.client.post(format!("{}/api/clear-memory", lab.base)).send().await;
+    if let Some((method, path)) = &plan.after_run {
+        let _ = lab.admin(method.clone(), path, None).await;
     }
     let verdict = verdict(&plan, &prediction, &stages);
     Ok((

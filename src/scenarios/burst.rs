@@ -46,9 +46,11 @@ use crate::apidoc::{int, nullable, obj, path_param, string, Op, POOL_TIMEOUT, ST
 use crate::error::{AppError, AppResult};
 use crate::infra::database::{Conn, Database};
 use crate::knobs::{DeployMode, KnobStore};
+use crate::scenarios::{around, Repro, RunConfig, AROUND, POOL_WAITING};
 use crate::scenarios::{Gauge, K6Script, Scenario};
 use crate::telemetry::{register, LATENCY_BUCKETS};
 use crate::AppState;
+use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -821,6 +823,7 @@ pub const SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/burst.rs",
     router,
     operations,
+    repro: Some(REPRO),
     gauges: &[Gauge::value("deploy_queue", "deploy_queue_depth")],
 };
 
@@ -896,4 +899,78 @@ fn operations() -> Vec<Op> {
             .fails(422, "the id is not a UUID (invalid_parameter)")
             .fails(503, POOL_TIMEOUT),
     ]
+}
+
+/// `chokepoint repro burst`: its plan and prediction.
+const REPRO: Repro = Repro {
+    knobs: repro_knobs,
+    plan: repro_plan,
+    predict: repro_predict,
+    calibrate: false,
+    needs_base_url: None,
+};
+
+/// The knobs `repro burst` sets on top of the profile, to keep the run short and the numbers small.
+fn repro_knobs() -> Value {
+    json!({"db_pool_size": 4, "db_max_overflow": 0, "deploy_work_ms": 200, "deploy_timeout_ms": 5000})
+}
+
+/// The plan: what `repro burst` sends, at which rates, watching what.
+fn repro_plan(config: &RunConfig, _cpu_ms: Option<f64>) -> Plan {
+    let knobs = &config.knobs;
+    let pool = || f64::from(knobs.db_pool_size + knobs.db_max_overflow);
+    let mut plan = Plan::new(repro_knobs());
+    plan.target = Target {
+        method: reqwest::Method::POST,
+        path: "/api/v1/deployments/".into(),
+        body: Some("{}"),
+    };
+    let work = (knobs.deploy_work_ms as f64) / 1000.0;
+    let cap = if knobs.deploy_mode == DeployMode::Async {
+        (knobs.deploy_workers as f64).min(pool()) / work
+    } else {
+        pool() / work
+    };
+    plan.rates = around(cap, AROUND);
+    plan.watches = vec![
+        POOL_WAITING,
+        Watch {
+            series: "deploy_queue_depth",
+            label: "async queue depth (max)",
+            counter: false,
+            saturated_above: 0.0,
+        },
+    ];
+    plan
+}
+
+/// The prediction from the knobs in force (after the profile and the run's knobs).
+fn repro_predict(config: &RunConfig, _cpu_ms: Option<f64>) -> Prediction {
+    let knobs = &config.knobs;
+    let pool = f64::from(knobs.db_pool_size + knobs.db_max_overflow);
+    let work = (knobs.deploy_work_ms as f64) / 1000.0;
+    if knobs.deploy_mode == DeployMode::Async {
+        let c = (knobs.deploy_workers as f64).min(pool) / work;
+        Prediction {
+            // Acceptance is not bounded by it: no capacity line for the answers.
+            capacity_rps: None,
+            formula: format!(
+                "min({} workers, {pool} connections) / {work} s work = {c:.1} deployments/s drained in the background",
+                (knobs.deploy_workers as f64)
+            ),
+            expect: "every POST is accepted at once (202); the queue absorbs the excess".into(),
+        }
+    } else {
+        Prediction {
+            capacity_rps: Some(pool / work),
+            formula: format!(
+                "pool {pool} connections / {work} s work = {:.1} creations/s",
+                pool / work
+            ),
+            expect: format!(
+                "past capacity creations queue for a connection and fail at the {} ms request timeout",
+                (knobs.deploy_timeout_ms as f64)
+            ),
+        }
+    }
 }

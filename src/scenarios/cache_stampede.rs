@@ -36,8 +36,10 @@ use crate::infra::database::Database;
 use crate::infra::redis::Redis;
 use crate::knobs::Knobs;
 use crate::scenarios::{K6Script, Scenario};
+use crate::scenarios::{Repro, RunConfig};
 use crate::telemetry::{register, GaugeGuard};
 use crate::AppState;
+use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -325,6 +327,7 @@ pub const SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/cache_stampede.rs",
     router,
     operations,
+    repro: Some(REPRO),
     gauges: &[],
 };
 
@@ -353,4 +356,60 @@ fn operations() -> Vec<Op> {
             .fails(500, "Redis failed (redis_error)")
             .fails(503, "no REDIS_URL (redis_not_configured) or no Redis connection in time (redis_pool_timeout)"),
     ]
+}
+
+/// `chokepoint repro cache-stampede`: its plan and prediction.
+const REPRO: Repro = Repro {
+    knobs: repro_knobs,
+    plan: repro_plan,
+    predict: repro_predict,
+    calibrate: false,
+    needs_base_url: None,
+};
+
+/// The knobs `repro cache-stampede` sets on top of the profile, to keep the run short and the numbers small.
+fn repro_knobs() -> Value {
+    json!({})
+}
+
+/// The plan: what `repro cache-stampede` sends, at which rates, watching what.
+fn repro_plan(_config: &RunConfig, _cpu_ms: Option<f64>) -> Plan {
+    let mut plan = Plan::new(repro_knobs());
+    plan.target = Target::get("/api/cache/items/1");
+    plan.rates = vec![20.0, 50.0, 100.0];
+    plan.before_stage = Some((reqwest::Method::POST, "/admin/cache/flush"));
+    plan.watches = vec![
+        Watch {
+            series: "cache_db_loads_total",
+            label: "database loads",
+            counter: true,
+            saturated_above: 1.0,
+        },
+        Watch {
+            series: "cache_loads_in_flight",
+            label: "loads in flight (max)",
+            counter: false,
+            saturated_above: 1.0,
+        },
+    ];
+    plan
+}
+
+/// The prediction from the knobs in force (after the profile and the run's knobs).
+fn repro_predict(config: &RunConfig, _cpu_ms: Option<f64>) -> Prediction {
+    let knobs = &config.knobs;
+    let sf = knobs.cache_single_flight;
+    Prediction {
+        capacity_rps: None,
+        formula: format!(
+            "after a flush, every reader that misses during the {} ms load goes to the database{}",
+            (knobs.cache_query_ms as f64),
+            if sf { " — single-flight: one load per key" } else { "" }
+        ),
+        expect: if sf {
+            "about 1 database load per stage".into()
+        } else {
+            "database loads ≈ offered rate × load time per stage".into()
+        },
+    }
 }

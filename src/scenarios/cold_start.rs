@@ -29,9 +29,11 @@ use crate::apidoc::{int, num, obj, Op};
 use crate::error::{AppError, AppResult};
 use crate::knobs::Knobs;
 use crate::params::{Fallback, Num, Params};
+use crate::scenarios::{around, Repro, RunConfig, AROUND};
 use crate::scenarios::{Gauge, K6Script, Scenario};
 use crate::telemetry::register;
 use crate::AppState;
+use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 
 pub const WORK_MS: Num<u64> = Num {
     name: "work_ms",
@@ -261,6 +263,7 @@ pub const SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/cold_start.rs",
     router,
     operations,
+    repro: Some(REPRO),
     gauges: &[Gauge::value("cold_start_queue", "cold_start_queue_depth")],
 };
 
@@ -280,4 +283,68 @@ fn operations() -> Vec<Op> {
     .fails(422, "invalid_parameter")
     .fails(503, "no worker could be provisioned (shed)")
     .fails(504, "gateway_timeout_ms passed (gateway_timeout)")]
+}
+
+/// `chokepoint repro cold-start`: its plan and prediction.
+const REPRO: Repro = Repro {
+    knobs: repro_knobs,
+    plan: repro_plan,
+    predict: repro_predict,
+    calibrate: false,
+    needs_base_url: None,
+};
+
+/// The knobs `repro cold-start` sets on top of the profile, to keep the run short and the numbers small.
+fn repro_knobs() -> Value {
+    json!({"max_workers": 4})
+}
+
+/// The plan: what `repro cold-start` sends, at which rates, watching what.
+fn repro_plan(config: &RunConfig, _cpu_ms: Option<f64>) -> Plan {
+    let knobs = &config.knobs;
+    let mut plan = Plan::new(repro_knobs());
+    plan.target = Target::get("/api/cold-start?work_ms=100");
+    plan.rates = around((knobs.max_workers as f64) / 0.1, AROUND);
+    plan.watches = vec![
+        Watch {
+            series: "cold_start_queue_depth",
+            label: "queue depth (max)",
+            counter: false,
+            saturated_above: 0.0,
+        },
+        Watch {
+            series: "cold_start_cold_starts_total",
+            label: "cold starts",
+            counter: true,
+            saturated_above: 0.0,
+        },
+        Watch {
+            series: "cold_start_gateway_timeouts_total",
+            label: "gateway timeouts",
+            counter: true,
+            saturated_above: 0.0,
+        },
+    ];
+    // Let the profile's warm workers (min_warm_workers) finish their own cold start.
+    plan.settle = std::time::Duration::from_millis(knobs.cold_start_ms + 250);
+    plan
+}
+
+/// The prediction from the knobs in force (after the profile and the run's knobs).
+fn repro_predict(config: &RunConfig, _cpu_ms: Option<f64>) -> Prediction {
+    let knobs = &config.knobs;
+    let w = knobs.max_workers as f64;
+    Prediction {
+        capacity_rps: Some(w / 0.1),
+        formula: format!(
+            "{w} workers / 0.1 s work = {:.1} req/s once warm; each new worker takes {} ms to start ({} kept warm)",
+            w / 0.1,
+            (knobs.cold_start_ms as f64),
+            (knobs.min_warm_workers as f64)
+        ),
+        expect: format!(
+            "requests queued behind a cold start longer than the {} ms gateway timeout fail with 504",
+            (knobs.gateway_timeout_ms as f64)
+        ),
+    }
 }

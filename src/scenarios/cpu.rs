@@ -23,8 +23,10 @@ use crate::error::{AppError, AppResult};
 use crate::knobs::CpuMode;
 use crate::params::{Fallback, Num, Params};
 use crate::resilience::guard::Group;
+use crate::scenarios::{around, Repro, RunConfig, AROUND};
 use crate::scenarios::{K6Script, Scenario};
 use crate::AppState;
+use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 
 /// The gauge of CPU jobs running on the blocking pool (offload mode).
 pub fn offload_gauge(registry: &Registry) -> IntGauge {
@@ -250,6 +252,7 @@ pub const SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/cpu.rs",
     router,
     operations,
+    repro: Some(REPRO),
     gauges: &[],
 };
 
@@ -323,6 +326,80 @@ fn operations() -> Vec<Op> {
         .fails(422, "invalid_parameter")
         .fails(503, "the CPU bulkhead is full (shed)"),
     ]
+}
+
+/// `chokepoint repro cpu`: its plan and prediction.
+const REPRO: Repro = Repro {
+    knobs: repro_knobs,
+    plan: repro_plan,
+    predict: repro_predict,
+    calibrate: true,
+    needs_base_url: None,
+};
+
+/// The knobs `repro cpu` sets on top of the profile, to keep the run short and the numbers small.
+fn repro_knobs() -> Value {
+    json!({})
+}
+
+/// The plan: what `repro cpu` sends, at which rates, watching what.
+fn repro_plan(config: &RunConfig, cpu_ms: Option<f64>) -> Plan {
+    let knobs = &config.knobs;
+    let mut plan = Plan::new(repro_knobs());
+    plan.target = Target::get("/api/cpu-intensive?complexity=30");
+    let single = cpu_ms.unwrap_or(10.0) / 1000.0;
+    let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+    let lanes = if knobs.cpu_mode == CpuMode::Offload {
+        (knobs.cpu_max_concurrency as f64).min(cores)
+    } else {
+        cores
+    };
+    plan.rates = around(lanes / single, AROUND);
+    plan.canary = Some("/api/ping");
+    plan.watches = vec![
+        Watch {
+            series: "http_requests_in_flight",
+            label: "requests in flight (max)",
+            counter: false,
+            saturated_above: cores,
+        },
+        Watch {
+            series: "requests_shed_total",
+            label: "shed",
+            counter: true,
+            saturated_above: 0.0,
+        },
+    ];
+    plan
+}
+
+/// The prediction from the knobs in force (after the profile and the run's knobs).
+fn repro_predict(config: &RunConfig, cpu_ms: Option<f64>) -> Prediction {
+    let knobs = &config.knobs;
+    let single = cpu_ms.unwrap_or(f64::NAN);
+    let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+    let offload = knobs.cpu_mode == CpuMode::Offload;
+    let lanes = if offload {
+        (knobs.cpu_max_concurrency as f64).min(cores)
+    } else {
+        cores
+    };
+    Prediction {
+        capacity_rps: Some(lanes * 1000.0 / single),
+        formula: format!(
+            "{lanes} {} / {single:.1} ms per fib(30) (measured alone) = {:.1} req/s",
+            if offload { "offload slots" } else { "cores" },
+            lanes * 1000.0 / single
+        ),
+        expect: if knobs.cpu_mode == CpuMode::Offload {
+            format!(
+                "CPU work runs on a bounded pool ({}); the excess is shed with 503 and /api/ping stays fast",
+                (knobs.cpu_max_concurrency as f64)
+            )
+        } else {
+            "CPU work runs inline on the async workers: past capacity everything queues, /api/ping included".into()
+        },
+    }
 }
 
 #[cfg(test)]

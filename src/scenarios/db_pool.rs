@@ -20,8 +20,10 @@ use crate::error::{AppError, AppResult};
 use crate::infra::database::Conn;
 use crate::params::{Fallback, Num, Params, Text};
 use crate::resilience::guard::Group;
+use crate::scenarios::{around, Repro, RunConfig, AROUND, POOL_WAITING};
 use crate::scenarios::{Gauge, K6Script, Reading, Scenario};
 use crate::AppState;
+use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 
 /// How long each `/api/db-pool-exhaust` query holds its connection (the seed's 5 s).
 const EXHAUST_HOLD: Duration = Duration::from_secs(5);
@@ -318,6 +320,7 @@ pub const SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/db_pool.rs",
     router,
     operations,
+    repro: Some(REPRO),
     gauges: &[
         Gauge {
             key: "db_in_use",
@@ -419,4 +422,59 @@ fn operations() -> Vec<Op> {
             .fails(503, POOL_TIMEOUT)
             .fails(503, "the query ran past db_statement_timeout_ms (db_statement_timeout)"),
     ]
+}
+
+/// `chokepoint repro db-pool`: its plan and prediction.
+const REPRO: Repro = Repro {
+    knobs: repro_knobs,
+    plan: repro_plan,
+    predict: repro_predict,
+    calibrate: false,
+    needs_base_url: None,
+};
+
+/// The knobs `repro db-pool` sets on top of the profile, to keep the run short and the numbers small.
+fn repro_knobs() -> Value {
+    json!({"db_pool_size": 4, "db_max_overflow": 0})
+}
+
+/// The plan: what `repro db-pool` sends, at which rates, watching what.
+fn repro_plan(config: &RunConfig, _cpu_ms: Option<f64>) -> Plan {
+    let knobs = &config.knobs;
+    let pool = || f64::from(knobs.db_pool_size + knobs.db_max_overflow);
+    let mut plan = Plan::new(repro_knobs());
+    let hold = 100.0;
+    plan.target = Target::get(format!("/api/db/hold?ms={hold}"));
+    plan.rates = around(pool() / (hold / 1000.0), AROUND);
+    plan.watches = vec![
+        POOL_WAITING,
+        Watch {
+            series: "db_pool_connections{state=\"in_use\"}",
+            label: "connections in use (max)",
+            counter: false,
+            saturated_above: f64::from(knobs.db_pool_size + knobs.db_max_overflow) - 0.5,
+        },
+        Watch {
+            series: "db_pool_acquire_timeouts_total",
+            label: "acquire timeouts",
+            counter: true,
+            saturated_above: 0.0,
+        },
+    ];
+    plan
+}
+
+/// The prediction from the knobs in force (after the profile and the run's knobs).
+fn repro_predict(config: &RunConfig, _cpu_ms: Option<f64>) -> Prediction {
+    let knobs = &config.knobs;
+    let pool = f64::from(knobs.db_pool_size + knobs.db_max_overflow);
+    let acquire = knobs.db_pool_timeout_ms as f64;
+    let hold = 0.1;
+    Prediction {
+        capacity_rps: Some(pool / hold),
+        formula: format!("pool {pool} connections / {hold} s hold = {:.1} req/s", pool / hold),
+        expect: format!(
+            "past capacity requests queue for a connection; they fail with 503 db_pool_timeout once the wait passes the {acquire} ms acquire timeout"
+        ),
+    }
 }

@@ -20,7 +20,9 @@ use crate::infra::http_client::CallTimeout;
 use crate::params::{Fallback, Num, Params};
 use crate::resilience::guard::Group;
 use crate::scenarios::{Gauge, K6Script, Reading, Scenario};
+use crate::scenarios::{Repro, RunConfig};
 use crate::AppState;
+use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 
 /// The seed's fixed downstream delays and fan-out.
 const CALL_DELAY_S: u32 = 3;
@@ -120,6 +122,7 @@ pub const SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/downstream.rs",
     router,
     operations,
+    repro: Some(REPRO),
     gauges: &[Gauge {
         key: "breaker",
         metric: "circuit_breaker_state",
@@ -169,4 +172,75 @@ fn operations() -> Vec<Op> {
             ),
         ),
     ]
+}
+
+/// `chokepoint repro downstream`: its plan and prediction.
+const REPRO: Repro = Repro {
+    knobs: repro_knobs,
+    plan: repro_plan,
+    predict: repro_predict,
+    calibrate: false,
+    needs_base_url: None,
+};
+
+/// The knobs `repro downstream` sets on top of the profile, to keep the run short and the numbers small.
+fn repro_knobs() -> Value {
+    json!({})
+}
+
+/// The plan: what `repro downstream` sends, at which rates, watching what.
+fn repro_plan(config: &RunConfig, _cpu_ms: Option<f64>) -> Plan {
+    let knobs = &config.knobs;
+    let mut plan = Plan::new(repro_knobs());
+    plan.target = Target::get("/api/call-downstream?timeout=5");
+    plan.rates = vec![2.0, 5.0, 10.0, 20.0];
+    plan.canary = Some("/api/ping");
+    plan.watches = vec![
+        Watch {
+            series: "http_requests_in_flight",
+            label: "requests in flight (max)",
+            counter: false,
+            saturated_above: 16.0,
+        },
+        Watch {
+            series: "downstream_calls_in_flight",
+            label: "downstream calls in flight (max)",
+            counter: false,
+            saturated_above: f64::from(knobs.downstream_max_concurrency) - 0.5,
+        },
+        Watch {
+            series: "circuit_breaker_rejections_total",
+            label: "breaker rejections",
+            counter: true,
+            saturated_above: 0.0,
+        },
+    ];
+    plan
+}
+
+/// The prediction from the knobs in force (after the profile and the run's knobs).
+fn repro_predict(config: &RunConfig, _cpu_ms: Option<f64>) -> Prediction {
+    let knobs = &config.knobs;
+    let bulkhead = knobs.downstream_max_concurrency as f64;
+    let cap = knobs.downstream_timeout_cap_ms as f64;
+    if cap > 0.0 && cap < 3000.0 {
+        Prediction {
+            capacity_rps: None,
+            formula: format!("every call is cut at the {cap} ms timeout cap, before the dependency's 3 s: no call can succeed"),
+            expect: "nothing waits past the cap; once the breaker opens, calls fail at once with 503 circuit_open instead of piling up".into(),
+        }
+    } else if bulkhead > 0.0 {
+        Prediction {
+            capacity_rps: Some(bulkhead / 3.0),
+            formula: format!("bulkhead {bulkhead} calls / 3 s per call = {:.1} req/s", bulkhead / 3.0),
+            expect: "past capacity calls are refused at once (503), in-flight requests stay bounded".into(),
+        }
+    } else {
+        Prediction {
+            capacity_rps: None,
+            formula: "no bulkhead: in flight = offered rate × 3 s (Little's law), without bound".into(),
+            expect: "every request waits the dependency out: latency ≥ 3 s at any rate, in-flight requests pile up"
+                .into(),
+        }
+    }
 }

@@ -106,6 +106,7 @@ pub const SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/api_surface.rs",
     router,
     operations,
+    repro: None,
     gauges: &[Gauge::value("http_in_flight", "http_requests_in_flight")],
 };
 

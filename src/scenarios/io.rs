@@ -108,6 +108,7 @@ pub const SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/io.rs",
     router,
     operations,
+    repro: None,
     gauges: &[],
 };
 

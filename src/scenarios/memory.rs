@@ -24,8 +24,10 @@ use crate::apidoc::{int, obj, string, Op};
 use crate::error::{AppError, AppResult};
 use crate::params::{Fallback, Num, Params};
 use crate::scenarios::{Gauge, K6Script, Reading, Scenario};
+use crate::scenarios::{Repro, RunConfig};
 use crate::telemetry::register;
 use crate::AppState;
+use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 
 const MIB: u64 = 1024 * 1024;
 /// Touch stride: the smallest page size we run on, so every page gets written.
@@ -313,6 +315,7 @@ pub const SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/memory.rs",
     router,
     operations,
+    repro: Some(REPRO),
     gauges: &[
         Gauge {
             key: "retained_mb",
@@ -362,6 +365,70 @@ fn operations() -> Vec<Op> {
             obj(&[("released_mb", int()), ("chunks", int()), ("retained_mb", int())]),
         ),
     ]
+}
+
+/// `chokepoint repro memory`: its plan and prediction.
+const REPRO: Repro = Repro {
+    knobs: repro_knobs,
+    plan: repro_plan,
+    predict: repro_predict,
+    calibrate: false,
+    needs_base_url: None,
+};
+
+/// The knobs `repro memory` sets on top of the profile, to keep the run short and the numbers small.
+fn repro_knobs() -> Value {
+    json!({})
+}
+
+/// The plan: what `repro memory` sends, at which rates, watching what.
+fn repro_plan(_config: &RunConfig, _cpu_ms: Option<f64>) -> Plan {
+    let mut plan = Plan::new(repro_knobs());
+    plan.target = Target::get("/api/memory-leak?size_mb=8");
+    plan.rates = vec![4.0, 4.0, 4.0, 4.0, 4.0];
+    plan.watches = vec![
+        Watch {
+            series: "memory_retained_bytes",
+            label: "retained bytes (max)",
+            counter: false,
+            saturated_above: 0.0,
+        },
+        Watch {
+            series: "memory_cap_refusals_total",
+            label: "cap refusals",
+            counter: true,
+            saturated_above: 0.0,
+        },
+        Watch {
+            series: "process_resident_memory_bytes",
+            label: "RSS (max)",
+            counter: false,
+            saturated_above: f64::INFINITY,
+        },
+    ];
+    // Free what the run retained, so the next profile starts from the same memory.
+    plan.after_run = Some((reqwest::Method::POST, "/api/clear-memory"));
+    plan
+}
+
+/// The prediction from the knobs in force (after the profile and the run's knobs).
+fn repro_predict(config: &RunConfig, _cpu_ms: Option<f64>) -> Prediction {
+    let knobs = &config.knobs;
+    let budget = knobs.memory_budget_mb as f64;
+    let cap = config.memory_leak_limit_mb;
+    let (limit, what) = if budget > 0.0 && budget < cap {
+        (budget, "budget (memory_budget_mb)")
+    } else {
+        (cap, "safety cap (MEMORY_LEAK_LIMIT_MB)")
+    };
+    Prediction {
+        capacity_rps: None,
+        formula: format!(
+            "8 MiB retained per success: {:.0} successes until the {limit} MiB {what}",
+            (limit / 8.0).floor()
+        ),
+        expect: "then 507 memory_cap, at once".into(),
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use axum::Router;
+use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 use serde::Serialize;
 
 use crate::apidoc::Op;
@@ -67,8 +68,61 @@ pub struct Scenario {
     pub router: fn() -> Router<AppState>,
     /// Its routes in the OpenAPI document, each with its guard group.
     pub operations: fn() -> Vec<Op>,
+    /// What `chokepoint repro <id>` runs, where the scenario has a repro.
+    pub repro: Option<Repro>,
     /// What the live panel reads for it.
     pub gauges: &'static [Gauge],
+}
+
+/// A scenario's `chokepoint repro`: the knobs the run sets on top of the profile, the plan
+/// (request, stages, watched metrics) and the prediction, both from the lab's configuration.
+pub struct Repro {
+    pub knobs: fn() -> serde_json::Value,
+    pub plan: fn(&RunConfig, Option<f64>) -> Plan,
+    pub predict: fn(&RunConfig, Option<f64>) -> Prediction,
+    /// Measure the target's latency alone first (its CPU cost), passed to plan and predict.
+    pub calibrate: bool,
+    /// Why it cannot run against an in-process lab, when it cannot.
+    pub needs_base_url: Option<&'static str>,
+}
+
+impl Repro {
+    /// The request it sends (it does not depend on the knobs).
+    pub fn target(&self) -> Target {
+        let defaults = RunConfig {
+            knobs: crate::knobs::Knobs::for_profile(crate::knobs::Profile::Fragile),
+            memory_leak_limit_mb: f64::NAN,
+        };
+        (self.plan)(&defaults, None).target
+    }
+}
+
+/// The lab's configuration in force for a repro run, typed (read once from `GET /admin/config`).
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub knobs: crate::knobs::Knobs,
+    /// The safety cap, `MEMORY_LEAK_LIMIT_MB`.
+    pub memory_leak_limit_mb: f64,
+}
+
+/// Multiples of a capacity: the stages of offered load around it.
+pub(crate) fn around(capacity: f64, multiples: &[f64]) -> Vec<f64> {
+    multiples.iter().map(|m| (capacity * m * 10.0).round() / 10.0).collect()
+}
+
+pub(crate) const AROUND: &[f64] = &[0.5, 0.8, 1.0, 1.25, 1.5, 2.0];
+
+/// Requests waiting for a database connection: the pool's first sign of saturation.
+pub(crate) const POOL_WAITING: Watch = Watch {
+    series: "db_pool_waiting",
+    label: "waiting for a connection (max)",
+    counter: false,
+    saturated_above: 0.0,
+};
+
+/// The scenarios `chokepoint repro` can run, by id.
+pub fn repro_ids() -> Vec<&'static str> {
+    ALL.iter().filter(|s| s.repro.is_some()).map(|s| s.id).collect()
 }
 
 /// A scenario's k6 script.
@@ -217,6 +271,34 @@ mod tests {
                     "{rel} belongs to no scenario in ALL"
                 );
             }
+        }
+    }
+
+    /// Every repro sends a request to one of its own scenario's routes (db-replicas: db-pool's,
+    /// on several replicas), and its plan has stages and something to watch.
+    #[test]
+    fn every_repro_loads_its_own_routes() {
+        assert!(repro_ids().len() >= 10, "{:?}", repro_ids());
+        for s in ALL {
+            let Some(repro) = &s.repro else { continue };
+            let owner = if s.id == "db-replicas" {
+                find("db-pool").unwrap()
+            } else {
+                s
+            };
+            let target = repro.target();
+            let path = target.path.split('?').next().unwrap();
+            let routes: Vec<&str> = (owner.operations)().iter().map(|op| op.path).collect();
+            let matches = routes
+                .iter()
+                .any(|r| r == &path || (r.contains('{') && path.starts_with(r.split('{').next().unwrap())));
+            assert!(matches, "{}: repro target {path} is not one of {routes:?}", s.id);
+            let defaults = RunConfig {
+                knobs: crate::knobs::Knobs::for_profile(crate::knobs::Profile::Fragile),
+                memory_leak_limit_mb: 1024.0,
+            };
+            let plan = (repro.plan)(&defaults, Some(5.0));
+            assert!(!plan.rates.is_empty() && !plan.watches.is_empty(), "{}", s.id);
         }
     }
 

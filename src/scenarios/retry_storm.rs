@@ -28,7 +28,9 @@ use crate::error::{AppError, AppResult};
 use crate::infra::http_client::CallTimeout;
 use crate::params::{Choice, Fallback, Num, Params};
 use crate::scenarios::{K6Script, Scenario};
+use crate::scenarios::{Repro, RunConfig};
 use crate::AppState;
+use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 
 /// A buffered upload without `Content-Length` is counted against the memory cap in steps of this.
 const UPLOAD_COUNT_STEP: u64 = 4 * 1024 * 1024;
@@ -169,6 +171,7 @@ pub const SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/retry_storm.rs",
     router,
     operations,
+    repro: Some(REPRO),
     gauges: &[],
 };
 
@@ -206,4 +209,47 @@ fn operations() -> Vec<Op> {
             .fails(422, "invalid_parameter")
             .fails(507, "buffering would exceed the memory cap or budget (memory_cap)"),
     ]
+}
+
+/// `chokepoint repro retry-storm`: its plan and prediction.
+const REPRO: Repro = Repro {
+    knobs: repro_knobs,
+    plan: repro_plan,
+    predict: repro_predict,
+    calibrate: false,
+    needs_base_url: None,
+};
+
+/// The knobs `repro retry-storm` sets on top of the profile, to keep the run short and the numbers small.
+fn repro_knobs() -> Value {
+    json!({})
+}
+
+/// The plan: what `repro retry-storm` sends, at which rates, watching what.
+fn repro_plan(_config: &RunConfig, _cpu_ms: Option<f64>) -> Plan {
+    let mut plan = Plan::new(repro_knobs());
+    plan.target = Target::get("/api/deliver?failure_rate=0.2");
+    plan.rates = vec![10.0, 20.0, 40.0];
+    plan.watches = vec![Watch {
+        series: "circuit_breaker_rejections_total",
+        label: "breaker rejections",
+        counter: true,
+        saturated_above: 0.0,
+    }];
+    plan
+}
+
+/// The prediction from the knobs in force (after the profile and the run's knobs).
+fn repro_predict(config: &RunConfig, _cpu_ms: Option<f64>) -> Prediction {
+    let knobs = &config.knobs;
+    let attempts = (knobs.retry_max_attempts as f64).max(1.0);
+    let lost = 0.2f64.powf(attempts);
+    Prediction {
+        capacity_rps: None,
+        formula: format!(
+            "receiver fails 20% of calls; {attempts} attempt(s): lost ≈ 0.2^{attempts} = {:.1}%",
+            lost * 100.0
+        ),
+        expect: format!("about {:.1}% of deliveries fail with 502", lost * 100.0),
+    }
 }

@@ -30,9 +30,11 @@ use tokio::sync::oneshot;
 use crate::apidoc::{int, num, obj, string, Op};
 use crate::error::{AppError, AppResult};
 use crate::params::{Choice, Fallback, Num, Params};
+use crate::scenarios::{around, Repro, RunConfig, AROUND};
 use crate::scenarios::{Gauge, K6Script, Scenario};
 use crate::telemetry::{register, GaugeGuard, LATENCY_BUCKETS};
 use crate::AppState;
+use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 
 pub const MODE: Choice = Choice {
     name: "mode",
@@ -406,6 +408,7 @@ pub const SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/worker_pool.rs",
     router,
     operations,
+    repro: Some(REPRO),
     gauges: &[
         Gauge::value("worker_queue", "worker_pool_queue_depth"),
         Gauge::value("worker_busy", "worker_pool_busy"),
@@ -430,6 +433,68 @@ fn operations() -> Vec<Op> {
             .fails(503, "the queue is full (worker_queue_max) (shed)")
             .fails(504, "the deadline passed (deadline_exceeded)"),
     ]
+}
+
+/// `chokepoint repro worker-pool`: its plan and prediction.
+const REPRO: Repro = Repro {
+    knobs: repro_knobs,
+    plan: repro_plan,
+    predict: repro_predict,
+    calibrate: false,
+    needs_base_url: None,
+};
+
+/// The knobs `repro worker-pool` sets on top of the profile, to keep the run short and the numbers small.
+fn repro_knobs() -> Value {
+    json!({"worker_pool_size": 4})
+}
+
+/// The plan: what `repro worker-pool` sends, at which rates, watching what.
+fn repro_plan(config: &RunConfig, _cpu_ms: Option<f64>) -> Plan {
+    let knobs = &config.knobs;
+    let mut plan = Plan::new(repro_knobs());
+    plan.target = Target::get("/api/worker-pool?work_ms=100");
+    plan.rates = around((knobs.worker_pool_size as f64) / 0.1, AROUND);
+    plan.watches = vec![
+        Watch {
+            series: "worker_pool_queue_depth",
+            label: "queue depth (max)",
+            counter: false,
+            saturated_above: 0.0,
+        },
+        Watch {
+            series: "worker_pool_busy",
+            label: "busy threads (max)",
+            counter: false,
+            saturated_above: f64::from(knobs.worker_pool_size) - 0.5,
+        },
+        Watch {
+            series: "worker_pool_deadline_exceeded_total",
+            label: "deadline exceeded",
+            counter: true,
+            saturated_above: 0.0,
+        },
+    ];
+    plan
+}
+
+/// The prediction from the knobs in force (after the profile and the run's knobs).
+fn repro_predict(config: &RunConfig, _cpu_ms: Option<f64>) -> Prediction {
+    let knobs = &config.knobs;
+    let w = knobs.worker_pool_size as f64;
+    Prediction {
+        capacity_rps: Some(w / 0.1),
+        formula: format!("{w} worker threads / 0.1 s work = {:.1} req/s", w / 0.1),
+        expect: format!(
+            "past capacity the queue grows (bound {}); requests whose wait passes the {} ms deadline fail with 504",
+            if (knobs.worker_queue_max as f64) == 0.0 {
+                "none".to_string()
+            } else {
+                (knobs.worker_queue_max as f64).to_string()
+            },
+            (knobs.request_deadline_ms as f64)
+        ),
+    }
 }
 
 #[cfg(test)]

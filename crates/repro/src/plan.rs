@@ -58,4 +58,25 @@ pub struct Plan {
     pub canary: Option<&'static str>,
     /// Called once before each stage (e.g. flush the cache).
     pub before_stage: Option<(reqwest::Method, &'static str)>,
+    /// Waited before the first stage (e.g. warm workers finishing their own cold start).
+    pub settle: std::time::Duration,
+    /// Called once after the last stage (e.g. free retained memory).
+    pub after_run: Option<(reqwest::Method, &'static str)>,
+}
+
+impl Plan {
+    /// A plan that sends `GET /api/ping` at no rate, having set `knobs`: the scenario fills in
+    /// the rest.
+    pub fn new(knobs: Value) -> Plan {
+        Plan {
+            target: Target::get("/api/ping"),
+            knobs,
+            rates: vec![],
+            watches: vec![],
+            canary: None,
+            before_stage: None,
+            settle: std::time::Duration::ZERO,
+            after_run: None,
+        }
+    }
 }

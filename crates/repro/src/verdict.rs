@@ -135,6 +135,8 @@ mod tests {
             }],
             canary: None,
             before_stage: None,
+            settle: std::time::Duration::ZERO,
+            after_run: None,
         };
         let prediction = Prediction {
             capacity_rps: Some(20.0),
