@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::report::Report;
+use crate::run::Report;
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")

@@ -12,4 +12,5 @@ pub mod lab;
 pub mod load;
 pub mod plan;
 pub mod report;
+pub mod run;
 pub mod verdict;
