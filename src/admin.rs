@@ -183,7 +183,7 @@ async fn patch_config(State(state): State<AppState>, headers: HeaderMap, body: B
         }
     };
     let _serialised = state.knobs.change_lock.lock().await;
-    let new = match knobs::merge(&state.knobs.current(), &patch, &Settings::startup_only_names()) {
+    let new = match knobs::merge(&state.knobs.current(), &patch, Settings::startup_only_names()) {
         Ok(new) => new,
         Err(refused) => return AppError::InvalidKnobs { refused }.into_response(),
     };

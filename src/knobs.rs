@@ -683,11 +683,6 @@ impl KnobArgs {
         }
         (knobs, sources)
     }
-
-    /// One knob set at start-up, if it was.
-    pub fn get(&self, name: &str) -> Option<&Value> {
-        self.set.get(name)
-    }
 }
 
 impl clap::FromArgMatches for KnobArgs {

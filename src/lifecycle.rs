@@ -85,11 +85,6 @@ impl Lifecycle {
         self.draining.clone().cancelled_owned()
     }
 
-    /// Resolves when the app stops.
-    pub fn stopping(&self) -> WaitForCancellationFutureOwned {
-        self.stopping.clone().cancelled_owned()
-    }
-
     pub fn start_draining(&self) {
         self.draining.cancel();
     }

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use clap::{Args, FromArgMatches};
@@ -138,16 +139,19 @@ impl Settings {
 
     /// The start-up-only settings (everything `serve` takes that is not a knob) with their
     /// environment variables, read from the command definition so none can be missed.
-    pub fn startup_only_names() -> Vec<(String, String)> {
-        let knobs: BTreeSet<&str> = SPECS.iter().map(|s| s.name).collect();
-        Settings::augment_args(clap::Command::new("serve"))
-            .get_arguments()
-            .filter(|a| !knobs.contains(a.get_id().as_str()))
-            .filter_map(|a| {
-                let env = a.get_env()?.to_string_lossy().into_owned();
-                Some((a.get_id().to_string(), env))
-            })
-            .collect()
+    pub fn startup_only_names() -> &'static [(String, String)] {
+        static NAMES: LazyLock<Vec<(String, String)>> = LazyLock::new(|| {
+            let knobs: BTreeSet<&str> = SPECS.iter().map(|s| s.name).collect();
+            Settings::augment_args(clap::Command::new("serve"))
+                .get_arguments()
+                .filter(|a| !knobs.contains(a.get_id().as_str()))
+                .filter_map(|a| {
+                    let env = a.get_env()?.to_string_lossy().into_owned();
+                    Some((a.get_id().to_string(), env))
+                })
+                .collect()
+        });
+        &NAMES
     }
 
     /// The start-up-only settings as `GET /admin/config` shows them: URLs without passwords,
@@ -161,15 +165,15 @@ impl Settings {
         values.insert("redis_url".into(), json!(self.redis_url.as_deref().map(redact)));
         values.insert("worker_count".into(), json!(self.effective_worker_count()));
         Self::startup_only_names()
-            .into_iter()
+            .iter()
             .map(|(name, env)| {
-                let value = values.remove(&name).unwrap_or(Value::Null);
+                let value = values.remove(name).unwrap_or(Value::Null);
                 (
-                    name,
+                    name.clone(),
                     StartupSetting {
                         value,
                         runtime_tunable: false,
-                        env,
+                        env: env.clone(),
                     },
                 )
             })

@@ -36,6 +36,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 use serde_json::json;
 use serde_json::Value;
@@ -46,11 +47,9 @@ use crate::apidoc::{int, nullable, obj, path_param, string, Op, POOL_TIMEOUT, ST
 use crate::error::{AppError, AppResult};
 use crate::infra::database::{Conn, Database};
 use crate::knobs::{DeployMode, KnobStore};
-use crate::scenarios::{around, Repro, RunConfig, AROUND, POOL_WAITING};
-use crate::scenarios::{Gauge, K6Script, Scenario};
+use crate::scenarios::{around, Gauge, K6Script, Repro, RunConfig, Scenario, AROUND, POOL_WAITING};
 use crate::telemetry::{register, LATENCY_BUCKETS};
 use crate::AppState;
-use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -934,12 +933,7 @@ fn repro_plan(config: &RunConfig, _cpu_ms: Option<f64>) -> Plan {
     plan.rates = around(cap, AROUND);
     plan.watches = vec![
         POOL_WAITING,
-        Watch {
-            series: "deploy_queue_depth",
-            label: "async queue depth (max)",
-            counter: false,
-            saturated_above: 0.0,
-        },
+        Watch::gauge("deploy_queue_depth", "async queue depth (max)", 0.0),
     ];
     plan
 }

@@ -24,6 +24,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use rand::Rng;
@@ -35,11 +36,9 @@ use crate::error::{AppError, AppResult};
 use crate::infra::database::Database;
 use crate::infra::redis::Redis;
 use crate::knobs::Knobs;
-use crate::scenarios::{K6Script, Scenario};
-use crate::scenarios::{Repro, RunConfig};
+use crate::scenarios::{K6Script, Repro, RunConfig, Scenario};
 use crate::telemetry::{register, GaugeGuard};
 use crate::AppState;
-use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -379,18 +378,8 @@ fn repro_plan(_config: &RunConfig, _cpu_ms: Option<f64>) -> Plan {
     plan.rates = vec![20.0, 50.0, 100.0];
     plan.before_stage = Some((reqwest::Method::POST, "/admin/cache/flush"));
     plan.watches = vec![
-        Watch {
-            series: "cache_db_loads_total",
-            label: "database loads",
-            counter: true,
-            saturated_above: 1.0,
-        },
-        Watch {
-            series: "cache_loads_in_flight",
-            label: "loads in flight (max)",
-            counter: false,
-            saturated_above: 1.0,
-        },
+        Watch::counter("cache_db_loads_total", "database loads", 1.0),
+        Watch::gauge("cache_loads_in_flight", "loads in flight (max)", 1.0),
     ];
     plan
 }

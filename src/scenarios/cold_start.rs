@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -29,11 +30,9 @@ use crate::apidoc::{int, num, obj, Op};
 use crate::error::{AppError, AppResult};
 use crate::knobs::Knobs;
 use crate::params::{Fallback, Num, Params};
-use crate::scenarios::{around, Repro, RunConfig, AROUND};
-use crate::scenarios::{Gauge, K6Script, Scenario};
+use crate::scenarios::{around, Gauge, K6Script, Repro, RunConfig, Scenario, AROUND};
 use crate::telemetry::register;
 use crate::AppState;
-use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 
 pub const WORK_MS: Num<u64> = Num {
     name: "work_ms",
@@ -306,24 +305,9 @@ fn repro_plan(config: &RunConfig, _cpu_ms: Option<f64>) -> Plan {
     plan.target = Target::get("/api/cold-start?work_ms=100");
     plan.rates = around((knobs.max_workers as f64) / 0.1, AROUND);
     plan.watches = vec![
-        Watch {
-            series: "cold_start_queue_depth",
-            label: "queue depth (max)",
-            counter: false,
-            saturated_above: 0.0,
-        },
-        Watch {
-            series: "cold_start_cold_starts_total",
-            label: "cold starts",
-            counter: true,
-            saturated_above: 0.0,
-        },
-        Watch {
-            series: "cold_start_gateway_timeouts_total",
-            label: "gateway timeouts",
-            counter: true,
-            saturated_above: 0.0,
-        },
+        Watch::gauge("cold_start_queue_depth", "queue depth (max)", 0.0),
+        Watch::counter("cold_start_cold_starts_total", "cold starts", 0.0),
+        Watch::counter("cold_start_gateway_timeouts_total", "gateway timeouts", 0.0),
     ];
     // Let the profile's warm workers (min_warm_workers) finish their own cold start.
     plan.settle = std::time::Duration::from_millis(knobs.cold_start_ms + 250);

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 use prometheus::{IntGauge, Registry};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -23,10 +24,8 @@ use crate::error::{AppError, AppResult};
 use crate::knobs::CpuMode;
 use crate::params::{Fallback, Num, Params};
 use crate::resilience::guard::Group;
-use crate::scenarios::{around, Repro, RunConfig, AROUND};
-use crate::scenarios::{K6Script, Scenario};
+use crate::scenarios::{around, K6Script, Repro, RunConfig, Scenario, AROUND};
 use crate::AppState;
-use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 
 /// The gauge of CPU jobs running on the blocking pool (offload mode).
 pub fn offload_gauge(registry: &Registry) -> IntGauge {
@@ -357,18 +356,8 @@ fn repro_plan(config: &RunConfig, cpu_ms: Option<f64>) -> Plan {
     plan.rates = around(lanes / single, AROUND);
     plan.canary = Some("/api/ping");
     plan.watches = vec![
-        Watch {
-            series: "http_requests_in_flight",
-            label: "requests in flight (max)",
-            counter: false,
-            saturated_above: cores,
-        },
-        Watch {
-            series: "requests_shed_total",
-            label: "shed",
-            counter: true,
-            saturated_above: 0.0,
-        },
+        Watch::gauge("http_requests_in_flight", "requests in flight (max)", cores),
+        Watch::counter("requests_shed_total", "shed", 0.0),
     ];
     plan
 }

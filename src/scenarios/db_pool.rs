@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 use serde_json::{json, Value};
 use sqlx::Connection;
 
@@ -20,10 +21,8 @@ use crate::error::{AppError, AppResult};
 use crate::infra::database::Conn;
 use crate::params::{Fallback, Num, Params, Text};
 use crate::resilience::guard::Group;
-use crate::scenarios::{around, Repro, RunConfig, AROUND, POOL_WAITING};
-use crate::scenarios::{Gauge, K6Script, Reading, Scenario};
+use crate::scenarios::{around, Gauge, K6Script, Reading, Repro, RunConfig, Scenario, AROUND, POOL_WAITING};
 use crate::AppState;
-use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 
 /// How long each `/api/db-pool-exhaust` query holds its connection (the seed's 5 s).
 const EXHAUST_HOLD: Duration = Duration::from_secs(5);
@@ -440,36 +439,41 @@ fn repro_knobs() -> Value {
 
 /// The plan: what `repro db-pool` sends, at which rates, watching what.
 fn repro_plan(config: &RunConfig, _cpu_ms: Option<f64>) -> Plan {
-    let knobs = &config.knobs;
-    let pool = || f64::from(knobs.db_pool_size + knobs.db_max_overflow);
-    let mut plan = Plan::new(repro_knobs());
-    let hold = 100.0;
-    plan.target = Target::get(format!("/api/db/hold?ms={hold}"));
-    plan.rates = around(pool() / (hold / 1000.0), AROUND);
-    plan.watches = vec![
-        POOL_WAITING,
-        Watch {
-            series: "db_pool_connections{state=\"in_use\"}",
-            label: "connections in use (max)",
-            counter: false,
-            saturated_above: f64::from(knobs.db_pool_size + knobs.db_max_overflow) - 0.5,
-        },
-        Watch {
-            series: "db_pool_acquire_timeouts_total",
-            label: "acquire timeouts",
-            counter: true,
-            saturated_above: 0.0,
-        },
-    ];
-    plan
+    hold_plan(config, repro_knobs(), 100)
 }
 
 /// The prediction from the knobs in force (after the profile and the run's knobs).
 fn repro_predict(config: &RunConfig, _cpu_ms: Option<f64>) -> Prediction {
+    hold_prediction(config, 100)
+}
+
+/// Holds of `hold_ms` on `/api/db/hold`, at rates around the pool's capacity (pool / hold
+/// time), watching the waiters, the connections in use and the acquire timeouts. Shared with
+/// db-replicas, which runs the same holds on several replicas.
+pub(crate) fn hold_plan(config: &RunConfig, knobs_set: Value, hold_ms: u64) -> Plan {
+    let knobs = &config.knobs;
+    let pool = f64::from(knobs.db_pool_size + knobs.db_max_overflow);
+    let mut plan = Plan::new(knobs_set);
+    plan.target = Target::get(format!("/api/db/hold?ms={hold_ms}"));
+    plan.rates = around(pool / (hold_ms as f64 / 1000.0), AROUND);
+    plan.watches = vec![
+        POOL_WAITING,
+        Watch::gauge(
+            "db_pool_connections{state=\"in_use\"}",
+            "connections in use (max)",
+            pool - 0.5,
+        ),
+        Watch::counter("db_pool_acquire_timeouts_total", "acquire timeouts", 0.0),
+    ];
+    plan
+}
+
+/// Little's law on the pool: capacity = pool / hold time.
+pub(crate) fn hold_prediction(config: &RunConfig, hold_ms: u64) -> Prediction {
     let knobs = &config.knobs;
     let pool = f64::from(knobs.db_pool_size + knobs.db_max_overflow);
     let acquire = knobs.db_pool_timeout_ms as f64;
-    let hold = 0.1;
+    let hold = hold_ms as f64 / 1000.0;
     Prediction {
         capacity_rps: Some(pool / hold),
         formula: format!("pool {pool} connections / {hold} s hold = {:.1} req/s", pool / hold),

@@ -5,11 +5,10 @@
 //! overlay, `scripts/k6-replicas.sh`), and PgBouncer in transaction mode is the cure.
 
 use axum::Router;
-
-use crate::scenarios::{around, Repro, RunConfig, AROUND, POOL_WAITING};
-use crate::scenarios::{K6Script, Scenario};
-use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
+use chokepoint_repro::plan::{Plan, Prediction};
 use serde_json::{json, Value};
+
+use crate::scenarios::{K6Script, Repro, RunConfig, Scenario};
 
 /// The catalog entry (see [`crate::scenarios::ALL`]).
 pub const SCENARIO: Scenario = Scenario {
@@ -44,43 +43,12 @@ fn repro_knobs() -> Value {
     json!({})
 }
 
-/// The plan: what `repro db-replicas` sends, at which rates, watching what.
+/// The plan: `repro db-pool`'s holds, 1 s each, on the replicas behind `--base-url`.
 fn repro_plan(config: &RunConfig, _cpu_ms: Option<f64>) -> Plan {
-    let knobs = &config.knobs;
-    let pool = || f64::from(knobs.db_pool_size + knobs.db_max_overflow);
-    let mut plan = Plan::new(repro_knobs());
-    let hold = 1000.0;
-    plan.target = Target::get(format!("/api/db/hold?ms={hold}"));
-    plan.rates = around(pool() / (hold / 1000.0), AROUND);
-    plan.watches = vec![
-        POOL_WAITING,
-        Watch {
-            series: "db_pool_connections{state=\"in_use\"}",
-            label: "connections in use (max)",
-            counter: false,
-            saturated_above: f64::from(knobs.db_pool_size + knobs.db_max_overflow) - 0.5,
-        },
-        Watch {
-            series: "db_pool_acquire_timeouts_total",
-            label: "acquire timeouts",
-            counter: true,
-            saturated_above: 0.0,
-        },
-    ];
-    plan
+    crate::scenarios::db_pool::hold_plan(config, repro_knobs(), 1000)
 }
 
-/// The prediction from the knobs in force (after the profile and the run's knobs).
+/// The prediction from the knobs in force: one replica's pool / hold time.
 fn repro_predict(config: &RunConfig, _cpu_ms: Option<f64>) -> Prediction {
-    let knobs = &config.knobs;
-    let pool = f64::from(knobs.db_pool_size + knobs.db_max_overflow);
-    let acquire = knobs.db_pool_timeout_ms as f64;
-    let hold = 1.0;
-    Prediction {
-        capacity_rps: Some(pool / hold),
-        formula: format!("pool {pool} connections / {hold} s hold = {:.1} req/s", pool / hold),
-        expect: format!(
-            "past capacity requests queue for a connection; they fail with 503 db_pool_timeout once the wait passes the {acquire} ms acquire timeout"
-        ),
-    }
+    crate::scenarios::db_pool::hold_prediction(config, 1000)
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 use serde_json::{json, Value};
 
 use crate::apidoc::{any, array_of, downstream_failures, int, num, obj, string, Op};
@@ -19,10 +20,8 @@ use crate::error::AppResult;
 use crate::infra::http_client::CallTimeout;
 use crate::params::{Fallback, Num, Params};
 use crate::resilience::guard::Group;
-use crate::scenarios::{Gauge, K6Script, Reading, Scenario};
-use crate::scenarios::{Repro, RunConfig};
+use crate::scenarios::{Gauge, K6Script, Reading, Repro, RunConfig, Scenario};
 use crate::AppState;
-use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 
 /// The seed's fixed downstream delays and fan-out.
 const CALL_DELAY_S: u32 = 3;
@@ -196,24 +195,13 @@ fn repro_plan(config: &RunConfig, _cpu_ms: Option<f64>) -> Plan {
     plan.rates = vec![2.0, 5.0, 10.0, 20.0];
     plan.canary = Some("/api/ping");
     plan.watches = vec![
-        Watch {
-            series: "http_requests_in_flight",
-            label: "requests in flight (max)",
-            counter: false,
-            saturated_above: 16.0,
-        },
-        Watch {
-            series: "downstream_calls_in_flight",
-            label: "downstream calls in flight (max)",
-            counter: false,
-            saturated_above: f64::from(knobs.downstream_max_concurrency) - 0.5,
-        },
-        Watch {
-            series: "circuit_breaker_rejections_total",
-            label: "breaker rejections",
-            counter: true,
-            saturated_above: 0.0,
-        },
+        Watch::gauge("http_requests_in_flight", "requests in flight (max)", 16.0),
+        Watch::gauge(
+            "downstream_calls_in_flight",
+            "downstream calls in flight (max)",
+            f64::from(knobs.downstream_max_concurrency) - 0.5,
+        ),
+        Watch::counter("circuit_breaker_rejections_total", "breaker rejections", 0.0),
     ];
     plan
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 use memmap2::MmapMut;
 use prometheus::{IntCounter, IntGauge, Registry};
 use serde_json::{json, Value};
@@ -23,11 +24,9 @@ use serde_json::{json, Value};
 use crate::apidoc::{int, obj, string, Op};
 use crate::error::{AppError, AppResult};
 use crate::params::{Fallback, Num, Params};
-use crate::scenarios::{Gauge, K6Script, Reading, Scenario};
-use crate::scenarios::{Repro, RunConfig};
+use crate::scenarios::{Gauge, K6Script, Reading, Repro, RunConfig, Scenario};
 use crate::telemetry::register;
 use crate::AppState;
-use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 
 const MIB: u64 = 1024 * 1024;
 /// Touch stride: the smallest page size we run on, so every page gets written.
@@ -387,24 +386,9 @@ fn repro_plan(_config: &RunConfig, _cpu_ms: Option<f64>) -> Plan {
     plan.target = Target::get("/api/memory-leak?size_mb=8");
     plan.rates = vec![4.0, 4.0, 4.0, 4.0, 4.0];
     plan.watches = vec![
-        Watch {
-            series: "memory_retained_bytes",
-            label: "retained bytes (max)",
-            counter: false,
-            saturated_above: 0.0,
-        },
-        Watch {
-            series: "memory_cap_refusals_total",
-            label: "cap refusals",
-            counter: true,
-            saturated_above: 0.0,
-        },
-        Watch {
-            series: "process_resident_memory_bytes",
-            label: "RSS (max)",
-            counter: false,
-            saturated_above: f64::INFINITY,
-        },
+        Watch::gauge("memory_retained_bytes", "retained bytes (max)", 0.0),
+        Watch::counter("memory_cap_refusals_total", "cap refusals", 0.0),
+        Watch::gauge("process_resident_memory_bytes", "RSS (max)", f64::INFINITY),
     ];
     // Free what the run retained, so the next profile starts from the same memory.
     plan.after_run = Some((reqwest::Method::POST, "/api/clear-memory"));

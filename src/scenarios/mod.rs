@@ -113,12 +113,7 @@ pub(crate) fn around(capacity: f64, multiples: &[f64]) -> Vec<f64> {
 pub(crate) const AROUND: &[f64] = &[0.5, 0.8, 1.0, 1.25, 1.5, 2.0];
 
 /// Requests waiting for a database connection: the pool's first sign of saturation.
-pub(crate) const POOL_WAITING: Watch = Watch {
-    series: "db_pool_waiting",
-    label: "waiting for a connection (max)",
-    counter: false,
-    saturated_above: 0.0,
-};
+pub(crate) const POOL_WAITING: Watch = Watch::gauge("db_pool_waiting", "waiting for a connection (max)", 0.0);
 
 /// The scenarios `chokepoint repro` can run, by id.
 pub fn repro_ids() -> Vec<&'static str> {

@@ -19,6 +19,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -27,10 +28,8 @@ use crate::apidoc::{any, boolean, downstream_failures, int, num, obj, string, Op
 use crate::error::{AppError, AppResult};
 use crate::infra::http_client::CallTimeout;
 use crate::params::{Choice, Fallback, Num, Params};
-use crate::scenarios::{K6Script, Scenario};
-use crate::scenarios::{Repro, RunConfig};
+use crate::scenarios::{K6Script, Repro, RunConfig, Scenario};
 use crate::AppState;
-use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 
 /// A buffered upload without `Content-Length` is counted against the memory cap in steps of this.
 const UPLOAD_COUNT_STEP: u64 = 4 * 1024 * 1024;
@@ -230,12 +229,11 @@ fn repro_plan(_config: &RunConfig, _cpu_ms: Option<f64>) -> Plan {
     let mut plan = Plan::new(repro_knobs());
     plan.target = Target::get("/api/deliver?failure_rate=0.2");
     plan.rates = vec![10.0, 20.0, 40.0];
-    plan.watches = vec![Watch {
-        series: "circuit_breaker_rejections_total",
-        label: "breaker rejections",
-        counter: true,
-        saturated_above: 0.0,
-    }];
+    plan.watches = vec![Watch::counter(
+        "circuit_breaker_rejections_total",
+        "breaker rejections",
+        0.0,
+    )];
     plan
 }
 

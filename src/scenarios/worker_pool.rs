@@ -23,6 +23,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::get;
 use axum::{Json, Router};
+use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -30,11 +31,9 @@ use tokio::sync::oneshot;
 use crate::apidoc::{int, num, obj, string, Op};
 use crate::error::{AppError, AppResult};
 use crate::params::{Choice, Fallback, Num, Params};
-use crate::scenarios::{around, Repro, RunConfig, AROUND};
-use crate::scenarios::{Gauge, K6Script, Scenario};
+use crate::scenarios::{around, Gauge, K6Script, Repro, RunConfig, Scenario, AROUND};
 use crate::telemetry::{register, GaugeGuard, LATENCY_BUCKETS};
 use crate::AppState;
-use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 
 pub const MODE: Choice = Choice {
     name: "mode",
@@ -456,24 +455,13 @@ fn repro_plan(config: &RunConfig, _cpu_ms: Option<f64>) -> Plan {
     plan.target = Target::get("/api/worker-pool?work_ms=100");
     plan.rates = around((knobs.worker_pool_size as f64) / 0.1, AROUND);
     plan.watches = vec![
-        Watch {
-            series: "worker_pool_queue_depth",
-            label: "queue depth (max)",
-            counter: false,
-            saturated_above: 0.0,
-        },
-        Watch {
-            series: "worker_pool_busy",
-            label: "busy threads (max)",
-            counter: false,
-            saturated_above: f64::from(knobs.worker_pool_size) - 0.5,
-        },
-        Watch {
-            series: "worker_pool_deadline_exceeded_total",
-            label: "deadline exceeded",
-            counter: true,
-            saturated_above: 0.0,
-        },
+        Watch::gauge("worker_pool_queue_depth", "queue depth (max)", 0.0),
+        Watch::gauge(
+            "worker_pool_busy",
+            "busy threads (max)",
+            f64::from(knobs.worker_pool_size) - 0.5,
+        ),
+        Watch::counter("worker_pool_deadline_exceeded_total", "deadline exceeded", 0.0),
     ];
     plan
 }

@@ -746,12 +746,7 @@ async fn accepted_deployments_never_stay_queued_after_an_outage() {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    crate::common::proc_status_kib(&pid.to_string(), "VmRSS")
 }
 
 /// Opens `n` keep-alive connections, sends one request on each, reads the answers, closes them.
@@ -836,12 +831,7 @@ async fn memory_is_given_back_after_the_load() {
 }
 
 fn hwm_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    crate::common::proc_status_kib(&pid.to_string(), "VmHWM")
 }
 
 /// Buffered uploads hold what they are counted for: one chunked 60 MiB upload peaks within 15%

@@ -122,9 +122,7 @@ async fn malformed_answers_are_a_clear_502_never_retried() {
 const MIB: u64 = 1024 * 1024;
 
 fn vm_hwm_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    crate::common::proc_status_kib("self", "VmHWM") * 1024
 }
 
 /// Resets the process's peak RSS (Linux `clear_refs` 5) and returns the current RSS.

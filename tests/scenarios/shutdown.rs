@@ -23,6 +23,16 @@ fn start(port: u16, db: &str) -> Child {
         .expect("start chokepoint")
 }
 
+/// The binary on a fresh SQLite file and a free port: the file's directory (kept until the
+/// test ends), the process and its base URL.
+fn start_fresh() -> (tempfile::TempDir, Child, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+    let port = crate::common::free_port();
+    let child = start(port, &db);
+    (dir, child, format!("http://127.0.0.1:{port}"))
+}
+
 #[derive(Debug, Default)]
 struct Tally {
     ok: usize,
@@ -34,11 +44,7 @@ struct Tally {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_drains_accepted_requests_and_exits_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
-    let port = crate::common::free_port();
-    let mut child = start(port, &db);
-    let base = format!("http://127.0.0.1:{port}");
+    let (_dir, mut child, base) = start_fresh();
     // A new connection per request, so a refused connection is the only way not to be accepted.
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
@@ -94,17 +100,7 @@ async fn sigterm_under_load_drains_accepted_requests_and_exits_zero() {
         }
     }
     // Exit 0 within the grace period (5 s) once the 1 s requests have drained.
-    let code = loop {
-        if let Some(code) = child.try_wait().unwrap() {
-            break code;
-        }
-        assert!(
-            signalled.elapsed() < Duration::from_secs(10),
-            "still running 10 s after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let exited_after = signalled.elapsed();
+    let (code, exited_after) = exit_within(&mut child, signalled, Duration::from_secs(10)).await;
     stop.store(true, Ordering::SeqCst);
     let mut total = Tally::default();
     for c in clients {
@@ -137,11 +133,7 @@ async fn sigterm_under_load_drains_accepted_requests_and_exits_zero() {
 /// request fails with anything but a refused new connection once the listener is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_keep_alive_load_resets_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}?mode=rwc", dir.path().join("k.db").display());
-    let port = crate::common::free_port();
-    let mut child = start(port, &db);
-    let base = format!("http://127.0.0.1:{port}");
+    let (_dir, mut child, base) = start_fresh();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
         .build()
@@ -177,16 +169,7 @@ async fn sigterm_under_keep_alive_load_resets_nothing() {
         .status()
         .unwrap()
         .success());
-    let code = loop {
-        if let Some(code) = child.try_wait().unwrap() {
-            break code;
-        }
-        assert!(
-            signalled.elapsed() < Duration::from_secs(10),
-            "still running 10 s after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (code, _) = exit_within(&mut child, signalled, Duration::from_secs(10)).await;
     stop.store(true, Ordering::SeqCst);
     let (mut ok, mut refused, mut failed) = (0, 0, Vec::new());
     for c in clients {
@@ -224,11 +207,7 @@ async fn exit_within(child: &mut Child, since: Instant, limit: Duration) -> (std
 /// every task (src/lifecycle.rs). Before, one open panel turned a 2 s stop into 12 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_panel_does_not_hold_the_shutdown() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
-    let port = crate::common::free_port();
-    let mut child = start(port, &db);
-    let base = format!("http://127.0.0.1:{port}");
+    let (_dir, mut child, base) = start_fresh();
     let client = reqwest::Client::new();
     crate::common::wait_200(&client, &format!("{base}/ready"), "never ready").await;
 

@@ -6,28 +6,13 @@ use std::time::{Duration, Instant};
 
 fn chokepoint() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_chokepoint"));
-    // A developer's or CI's exported settings must not change what these tests see.
-    for var in [
-        "DATABASE_URL",
-        "DB_POOL_SIZE",
-        "DB_MAX_OVERFLOW",
-        "DB_POOL_TIMEOUT",
-        "PORT",
-        "HOST",
-        "WORKER_COUNT",
-        "REDIS_URL",
-        "DOWNSTREAM_SERVICE_URL",
-        "DOWNSTREAM_TIMEOUT",
-        "ENABLE_CIRCUIT_BREAKER",
-        "ENABLE_RATE_LIMITING",
-        "MEMORY_LEAK_LIMIT_MB",
-        "LOG_FORMAT",
-        "SHUTDOWN_GRACE_MS",
-        "PROFILE",
-        "ADMIN_TOKEN",
-        "CPU_MODE",
-        "MAX_IN_FLIGHT",
-    ] {
+    // A developer's or CI's exported settings must not change what these tests see: every
+    // variable the serve command reads (start-up settings and knobs), and the log filter.
+    let knobs = chokepoint::knobs::SPECS.iter().map(|s| s.env);
+    let settings = chokepoint::settings::Settings::startup_only_names()
+        .iter()
+        .map(|(_, env)| env.as_str());
+    for var in knobs.chain(settings).chain(["RUST_LOG"]) {
         cmd.env_remove(var);
     }
     cmd
@@ -198,25 +183,12 @@ fn healthcheck_exits_zero_only_when_the_local_server_answers() {
 fn migrate_applies_the_migrations_and_exits() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.db");
-    let out = chokepoint()
-        .args([
-            "migrate",
-            "--database-url",
-            &format!("sqlite://{}?mode=rwc", path.display()),
-        ])
-        .output()
-        .unwrap();
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let migrate = || chokepoint().args(["migrate", "--database-url", &url]).output().unwrap();
+    let out = migrate();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // The tables exist: a second run finds them applied (and still succeeds).
-    let again = chokepoint()
-        .args([
-            "migrate",
-            "--database-url",
-            &format!("sqlite://{}?mode=rwc", path.display()),
-        ])
-        .output()
-        .unwrap();
-    assert!(again.status.success());
+    assert!(migrate().status.success());
     let bytes = std::fs::read(&path).unwrap();
     let text = String::from_utf8_lossy(&bytes);
     assert!(text.contains("deployment_counter") && text.contains("_sqlx_migrations"));
@@ -242,5 +214,35 @@ mod http_get {
 
     pub fn blocking_get(url: &str) -> String {
         try_blocking_get(url).unwrap_or_else(|| panic!("GET {url} failed"))
+    }
+}
+
+/// `chokepoint scenarios` lists the catalog the scripts read (`--json`), `chokepoint knobs`
+/// prints the knob table; a bad flag is refused with exit 2.
+#[test]
+fn scenarios_and_knobs_list_the_catalog_and_the_table() {
+    let out = chokepoint().args(["scenarios", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listing: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listing.len(), chokepoint::scenarios::ALL.len());
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for s in &listing {
+        for file in ["doc", "k6", "test"] {
+            let path = s[file].as_str().unwrap();
+            assert!(root.join(path).is_file(), "{}: {path}", s["id"]);
+        }
+    }
+    assert!(listing.iter().any(|s| s["id"] == "io" && s["k6_smoke"] == true));
+    assert!(listing.iter().any(|s| s["id"] == "db-replicas" && s["k6_smoke"] == false));
+
+    let table = chokepoint().arg("knobs").output().unwrap();
+    assert!(table.status.success());
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("| `db_pool_size` | `DB_POOL_SIZE` | 1–1000 |"), "{text}");
+    assert_eq!(text.lines().count(), chokepoint::knobs::SPECS.len() + 2);
+
+    for bad in [&["scenarios", "--yaml"][..], &["knobs", "extra"][..]] {
+        let out = chokepoint().args(bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
     }
 }

@@ -35,6 +35,28 @@ pub struct Watch {
     pub saturated_above: f64,
 }
 
+impl Watch {
+    /// A gauge: the report shows its maximum over the stage.
+    pub const fn gauge(series: &'static str, label: &'static str, saturated_above: f64) -> Watch {
+        Watch {
+            series,
+            label,
+            counter: false,
+            saturated_above,
+        }
+    }
+
+    /// A counter: the report shows its increase over the stage.
+    pub const fn counter(series: &'static str, label: &'static str, saturated_above: f64) -> Watch {
+        Watch {
+            series,
+            label,
+            counter: true,
+            saturated_above,
+        }
+    }
+}
+
 /// What the knobs predict.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Prediction {

@@ -127,12 +127,7 @@ mod tests {
             target: Target::get("/api/db/hold"),
             knobs: serde_json::json!({}),
             rates: vec![10.0, 20.0, 40.0],
-            watches: vec![Watch {
-                series: "db_pool_waiting",
-                label: "waiting",
-                counter: false,
-                saturated_above: 0.0,
-            }],
+            watches: vec![Watch::gauge("db_pool_waiting", "waiting", 0.0)],
             canary: None,
             before_stage: None,
             settle: std::time::Duration::ZERO,
