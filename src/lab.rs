@@ -118,10 +118,8 @@ async fn run(weak: Weak<AppStateInner>, mut sampler: Sampler) {
 /// observer surfaces' own traffic is not shown).
 pub fn groups() -> &'static [&'static str] {
     static GROUPS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
-        let route_scenarios = crate::scenarios::route_scenarios();
-        ALL.iter()
+        crate::scenarios::with_routes()
             .map(|s| s.id)
-            .filter(|id| route_scenarios.values().any(|v| v == id))
             .chain(std::iter::once("other"))
             .collect()
     });

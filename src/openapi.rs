@@ -211,7 +211,7 @@ pub fn endpoint_table() -> Vec<Value> {
 
 /// The tags: every scenario that has routes, in the catalog's order, then the observers.
 fn tags() -> Vec<Value> {
-    let scenarios = ALL.iter().filter(|s| !(s.operations)().is_empty()).map(|s| s.id);
+    let scenarios = crate::scenarios::with_routes().map(|s| s.id);
     scenarios
         .chain(OBSERVERS.iter().copied())
         .map(|name| json!({"name": name}))

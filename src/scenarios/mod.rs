@@ -167,6 +167,12 @@ impl Scenario {
     }
 }
 
+/// The scenarios that have routes of their own (db-replicas has none), in catalog order: the
+/// OpenAPI tags and the panel's route groups.
+pub fn with_routes() -> impl Iterator<Item = &'static Scenario> {
+    ALL.iter().filter(|s| !(s.operations)().is_empty())
+}
+
 /// The scenario with this id.
 pub fn find(id: &str) -> Option<&'static Scenario> {
     ALL.iter().find(|s| s.id == id)

@@ -233,7 +233,9 @@ fn scenarios_and_knobs_list_the_catalog_and_the_table() {
         }
     }
     assert!(listing.iter().any(|s| s["id"] == "io" && s["k6_smoke"] == true));
-    assert!(listing.iter().any(|s| s["id"] == "db-replicas" && s["k6_smoke"] == false));
+    assert!(listing
+        .iter()
+        .any(|s| s["id"] == "db-replicas" && s["k6_smoke"] == false));
 
     let table = chokepoint().arg("knobs").output().unwrap();
     assert!(table.status.success());
