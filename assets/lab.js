@@ -139,7 +139,7 @@ function render(snap) {
   for (const [g, s] of Object.entries(snap.groups)) {
     const tr = body.insertRow();
     tr.dataset.group = g;
-    [g, fmt(s.rps), (s.error_rate * 100).toFixed(1) + '%', fmt(s.p50_ms), fmt(s.p95_ms), fmt(s.p99_ms)].forEach((c) => { tr.insertCell().textContent = c; });
+    [g, fmt(s.rps), (s.error_rate * 100).toFixed(1) + '%', fmt(s.abandoned_rps), fmt(s.p50_ms), fmt(s.p95_ms), fmt(s.p99_ms)].forEach((c) => { tr.insertCell().textContent = c; });
   }
   for (const [name, value] of Object.entries(snap.knobs)) {
     const input = document.querySelector(`#knobs tr[data-knob="${name}"] [data-value]`);

@@ -1,7 +1,12 @@
 //! The edge: the one layer every request passes through. It gives the request its id (kept
 //! from `x-request-id` or a new UUID, echoed on the response), opens its tracing span, counts
 //! it in the HTTP metrics (in flight, by method / route template / status, latency) and puts it
-//! past the request guard (rate limit, shedding, the route group's timeout).
+//! past the request guard (rate limit, shedding, the route group's timeout). A request whose
+//! client goes away before the answer is counted too, with its duration and the status 499
+//! (nginx's "client closed request"): otherwise a collapse that makes clients give up would never
+//! show on the request-rate and latency panels. Every answer carries `X-Process-Time` (seconds,
+//! as the original Python lab sent it), and CORS admits any origin while the knob
+//! `cors_allow_any_origin` is on (the original's `allow_origins=["*"]`).
 //!
 //! One hand-written service instead of a stack of generic middlewares on purpose: each
 //! `from_fn` middleware or router layer clones and boxes the rest of the stack on every request,
@@ -16,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::MatchedPath;
-use axum::http::{HeaderName, HeaderValue, Request};
+use axum::http::{header, HeaderName, HeaderValue, Method, Request, StatusCode};
 use axum::response::Response;
 use tower::{Layer, Service};
 use tracing::Instrument;
@@ -64,6 +69,58 @@ fn new_request_id() -> HeaderValue {
     let mut buf = uuid::Uuid::encode_buffer();
     let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
     HeaderValue::from_str(id).expect("a UUID is a valid header value")
+}
+
+/// The header with the seconds a request took to serve, as the original lab sent it.
+pub const PROCESS_TIME: HeaderName = HeaderName::from_static("x-process-time");
+
+/// The status recorded for a request whose client went away before the answer (nginx's 499).
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// Records a request as abandoned (status 499) if it is dropped before it was answered: the
+/// client closed the connection, so hyper dropped the request's future.
+struct Unanswered<'a> {
+    state: &'a AppState,
+    method: &'a Method,
+    route: &'a str,
+    start: Instant,
+    answered: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let latency = self.start.elapsed();
+        let status = StatusCode::from_u16(CLIENT_CLOSED).expect("499 is a valid status code");
+        self.state
+            .http_metrics
+            .record(self.method.as_str(), self.route, status, latency);
+        tracing::debug!(
+            method = %self.method,
+            route = self.route,
+            latency_ms = latency.as_secs_f64() * 1e3,
+            "client closed the connection before the answer (counted as 499)"
+        );
+    }
+}
+
+/// The answer to a CORS preflight (`OPTIONS` with `Access-Control-Request-Method`): any origin,
+/// the method and headers asked for, cached for 10 minutes.
+fn preflight(req: &Request<Body>) -> Response {
+    let mut resp = Response::new(Body::empty());
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, OPTIONS"),
+    );
+    if let Some(asked) = req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+    }
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    resp
 }
 
 /// An error answer that is not already the JSON error shape: axum's own rejections (a path
@@ -163,9 +220,17 @@ where
         let state = self.state.clone();
         let in_flight = GaugeGuard::new(state.http_metrics.in_flight());
 
-        let admission = state
-            .guard
-            .admit(&state.knobs.current(), route.as_ref().map(|p| p.as_str()));
+        let knobs = state.knobs.current();
+        let cors = knobs.cors_allow_any_origin;
+        let is_preflight = cors
+            && req.method() == Method::OPTIONS
+            && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        let admission = if is_preflight {
+            Admission::Refused(preflight(&req))
+        } else {
+            state.guard.admit(&knobs, route.as_ref().map(|p| p.as_str()))
+        };
+        drop(knobs);
         let work = match admission {
             Admission::Refused(resp) => Work::Refused(resp),
             Admission::Exempt => Work::Run {
@@ -182,6 +247,14 @@ where
 
         Box::pin(
             async move {
+                let route = route.as_ref().map_or(UNMATCHED_ROUTE, |p| p.as_str());
+                let mut unanswered = Unanswered {
+                    state: &state,
+                    method: &method,
+                    route,
+                    start,
+                    answered: false,
+                };
                 let mut resp = match work {
                     Work::Refused(resp) => resp,
                     Work::Run {
@@ -203,9 +276,16 @@ where
                 }
                 let status = resp.status();
                 let latency = start.elapsed();
-                let route = route.as_ref().map_or(UNMATCHED_ROUTE, |p| p.as_str());
+                unanswered.answered = true;
                 state.http_metrics.record(method.as_str(), route, status, latency);
                 drop(in_flight);
+                if let Ok(v) = HeaderValue::from_str(&format!("{:.6}", latency.as_secs_f64())) {
+                    resp.headers_mut().insert(PROCESS_TIME, v);
+                }
+                if cors {
+                    resp.headers_mut()
+                        .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+                }
                 resp.headers_mut().insert(REQUEST_ID, request_id);
                 if state.is_draining() {
                     // Shutting down: the client must not send its next request on this

@@ -17,6 +17,10 @@ pub enum AppError {
         param: String,
         detail: String,
         range: Option<(String, String)>,
+        /// The value sent (`None`: absent), echoed as FastAPI's `input`.
+        input: Option<String>,
+        /// Which rule it broke, for FastAPI's `type`, `msg` and `ctx`.
+        rule: Rule,
     },
 
     /// No pooled connection became free within the acquire timeout.
@@ -110,21 +114,50 @@ pub enum AppError {
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// The rule an invalid parameter broke: FastAPI's error `type` for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// Required and absent (`missing`).
+    Missing,
+    /// Not a number (`int_parsing` / `float_parsing`).
+    NotANumber { integer: bool },
+    /// Below the minimum (`greater_than_equal`).
+    Below,
+    /// Above the maximum (`less_than_equal`).
+    Above,
+    /// Text shorter than allowed (`string_too_short`).
+    TooShort,
+    /// Text longer than allowed (`string_too_long`).
+    TooLong,
+    /// Anything else (`value_error`): a word outside a choice, a malformed value.
+    Other,
+}
+
 impl AppError {
     pub fn invalid(param: &str, detail: impl Into<String>) -> Self {
         AppError::InvalidParameter {
             param: param.to_string(),
             detail: detail.into(),
             range: None,
+            input: None,
+            rule: Rule::Other,
         }
     }
 
     pub fn out_of_range(param: &str, min: impl ToString, max: impl ToString, got: impl std::fmt::Display) -> Self {
-        let (min, max) = (min.to_string(), max.to_string());
+        let (min, max, got) = (min.to_string(), max.to_string(), got.to_string());
+        let num = |s: &str| s.trim().parse::<f64>().ok();
+        let rule = match (num(&got), num(&min)) {
+            (Some(g), Some(lo)) if g < lo => Rule::Below,
+            (Some(_), Some(_)) => Rule::Above,
+            _ => Rule::Other,
+        };
         AppError::InvalidParameter {
             param: param.to_string(),
             detail: format!("`{param}` must be between {min} and {max} (got {got})"),
             range: Some((min, max)),
+            input: Some(got),
+            rule,
         }
     }
 
@@ -197,8 +230,20 @@ impl AppError {
     fn body(&self) -> Value {
         let code = self.code();
         match self {
-            AppError::InvalidParameter { param, detail, range } => {
-                let mut body = json!({"error": code, "detail": detail, "parameter": param});
+            AppError::InvalidParameter {
+                param,
+                detail,
+                range,
+                input,
+                rule,
+            } => {
+                // `detail` is FastAPI's list, as the original lab answered; our sentence is `message`.
+                let mut body = json!({
+                    "error": code,
+                    "message": detail,
+                    "detail": [fastapi_error(param, detail, range.as_ref(), input.as_deref(), *rule)],
+                    "parameter": param,
+                });
                 if let Some((min, max)) = range {
                     body["range"] = json!({"min": num_or_str(min), "max": num_or_str(max)});
                 }
@@ -317,6 +362,51 @@ pub fn db_failure(e: &sqlx::Error) -> DbFailure {
         sqlx::Error::Protocol(msg) if msg.contains("closed") || msg.contains("EOF") => DbFailure::Unreachable,
         _ => DbFailure::Other,
     }
+}
+
+/// One entry of FastAPI's 422 `detail` list (pydantic v2's wording) for a query parameter.
+fn fastapi_error(param: &str, message: &str, range: Option<&(String, String)>, input: Option<&str>, rule: Rule) -> Value {
+    let loc = json!(["query", param]);
+    let (min, max) = range.map_or((Value::Null, Value::Null), |(a, b)| (num_or_str(a), num_or_str(b)));
+    let (kind, msg, ctx) = match rule {
+        Rule::Missing => ("missing", "Field required".to_string(), None),
+        Rule::NotANumber { integer: true } => (
+            "int_parsing",
+            "Input should be a valid integer, unable to parse string as an integer".to_string(),
+            None,
+        ),
+        Rule::NotANumber { integer: false } => (
+            "float_parsing",
+            "Input should be a valid number, unable to parse string as a number".to_string(),
+            None,
+        ),
+        Rule::Below => (
+            "greater_than_equal",
+            format!("Input should be greater than or equal to {min}"),
+            Some(json!({"ge": min})),
+        ),
+        Rule::Above => (
+            "less_than_equal",
+            format!("Input should be less than or equal to {max}"),
+            Some(json!({"le": max})),
+        ),
+        Rule::TooShort => (
+            "string_too_short",
+            format!("String should have at least {min} character{}", if min == json!(1) { "" } else { "s" }),
+            Some(json!({"min_length": min})),
+        ),
+        Rule::TooLong => (
+            "string_too_long",
+            format!("String should have at most {max} characters"),
+            Some(json!({"max_length": max})),
+        ),
+        Rule::Other => ("value_error", message.to_string(), None),
+    };
+    let mut entry = json!({"type": kind, "loc": loc, "msg": msg, "input": input});
+    if let Some(ctx) = ctx {
+        entry["ctx"] = ctx;
+    }
+    entry
 }
 
 fn num_or_str(s: &str) -> Value {

@@ -52,6 +52,16 @@ pub enum CpuMode {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+pub enum CostModel {
+    /// CPU routes cost what the original Python lab spent on the same parameters (the real
+    /// computation, topped up on the thread's CPU clock from a calibration table).
+    Seed,
+    /// Native Rust speed: only the real computation (fib(34) ~20 ms instead of ~550 ms).
+    Native,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DeployMode {
     /// The deployment's work runs before the answer (fragile: waits pile up to the timeout).
     Sync,
@@ -191,6 +201,13 @@ knob_table! {
         fragile: CpuMode::Inline, hardened: CpuMode::Offload,
         doc: "inline: CPU work on the async workers; offload: on a bounded blocking pool",
     }
+    cpu_cost_model: CostModel {
+        env: "CPU_COST_MODEL",
+        range: Choice(&["seed", "native"]),
+        scenario: "cpu",
+        fragile: CostModel::Seed, hardened: CostModel::Seed,
+        doc: "seed: /api/cpu-intensive, /api/hash and /api/json-processing cost the CPU time the original Python lab spent (calibration table in docs/scenarios/cpu.md); native: Rust speed (~26x less for fib)",
+    }
     cpu_max_concurrency: u32 {
         env: "CPU_MAX_CONCURRENCY",
         range: Int(1, 256),
@@ -225,6 +242,13 @@ knob_table! {
         scenario: "all",
         fragile: 0, hardened: 0,
         doc: "open client connections allowed; at the cap the oldest idle one is closed for a new one, or the new one is refused when none is idle (0 = auto: the descriptor limit less a reserve)",
+    }
+    cors_allow_any_origin: bool {
+        env: "CORS_ALLOW_ANY_ORIGIN",
+        range: Bool,
+        scenario: "all",
+        fragile: true, hardened: true,
+        doc: "CORS: any origin may call the lab from a browser (Access-Control-Allow-Origin: *, preflights answered), as the original lab allowed",
     }
     rate_limit_enabled: bool {
         env: "ENABLE_RATE_LIMITING",
@@ -288,6 +312,27 @@ knob_table! {
         scenario: "downstream",
         fragile: 0, hardened: 16,
         doc: "bulkhead: downstream calls at once; more fail fast with 503 (0 = unbounded)",
+    }
+    downstream_pool_size: u32 {
+        env: "DOWNSTREAM_POOL_SIZE",
+        range: Int(0, 100_000),
+        scenario: "downstream",
+        fragile: 10, hardened: 10,
+        doc: "the downstream client's connections (one host); calls beyond it wait for one to be released (0 = unbounded)",
+    }
+    downstream_pool_wait_ms: u64 {
+        env: "DOWNSTREAM_POOL_WAIT_MS",
+        range: Int(0, 600_000),
+        scenario: "downstream",
+        fragile: 0, hardened: 250,
+        doc: "longest a downstream call waits for a free connection before failing with 503 (0 = waits as long as it takes: the cascade)",
+    }
+    downstream_deadline_includes_wait: bool {
+        env: "DOWNSTREAM_DEADLINE_INCLUDES_WAIT",
+        range: Bool,
+        scenario: "downstream",
+        fragile: false, hardened: true,
+        doc: "a call's timeout is a deadline from when the caller asked, so time spent waiting for a connection is taken from it (false: the timeout starts once a connection is held)",
     }
     breaker_enabled: bool {
         env: "ENABLE_CIRCUIT_BREAKER",

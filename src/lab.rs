@@ -3,7 +3,7 @@
 //!
 //! A snapshot is read from the same Prometheus registry `/metrics` serves, so the panel shows
 //! exactly what a dashboard would: per route group (the OpenAPI tag of the route) requests/s,
-//! error rate (5xx and 429) and p50/p95/p99 interpolated from the latency histogram's buckets
+//! error rate (5xx, 429 and 499), the requests whose client gave up (499) per second, and p50/p95/p99 interpolated from the latency histogram's buckets
 //! over the last second; the pool, queue, memory and breaker gauges; every knob's value; and the
 //! knobs that changed since the previous snapshot (the charts draw those as markers).
 //!
@@ -131,6 +131,8 @@ pub fn groups() -> &'static [&'static str] {
 struct Totals {
     requests: f64,
     errors: f64,
+    /// Requests whose client gave up before the answer (status 499).
+    abandoned: f64,
     /// Cumulative bucket counts (upper bound, count), as the histogram reports them.
     buckets: Vec<(f64, f64)>,
 }
@@ -151,12 +153,13 @@ impl Sampler {
         let mut by_group = Map::new();
         for &g in groups() {
             let cur = totals.get(g).cloned().unwrap_or_default();
-            let (rps, error_rate, p) = match &self.prev {
+            let (rps, error_rate, p, abandoned_rps) = match &self.prev {
                 Some((at, prev)) => {
                     let secs = now.duration_since(*at).as_secs_f64().max(1e-3);
                     let before = prev.get(g).cloned().unwrap_or_default();
                     let n = (cur.requests - before.requests).max(0.0);
                     let errors = (cur.errors - before.errors).max(0.0);
+                    let abandoned = (cur.abandoned - before.abandoned).max(0.0);
                     let delta: Vec<(f64, f64)> = cur
                         .buckets
                         .iter()
@@ -168,14 +171,16 @@ impl Sampler {
                         n / secs,
                         if n > 0.0 { errors / n } else { 0.0 },
                         [q(0.5), q(0.95), q(0.99)],
+                        abandoned / secs,
                     )
                 }
-                None => (0.0, 0.0, [None, None, None]),
+                None => (0.0, 0.0, [None, None, None], 0.0),
             };
             by_group.insert(
                 g.to_string(),
                 json!({"rps": (rps * 100.0).round() / 100.0, "error_rate": (error_rate * 1e4).round() / 1e4,
-                       "p50_ms": p[0], "p95_ms": p[1], "p99_ms": p[2]}),
+                       "p50_ms": p[0], "p95_ms": p[1], "p99_ms": p[2],
+                       "abandoned_rps": (abandoned_rps * 100.0).round() / 100.0}),
             );
         }
         self.prev = Some((now, totals));
@@ -268,8 +273,11 @@ fn group_totals(families: &[MetricFamily]) -> HashMap<String, Totals> {
                     let v = m.get_counter().value();
                     t.requests += v;
                     let status: u16 = label(m, "status").and_then(|s| s.parse().ok()).unwrap_or(0);
-                    if status >= 500 || status == 429 {
+                    if status >= 500 || status == 429 || status == crate::edge::CLIENT_CLOSED {
                         t.errors += v;
+                    }
+                    if status == crate::edge::CLIENT_CLOSED {
+                        t.abandoned += v;
                     }
                 }
             }

@@ -235,7 +235,9 @@ pub fn spec() -> Value {
             "version": env!("CARGO_PKG_VERSION"),
             "description": "A deliberately fragile backend that reproduces production collapses on demand. \
                 Every failure answers with the JSON body `{\"error\": code, \"detail\": ...}`; \
-                invalid parameters name the parameter and its range. Knobs: `GET /admin/config`.",
+                invalid parameters name the parameter and its range. Where the original Python lab \
+                answered differently, `detail` is its value (FastAPI's list for an invalid parameter, \
+                `Not Found`, `Method Not Allowed`) and our sentence is `message`. Knobs: `GET /admin/config`.",
         },
         "tags": tags(),
         "paths": paths,
@@ -244,7 +246,12 @@ pub fn spec() -> Value {
             "required": ["error", "detail"],
             "properties": {
                 "error": {"type": "string", "description": "a stable machine-readable code"},
-                "detail": {"type": "string"},
+                "detail": {"description": "a sentence; FastAPI's validation list for invalid_parameter",
+                           "anyOf": [{"type": "string"}, {"type": "array", "items": {
+                               "type": "object", "required": ["type", "loc", "msg"],
+                               "properties": {"type": {"type": "string"}, "loc": {"type": "array"},
+                                              "msg": {"type": "string"}, "input": {}, "ctx": {"type": "object"}}}}]},
+                "message": {"type": "string", "description": "our sentence where `detail` keeps the original's value"},
                 "parameter": {"type": "string", "description": "the invalid parameter (invalid_parameter)"},
                 "range": {"type": "object", "description": "its allowed range (invalid_parameter)"},
                 "retry_after_ms": {"type": "integer"},

@@ -10,7 +10,7 @@ use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 use serde_json::{json, Value};
 
-use crate::error::AppError;
+use crate::error::{AppError, Rule};
 
 /// The request's query string as name → value (the last occurrence wins).
 #[derive(Debug, Default)]
@@ -52,6 +52,8 @@ impl Params {
                     range.end()
                 ),
                 range: Some((range.start().to_string(), range.end().to_string())),
+                input: None,
+                rule: Rule::Missing,
             }),
             Some(raw) => parse_in_range(name, raw, &range),
         }
@@ -64,6 +66,8 @@ impl Params {
                 param: name.to_string(),
                 detail: format!("`{name}` is required ({} to {} characters)", len.start(), len.end()),
                 range: Some((len.start().to_string(), len.end().to_string())),
+                input: None,
+                rule: Rule::Missing,
             }),
             None => Ok(None),
             Some(v) => {
@@ -85,6 +89,8 @@ impl Params {
                             len.end()
                         ),
                         range: Some((len.start().to_string(), len.end().to_string())),
+                        input: Some(v.clone()),
+                        rule: if n < *len.start() { Rule::TooShort } else { Rule::TooLong },
                     })
                 }
             }
@@ -219,11 +225,25 @@ impl Params {
     }
 }
 
+/// Parses a number as the original lab (FastAPI, pydantic v2) accepts it: an integer parameter
+/// also takes a float with no fractional part (`complexity=30.0`, `1e1`).
+fn parse_lenient<T: FromStr>(raw: &str) -> Option<T> {
+    if let Ok(v) = raw.parse() {
+        return Some(v);
+    }
+    let f: f64 = raw.parse().ok()?;
+    if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e15 {
+        format!("{}", f as i64).parse().ok()
+    } else {
+        None
+    }
+}
+
 fn parse_in_range<T>(name: &str, raw: &str, range: &RangeInclusive<T>) -> Result<T, AppError>
 where
     T: FromStr + PartialOrd + Copy + std::fmt::Display,
 {
-    let value: T = raw.trim().parse().map_err(|_| AppError::InvalidParameter {
+    let value: T = parse_lenient(raw.trim()).ok_or_else(|| AppError::InvalidParameter {
         param: name.to_string(),
         detail: format!(
             "`{name}` must be a number between {} and {} (got {raw:?})",
@@ -231,6 +251,10 @@ where
             range.end()
         ),
         range: Some((range.start().to_string(), range.end().to_string())),
+        input: Some(raw.to_string()),
+        rule: Rule::NotANumber {
+            integer: "1.5".parse::<T>().is_err(),
+        },
     })?;
     // `contains` is false for NaN, so NaN is refused with the range message too.
     if range.contains(&value) {

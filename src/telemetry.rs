@@ -1,6 +1,12 @@
 //! Telemetry at the edge: tracing set-up, the Prometheus registry, and the HTTP layer that
 //! counts requests by route template (`MatchedPath`, never the raw path; unmatched paths share
 //! the label `unmatched`) with latency buckets reaching past the longest timeout we demonstrate.
+//!
+//! The original Python lab's metric names are always there too, for dashboards written against
+//! it: `http_requests_total` and `http_request_duration_seconds` carry its `endpoint` label (the
+//! route template, the same value as `route`: the original used the raw path, whose cardinality a
+//! scanner can explode), and [`SeedCompat`] serves `http_requests_active`, `app_memory_bytes` and
+//! `app_cpu_percent` at scrape time.
 
 use std::time::Duration;
 
@@ -86,26 +92,30 @@ impl HttpMetrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "http_requests_total",
-                "HTTP requests answered, by method, route template and status",
+                "HTTP requests by method, route template and status (499: the client closed the connection first); endpoint = route, the original lab's label",
             ),
-            &["method", "route", "status"],
+            &["method", "route", "endpoint", "status"],
         )
         .expect("valid metric");
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "http_request_duration_seconds",
-                "HTTP request latency by method and route template",
+                "HTTP request latency by method and route template (endpoint = route)",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["method", "route"],
+            &["method", "route", "endpoint"],
         )
         .expect("valid metric");
         let in_flight =
             IntGauge::new("http_requests_in_flight", "HTTP requests being served right now").expect("valid metric");
+        let in_flight = register(registry, in_flight);
+        registry
+            .register(Box::new(SeedCompat::new(in_flight.clone())))
+            .expect("metric names are unique");
         Self {
             requests: register(registry, requests),
             duration: register(registry, duration),
-            in_flight: register(registry, in_flight),
+            in_flight,
         }
     }
 
@@ -117,9 +127,76 @@ impl HttpMetrics {
     /// Counts one answered request and its latency.
     pub fn record(&self, method: &str, route: &str, status: StatusCode, latency: Duration) {
         self.duration
-            .with_label_values(&[method, route])
+            .with_label_values(&[method, route, route])
             .observe(latency.as_secs_f64());
-        self.requests.with_label_values(&[method, route, status.as_str()]).inc();
+        self.requests
+            .with_label_values(&[method, route, route, status.as_str()])
+            .inc();
+    }
+}
+
+/// The original lab's process gauges, read when scraped: `http_requests_active` (our
+/// `http_requests_in_flight`), `app_memory_bytes` (RSS) and `app_cpu_percent` (CPU used since the
+/// previous scrape, 100 = one core, as psutil's `cpu_percent()` reports it).
+struct SeedCompat {
+    in_flight: IntGauge,
+    active: IntGauge,
+    memory: prometheus::Gauge,
+    cpu: prometheus::Gauge,
+    last: std::sync::Mutex<Option<(std::time::Instant, f64)>>,
+}
+
+impl SeedCompat {
+    fn new(in_flight: IntGauge) -> Self {
+        Self {
+            in_flight,
+            active: IntGauge::new("http_requests_active", "Active HTTP requests (the original lab's name)").unwrap(),
+            memory: prometheus::Gauge::new("app_memory_bytes", "Resident memory in bytes (the original lab's name)")
+                .unwrap(),
+            cpu: prometheus::Gauge::new(
+                "app_cpu_percent",
+                "CPU used since the previous scrape, 100 = one core (the original lab's name)",
+            )
+            .unwrap(),
+            last: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+/// This process's (resident bytes, CPU seconds) from /proc.
+fn self_usage() -> Option<(f64, f64)> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let resident: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let (utime, stime): (f64, f64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
+    // SAFETY: sysconf has no preconditions.
+    let (page, ticks) = unsafe { (libc::sysconf(libc::_SC_PAGESIZE), libc::sysconf(libc::_SC_CLK_TCK)) };
+    Some((resident * page as f64, (utime + stime) / ticks.max(1) as f64))
+}
+
+impl prometheus::core::Collector for SeedCompat {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        [self.active.desc(), self.memory.desc(), self.cpu.desc()].concat()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.active.set(self.in_flight.get());
+        if let Some((rss, cpu_s)) = self_usage() {
+            self.memory.set(rss);
+            let now = std::time::Instant::now();
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, before)) = *last {
+                let wall = now.duration_since(at).as_secs_f64();
+                if wall > 0.0 {
+                    self.cpu.set(((cpu_s - before) / wall * 100.0).max(0.0));
+                }
+            }
+            *last = Some((now, cpu_s));
+        }
+        [self.active.collect(), self.memory.collect(), self.cpu.collect()].concat()
     }
 }
 

@@ -4,7 +4,8 @@
 //!
 //! The downstream mitigations wrap every call, each read from the live knobs: a timeout cap
 //! (`downstream_timeout_cap_ms`), a bulkhead (`downstream_max_concurrency`), the circuit breaker
-//! and retries with backoff, jitter and a budget. `downstream_attempts_total{kind}` and
+//! and retries with backoff, jitter and a budget. Every call also needs one of the pool's
+//! connections ([`OutboundPool`], `downstream_pool_size`): the finite resource behind the cascade. `downstream_attempts_total{kind}` and
 //! `downstream_attempts_per_call` show retry amplification.
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use serde_json::Value;
 
 use crate::error::AppError;
 use crate::knobs::Knobs;
+use crate::infra::outbound_pool::OutboundPool;
 use crate::resilience::breaker::Breaker;
 use crate::resilience::bulkhead::Bulkhead;
 use crate::resilience::retry::{backoff, RetryBudget};
@@ -81,7 +83,7 @@ impl ClientMetrics {
                 registry,
                 IntGauge::new(
                     "downstream_calls_in_flight",
-                    "Downstream calls waiting for an answer right now",
+                    "Downstream calls in progress: waiting for a pooled connection or for the answer",
                 )
                 .unwrap(),
             ),
@@ -130,6 +132,7 @@ pub struct DownstreamClient {
     default_timeout: Duration,
     metrics: ClientMetrics,
     bulkhead: Arc<Bulkhead>,
+    pool: Arc<OutboundPool>,
     breaker: Arc<Breaker>,
     budget: Arc<RetryBudget>,
 }
@@ -154,6 +157,7 @@ impl DownstreamClient {
             default_timeout,
             metrics: ClientMetrics::new(registry),
             bulkhead: Bulkhead::new(None),
+            pool: OutboundPool::new(registry),
             breaker: Arc::new(Breaker::new(registry)),
             budget: Arc::new(RetryBudget::default()),
         }
@@ -243,11 +247,39 @@ impl DownstreamClient {
                 retry_after: wait,
             });
         }
+        let _in_flight = GaugeGuard::new(&self.metrics.in_flight);
+        let asked = Instant::now();
+        let wait_cap = match knobs.downstream_pool_wait_ms {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        };
+        let counts_wait = knobs.downstream_deadline_includes_wait;
+        let wait = match (wait_cap, timeout) {
+            (Some(cap), Some(t)) if counts_wait => Some(cap.min(t)),
+            (None, Some(t)) if counts_wait => Some(t),
+            (cap, _) => cap,
+        };
+        let _connection = match self.pool.acquire(knobs.downstream_pool_size, wait).await {
+            Ok(lease) => lease,
+            Err(out) => {
+                self.metrics.calls.with_label_values(&[endpoint, "pool_timeout"]).inc();
+                return Err(AppError::Shed {
+                    detail: format!(
+                        "no downstream connection free within {} ms ({} in use: downstream_pool_size; wait cap downstream_pool_wait_ms)",
+                        out.waited.as_millis(),
+                        knobs.downstream_pool_size
+                    ),
+                });
+            }
+        };
+        let timeout = match timeout {
+            Some(t) if counts_wait => Some(t.saturating_sub(asked.elapsed()).max(Duration::from_millis(1))),
+            other => other,
+        };
         let mut req = self.http.get(url);
         if let Some(t) = timeout {
             req = req.timeout(t);
         }
-        let _in_flight = GaugeGuard::new(&self.metrics.in_flight);
         let start = Instant::now();
         let result = Self::send(req).await;
         let elapsed = start.elapsed();

@@ -2,4 +2,5 @@
 
 pub mod database;
 pub mod http_client;
+pub mod outbound_pool;
 pub mod redis;

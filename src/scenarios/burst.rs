@@ -492,6 +492,8 @@ fn text_field(
                 len.end()
             ),
             range: Some((len.start().to_string(), len.end().to_string())),
+            input: None,
+            rule: crate::error::Rule::Other,
         }),
     }
 }
@@ -521,6 +523,8 @@ fn parse_request(headers: &HeaderMap, body: &Bytes) -> AppResult<NewDeployment> 
                         param: "Idempotency-Key".into(),
                         detail: "the `Idempotency-Key` header must be 1 to 255 visible ASCII characters".into(),
                         range: Some(("1".into(), "255".into())),
+                        input: None,
+                        rule: crate::error::Rule::Other,
                     })
                 }
             }

@@ -184,28 +184,36 @@ async fn db_pool_exhaust(State(state): State<AppState>, params: Params) -> AppRe
                     let wait_ms = waited.as_secs_f64() * 1e3;
                     let held_ms = held.elapsed().as_secs_f64() * 1e3;
                     match result {
-                        Ok(()) => json!({"query": i, "ok": true, "wait_ms": wait_ms, "held_ms": held_ms}),
-                        Err(e) => json!({"query": i, "ok": false, "wait_ms": wait_ms, "held_ms": held_ms,
+                        Ok(()) => json!({"query_id": i, "status": "success",
+                                         "query": i, "ok": true, "wait_ms": wait_ms, "held_ms": held_ms}),
+                        Err(e) => json!({"query_id": i, "status": "failed",
+                                         "query": i, "ok": false, "wait_ms": wait_ms, "held_ms": held_ms,
                                          "error": e.code(), "detail": crate::error::error_chain(&e)}),
                     }
                 }
                 Err(AppError::PoolTimeout { waited }) => json!({
+                    "query_id": i, "status": "failed",
                     "query": i, "ok": false, "wait_ms": waited.as_secs_f64() * 1e3,
                     "error": "db_pool_timeout",
                     "detail": format!("no connection within the {} ms acquire timeout", waited.as_millis()),
                 }),
-                Err(e) => json!({"query": i, "ok": false, "error": e.code(), "detail": crate::error::error_chain(&e)}),
+                Err(e) => json!({"query_id": i, "status": "failed", "query": i, "ok": false,
+                                 "error": e.code(), "detail": crate::error::error_chain(&e)}),
             }
         }
     });
     let results = futures::future::join_all(queries).await;
     let succeeded = results.iter().filter(|r| r["ok"] == true).count();
+    let elapsed = start.elapsed().as_secs_f64();
     Ok(Json(json!({
         "concurrent_queries": n,
+        "duration_seconds": elapsed,
+        "results": results,
+        "warning": "Queries beyond the pool wait for a connection; past the acquire timeout they fail",
         "hold_seconds": EXHAUST_HOLD.as_secs(),
         "succeeded": succeeded,
         "failed": n as usize - succeeded,
-        "elapsed_seconds": start.elapsed().as_secs_f64(),
+        "elapsed_seconds": elapsed,
         "pool": state.db.stats(),
         "queries": results,
     })))
@@ -223,9 +231,10 @@ struct Task {
 const PG_TASK_COLUMNS: &str = r#"id, title, description, status, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at"#;
 const SQLITE_TASK_COLUMNS: &str = "id, title, description, status, created_at";
 
-async fn create_task(State(state): State<AppState>, params: Params) -> AppResult<Json<Task>> {
+async fn create_task(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
     let title = params.text_of(&TITLE)?.unwrap_or_default();
-    let description = params.text_of(&DESCRIPTION)?;
+    // Absent means "", as in the original lab (not NULL).
+    let description = params.text_of(&DESCRIPTION)?.unwrap_or_default();
     let (mut conn, _) = state.db.acquire(db_timeouts(&state).0).await?;
     // `fetch_all`, not `fetch_one`: the statement must run to its end. With `fetch_one`, SQLite
     // hands over the RETURNING row and the commit's SQLITE_FULL (disk full) is never read, so a
@@ -249,7 +258,10 @@ async fn create_task(State(state): State<AppState>, params: Params) -> AppResult
         }
     };
     let task = rows.into_iter().next().ok_or(sqlx::Error::RowNotFound)?;
-    Ok(Json(task))
+    let mut body = serde_json::to_value(&task).map_err(AppError::internal)?;
+    // The original lab's name for the new id.
+    body["task_id"] = json!(task.id);
+    Ok(Json(body))
 }
 
 async fn list_tasks(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
@@ -298,6 +310,9 @@ async fn expensive_query(State(state): State<AppState>, params: Params) -> AppRe
         }
     };
     Ok(Json(json!({
+        "created_tasks": iterations,
+        "total_tasks": count,
+        "duration_seconds": start.elapsed().as_secs_f64(),
         "iterations": iterations,
         "rows": count,
         "checksum": checksum,
@@ -368,7 +383,14 @@ fn operations() -> Vec<Op> {
         Op::new("post", "/api/tasks", "Insert a task")
             .guard(Group::Db)
             .query(&[&TITLE, &DESCRIPTION])
-            .ok(200, "the new task", task)
+            .ok(200, "the new task (`task_id` = `id`)", {
+                let mut t = task;
+                t["properties"]["task_id"] = int();
+                if let Some(r) = t["required"].as_array_mut() {
+                    r.push(json!("task_id"));
+                }
+                t
+            })
             .fails(422, "invalid_parameter")
             .fails(503, POOL_TIMEOUT)
             .fails(507, STORAGE_FULL),
@@ -395,6 +417,9 @@ fn operations() -> Vec<Op> {
             "the outcome of every query (failures included)",
             obj(&[
                 ("concurrent_queries", int()),
+                ("duration_seconds", num()),
+                ("results", array_of(obj(&[("query_id", int()), ("status", string())]))),
+                ("warning", string()),
                 ("succeeded", int()),
                 ("failed", int()),
                 ("elapsed_seconds", num()),
@@ -410,6 +435,9 @@ fn operations() -> Vec<Op> {
                 200,
                 "counted",
                 obj(&[
+                    ("created_tasks", int()),
+                    ("total_tasks", int()),
+                    ("duration_seconds", num()),
                     ("iterations", int()),
                     ("rows", int()),
                     ("checksum", any()),

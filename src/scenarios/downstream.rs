@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use chokepoint_repro::plan::{Plan, Prediction, Target, Watch};
 use serde_json::{json, Value};
 
-use crate::apidoc::{any, array_of, downstream_failures, int, num, obj, string, Op};
+use crate::apidoc::{any, array_of, boolean, downstream_failures, int, num, obj, string, Op};
 use crate::error::AppResult;
 use crate::infra::http_client::CallTimeout;
 use crate::params::{Fallback, Num, Params};
@@ -47,6 +47,7 @@ pub fn router() -> Router<AppState> {
 
 async fn call_downstream(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
     let timeout: f64 = params.get(&TIMEOUT)?;
+    let start = std::time::Instant::now();
     let ok = state
         .downstream
         .get_json(
@@ -57,6 +58,10 @@ async fn call_downstream(State(state): State<AppState>, params: Params) -> AppRe
         )
         .await?;
     Ok(Json(json!({
+        "status": "success",
+        "downstream_response": ok.body,
+        "duration_seconds": start.elapsed().as_secs_f64(),
+        "timeout_configured": timeout,
         "timeout": timeout,
         "elapsed_ms": ok.elapsed.as_secs_f64() * 1e3,
         "downstream": ok.body,
@@ -64,6 +69,7 @@ async fn call_downstream(State(state): State<AppState>, params: Params) -> AppRe
 }
 
 async fn cascade_failure(State(state): State<AppState>) -> Json<Value> {
+    let start = std::time::Instant::now();
     let knobs = state.knobs.current();
     let calls = (0..CASCADE_CALLS).map(|i| {
         let client = state.downstream.clone();
@@ -74,15 +80,19 @@ async fn cascade_failure(State(state): State<AppState>) -> Json<Value> {
                 .get_json(&knobs, "/slow", &path, CallTimeout::After(CASCADE_TIMEOUT))
                 .await
             {
-                Ok(ok) => json!({"call": i, "ok": true, "status": 200, "elapsed_ms": ok.elapsed.as_secs_f64() * 1e3}),
-                Err(e) => json!({"call": i, "ok": false, "status": e.status().as_u16(), "error": e.code(),
-                                 "detail": e.to_string()}),
+                Ok(ok) => json!({"service": i, "status": "success", "data": ok.body,
+                                 "call": i, "ok": true, "http_status": 200,
+                                 "elapsed_ms": ok.elapsed.as_secs_f64() * 1e3}),
+                Err(e) => json!({"service": i, "status": "failed", "error": e.to_string(),
+                                 "call": i, "ok": false, "http_status": e.status().as_u16(), "code": e.code()}),
             }
         }
     });
     let results = futures::future::join_all(calls).await;
     let succeeded = results.iter().filter(|r| r["ok"] == true).count();
     Json(json!({
+        "total_calls": CASCADE_CALLS,
+        "duration_seconds": start.elapsed().as_secs_f64(),
         "calls": CASCADE_CALLS,
         "succeeded": succeeded,
         "failed": CASCADE_CALLS - succeeded,
@@ -140,7 +150,15 @@ fn operations() -> Vec<Op> {
                 .ok(
                     200,
                     "answered",
-                    obj(&[("timeout", num()), ("elapsed_ms", num()), ("downstream", any())]),
+                    obj(&[
+                        ("status", string()),
+                        ("downstream_response", any()),
+                        ("duration_seconds", num()),
+                        ("timeout_configured", num()),
+                        ("timeout", num()),
+                        ("elapsed_ms", num()),
+                        ("downstream", any()),
+                    ]),
                 )
                 .fails(422, "invalid_parameter"),
         ),
@@ -150,11 +168,19 @@ fn operations() -> Vec<Op> {
                 200,
                 "the outcome of every call (failures included)",
                 obj(&[
+                    ("total_calls", int()),
+                    ("duration_seconds", num()),
                     ("calls", int()),
                     ("succeeded", int()),
                     ("failed", int()),
                     ("timeout_seconds", int()),
-                    ("results", array_of(any())),
+                    ("results", array_of(obj(&[
+                        ("service", int()),
+                        ("status", string()),
+                        ("call", int()),
+                        ("ok", boolean()),
+                        ("http_status", int()),
+                    ]))),
                 ]),
             ),
         downstream_failures(
@@ -201,6 +227,7 @@ fn repro_plan(config: &RunConfig, _cpu_ms: Option<f64>) -> Plan {
             "downstream calls in flight (max)",
             f64::from(knobs.downstream_max_concurrency) - 0.5,
         ),
+        Watch::gauge("downstream_pool_waiting", "calls waiting for a connection (max)", 0.5),
         Watch::counter("circuit_breaker_rejections_total", "breaker rejections", 0.0),
     ];
     plan
@@ -209,26 +236,41 @@ fn repro_plan(config: &RunConfig, _cpu_ms: Option<f64>) -> Plan {
 /// The prediction from the knobs in force (after the profile and the run's knobs).
 fn repro_predict(config: &RunConfig, _cpu_ms: Option<f64>) -> Prediction {
     let knobs = &config.knobs;
-    let bulkhead = knobs.downstream_max_concurrency as f64;
     let cap = knobs.downstream_timeout_cap_ms as f64;
+    let (bulkhead, pool) = (knobs.downstream_max_concurrency, knobs.downstream_pool_size);
+    let lanes = [bulkhead, pool].into_iter().filter(|&n| n > 0).min();
     if cap > 0.0 && cap < 3000.0 {
-        Prediction {
+        return Prediction {
             capacity_rps: None,
             formula: format!("every call is cut at the {cap} ms timeout cap, before the dependency's 3 s: no call can succeed"),
             expect: "nothing waits past the cap; once the breaker opens, calls fail at once with 503 circuit_open instead of piling up".into(),
-        }
-    } else if bulkhead > 0.0 {
-        Prediction {
-            capacity_rps: Some(bulkhead / 3.0),
-            formula: format!("bulkhead {bulkhead} calls / 3 s per call = {:.1} req/s", bulkhead / 3.0),
-            expect: "past capacity calls are refused at once (503), in-flight requests stay bounded".into(),
-        }
-    } else {
-        Prediction {
+        };
+    }
+    let Some(lanes) = lanes else {
+        return Prediction {
             capacity_rps: None,
-            formula: "no bulkhead: in flight = offered rate × 3 s (Little's law), without bound".into(),
+            formula: "no bulkhead, no pool limit: in flight = offered rate × 3 s (Little's law), without bound".into(),
             expect: "every request waits the dependency out: latency ≥ 3 s at any rate, in-flight requests pile up"
                 .into(),
-        }
+        };
+    };
+    let capacity = f64::from(lanes) / 3.0;
+    let what = if bulkhead > 0 && bulkhead <= pool || pool == 0 {
+        format!("bulkhead {bulkhead}")
+    } else {
+        format!("pool {pool} connections")
+    };
+    let queues = (bulkhead == 0 || bulkhead > pool) && pool > 0 && knobs.downstream_pool_wait_ms == 0;
+    Prediction {
+        capacity_rps: Some(capacity),
+        formula: format!("{what} / 3 s per call = {capacity:.1} req/s"),
+        expect: if queues {
+            format!(
+                "past capacity calls wait for a connection without limit: each {pool} queued calls add 3 s, \
+                 downstream_pool_waiting grows until callers time out"
+            )
+        } else {
+            "past capacity calls are refused at once (503), in-flight requests stay bounded".into()
+        },
     }
 }

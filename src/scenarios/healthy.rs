@@ -9,7 +9,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::apidoc::{any, obj, string, Op};
+use crate::apidoc::{any, num, obj, string, Op};
 use crate::error::AppError;
 use crate::scenarios::{Gauge, K6Script, Scenario};
 use crate::AppState;
@@ -29,6 +29,7 @@ async fn index(State(state): State<AppState>) -> Json<Value> {
     Json(json!({
         "service": "chokepoint",
         "version": env!("CARGO_PKG_VERSION"),
+        "status": "healthy",
         "description": "a deliberately fragile backend that reproduces production collapses on demand",
         "database": state.db.backend(),
         "downstream": state.downstream.base_url(),
@@ -36,8 +37,15 @@ async fn index(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
+/// Seconds since the Unix epoch, as Python's `time.time()` gives them (the original's timestamps).
+pub fn epoch_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 async fn health() -> Json<Value> {
-    Json(json!({"status": "healthy"}))
+    Json(json!({"status": "healthy", "timestamp": epoch_seconds()}))
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
@@ -73,22 +81,26 @@ async fn ping() -> Json<Value> {
 }
 
 async fn fast() -> Json<Value> {
-    Json(json!({"status": "ok", "message": "fast response", "timestamp": chrono::Utc::now().to_rfc3339()}))
+    Json(json!({"status": "success", "message": "fast response", "timestamp": epoch_seconds()}))
 }
 
-/// Fallback for unknown paths: the same JSON error shape as everything else.
-pub async fn not_found(uri: Uri) -> AppError {
-    AppError::NotFound {
-        detail: format!("no route for {}", uri.path()),
-    }
+/// Fallback for unknown paths: the same JSON error shape as everything else, with the original
+/// lab's (FastAPI's) `detail` word for word and our sentence in `message`.
+pub async fn not_found(uri: Uri) -> Response {
+    let message = format!("no route for {}", uri.path());
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": "not_found", "detail": "Not Found", "message": message})),
+    )
+        .into_response()
 }
 
-/// A known path called with the wrong method.
+/// A known path called with the wrong method (FastAPI's `detail`, our `message`).
 pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    let detail = format!("{method} is not allowed on {}", uri.path());
+    let message = format!("{method} is not allowed on {}", uri.path());
     (
         StatusCode::METHOD_NOT_ALLOWED,
-        Json(json!({"error": "method_not_allowed", "detail": detail})),
+        Json(json!({"error": "method_not_allowed", "detail": "Method Not Allowed", "message": message})),
     )
         .into_response()
 }
@@ -119,11 +131,12 @@ fn operations() -> Vec<Op> {
             obj(&[
                 ("service", string()),
                 ("version", string()),
+                ("status", string()),
                 ("database", string()),
                 ("endpoints", any()),
             ]),
         ),
-        Op::new("get", "/health", "Liveness").ok(200, "alive", obj(&[("status", string())])),
+        Op::new("get", "/health", "Liveness").ok(200, "alive", obj(&[("status", string()), ("timestamp", num())])),
         Op::new("get", "/ready", "Readiness: database reachable and not draining")
             .ok(200, "ready", obj(&[("status", string()), ("database", string())]))
             .fails(503, "draining for shutdown or database unreachable (not_ready)"),
@@ -135,7 +148,7 @@ fn operations() -> Vec<Op> {
         Op::new("get", "/api/fast", "A fast response").ok(
             200,
             "ok",
-            obj(&[("status", string()), ("message", string()), ("timestamp", string())]),
+            obj(&[("status", string()), ("message", string()), ("timestamp", num())]),
         ),
     ]
 }

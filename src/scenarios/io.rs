@@ -52,16 +52,22 @@ pub fn router() -> Router<AppState> {
 
 async fn slow(params: Params) -> AppResult<Json<Value>> {
     let delay: f64 = params.get(&DELAY)?;
+    let start = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(delay)).await;
-    Ok(Json(
-        json!({"delay": delay, "message": format!("responded after {delay} s")}),
-    ))
+    Ok(Json(json!({
+        "status": "completed",
+        "requested_delay": delay,
+        "actual_duration": start.elapsed().as_secs_f64(),
+        "delay": delay,
+        "message": format!("responded after {delay} s"),
+    })))
 }
 
 async fn random_delay() -> Json<Value> {
     let delay = rand::rng().random_range(0.5..=5.0);
     tokio::time::sleep(Duration::from_secs_f64(delay)).await;
-    Json(json!({"delay": delay, "message": "responded after a random delay"}))
+    Json(json!({"status": "completed", "delay_seconds": delay, "delay": delay,
+                "message": "responded after a random delay"}))
 }
 
 async fn blocking(params: Params) -> AppResult<Json<Value>> {
@@ -69,6 +75,9 @@ async fn blocking(params: Params) -> AppResult<Json<Value>> {
     // Deliberately blocking: this parks the async worker thread itself.
     std::thread::sleep(Duration::from_secs_f64(duration));
     Ok(Json(json!({
+        "status": "completed",
+        "blocked_for": duration,
+        "warning": "This endpoint blocks the worker thread",
         "duration": duration,
         "message": "blocked an async worker thread; nothing else ran on it meanwhile",
     })))
@@ -83,14 +92,17 @@ async fn parallel_io(params: Params) -> AppResult<Json<Value>> {
     let start = Instant::now();
     let ops = delays.iter().enumerate().map(|(i, d)| async move {
         tokio::time::sleep(Duration::from_secs_f64(*d)).await;
-        json!({"operation": i, "delay": d})
+        json!({"task_id": i, "operation": i, "delay": d})
     });
     let results = futures::future::join_all(ops).await;
     let sequential: f64 = delays.iter().sum();
+    let elapsed = start.elapsed().as_secs_f64();
     Ok(Json(json!({
+        "total_tasks": count,
+        "total_duration": elapsed,
         "count": count,
         "results": results,
-        "elapsed_seconds": start.elapsed().as_secs_f64(),
+        "elapsed_seconds": elapsed,
         "sequential_seconds": sequential,
     })))
 }
@@ -118,15 +130,44 @@ fn operations() -> Vec<Op> {
         Op::new("get", "/api/slow", "Asynchronous sleep")
             .guard(Group::Io)
             .query(&[&DELAY])
-            .ok(200, "slept", obj(&[("delay", num()), ("message", string())]))
+            .ok(
+                200,
+                "slept",
+                obj(&[
+                    ("status", string()),
+                    ("requested_delay", num()),
+                    ("actual_duration", num()),
+                    ("delay", num()),
+                    ("message", string()),
+                ]),
+            )
             .fails(422, "invalid_parameter"),
         Op::new("get", "/api/random-delay", "Asynchronous sleep of 0.5-5 s")
             .guard(Group::Io)
-            .ok(200, "slept", obj(&[("delay", num()), ("message", string())])),
+            .ok(
+                200,
+                "slept",
+                obj(&[
+                    ("status", string()),
+                    ("delay_seconds", num()),
+                    ("delay", num()),
+                    ("message", string()),
+                ]),
+            ),
         Op::new("get", "/api/blocking", "Blocks the async worker thread it runs on")
             .guard(Group::Io)
             .query(&[&DURATION])
-            .ok(200, "blocked", obj(&[("duration", num()), ("message", string())]))
+            .ok(
+                200,
+                "blocked",
+                obj(&[
+                    ("status", string()),
+                    ("blocked_for", num()),
+                    ("warning", string()),
+                    ("duration", num()),
+                    ("message", string()),
+                ]),
+            )
             .fails(422, "invalid_parameter"),
         Op::new("get", "/api/parallel-io", "Concurrent simulated I/O")
             .guard(Group::Io)
@@ -135,8 +176,10 @@ fn operations() -> Vec<Op> {
                 200,
                 "done",
                 obj(&[
+                    ("total_tasks", int()),
+                    ("total_duration", num()),
                     ("count", int()),
-                    ("results", array_of(obj(&[("operation", int()), ("delay", num())]))),
+                    ("results", array_of(obj(&[("task_id", int()), ("operation", int()), ("delay", num())]))),
                     ("elapsed_seconds", num()),
                     ("sequential_seconds", num()),
                 ]),

@@ -21,7 +21,7 @@ use memmap2::MmapMut;
 use prometheus::{IntCounter, IntGauge, Registry};
 use serde_json::{json, Value};
 
-use crate::apidoc::{int, obj, string, Op};
+use crate::apidoc::{int, num, obj, string, Op};
 use crate::error::{AppError, AppResult};
 use crate::params::{Fallback, Num, Params};
 use crate::scenarios::{Gauge, K6Script, Reading, Repro, RunConfig, Scenario};
@@ -240,8 +240,10 @@ async fn memory_leak(State(state): State<AppState>, params: Params) -> AppResult
         "allocated_mb": size_mb,
         "retained_mb": store.retained_bytes() / MIB,
         "chunks": chunks,
+        "total_allocations": chunks,
         "limit_mb": store.limit / MIB,
         "message": "retained until POST /api/clear-memory",
+        "warning": "Memory will not be freed until POST /api/clear-memory or a restart",
     })))
 }
 
@@ -253,6 +255,7 @@ async fn memory_spike(State(state): State<AppState>, params: Params) -> AppResul
     let map = store.allocate(bytes, budget).await?;
     store.spike_gauge.add(bytes as i64);
     // Released even if the client goes away mid-hold.
+    let start = std::time::Instant::now();
     let _held = SpikeGuard {
         store: store.clone(),
         bytes,
@@ -260,6 +263,9 @@ async fn memory_spike(State(state): State<AppState>, params: Params) -> AppResul
     };
     tokio::time::sleep(SPIKE_HOLD).await;
     Ok(Json(json!({
+        "allocated_mb": size_mb,
+        "duration_seconds": start.elapsed().as_secs_f64(),
+        "note": "Memory is freed when the request ends",
         "spike_mb": size_mb,
         "held_ms": SPIKE_HOLD.as_millis() as u64,
         "message": "allocated, held, then freed",
@@ -298,7 +304,8 @@ async fn clear_memory(State(state): State<AppState>) -> Json<Value> {
         // Now, not at the next tick: the RSS chart should fall when the button is pressed.
         let _ = tokio::task::spawn_blocking(give_back).await;
     }
-    Json(json!({"released_mb": bytes / MIB, "chunks": chunks, "retained_mb": state.memory.retained_bytes() / MIB}))
+    Json(json!({"cleared_allocations": chunks, "status": "memory cleared",
+                "released_mb": bytes / MIB, "chunks": chunks, "retained_mb": state.memory.retained_bytes() / MIB}))
 }
 
 /// The catalog entry (see [`crate::scenarios::ALL`]).
@@ -343,8 +350,10 @@ fn operations() -> Vec<Op> {
                     ("allocated_mb", int()),
                     ("retained_mb", int()),
                     ("chunks", int()),
+                    ("total_allocations", int()),
                     ("limit_mb", int()),
                     ("message", string()),
+                    ("warning", string()),
                 ]),
             )
             .fails(422, "invalid_parameter")
@@ -354,14 +363,27 @@ fn operations() -> Vec<Op> {
             .ok(
                 200,
                 "done",
-                obj(&[("spike_mb", int()), ("held_ms", int()), ("message", string())]),
+                obj(&[
+                    ("allocated_mb", int()),
+                    ("duration_seconds", num()),
+                    ("note", string()),
+                    ("spike_mb", int()),
+                    ("held_ms", int()),
+                    ("message", string()),
+                ]),
             )
             .fails(422, "invalid_parameter")
             .fails(507, "the memory cap or budget would be exceeded (memory_cap)"),
         Op::new("post", "/api/clear-memory", "Free the retained memory").ok(
             200,
             "freed",
-            obj(&[("released_mb", int()), ("chunks", int()), ("retained_mb", int())]),
+            obj(&[
+                ("cleared_allocations", int()),
+                ("status", string()),
+                ("released_mb", int()),
+                ("chunks", int()),
+                ("retained_mb", int()),
+            ]),
         ),
     ]
 }

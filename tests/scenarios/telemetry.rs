@@ -67,7 +67,7 @@ async fn metrics_pass_promtool_check() {
             "{family} missing from /metrics"
         );
     }
-    assert!(text.contains(r#"http_request_duration_seconds_bucket{method="GET",route="/api/ping",le="60"}"#));
+    assert!(text.contains(r#"http_request_duration_seconds_bucket{endpoint="/api/ping",method="GET",route="/api/ping",le="60"}"#));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -333,11 +333,34 @@ impl TestApp {
     }
 }
 
+///
+/// Labels match as a subset: `http_requests_total{route="/health",status="200"}` finds the series
+/// whatever its other labels; the first series that has them all is read.
 pub fn metric_in(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
+    let (name, wanted) = split_series(series);
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (head, value) = l.rsplit_once(' ')?;
+        let (n, labels) = split_series(head);
+        (n == name && wanted.iter().all(|w| labels.contains(w)))
+            .then(|| value.trim().parse().ok())
+            .flatten()
+    })
+}
+
+/// `name{a="x",b="y"}` → (name, [`a="x"`, `b="y"`]).
+fn split_series(series: &str) -> (&str, Vec<&str>) {
+    match series.split_once('{') {
+        None => (series, Vec::new()),
+        Some((name, rest)) => {
+            let inner = rest.strip_suffix('}').unwrap_or(rest);
+            let labels = inner
+                .split("\",")
+                .filter(|l| !l.is_empty())
+                .map(|l| l.trim_end_matches('"'))
+                .collect();
+            (name, labels)
+        }
+    }
 }
 
 /// Median of durations.

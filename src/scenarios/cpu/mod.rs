@@ -5,6 +5,10 @@
 //! (`WORKER_COUNT` of them): while every worker computes, `/health` and `/api/ping` wait in line.
 //! `offload` (the fix) runs it on the blocking pool, at most `cpu_max_concurrency` jobs at once;
 //! the excess is shed with 503 + `Retry-After`, so the workers stay free for healthy routes.
+//! Knob `cpu_cost_model`: `seed` (both profiles) makes each call cost the CPU time the original
+//! Python lab spent on the same parameters ([`seed_cost`]: fib(30) ~82 ms, fib(34) ~561 ms), so the
+//! original's 50 req/s of fib(25..34) saturates two cores here as it did there; `native` is Rust
+//! speed (~26× less for fib), which no 2-core load of the original's size can saturate.
 //! Metrics that move: `http_request_duration_seconds{route="/health"}`, `process_cpu_seconds_total`,
 //! `cpu_offload_jobs_running`, `requests_shed_total{reason="cpu"}`.
 
@@ -21,11 +25,13 @@ use sha2::{Digest, Sha256};
 
 use crate::apidoc::{array_of, int, num, obj, string, Op};
 use crate::error::{AppError, AppResult};
-use crate::knobs::CpuMode;
+use crate::knobs::{CostModel, CpuMode};
 use crate::params::{Fallback, Num, Params};
 use crate::resilience::guard::Group;
 use crate::scenarios::{around, K6Script, Repro, RunConfig, Scenario, AROUND};
 use crate::AppState;
+
+pub mod seed_cost;
 
 /// The gauge of CPU jobs running on the blocking pool (offload mode).
 pub fn offload_gauge(registry: &Registry) -> IntGauge {
@@ -39,15 +45,40 @@ pub fn offload_gauge(registry: &Registry) -> IntGauge {
     )
 }
 
-/// Runs CPU work the way the `cpu_mode` knob says; returns the result and the mode used.
-async fn run_cpu<T, F>(state: &AppState, work: F) -> AppResult<(T, &'static str)>
+/// How a CPU job ran: where, and the CPU time its thread spent on it (the real computation plus
+/// the seed cost model's top-up).
+struct Ran<T> {
+    out: T,
+    mode: &'static str,
+    cpu: Duration,
+    model: &'static str,
+}
+
+/// Runs CPU work the way the `cpu_mode` knob says. With `cpu_cost_model = seed`, `seed` is what the
+/// original spent on the same parameters: the thread burns the difference after the real work.
+async fn run_cpu<T, F>(state: &AppState, seed: Option<Duration>, work: F) -> AppResult<Ran<T>>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
     let knobs = state.knobs.current();
-    match knobs.cpu_mode {
-        CpuMode::Inline => Ok((work(), "inline")),
+    let (seed, model) = match knobs.cpu_cost_model {
+        CostModel::Seed => (seed, "seed"),
+        CostModel::Native => (None, "native"),
+    };
+    let job = move || {
+        let start = thread_cpu_time();
+        let out = work();
+        if let Some(seed) = seed {
+            let used = thread_cpu_time().saturating_sub(start);
+            if seed > used {
+                burn_cpu(seed - used);
+            }
+        }
+        (out, thread_cpu_time().saturating_sub(start))
+    };
+    let ((out, cpu), mode) = match knobs.cpu_mode {
+        CpuMode::Inline => (job(), "inline"),
         CpuMode::Offload => {
             let Some(permit) = state.cpu_pool.try_enter(knobs.cpu_max_concurrency) else {
                 state.guard.count_shed("cpu");
@@ -60,13 +91,14 @@ where
             };
             let out = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                work()
+                job()
             })
             .await
             .map_err(AppError::internal)?;
-            Ok((out, "offload"))
+            (out, "offload")
         }
-    }
+    };
+    Ok(Ran { out, mode, cpu, model })
 }
 
 pub const COMPLEXITY: Num<u32> = Num {
@@ -74,7 +106,7 @@ pub const COMPLEXITY: Num<u32> = Num {
     default: Fallback::Value(30),
     min: 1,
     max: 40,
-    about: "Fibonacci index: fib(30) is about 1.6 million calls, fib(35) ten times that",
+    about: "Fibonacci index: fib(30) is 2.7 million calls, ~82 ms at cpu_cost_model=seed; each step costs 1.618x the one before",
 };
 
 pub const ITERATIONS: Num<u32> = Num {
@@ -131,24 +163,36 @@ pub fn chained_sha256(seed: &[u8], iterations: u32) -> [u8; 32] {
 async fn cpu_intensive(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
     let complexity: u32 = params.get(&COMPLEXITY)?;
     let start = Instant::now();
-    let (result, mode) = run_cpu(&state, move || fib(complexity)).await?;
+    let ran = run_cpu(&state, Some(seed_cost::fib(complexity)), move || fib(complexity)).await?;
+    let elapsed = start.elapsed().as_secs_f64();
     Ok(Json(json!({
         "complexity": complexity,
-        "result": result,
-        "duration_ms": start.elapsed().as_secs_f64() * 1e3,
-        "mode": mode,
+        "result": ran.out,
+        "duration_seconds": elapsed,
+        "warning": "This endpoint is CPU-intensive and blocks the worker that runs it",
+        "duration_ms": elapsed * 1e3,
+        "cpu_ms": ran.cpu.as_secs_f64() * 1e3,
+        "cost_model": ran.model,
+        "mode": ran.mode,
     })))
 }
 
 async fn hash(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
     let iterations: u32 = params.get(&ITERATIONS)?;
     let start = Instant::now();
-    let (digest, mode) = run_cpu(&state, move || chained_sha256(b"chokepoint", iterations)).await?;
+    let ran = run_cpu(&state, Some(seed_cost::hash(iterations)), move || {
+        chained_sha256(b"chokepoint", iterations)
+    })
+    .await?;
+    let elapsed = start.elapsed().as_secs_f64();
     Ok(Json(json!({
         "iterations": iterations,
-        "hash": hex::encode(digest),
-        "duration_ms": start.elapsed().as_secs_f64() * 1e3,
-        "mode": mode,
+        "hash": hex::encode(ran.out),
+        "duration_seconds": elapsed,
+        "duration_ms": elapsed * 1e3,
+        "cpu_ms": ran.cpu.as_secs_f64() * 1e3,
+        "cost_model": ran.model,
+        "mode": ran.mode,
     })))
 }
 
@@ -163,10 +207,14 @@ struct Record {
 async fn json_processing(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
     let size: u32 = params.get(&SIZE)?;
     let start = Instant::now();
-    let (summary, mode) = run_cpu(&state, move || process_json(size)).await?;
-    let mut body = summary.map_err(AppError::internal)?;
-    body["duration_ms"] = json!(start.elapsed().as_secs_f64() * 1e3);
-    body["mode"] = json!(mode);
+    let ran = run_cpu(&state, Some(seed_cost::json(size)), move || process_json(size)).await?;
+    let mut body = ran.out.map_err(AppError::internal)?;
+    let elapsed = start.elapsed().as_secs_f64();
+    body["duration_seconds"] = json!(elapsed);
+    body["duration_ms"] = json!(elapsed * 1e3);
+    body["cpu_ms"] = json!(ran.cpu.as_secs_f64() * 1e3);
+    body["cost_model"] = json!(ran.model);
+    body["mode"] = json!(ran.mode);
     Ok(Json(body))
 }
 
@@ -229,12 +277,12 @@ pub fn burn_cpu(target: Duration) -> Duration {
 async fn burn(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
     let ms = params.get(&BURN_MS)?;
     let start = Instant::now();
-    let (used, mode) = run_cpu(&state, move || burn_cpu(Duration::from_millis(ms))).await?;
+    let ran = run_cpu(&state, None, move || burn_cpu(Duration::from_millis(ms))).await?;
     Ok(Json(json!({
         "ms": ms,
-        "cpu_ms": used.as_secs_f64() * 1e3,
+        "cpu_ms": ran.out.as_secs_f64() * 1e3,
         "wall_ms": start.elapsed().as_secs_f64() * 1e3,
-        "mode": mode,
+        "mode": ran.mode,
     })))
 }
 
@@ -245,7 +293,7 @@ pub const SCENARIO: Scenario = Scenario {
     doc: "docs/scenarios/cpu.md",
     k6: K6Script {
         path: "load-tests/cpu.js",
-        source: include_str!("../../load-tests/cpu.js"),
+        source: include_str!("../../../load-tests/cpu.js"),
         smoke: true,
     },
     test: "tests/scenarios/cpu.rs",
@@ -271,7 +319,11 @@ fn operations() -> Vec<Op> {
             obj(&[
                 ("complexity", int()),
                 ("result", int()),
+                ("duration_seconds", num()),
+                ("warning", string()),
                 ("duration_ms", num()),
+                ("cpu_ms", num()),
+                ("cost_model", string()),
                 ("mode", string()),
             ]),
         )
@@ -286,7 +338,10 @@ fn operations() -> Vec<Op> {
                 obj(&[
                     ("iterations", int()),
                     ("hash", string()),
+                    ("duration_seconds", num()),
                     ("duration_ms", num()),
+                    ("cpu_ms", num()),
+                    ("cost_model", string()),
                     ("mode", string()),
                 ]),
             )
@@ -304,7 +359,10 @@ fn operations() -> Vec<Op> {
                     ("sum", num()),
                     ("average", num()),
                     ("top_ids", array_of(int())),
+                    ("duration_seconds", num()),
                     ("duration_ms", num()),
+                    ("cpu_ms", num()),
+                    ("cost_model", string()),
                     ("mode", string()),
                 ]),
             )
