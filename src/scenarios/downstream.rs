@@ -20,7 +20,7 @@ use crate::error::AppResult;
 use crate::infra::http_client::CallTimeout;
 use crate::params::{Fallback, Num, Params};
 use crate::resilience::guard::Group;
-use crate::scenarios::{Gauge, K6Script, Reading, Repro, RunConfig, Scenario};
+use crate::scenarios::{seed_number, Gauge, K6Script, Reading, Repro, RunConfig, Scenario};
 use crate::AppState;
 
 /// The seed's fixed downstream delays and fan-out.
@@ -61,7 +61,7 @@ async fn call_downstream(State(state): State<AppState>, params: Params) -> AppRe
         "status": "success",
         "downstream_response": ok.body,
         "duration_seconds": start.elapsed().as_secs_f64(),
-        "timeout_configured": timeout,
+        "timeout_configured": seed_number(timeout),
         "timeout": timeout,
         "elapsed_ms": ok.elapsed.as_secs_f64() * 1e3,
         "downstream": ok.body,

@@ -15,7 +15,7 @@ use crate::apidoc::{array_of, int, num, obj, string, Op};
 use crate::error::AppResult;
 use crate::params::{Fallback, Num, Params};
 use crate::resilience::guard::Group;
-use crate::scenarios::{K6Script, Scenario};
+use crate::scenarios::{seed_number, K6Script, Scenario};
 use crate::AppState;
 
 pub const DELAY: Num<f64> = Num {
@@ -56,7 +56,7 @@ async fn slow(params: Params) -> AppResult<Json<Value>> {
     tokio::time::sleep(Duration::from_secs_f64(delay)).await;
     Ok(Json(json!({
         "status": "completed",
-        "requested_delay": delay,
+        "requested_delay": seed_number(delay),
         "actual_duration": start.elapsed().as_secs_f64(),
         "delay": delay,
         "message": format!("responded after {delay} s"),
@@ -76,7 +76,7 @@ async fn blocking(params: Params) -> AppResult<Json<Value>> {
     std::thread::sleep(Duration::from_secs_f64(duration));
     Ok(Json(json!({
         "status": "completed",
-        "blocked_for": duration,
+        "blocked_for": seed_number(duration),
         "warning": "This endpoint blocks the worker thread",
         "duration": duration,
         "message": "blocked an async worker thread; nothing else ran on it meanwhile",

@@ -116,6 +116,16 @@ pub(crate) const AROUND: &[f64] = &[0.5, 0.8, 1.0, 1.25, 1.5, 2.0];
 pub(crate) const POOL_WAITING: Watch = Watch::gauge("db_pool_waiting", "waiting for a connection (max)", 0.0);
 
 /// The scenarios `chokepoint repro` can run, by id.
+/// A number in a response body as the original lab typed it: its integer parameters answer as
+/// integers (`5`, not `5.0`) even where chokepoint accepts fractions.
+pub fn seed_number(x: f64) -> serde_json::Value {
+    if x.fract() == 0.0 && x.abs() < 9.0e15 {
+        serde_json::json!(x as i64)
+    } else {
+        serde_json::json!(x)
+    }
+}
+
 pub fn repro_ids() -> Vec<&'static str> {
     ALL.iter().filter(|s| s.repro.is_some()).map(|s| s.id).collect()
 }

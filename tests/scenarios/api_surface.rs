@@ -151,7 +151,11 @@ async fn out_of_range_parameters_get_422_naming_parameter_and_range() {
         assert_eq!(body["parameter"], *param, "{path}: {body}");
         assert_eq!(body["range"]["min"].as_f64(), Some(*min), "{path}: {body}");
         assert_eq!(body["range"]["max"].as_f64(), Some(*max), "{path}: {body}");
-        assert!(body["detail"].as_str().unwrap().contains(param), "{path}: {body}");
+        assert!(body["message"].as_str().unwrap().contains(param), "{path}: {body}");
+        // FastAPI's list, as the original lab answered.
+        let entry = &body["detail"][0];
+        assert_eq!(entry["loc"], serde_json::json!(["query", param]), "{path}: {body}");
+        assert!(entry["msg"].is_string() && entry["type"].is_string(), "{path}: {body}");
     }
     // POST /api/tasks: title required and bounded.
     for path in [
@@ -178,4 +182,153 @@ async fn unknown_paths_and_methods_get_json_errors() {
     assert_eq!(body["error"], "method_not_allowed");
     let (status, body) = app.get_json("/api/cpu-intensive?complexity=%ZZ").await;
     assert!(status == 422 || status == 200, "{status} {body}");
+}
+
+/// The JSON type a field of the original lab's body had.
+#[derive(Clone, Copy, Debug)]
+enum T {
+    Int,
+    Num,
+    Str,
+    Arr,
+    Obj,
+    Is(&'static str),
+}
+
+fn has_type(v: &Value, t: T) -> bool {
+    match t {
+        T::Int => v.is_i64() || v.is_u64(),
+        T::Num => v.is_number(),
+        T::Str => v.is_string(),
+        T::Arr => v.is_array(),
+        T::Obj => v.is_object(),
+        T::Is(s) => v == s,
+    }
+}
+
+/// (method, path, the original's fields with their types; `a.0.b` reads the first item of `a`)
+const ORIGINAL_BODIES: &[(&str, &str, &[(&str, T)])] = &[
+    ("GET", "/", &[("service", T::Str), ("version", T::Str), ("status", T::Str)]),
+    ("GET", "/health", &[("status", T::Is("healthy")), ("timestamp", T::Num)]),
+    ("GET", "/api/fast", &[("status", T::Is("success")), ("message", T::Str), ("timestamp", T::Num)]),
+    ("GET", "/api/ping", &[("ping", T::Is("pong"))]),
+    (
+        "GET",
+        "/api/cpu-intensive?complexity=20.0",
+        &[("result", T::Int), ("complexity", T::Int), ("duration_seconds", T::Num), ("warning", T::Str)],
+    ),
+    ("GET", "/api/hash?iterations=100", &[("hash", T::Str), ("iterations", T::Int), ("duration_seconds", T::Num)]),
+    (
+        "GET",
+        "/api/json-processing?size=50",
+        &[("processed_items", T::Int), ("duration_seconds", T::Num), ("data_size_bytes", T::Int)],
+    ),
+    (
+        "GET",
+        "/api/slow?delay=1",
+        &[("status", T::Str), ("requested_delay", T::Int), ("actual_duration", T::Num), ("message", T::Str)],
+    ),
+    ("GET", "/api/random-delay", &[("status", T::Str), ("delay_seconds", T::Num)]),
+    ("GET", "/api/blocking?duration=1", &[("status", T::Str), ("blocked_for", T::Int), ("warning", T::Str)]),
+    (
+        "GET",
+        "/api/parallel-io?count=3",
+        &[("total_tasks", T::Int), ("total_duration", T::Num), ("results.0.task_id", T::Int), ("results.0.delay", T::Num)],
+    ),
+    (
+        "GET",
+        "/api/memory-leak?size_mb=1",
+        &[("allocated_mb", T::Int), ("total_allocations", T::Int), ("warning", T::Str)],
+    ),
+    (
+        "GET",
+        "/api/memory-spike?size_mb=1",
+        &[("allocated_mb", T::Int), ("duration_seconds", T::Num), ("note", T::Str)],
+    ),
+    ("POST", "/api/tasks?title=t", &[("task_id", T::Int), ("title", T::Is("t")), ("description", T::Is(""))]),
+    ("GET", "/api/tasks", &[("count", T::Int), ("tasks", T::Arr)]),
+    (
+        "GET",
+        "/api/db-pool-exhaust?concurrent_queries=1",
+        &[
+            ("concurrent_queries", T::Int),
+            ("duration_seconds", T::Num),
+            ("results.0.query_id", T::Int),
+            ("results.0.status", T::Is("success")),
+            ("warning", T::Str),
+        ],
+    ),
+    (
+        "GET",
+        "/api/expensive-query?iterations=5",
+        &[("created_tasks", T::Int), ("total_tasks", T::Int), ("duration_seconds", T::Num)],
+    ),
+    (
+        "GET",
+        "/api/call-downstream?timeout=10",
+        &[
+            ("status", T::Is("success")),
+            ("downstream_response", T::Obj),
+            ("duration_seconds", T::Num),
+            ("timeout_configured", T::Int),
+        ],
+    ),
+    (
+        "GET",
+        "/api/cascade-failure",
+        &[
+            ("total_calls", T::Int),
+            ("duration_seconds", T::Num),
+            ("results.0.service", T::Int),
+            ("results.0.status", T::Is("success")),
+            ("results.0.data", T::Obj),
+        ],
+    ),
+    ("POST", "/api/clear-memory", &[("cleared_allocations", T::Int), ("status", T::Str)]),
+    ("GET", "/api/nope", &[("detail", T::Is("Not Found"))]),
+    ("POST", "/api/ping", &[("detail", T::Is("Method Not Allowed"))]),
+    (
+        "GET",
+        "/api/cpu-intensive?complexity=41",
+        &[
+            ("detail.0.type", T::Is("less_than_equal")),
+            ("detail.0.loc", T::Arr),
+            ("detail.0.msg", T::Is("Input should be less than or equal to 40")),
+            ("detail.0.input", T::Is("41")),
+            ("detail.0.ctx.le", T::Int),
+        ],
+    ),
+    (
+        "GET",
+        "/api/slow?delay=abc",
+        &[("detail.0.type", T::Is("float_parsing")), ("detail.0.loc.1", T::Is("delay"))],
+    ),
+];
+
+/// A path like `results.0.status` into a body.
+fn at<'a>(body: &'a Value, path: &str) -> &'a Value {
+    path.split('.').fold(body, |v, key| match key.parse::<usize>() {
+        Ok(i) => &v[i],
+        Err(_) => &v[key],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_carry_the_original_labs_fields_with_its_types() {
+    let app = spawn_app(Db::Sqlite, &["--worker-count", "4"]).await;
+    let mut missing = Vec::new();
+    for (method, path, fields) in ORIGINAL_BODIES {
+        let resp = match *method {
+            "POST" => app.post(path).await,
+            _ => app.get(path).await,
+        };
+        let body: Value = resp.json().await.unwrap();
+        for (field, t) in fields.iter() {
+            let v = at(&body, field);
+            if !has_type(v, *t) {
+                missing.push(format!("{method} {path}: `{field}` should be {t:?}, is {v}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
 }

@@ -119,3 +119,32 @@ async fn offload_keeps_the_health_probe_fast_under_the_same_load() {
     assert!(hardened_shed > 0, "4 clients over a cap of 2: some work must be shed");
     assert!(app.metric(r#"requests_shed_total{reason="cpu"}"#).await >= hardened_shed as f64);
 }
+
+/// `cpu_cost_model = seed` (the default) spends what the original Python lab spent on fib(N):
+/// fib(27) cost it ~19 ms of CPU; Rust computes it in well under 2 ms (`native`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_cost_model_spends_the_originals_cpu_time() {
+    let app = spawn_app_alone(Db::Sqlite, &[]).await;
+    let cpu_ms = |body: serde_json::Value| body["cpu_ms"].as_f64().unwrap();
+    let mut seed = Vec::new();
+    for _ in 0..3 {
+        let (status, body) = app.get_json("/api/cpu-intensive?complexity=27").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["cost_model"], "seed");
+        seed.push(cpu_ms(body));
+    }
+    app.set_knobs(serde_json::json!({"cpu_cost_model": "native"})).await;
+    let mut native = Vec::new();
+    for _ in 0..3 {
+        let (_, body) = app.get_json("/api/cpu-intensive?complexity=27").await;
+        assert_eq!(body["cost_model"], "native");
+        native.push(cpu_ms(body));
+    }
+    let table_ms = 19.323; // seed_cost::FIB_US[27]
+    eprintln!("fib(27) CPU ms: seed {seed:?}, native {native:?}");
+    for ms in &seed {
+        assert!((ms / table_ms - 1.0).abs() < 0.15, "seed {ms} ms vs the table's {table_ms}");
+    }
+    let native_max = native.iter().cloned().fold(0.0, f64::max);
+    assert!(native_max * 4.0 < table_ms, "native {native:?} is not Rust speed");
+}

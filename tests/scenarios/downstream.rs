@@ -83,8 +83,11 @@ async fn cascade_reports_each_call() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["failed"], 5, "{body}");
     for r in body["results"].as_array().unwrap() {
-        assert_eq!(r["status"], 502, "{r}");
-        assert_eq!(r["error"], "downstream_error", "{r}");
+        // The original's fields: status success|failed and the error as text.
+        assert_eq!(r["status"], "failed", "{r}");
+        assert!(r["error"].as_str().unwrap().contains("downstream"), "{r}");
+        assert_eq!(r["http_status"], 502, "{r}");
+        assert_eq!(r["code"], "downstream_error", "{r}");
     }
 }
 
@@ -282,4 +285,59 @@ async fn retries_with_backoff_ride_out_transient_failures() {
     app.sim_control("fail-first?n=5").await;
     assert_eq!(app.get_json("/api/call-downstream?timeout=5").await.0, 502);
     assert_eq!(app.metric(r#"downstream_attempts_total{kind="retry"}"#).await, 7.0);
+}
+
+/// 12 concurrent `/api/call-downstream?timeout=10` (a 3 s dependency) through a pool of 4
+/// connections: (latencies with statuses, peak calls waiting for a connection).
+async fn through_a_small_pool(app: &crate::common::TestApp) -> (Vec<(u16, Duration)>, f64) {
+    let calls = futures::future::join_all((0..12).map(|_| async {
+        let start = Instant::now();
+        let status = app.get("/api/call-downstream?timeout=10").await.status().as_u16();
+        (status, start.elapsed())
+    }));
+    let sampler = async {
+        let mut peak: f64 = 0.0;
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            peak = peak.max(app.metric("downstream_pool_waiting").await);
+        }
+        peak
+    };
+    tokio::join!(calls, sampler)
+}
+
+/// The cascade's cause: the client's connection pool. Fragile queues for a connection without
+/// limit (each wave of 4 adds 3 s); a capped wait that counts against the deadline fails the
+/// excess fast instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_pool_queues_calls_until_its_wait_is_capped() {
+    let app = spawn_app(Db::Sqlite, &[]).await;
+    app.set_knobs(serde_json::json!({"downstream_pool_size": 4})).await;
+
+    // Fragile: three waves of 4; the last waits 6 s for a connection, then 3 s for the answer.
+    let (results, waiting) = through_a_small_pool(&app).await;
+    let mut latencies: Vec<Duration> = results.iter().map(|(_, d)| *d).collect();
+    latencies.sort();
+    eprintln!("fragile: peak waiting {waiting}, latencies {latencies:?}");
+    assert!(results.iter().all(|(s, _)| *s == 200), "{results:?}");
+    assert!(latencies[11] >= Duration::from_millis(8_500), "{latencies:?}");
+    assert!(latencies[0] < Duration::from_millis(4_500), "{latencies:?}");
+    assert!(waiting >= 7.0, "peak waiting {waiting}");
+
+    // The cure: wait at most 200 ms for a connection, taken from the call's deadline.
+    app.set_knobs(serde_json::json!({"downstream_pool_wait_ms": 200, "downstream_deadline_includes_wait": true}))
+        .await;
+    let (results, _) = through_a_small_pool(&app).await;
+    let served = results.iter().filter(|(s, _)| *s == 200).count();
+    let fast_refusals = results
+        .iter()
+        .filter(|(s, d)| *s == 503 && *d < Duration::from_millis(700))
+        .count();
+    let slowest = results.iter().map(|(_, d)| *d).max().unwrap();
+    eprintln!("capped: {served} served, {fast_refusals} refused fast, slowest {slowest:?}");
+    assert_eq!(served, 4, "{results:?}");
+    assert_eq!(fast_refusals, 8, "{results:?}");
+    assert!(slowest < Duration::from_millis(4_500), "{slowest:?}");
+    assert!(app.metric("downstream_pool_timeouts_total").await >= 8.0);
+    assert_eq!(app.metric("downstream_pool_waiting").await, 0.0);
 }

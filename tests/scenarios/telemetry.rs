@@ -122,3 +122,85 @@ async fn requests_carry_an_id() {
     assert_eq!(resp.status(), 405);
     assert!(resp.headers().contains_key("x-request-id"));
 }
+
+/// A client that gives up before the answer is counted: 499 with its duration (nginx's
+/// convention), so a collapse that makes clients leave shows on the request panels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_client_gives_up_is_counted_as_499() {
+    let app = spawn_app(Db::Sqlite, &[]).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let err = impatient.get(app.url("/api/slow?delay=3")).send().await.unwrap_err();
+        assert!(err.is_timeout(), "{err}");
+    }
+    let series = r#"http_requests_total{route="/api/slow",status="499"}"#;
+    let counted = crate::common::eventually(std::time::Duration::from_secs(3), || async {
+        crate::common::metric_in(&app.metrics_text().await, series) == Some(3.0)
+    })
+    .await;
+    let text = app.metrics_text().await;
+    assert!(counted, "{series} = {:?}", crate::common::metric_in(&text, series));
+    // With their duration: three observations of at least 0.25 s, none past a second.
+    let count = crate::common::metric_in(&text, r#"http_request_duration_seconds_count{route="/api/slow"}"#);
+    assert_eq!(count, Some(3.0));
+    let fast = crate::common::metric_in(&text, r#"http_request_duration_seconds_bucket{route="/api/slow",le="0.1"}"#);
+    let within = crate::common::metric_in(&text, r#"http_request_duration_seconds_bucket{route="/api/slow",le="1"}"#);
+    assert_eq!((fast, within), (Some(0.0), Some(3.0)));
+    // Nothing is left in flight.
+    assert_eq!(app.metric("http_requests_in_flight").await, 1.0, "only the /metrics scrape itself");
+}
+
+/// The original lab's neighbours: its metric names, `X-Process-Time`, and CORS for any origin
+/// (a knob; on by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_original_labs_metric_names_headers_and_cors() {
+    let app = spawn_app(Db::Sqlite, &[]).await;
+    let resp = app
+        .client
+        .get(app.url("/api/fast"))
+        .header("origin", "http://elsewhere.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+    let secs: f64 = resp.headers()["x-process-time"].to_str().unwrap().parse().unwrap();
+    assert!((0.0..1.0).contains(&secs), "{secs}");
+    // A browser's preflight is answered without reaching the route.
+    let pre = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/api/tasks"))
+        .header("origin", "http://elsewhere.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pre.status(), 200);
+    assert_eq!(pre.headers()["access-control-allow-origin"], "*");
+    assert_eq!(pre.headers()["access-control-allow-headers"], "content-type");
+
+    let text = app.metrics_text().await;
+    assert_eq!(
+        crate::common::metric_in(&text, r#"http_requests_total{endpoint="/api/fast",method="GET",status="200"}"#),
+        Some(1.0)
+    );
+    assert!(crate::common::metric_in(&text, "http_requests_active").is_some());
+    assert!(crate::common::metric_in(&text, "app_memory_bytes").unwrap() > 1e6);
+    assert!(crate::common::metric_in(&text, "app_cpu_percent").is_some());
+
+    // The knob turns CORS off.
+    app.set_knobs(serde_json::json!({"cors_allow_any_origin": false})).await;
+    let resp = app.get("/api/fast").await;
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+    let pre = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/api/tasks"))
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pre.status(), 405, "no preflight answer without the knob");
+}

@@ -211,6 +211,9 @@ async fn json_processing(State(state): State<AppState>, params: Params) -> AppRe
     let mut body = ran.out.map_err(AppError::internal)?;
     let elapsed = start.elapsed().as_secs_f64();
     body["duration_seconds"] = json!(elapsed);
+    // The original's names: items processed and the serialized size.
+    body["processed_items"] = body["size"].clone();
+    body["data_size_bytes"] = body["bytes"].clone();
     body["duration_ms"] = json!(elapsed * 1e3);
     body["cpu_ms"] = json!(ran.cpu.as_secs_f64() * 1e3);
     body["cost_model"] = json!(ran.model);
@@ -359,6 +362,8 @@ fn operations() -> Vec<Op> {
                     ("sum", num()),
                     ("average", num()),
                     ("top_ids", array_of(int())),
+                    ("processed_items", int()),
+                    ("data_size_bytes", int()),
                     ("duration_seconds", num()),
                     ("duration_ms", num()),
                     ("cpu_ms", num()),
