@@ -33,7 +33,7 @@ trap 'stop_lab; rm -rf "$work"' EXIT
 start_lab "$BIN" "$work/lab.log" DATABASE_URL="sqlite://$work/lab.db?mode=rwc" \
   REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX="fuzz-$$:" ADMIN_TOKEN="fuzz-$$-$RANDOM-token" \
   REQUEST_TIMEOUT_IO_MS=1500 REQUEST_TIMEOUT_DB_MS=1500 REQUEST_TIMEOUT_DOWNSTREAM_MS=1500 \
-  REQUEST_TIMEOUT_CPU_MS=1500 DEPLOY_WORK_MS=20 SHUTDOWN_DELAY_MS=0 || die "the lab did not start"
+  REQUEST_TIMEOUT_CPU_MS=1500 DEPLOY_WORK_MS=20 SHUTDOWN_DELAY_MS=0 CPU_COST_MODEL=native || die "the lab did not start"
 
 ping_p50() {
   python3 - "$LAB_URL" <<'PY'

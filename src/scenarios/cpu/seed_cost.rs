@@ -136,6 +136,12 @@ mod tests {
     }
 
     #[test]
+    fn the_cpu_page_has_the_table() {
+        let doc = include_str!("../../../docs/scenarios/cpu.md");
+        assert!(doc.contains(&markdown_table()), "docs/scenarios/cpu.md's table is out of date:\n{}", markdown_table());
+    }
+
+    #[test]
     fn hash_and_json_follow_their_measurements() {
         assert_eq!(hash(10_000), Duration::from_micros(4_900));
         assert_eq!(json(1_000), Duration::from_millis(1_714));
