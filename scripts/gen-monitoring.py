@@ -52,6 +52,9 @@ ROWS = [
         ], "From the request-duration histogram (buckets to 120 s)."),
         ("In flight", "short", [q("sum by (instance) (http_requests_in_flight)", "{{instance}}")],
          "Requests being served right now: a pile-up shows here first."),
+        ("Clients that gave up (499)/s by route", "reqps", [
+            q('sum by (route) (rate(http_requests_total{status="499"}[1m]))', "{{route}}")],
+         "Requests whose client closed the connection before the answer: a collapse clients time out on."),
     ]),
     (("cpu", "io"), [
         ("Canary latency p95 (/api/ping, /health)", "s", [
@@ -94,6 +97,11 @@ ROWS = [
         ("Downstream calls in flight", "short", [q("sum(downstream_calls_in_flight)", "in flight")],
          "A slow dependency without timeouts piles calls up here."),
         ("Calls by outcome", "reqps", [q("sum by (outcome) (rate(downstream_calls_total[1m]))", "{{outcome}}")], ""),
+        ("Connection pool: in use and waiting", "short", [
+            q("sum(downstream_pool_connections_in_use)", "in use"),
+            q("sum(downstream_pool_waiting)", "waiting for a connection"),
+            q("sum(rate(downstream_pool_timeouts_total[1m]))", "gave up waiting/s"),
+        ], "downstream_pool_size connections; past them calls queue (fragile: without limit, the cascade)."),
         ("Attempts per call (retry amplification)", "short", [
             q("sum(rate(downstream_attempts_total[1m])) / sum(rate(downstream_calls_total[1m]))", "attempts / call")],
          "Naive retries multiply the load on the struggling dependency."),

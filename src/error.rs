@@ -365,7 +365,13 @@ pub fn db_failure(e: &sqlx::Error) -> DbFailure {
 }
 
 /// One entry of FastAPI's 422 `detail` list (pydantic v2's wording) for a query parameter.
-fn fastapi_error(param: &str, message: &str, range: Option<&(String, String)>, input: Option<&str>, rule: Rule) -> Value {
+fn fastapi_error(
+    param: &str,
+    message: &str,
+    range: Option<&(String, String)>,
+    input: Option<&str>,
+    rule: Rule,
+) -> Value {
     let loc = json!(["query", param]);
     let (min, max) = range.map_or((Value::Null, Value::Null), |(a, b)| (num_or_str(a), num_or_str(b)));
     let (kind, msg, ctx) = match rule {
@@ -392,7 +398,10 @@ fn fastapi_error(param: &str, message: &str, range: Option<&(String, String)>, i
         ),
         Rule::TooShort => (
             "string_too_short",
-            format!("String should have at least {min} character{}", if min == json!(1) { "" } else { "s" }),
+            format!(
+                "String should have at least {min} character{}",
+                if min == json!(1) { "" } else { "s" }
+            ),
             Some(json!({"min_length": min})),
         ),
         Rule::TooLong => (

@@ -90,7 +90,11 @@ impl Params {
                         ),
                         range: Some((len.start().to_string(), len.end().to_string())),
                         input: Some(v.clone()),
-                        rule: if n < *len.start() { Rule::TooShort } else { Rule::TooLong },
+                        rule: if n < *len.start() {
+                            Rule::TooShort
+                        } else {
+                            Rule::TooLong
+                        },
                     })
                 }
             }

@@ -15,8 +15,8 @@ use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterV
 use serde_json::Value;
 
 use crate::error::AppError;
-use crate::knobs::Knobs;
 use crate::infra::outbound_pool::OutboundPool;
+use crate::knobs::Knobs;
 use crate::resilience::breaker::Breaker;
 use crate::resilience::bulkhead::Bulkhead;
 use crate::resilience::retry::{backoff, RetryBudget};

@@ -174,13 +174,16 @@ fn operations() -> Vec<Op> {
                     ("succeeded", int()),
                     ("failed", int()),
                     ("timeout_seconds", int()),
-                    ("results", array_of(obj(&[
-                        ("service", int()),
-                        ("status", string()),
-                        ("call", int()),
-                        ("ok", boolean()),
-                        ("http_status", int()),
-                    ]))),
+                    (
+                        "results",
+                        array_of(obj(&[
+                            ("service", int()),
+                            ("status", string()),
+                            ("call", int()),
+                            ("ok", boolean()),
+                            ("http_status", int()),
+                        ])),
+                    ),
                 ]),
             ),
         downstream_failures(

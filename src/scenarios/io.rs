@@ -179,7 +179,10 @@ fn operations() -> Vec<Op> {
                     ("total_tasks", int()),
                     ("total_duration", num()),
                     ("count", int()),
-                    ("results", array_of(obj(&[("task_id", int()), ("operation", int()), ("delay", num())]))),
+                    (
+                        "results",
+                        array_of(obj(&[("task_id", int()), ("operation", int()), ("delay", num())])),
+                    ),
                     ("elapsed_seconds", num()),
                     ("sequential_seconds", num()),
                 ]),

@@ -206,46 +206,96 @@ fn has_type(v: &Value, t: T) -> bool {
     }
 }
 
-/// (method, path, the original's fields with their types; `a.0.b` reads the first item of `a`)
-const ORIGINAL_BODIES: &[(&str, &str, &[(&str, T)])] = &[
-    ("GET", "/", &[("service", T::Str), ("version", T::Str), ("status", T::Str)]),
+/// The original's fields of one body with their types; `a.0.b` reads the first item of `a`.
+type Fields = &'static [(&'static str, T)];
+
+/// (method, path, fields)
+const ORIGINAL_BODIES: &[(&str, &str, Fields)] = &[
+    (
+        "GET",
+        "/",
+        &[("service", T::Str), ("version", T::Str), ("status", T::Str)],
+    ),
     ("GET", "/health", &[("status", T::Is("healthy")), ("timestamp", T::Num)]),
-    ("GET", "/api/fast", &[("status", T::Is("success")), ("message", T::Str), ("timestamp", T::Num)]),
+    (
+        "GET",
+        "/api/fast",
+        &[("status", T::Is("success")), ("message", T::Str), ("timestamp", T::Num)],
+    ),
     ("GET", "/api/ping", &[("ping", T::Is("pong"))]),
     (
         "GET",
         "/api/cpu-intensive?complexity=20.0",
-        &[("result", T::Int), ("complexity", T::Int), ("duration_seconds", T::Num), ("warning", T::Str)],
+        &[
+            ("result", T::Int),
+            ("complexity", T::Int),
+            ("duration_seconds", T::Num),
+            ("warning", T::Str),
+        ],
     ),
-    ("GET", "/api/hash?iterations=100", &[("hash", T::Str), ("iterations", T::Int), ("duration_seconds", T::Num)]),
+    (
+        "GET",
+        "/api/hash?iterations=100",
+        &[("hash", T::Str), ("iterations", T::Int), ("duration_seconds", T::Num)],
+    ),
     (
         "GET",
         "/api/json-processing?size=50",
-        &[("processed_items", T::Int), ("duration_seconds", T::Num), ("data_size_bytes", T::Int)],
+        &[
+            ("processed_items", T::Int),
+            ("duration_seconds", T::Num),
+            ("data_size_bytes", T::Int),
+        ],
     ),
     (
         "GET",
         "/api/slow?delay=1",
-        &[("status", T::Str), ("requested_delay", T::Int), ("actual_duration", T::Num), ("message", T::Str)],
+        &[
+            ("status", T::Str),
+            ("requested_delay", T::Int),
+            ("actual_duration", T::Num),
+            ("message", T::Str),
+        ],
     ),
-    ("GET", "/api/random-delay", &[("status", T::Str), ("delay_seconds", T::Num)]),
-    ("GET", "/api/blocking?duration=1", &[("status", T::Str), ("blocked_for", T::Int), ("warning", T::Str)]),
+    (
+        "GET",
+        "/api/random-delay",
+        &[("status", T::Str), ("delay_seconds", T::Num)],
+    ),
+    (
+        "GET",
+        "/api/blocking?duration=1",
+        &[("status", T::Str), ("blocked_for", T::Int), ("warning", T::Str)],
+    ),
     (
         "GET",
         "/api/parallel-io?count=3",
-        &[("total_tasks", T::Int), ("total_duration", T::Num), ("results.0.task_id", T::Int), ("results.0.delay", T::Num)],
+        &[
+            ("total_tasks", T::Int),
+            ("total_duration", T::Num),
+            ("results.0.task_id", T::Int),
+            ("results.0.delay", T::Num),
+        ],
     ),
     (
         "GET",
         "/api/memory-leak?size_mb=1",
-        &[("allocated_mb", T::Int), ("total_allocations", T::Int), ("warning", T::Str)],
+        &[
+            ("allocated_mb", T::Int),
+            ("total_allocations", T::Int),
+            ("warning", T::Str),
+        ],
     ),
     (
         "GET",
         "/api/memory-spike?size_mb=1",
         &[("allocated_mb", T::Int), ("duration_seconds", T::Num), ("note", T::Str)],
     ),
-    ("POST", "/api/tasks?title=t", &[("task_id", T::Int), ("title", T::Is("t")), ("description", T::Is(""))]),
+    (
+        "POST",
+        "/api/tasks?title=t",
+        &[("task_id", T::Int), ("title", T::Is("t")), ("description", T::Is(""))],
+    ),
     ("GET", "/api/tasks", &[("count", T::Int), ("tasks", T::Arr)]),
     (
         "GET",
@@ -261,7 +311,11 @@ const ORIGINAL_BODIES: &[(&str, &str, &[(&str, T)])] = &[
     (
         "GET",
         "/api/expensive-query?iterations=5",
-        &[("created_tasks", T::Int), ("total_tasks", T::Int), ("duration_seconds", T::Num)],
+        &[
+            ("created_tasks", T::Int),
+            ("total_tasks", T::Int),
+            ("duration_seconds", T::Num),
+        ],
     ),
     (
         "GET",
@@ -284,7 +338,11 @@ const ORIGINAL_BODIES: &[(&str, &str, &[(&str, T)])] = &[
             ("results.0.data", T::Obj),
         ],
     ),
-    ("POST", "/api/clear-memory", &[("cleared_allocations", T::Int), ("status", T::Str)]),
+    (
+        "POST",
+        "/api/clear-memory",
+        &[("cleared_allocations", T::Int), ("status", T::Str)],
+    ),
     ("GET", "/api/nope", &[("detail", T::Is("Not Found"))]),
     ("POST", "/api/ping", &[("detail", T::Is("Method Not Allowed"))]),
     (
@@ -301,7 +359,10 @@ const ORIGINAL_BODIES: &[(&str, &str, &[(&str, T)])] = &[
     (
         "GET",
         "/api/slow?delay=abc",
-        &[("detail.0.type", T::Is("float_parsing")), ("detail.0.loc.1", T::Is("delay"))],
+        &[
+            ("detail.0.type", T::Is("float_parsing")),
+            ("detail.0.loc.1", T::Is("delay")),
+        ],
     ),
 ];
 

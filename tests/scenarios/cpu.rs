@@ -143,7 +143,10 @@ async fn the_seed_cost_model_spends_the_originals_cpu_time() {
     let table_ms = 19.323; // seed_cost::FIB_US[27]
     eprintln!("fib(27) CPU ms: seed {seed:?}, native {native:?}");
     for ms in &seed {
-        assert!((ms / table_ms - 1.0).abs() < 0.15, "seed {ms} ms vs the table's {table_ms}");
+        assert!(
+            (ms / table_ms - 1.0).abs() < 0.15,
+            "seed {ms} ms vs the table's {table_ms}"
+        );
     }
     let native_max = native.iter().cloned().fold(0.0, f64::max);
     assert!(native_max * 4.0 < table_ms, "native {native:?} is not Rust speed");

@@ -67,7 +67,9 @@ async fn metrics_pass_promtool_check() {
             "{family} missing from /metrics"
         );
     }
-    assert!(text.contains(r#"http_request_duration_seconds_bucket{endpoint="/api/ping",method="GET",route="/api/ping",le="60"}"#));
+    assert!(text.contains(
+        r#"http_request_duration_seconds_bucket{endpoint="/api/ping",method="GET",route="/api/ping",le="60"}"#
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,11 +148,21 @@ async fn a_request_whose_client_gives_up_is_counted_as_499() {
     // With their duration: three observations of at least 0.25 s, none past a second.
     let count = crate::common::metric_in(&text, r#"http_request_duration_seconds_count{route="/api/slow"}"#);
     assert_eq!(count, Some(3.0));
-    let fast = crate::common::metric_in(&text, r#"http_request_duration_seconds_bucket{route="/api/slow",le="0.1"}"#);
-    let within = crate::common::metric_in(&text, r#"http_request_duration_seconds_bucket{route="/api/slow",le="1"}"#);
+    let fast = crate::common::metric_in(
+        &text,
+        r#"http_request_duration_seconds_bucket{route="/api/slow",le="0.1"}"#,
+    );
+    let within = crate::common::metric_in(
+        &text,
+        r#"http_request_duration_seconds_bucket{route="/api/slow",le="1"}"#,
+    );
     assert_eq!((fast, within), (Some(0.0), Some(3.0)));
     // Nothing is left in flight.
-    assert_eq!(app.metric("http_requests_in_flight").await, 1.0, "only the /metrics scrape itself");
+    assert_eq!(
+        app.metric("http_requests_in_flight").await,
+        1.0,
+        "only the /metrics scrape itself"
+    );
 }
 
 /// The original lab's neighbours: its metric names, `X-Process-Time`, and CORS for any origin
@@ -184,7 +196,10 @@ async fn the_original_labs_metric_names_headers_and_cors() {
 
     let text = app.metrics_text().await;
     assert_eq!(
-        crate::common::metric_in(&text, r#"http_requests_total{endpoint="/api/fast",method="GET",status="200"}"#),
+        crate::common::metric_in(
+            &text,
+            r#"http_requests_total{endpoint="/api/fast",method="GET",status="200"}"#
+        ),
         Some(1.0)
     );
     assert!(crate::common::metric_in(&text, "http_requests_active").is_some());

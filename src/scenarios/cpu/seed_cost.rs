@@ -32,7 +32,7 @@ pub const FIB_US: [u32; 41] = [
     0, 0, 0, 0, 0, 0, 1, 1, 2, 3, // 0..=9
     5, 9, 14, 23, 37, 60, 97, 157, 254, 411, // 10..=19
     665, 1_077, 1_742, 2_819, 4_561, 7_381, 11_942, 19_323, 31_265, 50_588, // 20..=29
-    81_853, 132_441, 214_294, 346_735, 561_030, 907_765, 1_468_795, 2_376_561, 3_845_356, 6_221_917, // 30..=39
+    81_853, 132_441, 214_294, 346_735, 561_030, 907_765, 1_468_795, 2_376_561, 3_845_356, 6_221_917,  // 30..=39
     10_067_273, // 40
 ];
 
@@ -83,7 +83,9 @@ pub fn json(size: u32) -> Duration {
 
 /// The fibonacci table as a markdown table (docs/scenarios/cpu.md carries it; a test keeps it current).
 pub fn markdown_table() -> String {
-    let mut out = String::from("| N | original CPU time | N | original CPU time | N | original CPU time |\n|---|---|---|---|---|---|\n");
+    let mut out = String::from(
+        "| N | original CPU time | N | original CPU time | N | original CPU time |\n|---|---|---|---|---|---|\n",
+    );
     let cell = |n: usize| -> String {
         let us = FIB_US[n];
         if us >= 1_000_000 {
@@ -97,7 +99,13 @@ pub fn markdown_table() -> String {
     for row in 0..14 {
         let cols: Vec<String> = [row + 1, row + 15, row + 29]
             .into_iter()
-            .map(|n| if n <= 40 { format!("{n} | {}", cell(n)) } else { " | ".to_string() })
+            .map(|n| {
+                if n <= 40 {
+                    format!("{n} | {}", cell(n))
+                } else {
+                    " | ".to_string()
+                }
+            })
             .collect();
         out.push_str(&format!("| {} |\n", cols.join(" | ")));
     }
@@ -128,7 +136,10 @@ mod tests {
     fn the_fib_table_meets_the_originals_measurements() {
         for (n, original_ms) in [(25, 7.8), (30, 80.0), (34, 546.0)] {
             let ms = fib(n).as_secs_f64() * 1e3;
-            assert!((ms / original_ms - 1.0).abs() < 0.06, "fib({n}): {ms} ms vs {original_ms}");
+            assert!(
+                (ms / original_ms - 1.0).abs() < 0.06,
+                "fib({n}): {ms} ms vs {original_ms}"
+            );
         }
         // The growth ratio of consecutive entries tends to φ.
         let ratio = f64::from(FIB_US[40]) / f64::from(FIB_US[39]);
@@ -138,7 +149,11 @@ mod tests {
     #[test]
     fn the_cpu_page_has_the_table() {
         let doc = include_str!("../../../docs/scenarios/cpu.md");
-        assert!(doc.contains(&markdown_table()), "docs/scenarios/cpu.md's table is out of date:\n{}", markdown_table());
+        assert!(
+            doc.contains(&markdown_table()),
+            "docs/scenarios/cpu.md's table is out of date:\n{}",
+            markdown_table()
+        );
     }
 
     #[test]
