@@ -52,6 +52,34 @@ struct Ran<T> {
     mode: &'static str,
     cpu: Duration,
     model: &'static str,
+    /// Wall time from the call to run_cpu, queueing included.
+    elapsed: Duration,
+}
+
+impl<T> Ran<T> {
+    /// `body` plus what every CPU route reports of its run (see [`with_run_fields`]).
+    fn answer(&self, mut body: Value) -> Json<Value> {
+        let secs = self.elapsed.as_secs_f64();
+        body["duration_seconds"] = json!(secs);
+        body["duration_ms"] = json!(secs * 1e3);
+        body["cpu_ms"] = json!(self.cpu.as_secs_f64() * 1e3);
+        body["cost_model"] = json!(self.model);
+        body["mode"] = json!(self.mode);
+        Json(body)
+    }
+}
+
+/// The schema of a CPU route's answer: its own fields and the run's ([`Ran::answer`]).
+fn with_run_fields(own: &[(&str, Value)]) -> Value {
+    let mut fields = own.to_vec();
+    fields.extend([
+        ("duration_seconds", num()),
+        ("duration_ms", num()),
+        ("cpu_ms", num()),
+        ("cost_model", string()),
+        ("mode", string()),
+    ]);
+    obj(&fields)
 }
 
 /// Runs CPU work the way the `cpu_mode` knob says. With `cpu_cost_model = seed`, `seed` is what the
@@ -61,6 +89,7 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
+    let started = Instant::now();
     let knobs = state.knobs.current();
     let (seed, model) = match knobs.cpu_cost_model {
         CostModel::Seed => (seed, "seed"),
@@ -98,7 +127,13 @@ where
             (out, "offload")
         }
     };
-    Ok(Ran { out, mode, cpu, model })
+    Ok(Ran {
+        out,
+        mode,
+        cpu,
+        model,
+        elapsed: started.elapsed(),
+    })
 }
 
 pub const COMPLEXITY: Num<u32> = Num {
@@ -162,38 +197,21 @@ pub fn chained_sha256(seed: &[u8], iterations: u32) -> [u8; 32] {
 
 async fn cpu_intensive(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
     let complexity: u32 = params.get(&COMPLEXITY)?;
-    let start = Instant::now();
     let ran = run_cpu(&state, Some(seed_cost::fib(complexity)), move || fib(complexity)).await?;
-    let elapsed = start.elapsed().as_secs_f64();
-    Ok(Json(json!({
+    Ok(ran.answer(json!({
         "complexity": complexity,
         "result": ran.out,
-        "duration_seconds": elapsed,
         "warning": "This endpoint is CPU-intensive and blocks the worker that runs it",
-        "duration_ms": elapsed * 1e3,
-        "cpu_ms": ran.cpu.as_secs_f64() * 1e3,
-        "cost_model": ran.model,
-        "mode": ran.mode,
     })))
 }
 
 async fn hash(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
     let iterations: u32 = params.get(&ITERATIONS)?;
-    let start = Instant::now();
     let ran = run_cpu(&state, Some(seed_cost::hash(iterations)), move || {
         chained_sha256(b"chokepoint", iterations)
     })
     .await?;
-    let elapsed = start.elapsed().as_secs_f64();
-    Ok(Json(json!({
-        "iterations": iterations,
-        "hash": hex::encode(ran.out),
-        "duration_seconds": elapsed,
-        "duration_ms": elapsed * 1e3,
-        "cpu_ms": ran.cpu.as_secs_f64() * 1e3,
-        "cost_model": ran.model,
-        "mode": ran.mode,
-    })))
+    Ok(ran.answer(json!({"iterations": iterations, "hash": hex::encode(ran.out)})))
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -206,19 +224,12 @@ struct Record {
 
 async fn json_processing(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
     let size: u32 = params.get(&SIZE)?;
-    let start = Instant::now();
-    let ran = run_cpu(&state, Some(seed_cost::json(size)), move || process_json(size)).await?;
-    let mut body = ran.out.map_err(AppError::internal)?;
-    let elapsed = start.elapsed().as_secs_f64();
-    body["duration_seconds"] = json!(elapsed);
+    let mut ran = run_cpu(&state, Some(seed_cost::json(size)), move || process_json(size)).await?;
+    let mut body = std::mem::replace(&mut ran.out, Ok(Value::Null)).map_err(AppError::internal)?;
     // The original's names: items processed and the serialized size.
     body["processed_items"] = body["size"].clone();
     body["data_size_bytes"] = body["bytes"].clone();
-    body["duration_ms"] = json!(elapsed * 1e3);
-    body["cpu_ms"] = json!(ran.cpu.as_secs_f64() * 1e3);
-    body["cost_model"] = json!(ran.model);
-    body["mode"] = json!(ran.mode);
-    Ok(Json(body))
+    Ok(ran.answer(body))
 }
 
 /// Builds `size` records, serializes, parses back and aggregates them.
@@ -279,12 +290,11 @@ pub fn burn_cpu(target: Duration) -> Duration {
 
 async fn burn(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
     let ms = params.get(&BURN_MS)?;
-    let start = Instant::now();
     let ran = run_cpu(&state, None, move || burn_cpu(Duration::from_millis(ms))).await?;
     Ok(Json(json!({
         "ms": ms,
         "cpu_ms": ran.out.as_secs_f64() * 1e3,
-        "wall_ms": start.elapsed().as_secs_f64() * 1e3,
+        "wall_ms": ran.elapsed.as_secs_f64() * 1e3,
         "mode": ran.mode,
     })))
 }
@@ -319,16 +329,7 @@ fn operations() -> Vec<Op> {
         .ok(
             200,
             "computed",
-            obj(&[
-                ("complexity", int()),
-                ("result", int()),
-                ("duration_seconds", num()),
-                ("warning", string()),
-                ("duration_ms", num()),
-                ("cpu_ms", num()),
-                ("cost_model", string()),
-                ("mode", string()),
-            ]),
+            with_run_fields(&[("complexity", int()), ("result", int()), ("warning", string())]),
         )
         .fails(422, "invalid_parameter")
         .fails(503, "the CPU bulkhead is full (shed)"),
@@ -338,15 +339,7 @@ fn operations() -> Vec<Op> {
             .ok(
                 200,
                 "computed",
-                obj(&[
-                    ("iterations", int()),
-                    ("hash", string()),
-                    ("duration_seconds", num()),
-                    ("duration_ms", num()),
-                    ("cpu_ms", num()),
-                    ("cost_model", string()),
-                    ("mode", string()),
-                ]),
+                with_run_fields(&[("iterations", int()), ("hash", string())]),
             )
             .fails(422, "invalid_parameter")
             .fails(503, "the CPU bulkhead is full (shed)"),
@@ -356,7 +349,7 @@ fn operations() -> Vec<Op> {
             .ok(
                 200,
                 "computed",
-                obj(&[
+                with_run_fields(&[
                     ("size", int()),
                     ("bytes", int()),
                     ("sum", num()),
@@ -364,11 +357,6 @@ fn operations() -> Vec<Op> {
                     ("top_ids", array_of(int())),
                     ("processed_items", int()),
                     ("data_size_bytes", int()),
-                    ("duration_seconds", num()),
-                    ("duration_ms", num()),
-                    ("cpu_ms", num()),
-                    ("cost_model", string()),
-                    ("mode", string()),
                 ]),
             )
             .fails(422, "invalid_parameter")
