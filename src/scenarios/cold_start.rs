@@ -285,13 +285,7 @@ fn operations() -> Vec<Op> {
 }
 
 /// `chokepoint repro cold-start`: its plan and prediction.
-const REPRO: Repro = Repro {
-    knobs: repro_knobs,
-    plan: repro_plan,
-    predict: repro_predict,
-    calibrate: false,
-    needs_base_url: None,
-};
+const REPRO: Repro = Repro::new(repro_knobs, repro_plan, repro_predict);
 
 /// The knobs `repro cold-start` sets on top of the profile, to keep the run short and the numbers small.
 fn repro_knobs() -> Value {

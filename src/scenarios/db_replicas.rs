@@ -29,13 +29,10 @@ pub const SCENARIO: Scenario = Scenario {
 
 /// `chokepoint repro db-replicas`: its plan and prediction.
 const REPRO: Repro = Repro {
-    knobs: repro_knobs,
-    plan: repro_plan,
-    predict: repro_predict,
-    calibrate: false,
     needs_base_url: Some(
         "db-replicas needs several replicas in front of one PostgreSQL: point --base-url at their Service (the k8s `replicas` overlay) — tests/scenarios/db_replicas.rs measures it on one machine",
     ),
+    ..Repro::new(repro_knobs, repro_plan, repro_predict)
 };
 
 /// The knobs `repro db-replicas` sets on top of the profile, to keep the run short and the numbers small.

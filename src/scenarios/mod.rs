@@ -87,6 +87,21 @@ pub struct Repro {
 }
 
 impl Repro {
+    /// A repro that measures nothing first and runs against an in-process lab (most do).
+    pub const fn new(
+        knobs: fn() -> serde_json::Value,
+        plan: fn(&RunConfig, Option<f64>) -> Plan,
+        predict: fn(&RunConfig, Option<f64>) -> Prediction,
+    ) -> Repro {
+        Repro {
+            knobs,
+            plan,
+            predict,
+            calibrate: false,
+            needs_base_url: None,
+        }
+    }
+
     /// The request it sends (it does not depend on the knobs).
     pub fn target(&self) -> Target {
         let defaults = RunConfig {

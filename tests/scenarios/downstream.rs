@@ -142,10 +142,10 @@ async fn simulator_endpoints_and_controls() {
     assert_eq!(get("/slow?delay=0").await.0, 200);
 }
 
-/// 30 concurrent `/api/call-downstream?timeout=10` against the 3 s dependency: returns
-/// (statuses with latencies, peak downstream calls in flight sampled meanwhile).
-async fn pile_up(app: &crate::common::TestApp) -> (Vec<(u16, Duration)>, f64) {
-    let calls = futures::future::join_all((0..30).map(|_| async {
+/// `n` concurrent `/api/call-downstream?timeout=10` against the 3 s dependency: returns
+/// (statuses with latencies, the peak of `gauge` sampled every 100 ms for 2 s meanwhile).
+async fn concurrent_calls(app: &crate::common::TestApp, n: usize, gauge: &str) -> (Vec<(u16, Duration)>, f64) {
+    let calls = futures::future::join_all((0..n).map(|_| async {
         let start = Instant::now();
         let status = app.get("/api/call-downstream?timeout=10").await.status().as_u16();
         (status, start.elapsed())
@@ -154,11 +154,16 @@ async fn pile_up(app: &crate::common::TestApp) -> (Vec<(u16, Duration)>, f64) {
         let mut peak: f64 = 0.0;
         for _ in 0..20 {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            peak = peak.max(app.metric("downstream_calls_in_flight").await);
+            peak = peak.max(app.metric(gauge).await);
         }
         peak
     };
     tokio::join!(calls, sampler)
+}
+
+/// 30 concurrent calls: (statuses with latencies, peak downstream calls in flight).
+async fn pile_up(app: &crate::common::TestApp) -> (Vec<(u16, Duration)>, f64) {
+    concurrent_calls(app, 30, "downstream_calls_in_flight").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,23 +292,10 @@ async fn retries_with_backoff_ride_out_transient_failures() {
     assert_eq!(app.metric(r#"downstream_attempts_total{kind="retry"}"#).await, 7.0);
 }
 
-/// 12 concurrent `/api/call-downstream?timeout=10` (a 3 s dependency) through a pool of 4
-/// connections: (latencies with statuses, peak calls waiting for a connection).
+/// 12 concurrent calls through a pool of 4 connections: (statuses with latencies, peak calls
+/// waiting for a connection).
 async fn through_a_small_pool(app: &crate::common::TestApp) -> (Vec<(u16, Duration)>, f64) {
-    let calls = futures::future::join_all((0..12).map(|_| async {
-        let start = Instant::now();
-        let status = app.get("/api/call-downstream?timeout=10").await.status().as_u16();
-        (status, start.elapsed())
-    }));
-    let sampler = async {
-        let mut peak: f64 = 0.0;
-        for _ in 0..10 {
-            tokio::time::sleep(Duration::from_millis(150)).await;
-            peak = peak.max(app.metric("downstream_pool_waiting").await);
-        }
-        peak
-    };
-    tokio::join!(calls, sampler)
+    concurrent_calls(app, 12, "downstream_pool_waiting").await
 }
 
 /// The cascade's cause: the client's connection pool. Fragile queues for a connection without

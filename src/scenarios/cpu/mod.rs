@@ -380,11 +380,8 @@ fn operations() -> Vec<Op> {
 
 /// `chokepoint repro cpu`: its plan and prediction.
 const REPRO: Repro = Repro {
-    knobs: repro_knobs,
-    plan: repro_plan,
-    predict: repro_predict,
     calibrate: true,
-    needs_base_url: None,
+    ..Repro::new(repro_knobs, repro_plan, repro_predict)
 };
 
 /// The knobs `repro cpu` sets on top of the profile, to keep the run short and the numbers small.
