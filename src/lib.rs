@@ -111,6 +111,8 @@ pub struct App {
     router: Router,
     state: AppState,
     embedded_downstream: Option<EmbeddedDownstream>,
+    /// Fires when start-up gave up on the database: the process stops with that error.
+    fatal: tokio::sync::oneshot::Receiver<anyhow::Error>,
 }
 
 impl App {
@@ -121,7 +123,18 @@ impl App {
         let registry = telemetry::new_registry();
         let http_metrics = HttpMetrics::new(&registry);
         let knobs = KnobStore::new(settings.startup_knobs(), &registry);
-        let db = Database::connect(&settings, &knobs.current(), &registry, &lifecycle).await?;
+        // One attempt now; if PostgreSQL is not there yet, start-up serves its probes (with /ready
+        // failing) and keeps trying in the background for DB_STARTUP_TIMEOUT.
+        let db = Arc::new(Database::open(&settings, &knobs.current(), &registry, &lifecycle)?);
+        let pending_db = match db.establish_once().await {
+            Ok(()) => None,
+            Err(e) if settings.db_startup_timeout > 0 && db.backend() == infra::database::Backend::Postgres => {
+                tracing::warn!(error = %format!("{e:#}"), window_s = settings.db_startup_timeout,
+                    "database not reachable at start-up: serving /health, /ready fails until it is");
+                Some(e)
+            }
+            Err(e) => return Err(e),
+        };
 
         let (downstream_url, embedded_downstream) = match &settings.downstream_service_url {
             Some(url) => (url.clone(), None),
@@ -162,7 +175,7 @@ impl App {
             settings: Arc::new(settings),
             registry: registry.clone(),
             http_metrics,
-            db: Arc::new(db),
+            db: db.clone(),
             downstream,
             memory: Arc::new(memory),
             knobs: Arc::new(knobs),
@@ -183,11 +196,21 @@ impl App {
             .await
             .context("starting the deployment workers")?;
         let router = router(state.clone());
+        let (fatal_tx, fatal) = tokio::sync::oneshot::channel();
+        if let Some(first) = pending_db {
+            let window = state.settings.db_startup_timeout();
+            lifecycle.spawn_background(async move {
+                if let Err(e) = db.retry_establish(first, window).await {
+                    let _ = fatal_tx.send(e);
+                }
+            });
+        }
         Ok(App {
             listener,
             router,
             state,
             embedded_downstream,
+            fatal,
         })
     }
 
@@ -209,6 +232,7 @@ impl App {
             router,
             state,
             embedded_downstream,
+            fatal,
         } = self;
         let grace = state.settings.shutdown_grace();
         let delay = state.settings.shutdown_delay();
@@ -243,12 +267,23 @@ impl App {
             let _ = stop_rx.wait_for(|stop| *stop).await;
             tokio::time::sleep(grace).await;
         };
+        let fatal = async move {
+            match fatal.await {
+                Ok(e) => e,
+                // Start-up reached the database (or never needed to wait): nothing will fire.
+                Err(_) => std::future::pending().await,
+            }
+        };
         let result = tokio::select! {
             r = serve => r,
             _ = grace_expired => {
                 tracing::warn!("grace period expired with requests still in flight; exiting anyway");
                 let _ = hard_tx.send(true);
                 Ok(())
+            }
+            e = fatal => {
+                let _ = hard_tx.send(true);
+                Err(std::io::Error::other(format!("{e:#}")))
             }
         };
         // Background work stops; work that must finish (an accepted deployment's commit, a

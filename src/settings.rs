@@ -46,6 +46,13 @@ pub struct Settings {
     #[arg(long, env = "SKIP_MIGRATIONS", default_value_t = false, value_parser = parse_bool)]
     pub skip_migrations: bool,
 
+    /// Seconds start-up keeps retrying an unreachable PostgreSQL (backoff 0.25 s doubling to 5 s)
+    /// while already serving `/health`, `/lab` and `/metrics`, with `/ready` answering 503 and the
+    /// DB routes 503 `db_unavailable`; past it the process exits 1. 0: exit at the first failure.
+    /// (A pod whose postgres is still pulling stays up instead of crash-looping.)
+    #[arg(long, env = "DB_STARTUP_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub db_startup_timeout: u64,
+
     /// SQLite only: cap the database file at this many pages (`PRAGMA max_page_count`, 4 KiB
     /// pages), so a full disk can be rehearsed without filling one: writes past it answer 507
     /// `storage_full`. Unset: no cap.
@@ -198,6 +205,10 @@ impl Settings {
 
     pub fn shutdown_delay(&self) -> Duration {
         Duration::from_millis(self.shutdown_delay_ms)
+    }
+
+    pub fn db_startup_timeout(&self) -> Duration {
+        Duration::from_secs(self.db_startup_timeout)
     }
 
     pub fn shutdown_grace(&self) -> Duration {

@@ -182,16 +182,40 @@ pub struct Database {
     /// (size, overflow) of the current pool.
     shape: std::sync::Mutex<(u32, u32)>,
     metrics: DbMetrics,
-    /// `true` while the monitor finds the database unreachable.
+    /// `true` while the monitor finds the database unreachable, and until start-up reached it.
     down: tokio::sync::watch::Sender<bool>,
+    /// `Some(what start-up last saw)` until the database is reached and migrated.
+    starting: std::sync::Mutex<Option<String>>,
+    established: tokio::sync::watch::Sender<bool>,
+    redacted_url: String,
+    skip_migrations: bool,
+    /// Bound on one start-up connection attempt.
+    connect_within: Duration,
     /// Runs the monitor and the old pools' drains.
     lifecycle: Lifecycle,
 }
 
 impl Database {
     /// Opens the pool described by the knobs (at the database the settings name) and runs the
-    /// migrations.
+    /// migrations, retrying an unreachable PostgreSQL for up to `DB_STARTUP_TIMEOUT` (the
+    /// `migrate` subcommand; `serve` uses [`Database::open`] and [`Database::establish`] so it can
+    /// serve its probes meanwhile).
     pub async fn connect(
+        settings: &Settings,
+        knobs: &Knobs,
+        registry: &Registry,
+        lifecycle: &Lifecycle,
+    ) -> anyhow::Result<Self> {
+        let db = Self::open(settings, knobs, registry, lifecycle)?;
+        if let Err(first) = db.establish_once().await {
+            db.retry_establish(first, settings.db_startup_timeout()).await?;
+        }
+        Ok(db)
+    }
+
+    /// The database, not connected yet: the pool is lazy, DB routes answer 503 `db_unavailable`
+    /// and `/ready` fails until [`Database::establish_once`] (or the retry) succeeds.
+    pub fn open(
         settings: &Settings,
         knobs: &Knobs,
         registry: &Registry,
@@ -228,18 +252,36 @@ impl Database {
                 .connect_lazy_with(opts.clone().application_name(PROBE_APPLICATION_NAME));
             (ConnectOpts::Pg(opts), Pool::Pg(probe))
         };
-        let within = Duration::from_millis(knobs.db_pool_timeout_ms).max(Duration::from_secs(5));
-        check_reachable(&opts, within).await.with_context(|| match &opts {
-            ConnectOpts::Pg(_) => format!("cannot connect to PostgreSQL at {}", redact(&url)),
-            ConnectOpts::Sqlite(_) => format!("cannot open the SQLite database {}", redact(&url)),
-        })?;
         let metrics = DbMetrics::new(registry);
         for action in ["rolled_back", "discarded"] {
             metrics.recovered.with_label_values(&[action]);
         }
         let pool = build_pool(&opts, knobs.db_pool_size, knobs.db_max_overflow, &metrics.recovered);
-        match &pool {
-            _ if settings.skip_migrations => tracing::info!("SKIP_MIGRATIONS: not running the migrations"),
+        metrics.max.set(i64::from(knobs.db_pool_size + knobs.db_max_overflow));
+        metrics.up.set(0);
+        Ok(Self {
+            pool: ArcSwap::from_pointee(pool),
+            probe,
+            opts,
+            shape: std::sync::Mutex::new((knobs.db_pool_size, knobs.db_max_overflow)),
+            metrics,
+            down: tokio::sync::watch::Sender::new(true),
+            starting: std::sync::Mutex::new(Some("connecting".into())),
+            established: tokio::sync::watch::Sender::new(false),
+            redacted_url: redact(&url),
+            skip_migrations: settings.skip_migrations,
+            connect_within: Duration::from_millis(knobs.db_pool_timeout_ms).max(Duration::from_secs(5)),
+            lifecycle: lifecycle.clone(),
+        })
+    }
+
+    /// One attempt: reach the database, run the migrations, start the reachability monitor.
+    pub async fn establish_once(&self) -> anyhow::Result<()> {
+        check_reachable(&self.opts, self.connect_within)
+            .await
+            .with_context(|| self.cannot_connect())?;
+        match &*self.pool.load_full() {
+            _ if self.skip_migrations => tracing::info!("SKIP_MIGRATIONS: not running the migrations"),
             Pool::Pg(p) => sqlx::migrate!("./migrations/postgres")
                 .run(p)
                 .await
@@ -249,19 +291,78 @@ impl Database {
                 .await
                 .context("running SQLite migrations")?,
         }
-        metrics.max.set(i64::from(knobs.db_pool_size + knobs.db_max_overflow));
-        metrics.up.set(1);
-        let down = tokio::sync::watch::Sender::new(false);
-        lifecycle.spawn_background(monitor(probe.clone(), down.clone(), metrics.up.clone()));
-        Ok(Self {
-            pool: ArcSwap::from_pointee(pool),
-            probe,
-            opts,
-            shape: std::sync::Mutex::new((knobs.db_pool_size, knobs.db_max_overflow)),
-            metrics,
-            down,
-            lifecycle: lifecycle.clone(),
-        })
+        *self.starting.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.metrics.up.set(1);
+        self.down.send_replace(false);
+        self.established.send_replace(true);
+        self.lifecycle
+            .spawn_background(monitor(self.probe.clone(), self.down.clone(), self.metrics.up.clone()));
+        Ok(())
+    }
+
+    /// After a failed first attempt: tries again with backoff (0.25 s doubling to 5 s) until it
+    /// succeeds or `window` has passed since the first attempt; SQLite is not retried (a file that
+    /// cannot be opened now will not open later). The error names the attempts and the window.
+    pub async fn retry_establish(&self, first: anyhow::Error, window: Duration) -> anyhow::Result<()> {
+        if window.is_zero() || self.backend() == Backend::Sqlite {
+            return Err(first);
+        }
+        let start = Instant::now();
+        let mut last = first;
+        let mut pause = Duration::from_millis(250);
+        for attempt in 2u32.. {
+            let left = window.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Err(last.context(format!(
+                    "gave up after {} attempts in {} s (DB_STARTUP_TIMEOUT={})",
+                    attempt - 1,
+                    start.elapsed().as_secs(),
+                    window.as_secs()
+                )));
+            }
+            let status = format!(
+                "waiting for the database: attempt {} failed ({}); next in {} ms, giving up in {} s",
+                attempt - 1,
+                format!("{last:#}"),
+                pause.as_millis(),
+                left.as_secs()
+            );
+            tracing::warn!(attempt = attempt - 1, retry_in_ms = pause.as_millis() as u64,
+                error = %format!("{last:#}"), "database not reachable yet; serving /health, /ready fails until it is");
+            *self.starting.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+            match self.establish_once().await {
+                Ok(()) => {
+                    tracing::info!(
+                        attempt,
+                        waited_ms = start.elapsed().as_millis() as u64,
+                        "database connected"
+                    );
+                    return Ok(());
+                }
+                Err(e) => last = e,
+            }
+        }
+        unreachable!("the attempt counter is unbounded")
+    }
+
+    fn cannot_connect(&self) -> String {
+        match &self.opts {
+            ConnectOpts::Pg(_) => format!("cannot connect to PostgreSQL at {}", self.redacted_url),
+            ConnectOpts::Sqlite(_) => format!("cannot open the SQLite database {}", self.redacted_url),
+        }
+    }
+
+    /// While start-up is still trying to reach the database: what it last saw.
+    pub fn starting(&self) -> Option<String> {
+        self.starting.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Resolves once the database has been reached and migrated.
+    pub async fn wait_established(&self) {
+        let mut rx = self.established.subscribe();
+        let _ = rx.wait_for(|e| *e).await;
     }
 
     /// Rebuilds the pool when size or overflow changed; the old pool drains in the background.
@@ -347,9 +448,15 @@ impl Database {
 
     fn unreachable(&self) -> AppError {
         self.metrics.unavailable.inc();
+        let detail = match self.starting() {
+            Some(_) => "the database is not connected yet (start-up keeps retrying, DB_STARTUP_TIMEOUT); \
+                        not waiting for the pool"
+                .into(),
+            None => "the database is unreachable (the monitor's ping fails); not waiting for the pool".into(),
+        };
         AppError::Unavailable {
             code: "db_unavailable",
-            detail: "the database is unreachable (the monitor's ping fails); not waiting for the pool".into(),
+            detail,
         }
     }
 

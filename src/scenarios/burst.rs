@@ -326,6 +326,26 @@ impl Deployments {
         knobs: Arc<KnobStore>,
         lifecycle: &crate::lifecycle::Lifecycle,
     ) -> anyhow::Result<()> {
+        if db.starting().is_none() {
+            self.requeue_earlier(&db).await?;
+            self.spawn_workers(db, knobs, lifecycle);
+            return Ok(());
+        }
+        // Start-up is still waiting for the database: the workers start once it is there.
+        let this = self.clone();
+        let spawner = lifecycle.clone();
+        lifecycle.spawn_background(async move {
+            db.wait_established().await;
+            if let Err(e) = this.requeue_earlier(&db).await {
+                // The sweep finds them a little later.
+                tracing::warn!(error = %format!("{e:#}"), "could not re-queue earlier deployments at start-up");
+            }
+            this.spawn_workers(db, knobs, &spawner);
+        });
+        Ok(())
+    }
+
+    async fn requeue_earlier(&self, db: &Database) -> anyhow::Result<()> {
         let (mut conn, _) = db
             .acquire(Duration::from_secs(30))
             .await
@@ -337,11 +357,19 @@ impl Deployments {
         if count > 0 {
             tracing::info!(count, "re-queued deployments accepted by an earlier run");
         }
-        // Background work: when the app stops, the dispatcher is dropped with its running jobs
-        // (their transactions roll back, their rows stay `queued` and the next start runs them).
+        Ok(())
+    }
+
+    /// Background work: when the app stops, the dispatcher is dropped with its running jobs
+    /// (their transactions roll back, their rows stay `queued` and the next start runs them).
+    fn spawn_workers(
+        self: &Arc<Self>,
+        db: Arc<Database>,
+        knobs: Arc<KnobStore>,
+        lifecycle: &crate::lifecycle::Lifecycle,
+    ) {
         lifecycle.spawn_background(self.clone().dispatch(db.clone(), knobs));
         lifecycle.spawn_background(self.clone().sweep(db));
-        Ok(())
     }
 
     /// Every [`SWEEP_EVERY`]: re-queues `queued` rows older than [`SWEEP_MIN_AGE`] that no worker

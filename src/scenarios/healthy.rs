@@ -56,6 +56,13 @@ async fn ready(State(state): State<AppState>) -> Response {
         }
         .into_response();
     }
+    if let Some(status) = state.db.starting() {
+        return AppError::Unavailable {
+            code: "not_ready",
+            detail: status,
+        }
+        .into_response();
+    }
     if state.db.is_down() {
         return AppError::Unavailable {
             code: "not_ready",

@@ -1222,3 +1222,52 @@ async fn the_new_knobs_refuse_bad_values() {
         assert!(err.to_string().contains(flags[0]), "{flags:?}: {err}");
     }
 }
+
+/// PostgreSQL not there yet at start-up (a pod whose postgres image is still pulling, a compose
+/// stack starting together): the app serves `/health` and fails `/ready` saying why, DB routes
+/// answer 503 `db_unavailable` at once, and when the database answers start-up completes by
+/// itself (migrations run, `/ready` 200, writes work) without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_waits_for_a_database_that_is_not_there_yet() {
+    let pg = crate::common::TestPgDatabase::create().await;
+    let proxy = crate::common::FaultProxy::start("127.0.0.1:5432").await;
+    proxy.set(crate::common::LinkMode::Refuse);
+    let url = format!("postgres://postgres@{}/{}", proxy.addr, pg.name);
+    let app = spawn_app(Db::Sqlite, &["--database-url", &url, "--db-startup-timeout", "60"]).await;
+
+    assert_eq!(app.get("/health").await.status(), 200);
+    let (status, body) = app.get_json("/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("waiting for the database"),
+        "{body}"
+    );
+    let asked = Instant::now();
+    let (status, body) = app.get_json("/api/tasks").await;
+    let answered_in = asked.elapsed();
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("db_unavailable")),
+        "{body}"
+    );
+    assert!(
+        answered_in < Duration::from_secs(2),
+        "answered in {answered_in:?}, not at once"
+    );
+    assert_eq!(app.metric("db_up").await, 0.0);
+
+    proxy.set(crate::common::LinkMode::Forward);
+    let back = Instant::now();
+    let ready = crate::common::eventually(Duration::from_secs(20), || async {
+        app.get("/ready").await.status() == 200
+    })
+    .await;
+    assert!(ready, "/ready never became 200 once the database answered");
+    eprintln!("ready {:?} after the database came up", back.elapsed());
+    let (status, body) = app.post_json("/api/tasks?title=after-the-wait").await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+    let (status, body) = app.get_json("/api/tasks").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["count"], 1, "{body}");
+    assert_eq!(app.metric("db_up").await, 1.0);
+}

@@ -51,20 +51,30 @@ fn invalid_environment_stops_startup_with_one_line_naming_the_variable() {
     }
 }
 
+/// Past `DB_STARTUP_TIMEOUT` (retrying meanwhile), or at once with 0: exit 1 with the cause.
 #[test]
 fn unreachable_database_stops_startup_with_a_clear_error() {
-    let out = chokepoint()
-        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
-        .env("PORT", "0")
-        .env("DB_POOL_TIMEOUT", "1")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("cannot connect to PostgreSQL at postgres://nobody@127.0.0.1:1/none"),
-        "{stderr}"
-    );
+    for (window, says) in [("0", None), ("2", Some("gave up after"))] {
+        let out = chokepoint()
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .env("PORT", "0")
+            .env("DB_POOL_TIMEOUT", "1")
+            .env("DB_STARTUP_TIMEOUT", window)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "DB_STARTUP_TIMEOUT={window}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("cannot connect to PostgreSQL at postgres://nobody@127.0.0.1:1/none"),
+            "{stderr}"
+        );
+        if let Some(says) = says {
+            assert!(
+                stderr.contains(says) && stderr.contains("DB_STARTUP_TIMEOUT=2"),
+                "{stderr}"
+            );
+        }
+    }
 }
 
 #[test]

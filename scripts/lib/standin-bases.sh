@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Local stand-ins for the two images docker/Dockerfile starts FROM, built only from Debian's
+# packages and tagged with the exact names the Dockerfile uses, so the Dockerfile is built as users
+# build it and podman never tries a pull (there is no registry here):
+#   docker.io/library/rust:<RUST_VERSION>-slim-bookworm   debootstrap minbase + gcc + this machine's
+#                                                         Rust toolchain (same version as the ARG)
+#   gcr.io/distroless/cc-debian12:nonroot                 dpkg -x of libc6, libgcc-s1, libssl3,
+#                                                         ca-certificates, tzdata, netbase; user
+#                                                         nonroot (65532), /tmp 1777
+# Each carries the label org.chokepoint.stand-in; an image of that name WITHOUT the label is a real
+# one and is left alone. Built once and kept in podman's storage (about 2 min when cold).
+# Usage: scripts/lib/standin-bases.sh [--rebuild]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+LOG_TAG=standin-bases
+. scripts/lib/common.sh
+export CONTAINERS_CONF=${CONTAINERS_CONF:-$(realpath scripts/lib/containers.conf)}
+STAMP=2 # bump when what the stand-ins contain changes
+REBUILD=${1:-}
+
+rust_version=$(sed -n 's/^ARG RUST_VERSION=//p' docker/Dockerfile)
+RUST_IMG="docker.io/library/rust:${rust_version}-slim-bookworm"
+RUNTIME_IMG="gcr.io/distroless/cc-debian12:nonroot"
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+
+# present: 0 = ours and current, 1 = build it, 2 = a real image of that name (leave it)
+present() {
+  podman image exists "$1" || return 1
+  local label
+  label=$(podman image inspect --format '{{index .Labels "org.chokepoint.stand-in"}}' "$1")
+  [ -n "$label" ] && [ "$label" != "<no value>" ] || return 2
+  [ "$label" = "$STAMP" ] && [ "$REBUILD" != --rebuild ] && return 0
+  return 1
+}
+
+work=$(mktemp -d /var/tmp/standin.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+# ---- the build image ---------------------------------------------------------------------------
+set +e; present "$RUST_IMG"; state=$?; set -e
+if [ $state = 1 ]; then
+  rustc_v=$(rustc --version | awk '{print $2}')
+  case "$rustc_v" in "$rust_version"|"$rust_version".*) ;; *)
+    die "the Dockerfile asks for Rust $rust_version, this machine has $rustc_v" ;; esac
+  toolchain=$(rustc --print sysroot)
+  log "building $RUST_IMG: debootstrap minbase bookworm + gcc, Rust $rustc_v from $toolchain"
+  t0=$(date +%s)
+  debootstrap --variant=minbase --include=gcc,libc6-dev,binutils,ca-certificates \
+    bookworm "$work/root" "$MIRROR" > "$work/debootstrap.log" 2>&1 \
+    || { tail -20 "$work/debootstrap.log"; die "debootstrap failed"; }
+  rm -rf "$work/root/var/cache/apt/archives/"*.deb "$work/root/var/lib/apt/lists/"*
+  mkdir -p "$work/root/usr/local/rust" "$work/root/usr/local/cargo/bin"
+  # The toolchain without its docs; cargo and rustc on the PATH as the official image has them.
+  for d in bin lib libexec etc; do cp -a "$toolchain/$d" "$work/root/usr/local/rust/"; done
+  for b in cargo rustc rustdoc; do ln -s "/usr/local/rust/bin/$b" "$work/root/usr/local/cargo/bin/$b"; done
+  tar -C "$work/root" -cf "$work/rust.tar" .
+  podman import \
+    --change 'ENV PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV CARGO_HOME=/usr/local/cargo' --change 'ENV RUSTUP_HOME=/usr/local/rustup' \
+    --change "ENV RUST_VERSION=$rustc_v" \
+    --change "LABEL org.chokepoint.stand-in=$STAMP" \
+    --change 'CMD ["bash"]' \
+    "$work/rust.tar" "$RUST_IMG" >/dev/null
+  rm -rf "$work/root" "$work/rust.tar"
+  log "built $RUST_IMG in $(( $(date +%s) - t0 )) s"
+elif [ $state = 2 ]; then
+  log "$RUST_IMG is a real image: used as it is"
+fi
+
+# ---- the runtime image -------------------------------------------------------------------------
+set +e; present "$RUNTIME_IMG"; state=$?; set -e
+if [ $state = 1 ]; then
+  log "building $RUNTIME_IMG from Debian packages"
+  t0=$(date +%s)
+  mkdir -p "$work/debs" "$work/rt"
+  (cd "$work/debs" && apt-get -o APT::Sandbox::User=root download libc6 libgcc-s1 libssl3 ca-certificates tzdata netbase >/dev/null) \
+    || die "apt-get download failed"
+  for deb in "$work/debs"/*.deb; do dpkg -x "$deb" "$work/rt"; done
+  rt=$work/rt
+  rm -rf "$rt/usr/share/doc" "$rt/usr/share/man" "$rt/usr/share/lintian" "$rt/usr/share/locale"
+  # ca-certificates ships the certificates; the bundle is what its postinst would generate.
+  mkdir -p "$rt/etc/ssl/certs" "$rt/tmp" "$rt/home/nonroot" "$rt/root"
+  find "$rt/usr/share/ca-certificates" -name '*.crt' -exec cat {} + > "$rt/etc/ssl/certs/ca-certificates.crt"
+  chmod 1777 "$rt/tmp"
+  chown 65532:65532 "$rt/home/nonroot"
+  cat > "$rt/etc/passwd" <<'PW'
+root:x:0:0:root:/root:/sbin/nologin
+nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin
+nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin
+PW
+  cat > "$rt/etc/group" <<'GR'
+root:x:0:
+nobody:x:65534:
+nonroot:x:65532:
+GR
+  tar -C "$rt" -cf "$work/rt.tar" .
+  podman import \
+    --change 'USER 65532' --change 'WORKDIR /home/nonroot' \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' \
+    --change "LABEL org.chokepoint.stand-in=$STAMP" \
+    "$work/rt.tar" "$RUNTIME_IMG" >/dev/null
+  log "built $RUNTIME_IMG in $(( $(date +%s) - t0 )) s"
+elif [ $state = 2 ]; then
+  log "$RUNTIME_IMG is a real image: used as it is"
+fi
+log "stand-ins ready: $RUST_IMG, $RUNTIME_IMG"
