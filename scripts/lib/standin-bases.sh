@@ -7,6 +7,8 @@
 #   gcr.io/distroless/cc-debian12:nonroot                 dpkg -x of libc6, libgcc-s1, libssl3,
 #                                                         ca-certificates, tzdata, netbase; user
 #                                                         nonroot (65532), /tmp 1777
+# Both carry this machine's CA bundle (/etc/ssl/certs/ca-certificates.crt): here crates.io is
+# reached through a TLS-inspecting egress only the host trusts.
 # Each carries the label org.chokepoint.stand-in; an image of that name WITHOUT the label is a real
 # one and is left alone. Built once and kept in podman's storage (about 2 min when cold).
 # Usage: scripts/lib/standin-bases.sh [--rebuild]
@@ -15,7 +17,7 @@ cd "$(dirname "$0")/../.."
 LOG_TAG=standin-bases
 . scripts/lib/common.sh
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$(realpath scripts/lib/containers.conf)}
-STAMP=2 # bump when what the stand-ins contain changes
+STAMP=3 # bump when what the stand-ins contain changes
 REBUILD=${1:-}
 
 rust_version=$(sed -n 's/^ARG RUST_VERSION=//p' docker/Dockerfile)
@@ -49,6 +51,9 @@ if [ $state = 1 ]; then
     bookworm "$work/root" "$MIRROR" > "$work/debootstrap.log" 2>&1 \
     || { tail -20 "$work/debootstrap.log"; die "debootstrap failed"; }
   rm -rf "$work/root/var/cache/apt/archives/"*.deb "$work/root/var/lib/apt/lists/"*
+  # The machine's trust store: this sandbox reaches crates.io through a TLS-inspecting egress
+  # whose CA only the host trusts (a real rust image on a real network needs nothing of this).
+  cp /etc/ssl/certs/ca-certificates.crt "$work/root/etc/ssl/certs/ca-certificates.crt"
   mkdir -p "$work/root/usr/local/rust" "$work/root/usr/local/cargo/bin"
   # The toolchain without its docs; cargo and rustc on the PATH as the official image has them.
   for d in bin lib libexec etc; do cp -a "$toolchain/$d" "$work/root/usr/local/rust/"; done
@@ -80,7 +85,8 @@ if [ $state = 1 ]; then
   rm -rf "$rt/usr/share/doc" "$rt/usr/share/man" "$rt/usr/share/lintian" "$rt/usr/share/locale"
   # ca-certificates ships the certificates; the bundle is what its postinst would generate.
   mkdir -p "$rt/etc/ssl/certs" "$rt/tmp" "$rt/home/nonroot" "$rt/root"
-  find "$rt/usr/share/ca-certificates" -name '*.crt' -exec cat {} + > "$rt/etc/ssl/certs/ca-certificates.crt"
+  # The bundle ca-certificates' postinst would generate; the machine's own, as for the build image.
+  cp /etc/ssl/certs/ca-certificates.crt "$rt/etc/ssl/certs/ca-certificates.crt"
   chmod 1777 "$rt/tmp"
   chown 65532:65532 "$rt/home/nonroot"
   cat > "$rt/etc/passwd" <<'PW'
