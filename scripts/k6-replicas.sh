@@ -3,6 +3,7 @@
 # against one private PostgreSQL with max_connections=20 (initdb/pg_ctl in a temp dir), first
 # directly (PROFILE=fragile: the server refuses connections, requests fail), then through
 # PgBouncer in transaction mode (PROFILE=hardened: no failures). Both must hold their thresholds.
+# Then every database endpoint through the same PgBouncer (scripts/lib/db-endpoints.k6.js): no 5xx.
 # Usage: scripts/k6-replicas.sh [path/to/chokepoint]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,7 @@ start_replicas() { # database_url skip_migrations -> sets URLS (comma-separated 
   for i in 1 2 3; do
     port=$(free_port)
     DATABASE_URL="$1" SKIP_MIGRATIONS="$2" DB_POOL_SIZE=5 DB_MAX_OVERFLOW=5 DB_POOL_TIMEOUT=3 \
+      REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX="k6-replicas-$$:" \
       PORT=$port RUST_LOG=error "$BIN" >"$work/replica-$i-$port.log" 2>&1 &
     pids+=($!)
     replica_pids+=($!)
@@ -67,3 +69,9 @@ run_k6 hardened "$URLS"
 after=$(refusals)
 [ "$after" -eq "$before" ] || die "the server refused $(( after - before )) connections behind PgBouncer"
 log "hardened thresholds held; no refusal"
+
+# Every database endpoint, not only /api/db/hold, through the same PgBouncer (transaction mode,
+# no max_prepared_statements: Debian's 1.18): with sqlx's statement cache off nothing may fail.
+k6 run --quiet --no-usage-report -e BASE_URLS="$URLS" scripts/lib/db-endpoints.k6.js \
+  > "$work/k6-endpoints.log" 2>&1 || { grep -E "level=error|✗" "$work/k6-endpoints.log" | sort | uniq -c | sort -rn | head -20; tail -30 "$work/k6-endpoints.log"; die "a database endpoint failed behind PgBouncer"; }
+log "every database endpoint answered 2xx behind PgBouncer $(pgbouncer --version 2>/dev/null | head -1 | awk '{print $NF}'): $(grep -E 'checks_succeeded' "$work/k6-endpoints.log" | sed 's/^ *//' | tr -s ' .')"

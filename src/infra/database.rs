@@ -43,6 +43,23 @@ use crate::lifecycle::Lifecycle;
 use crate::settings::{redact, Settings};
 use crate::telemetry::{register, GaugeGuard, LATENCY_BUCKETS};
 
+/// Runs `$body` inside a transaction on the PostgreSQL connection `$c` (a `&mut
+/// PoolConnection<Postgres>`), with `$tx` bound to it, and commits. Every statement the lab sends
+/// outside a transaction of its own goes through here, unnamed (`.persistent(false)`): sqlx sends
+/// an unnamed statement's Parse/Describe and its Bind/Execute as two round trips, and PgBouncer in
+/// transaction mode may hand them to two server connections ("unnamed prepared statement does not
+/// exist") unless a transaction pins them; named (cached) statements break without
+/// `max_prepared_statements` (PgBouncer < 1.21). Cost on a direct connection: BEGIN and COMMIT.
+#[macro_export]
+macro_rules! pg_tx {
+    ($c:expr, $tx:ident => $body:expr) => {{
+        let mut $tx = sqlx::Connection::begin(&mut **$c).await?;
+        let out = $body;
+        $tx.commit().await?;
+        out
+    }};
+}
+
 /// Application name the pool's connections carry (visible in `pg_stat_activity`).
 pub const APPLICATION_NAME: &str = "chokepoint";
 const PROBE_APPLICATION_NAME: &str = "chokepoint-probe";

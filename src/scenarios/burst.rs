@@ -456,15 +456,16 @@ impl Deployments {
                 self.count(DeployMode::Async, "failed");
                 let marked = async {
                     let (mut conn, _) = db.acquire(Duration::from_millis(knobs.current().db_pool_timeout_ms)).await?;
-                    on_conn!(&mut conn, c => {
+                    on_conn!(&mut conn, c => crate::pg_tx!(c, tx => {
                         sqlx::query("UPDATE deployments SET status = 'failed', error = $2, completed_ms = $3 WHERE id = $1 AND status = 'queued'")
+                            .persistent(false)
                             .bind(&id)
                             .bind(format!("gave up after {attempt} attempts: {detail}"))
                             .bind(now_ms())
-                            .execute(&mut **c)
+                            .execute(&mut *tx)
                             .await
                             .map(|_| ())?
-                    });
+                    }));
                     Ok::<_, AppError>(())
                 }
                 .await;
@@ -485,9 +486,9 @@ async fn queued_before(conn: &mut Conn, before_ms: i64) -> Result<Vec<String>, s
     const SQL: &str = "SELECT id FROM deployments WHERE status = 'queued' AND created_ms < $1 ORDER BY created_ms";
     on_conn!(conn, c => {
         let mut tx = sqlx::Connection::begin(&mut **c).await?;
-        let ids = sqlx::query_scalar::<_, String>(SQL)
+        let ids = sqlx::query_scalar::<_, String>(SQL).persistent(false)
             .bind(before_ms)
-            .persistent(false)
+
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -594,12 +595,12 @@ enum Created {
 
 async fn find_by_key(conn: &mut Conn, key: &str) -> Result<Option<Deployment>, sqlx::Error> {
     let sql = format!("SELECT {COLUMNS} FROM deployments WHERE idempotency_key = $1");
-    on_conn!(conn, c => sqlx::query_as::<_, Deployment>(&sql).bind(key).fetch_optional(&mut **c).await)
+    on_conn!(conn, c => Ok(crate::pg_tx!(c, tx => sqlx::query_as::<_, Deployment>(&sql).persistent(false).bind(key).fetch_optional(&mut *tx).await?)))
 }
 
 async fn find_by_id(conn: &mut Conn, id: &str) -> Result<Option<Deployment>, sqlx::Error> {
     let sql = format!("SELECT {COLUMNS} FROM deployments WHERE id = $1");
-    on_conn!(conn, c => sqlx::query_as::<_, Deployment>(&sql).bind(id).fetch_optional(&mut **c).await)
+    on_conn!(conn, c => Ok(crate::pg_tx!(c, tx => sqlx::query_as::<_, Deployment>(&sql).persistent(false).bind(id).fetch_optional(&mut *tx).await?)))
 }
 
 /// The answer once the insert ran: the new row, or the deployment that already holds the key.
@@ -627,6 +628,7 @@ macro_rules! insert_row {
             "INSERT INTO deployments (id, name, environment, replicas, status, idempotency_key, created_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (idempotency_key) DO NOTHING",
         )
+        .persistent(false)
         .bind($id)
         .bind(&$new.name)
         .bind(&$new.environment)
@@ -644,6 +646,7 @@ macro_rules! insert_row {
 macro_rules! audit {
     ($tx:expr, $id:expr, $event:expr) => {
         sqlx::query("INSERT INTO deployment_audit (deployment_id, event, at_ms) VALUES ($1, $2, $3)")
+            .persistent(false)
             .bind($id)
             .bind($event)
             .bind(now_ms())
@@ -657,9 +660,11 @@ macro_rules! finish {
     ($tx:expr, $id:expr) => {{
         let (sequence,): (i64,) =
             sqlx::query_as("UPDATE deployment_counter SET total = total + 1 WHERE id = 1 RETURNING total")
+                .persistent(false)
                 .fetch_one(&mut *$tx)
                 .await?;
         sqlx::query("UPDATE deployments SET status = 'succeeded', sequence = $2, completed_ms = $3 WHERE id = $1")
+            .persistent(false)
             .bind($id)
             .bind(sequence)
             .bind(now_ms())
@@ -722,7 +727,7 @@ async fn complete_queued(conn: &mut Conn, id: &str, work: Duration) -> Result<()
         let mut tx = sqlx::Connection::begin(&mut **c).await?;
         // The work first: on SQLite a write would take the database's one write lock for it.
         tokio::time::sleep(work).await;
-        let claimed = sqlx::query("UPDATE deployments SET status = 'succeeded' WHERE id = $1 AND status = 'queued'")
+        let claimed = sqlx::query("UPDATE deployments SET status = 'succeeded' WHERE id = $1 AND status = 'queued'").persistent(false)
             .bind(id)
             .execute(&mut *tx)
             .await?

@@ -90,19 +90,6 @@ fn db_timeouts(state: &AppState) -> (Duration, Option<Duration>) {
     (Duration::from_millis(k.db_pool_timeout_ms), statement)
 }
 
-/// Sets the server-side statement timeout on a PostgreSQL connection (0 = none); connections are
-/// reused, so it is set on every use.
-async fn set_statement_timeout(conn: &mut Conn, statement: Option<Duration>) -> Result<(), sqlx::Error> {
-    if let Conn::Pg(c) = conn {
-        let ms = statement.map_or(0, |d| d.as_millis());
-        sqlx::query("SELECT set_config('statement_timeout', $1, false)")
-            .bind(format!("{ms}ms"))
-            .execute(&mut **c)
-            .await?;
-    }
-    Ok(())
-}
-
 /// Maps PostgreSQL's "canceling statement due to statement timeout" (57014) to its own error.
 fn db_error(e: sqlx::Error, statement: Option<Duration>) -> AppError {
     match (&e, statement) {
@@ -125,13 +112,13 @@ pub async fn hold_connection(conn: &mut Conn, d: Duration, statement: Option<Dur
             let mut tx = c.begin().await?;
             let ms = statement.map_or(0, |d| d.as_millis());
             sqlx::query("SELECT set_config('statement_timeout', $1, true)")
-                .bind(format!("{ms}ms"))
                 .persistent(false)
+                .bind(format!("{ms}ms"))
                 .execute(&mut *tx)
                 .await?;
             sqlx::query("SELECT pg_sleep($1)")
-                .bind(d.as_secs_f64())
                 .persistent(false)
+                .bind(d.as_secs_f64())
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| db_error(e, statement))?;
@@ -140,7 +127,10 @@ pub async fn hold_connection(conn: &mut Conn, d: Duration, statement: Option<Dur
         Conn::Sqlite(c) => {
             let held = async {
                 let mut tx = c.begin().await?;
-                sqlx::query("SELECT count(*) FROM tasks").execute(&mut *tx).await?;
+                sqlx::query("SELECT count(*) FROM tasks")
+                    .persistent(false)
+                    .execute(&mut *tx)
+                    .await?;
                 tokio::time::sleep(d).await;
                 tx.commit().await
             };
@@ -242,15 +232,17 @@ async fn create_task(State(state): State<AppState>, params: Params) -> AppResult
     let rows = match &mut conn {
         Conn::Pg(c) => {
             let sql = format!("INSERT INTO tasks (title, description) VALUES ($1, $2) RETURNING {PG_TASK_COLUMNS}");
-            sqlx::query_as::<_, Task>(&sql)
+            crate::pg_tx!(c, tx => sqlx::query_as::<_, Task>(&sql)
+                .persistent(false)
                 .bind(&title)
                 .bind(&description)
-                .fetch_all(&mut **c)
-                .await?
+                .fetch_all(&mut *tx)
+                .await?)
         }
         Conn::Sqlite(c) => {
             let sql = format!("INSERT INTO tasks (title, description) VALUES (?, ?) RETURNING {SQLITE_TASK_COLUMNS}");
             sqlx::query_as::<_, Task>(&sql)
+                .persistent(false)
                 .bind(&title)
                 .bind(&description)
                 .fetch_all(&mut **c)
@@ -270,11 +262,15 @@ async fn list_tasks(State(state): State<AppState>, params: Params) -> AppResult<
     let tasks: Vec<Task> = match &mut conn {
         Conn::Pg(c) => {
             let sql = format!("SELECT {PG_TASK_COLUMNS} FROM tasks ORDER BY id DESC LIMIT $1");
-            sqlx::query_as(&sql).bind(limit).fetch_all(&mut **c).await?
+            crate::pg_tx!(c, tx => sqlx::query_as(&sql).persistent(false).bind(limit).fetch_all(&mut *tx).await?)
         }
         Conn::Sqlite(c) => {
             let sql = format!("SELECT {SQLITE_TASK_COLUMNS} FROM tasks ORDER BY id DESC LIMIT ?");
-            sqlx::query_as(&sql).bind(limit).fetch_all(&mut **c).await?
+            sqlx::query_as(&sql)
+                .persistent(false)
+                .bind(limit)
+                .fetch_all(&mut **c)
+                .await?
         }
     };
     Ok(Json(json!({"count": tasks.len(), "tasks": tasks})))
@@ -288,22 +284,32 @@ async fn expensive_query(State(state): State<AppState>, params: Params) -> AppRe
     let rows = iterations * ROWS_PER_ITERATION;
     let (acquire, statement) = db_timeouts(&state);
     let (mut conn, waited) = state.db.acquire(acquire).await?;
-    set_statement_timeout(&mut conn, statement).await?;
     let start = Instant::now();
     let (count, checksum): (i64, i64) = match &mut conn {
-        Conn::Pg(c) => sqlx::query_as(
-            "WITH RECURSIVE cnt(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM cnt WHERE x < $1) \
+        Conn::Pg(c) => crate::pg_tx!(c, tx => {
+            // Transaction-local: nothing leaks to the next user of the server connection.
+            let ms = statement.map_or(0, |d| d.as_millis());
+            sqlx::query("SELECT set_config('statement_timeout', $1, true)")
+                .persistent(false)
+                .bind(format!("{ms}ms"))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query_as(
+                "WITH RECURSIVE cnt(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM cnt WHERE x < $1) \
                  SELECT count(*)::bigint, coalesce(sum(x % 7), 0)::bigint FROM cnt",
-        )
-        .bind(rows as i32)
-        .fetch_one(&mut **c)
-        .await
-        .map_err(|e| db_error(e, statement))?,
+            )
+            .persistent(false)
+            .bind(rows as i32)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, statement))?
+        }),
         Conn::Sqlite(c) => {
             sqlx::query_as(
                 "WITH RECURSIVE cnt(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM cnt WHERE x < ?) \
                  SELECT count(*), coalesce(sum(x % 7), 0) FROM cnt",
             )
+            .persistent(false)
             .bind(rows)
             .fetch_one(&mut **c)
             .await?
