@@ -17,7 +17,7 @@ MAX_BINARY_MB=30
 name=chokepoint-ct-$$
 work=$(mktemp -d)
 cleanup() {
-  podman rm -f -t 0 "$name" "$name-oom" "$name-cap" "$name-budget" >/dev/null 2>&1 || true
+  podman rm -f --ignore -t 0 "$name" "$name-oom" "$name-cap" "$name-budget" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -11,13 +11,13 @@
 # reached through a TLS-inspecting egress only the host trusts.
 # Each carries the label org.chokepoint.stand-in; an image of that name WITHOUT the label is a real
 # one and is left alone. Built once and kept in podman's storage (about 2 min when cold).
-# Usage: scripts/lib/standin-bases.sh [--rebuild]
+# Usage: scripts/lib/standin-bases.sh [--rebuild]     (WANT_SERVICES=1: also the compose services)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LOG_TAG=standin-bases
 . scripts/lib/common.sh
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$(realpath scripts/lib/containers.conf)}
-STAMP=3 # bump when what the stand-ins contain changes
+STAMP=4 # bump when what the stand-ins contain changes
 REBUILD=${1:-}
 
 rust_version=$(sed -n 's/^ARG RUST_VERSION=//p' docker/Dockerfile)
@@ -110,4 +110,50 @@ GR
 elif [ $state = 2 ]; then
   log "$RUNTIME_IMG is a real image: used as it is"
 fi
-log "stand-ins ready: $RUST_IMG, $RUNTIME_IMG"
+# ---- the compose stack's services (scripts/compose-test.sh), with `--services` ----------------
+# postgres:16-alpine, redis:7-alpine and prom/prometheus:v2.53.0, stood in for by Debian's
+# PostgreSQL 15, Redis 7.0 and Prometheus 2.42 in one debootstrap root, each imported under its
+# name with the official image's entrypoint behaviour (scripts/lib/standin/*-entrypoint.sh).
+if [ "${WANT_SERVICES:-}" = 1 ]; then
+  want=()
+  for img in docker.io/library/postgres:16-alpine docker.io/library/redis:7-alpine docker.io/prom/prometheus:v2.53.0; do
+    set +e; present "$img"; state=$?; set -e
+    [ $state = 1 ] && want+=("$img")
+    [ $state = 2 ] && log "$img is a real image: used as it is"
+  done
+  if [ ${#want[@]} -gt 0 ]; then
+    log "building ${want[*]}: debootstrap minbase bookworm + postgresql-15, redis-server, prometheus"
+    t0=$(date +%s)
+    debootstrap --variant=minbase --include=postgresql-15,redis-server,prometheus,gosu \
+      bookworm "$work/svc" "$MIRROR" > "$work/debootstrap-svc.log" 2>&1 \
+      || { tail -20 "$work/debootstrap-svc.log"; die "debootstrap (services) failed"; }
+    rm -rf "$work/svc/var/cache/apt/archives/"*.deb "$work/svc/var/lib/apt/lists/"* "$work/svc/usr/share/doc"
+    install -m 0755 scripts/lib/standin/postgres-entrypoint.sh "$work/svc/usr/local/bin/docker-entrypoint.sh"
+    install -m 0755 scripts/lib/standin/redis-entrypoint.sh "$work/svc/usr/local/bin/redis-entrypoint.sh"
+    mkdir -p "$work/svc/prometheus" "$work/svc/var/run/postgresql"
+    # Debian's build keeps its data in /var/lib/prometheus/metrics2 unless told otherwise.
+    chown -R 65534:65534 "$work/svc/prometheus" "$work/svc/var/lib/prometheus"
+    chroot "$work/svc" chown postgres:postgres /var/run/postgresql
+    tar -C "$work/svc" -cf "$work/svc.tar" .
+    common=(--change "LABEL org.chokepoint.stand-in=$STAMP")
+    for img in "${want[@]}"; do
+      case "$img" in
+        *postgres*) podman import "${common[@]}" \
+            --change 'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+            --change 'ENV PGDATA=/var/lib/postgresql/data' \
+            --change 'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]' --change 'CMD ["postgres"]' \
+            --change 'EXPOSE 5432' "$work/svc.tar" "$img" >/dev/null ;;
+        *redis*) podman import "${common[@]}" \
+            --change 'ENTRYPOINT ["/usr/local/bin/redis-entrypoint.sh"]' --change 'CMD ["redis-server"]' \
+            --change 'EXPOSE 6379' "$work/svc.tar" "$img" >/dev/null ;;
+        *prometheus*) podman import "${common[@]}" \
+            --change 'USER 65534' --change 'WORKDIR /prometheus' \
+            --change 'ENTRYPOINT ["/usr/bin/prometheus"]' \
+            --change 'CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]' \
+            --change 'EXPOSE 9090' "$work/svc.tar" "$img" >/dev/null ;;
+      esac
+    done
+    log "built ${want[*]} in $(( $(date +%s) - t0 )) s"
+  fi
+fi
+log "stand-ins ready: $RUST_IMG, $RUNTIME_IMG${WANT_SERVICES:+, and the compose services}"
