@@ -40,7 +40,7 @@ if ! wait_ready http://127.0.0.1:8000/ready 600 0.2; then
   podman-compose -p "$project" -f docker/compose.yaml logs app 2>&1 | tail -20
   die "the app never became ready"
 fi
-curl -fsS http://127.0.0.1:8000/ready | grep -q '"postgres"' || die "/ready does not name PostgreSQL"
+grep -q '"postgres"' <<< "$(curl -fsS http://127.0.0.1:8000/ready)" || die "/ready does not name PostgreSQL"
 retries=$(podman-compose -p "$project" -f docker/compose.yaml logs app 2>/dev/null | grep -c 'database not reachable yet' || true)
 log "${services[*]} up; the app ready on PostgreSQL after $(( $(date +%s) - t0 )) s ($retries start-up retries while PostgreSQL initialised)"
 

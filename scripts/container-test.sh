@@ -54,9 +54,9 @@ t0=$(date +%s%N)
 run_like_the_pod "$name" "$port" -e SHUTDOWN_DELAY_MS=0
 wait_ready "http://127.0.0.1:$port/ready" 200 0.05 || { podman logs "$name" | tail -20; die "/ready never answered 200"; }
 log "ready in $(( ($(date +%s%N) - t0) / 1000000 )) ms (podman run to /ready 200)"
-curl -fsS "http://127.0.0.1:$port/health" | grep -q '"healthy"' || die "/health"
-curl -fsS "http://127.0.0.1:$port/ready" | grep -q '"sqlite"' || die "/ready does not name the database"
-curl -fsS "http://127.0.0.1:$port/metrics" | grep -q '^http_requests_total{' || die "/metrics has no http_requests_total"
+grep -q '"healthy"' <<< "$(curl -fsS "http://127.0.0.1:$port/health")" || die "/health"
+grep -q '"sqlite"' <<< "$(curl -fsS "http://127.0.0.1:$port/ready")" || die "/ready does not name the database"
+grep -q '^http_requests_total{' <<< "$(curl -fsS "http://127.0.0.1:$port/metrics")" || die "/metrics has no http_requests_total"
 [ "$(podman inspect --format '{{.Config.User}}' "$name")" = 65532:65532 ] || die "not running as 65532"
 podman exec "$name" /usr/local/bin/chokepoint healthcheck || die "the healthcheck subcommand failed"
 if podman exec "$name" /usr/local/bin/chokepoint healthcheck --path /nope >/dev/null 2>&1; then
@@ -66,7 +66,7 @@ log "/health, /ready, /metrics and the healthcheck subcommand answer; user 65532
 podman kill --signal TERM "$name" >/dev/null
 code=$(timeout 30 podman wait "$name") || die "still running 30 s after SIGTERM"
 [ "$code" = 0 ] || { podman logs "$name" | tail -20; die "SIGTERM: exit code $code, not 0"; }
-podman logs "$name" 2>&1 | grep -q 'shutdown requested' || die "no shutdown line in the log"
+grep -q 'shutdown requested' <<< "$(podman logs "$name" 2>&1)" || die "no shutdown line in the log"
 log "SIGTERM: clean exit 0"
 
 # The OOM lesson. Fragile: the memory endpoints' safety cap (1 GiB) is above the 512 MiB limit,

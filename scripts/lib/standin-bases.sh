@@ -18,6 +18,7 @@ LOG_TAG=standin-bases
 . scripts/lib/common.sh
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$(realpath scripts/lib/containers.conf)}
 STAMP=4 # bump when what the stand-ins contain changes
+SVC_STAMP=5 # the same, for the compose services' stand-ins
 REBUILD=${1:-}
 
 rust_version=$(sed -n 's/^ARG RUST_VERSION=//p' docker/Dockerfile)
@@ -117,7 +118,7 @@ fi
 if [ "${WANT_SERVICES:-}" = 1 ]; then
   want=()
   for img in docker.io/library/postgres:16-alpine docker.io/library/redis:7-alpine docker.io/prom/prometheus:v2.53.0; do
-    set +e; present "$img"; state=$?; set -e
+    set +e; STAMP=$SVC_STAMP present "$img"; state=$?; set -e
     [ $state = 1 ] && want+=("$img")
     [ $state = 2 ] && log "$img is a real image: used as it is"
   done
@@ -135,7 +136,7 @@ if [ "${WANT_SERVICES:-}" = 1 ]; then
     chown -R 65534:65534 "$work/svc/prometheus" "$work/svc/var/lib/prometheus"
     chroot "$work/svc" chown postgres:postgres /var/run/postgresql
     tar -C "$work/svc" -cf "$work/svc.tar" .
-    common=(--change "LABEL org.chokepoint.stand-in=$STAMP")
+    common=(--change "LABEL org.chokepoint.stand-in=$SVC_STAMP")
     for img in "${want[@]}"; do
       case "$img" in
         *postgres*) podman import "${common[@]}" \

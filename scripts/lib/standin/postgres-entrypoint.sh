@@ -3,6 +3,8 @@
 # the compose stack uses: initialise $PGDATA once (POSTGRES_PASSWORD, POSTGRES_HOST_AUTH_METHOD,
 # POSTGRES_DB), listen on every interface, then run the command as the postgres user.
 set -euo pipefail
+# As the official image: flags alone (Kubernetes `args: ["-c", ...]`) mean `postgres <flags>`.
+[ "${1:0:1}" != - ] || set -- postgres "$@"
 if [ "${1:-}" = postgres ] && [ "$(id -u)" = 0 ]; then
   mkdir -p "$PGDATA" && chown -R postgres:postgres "$PGDATA" && chmod 700 "$PGDATA"
   if [ ! -s "$PGDATA/PG_VERSION" ]; then
