@@ -93,23 +93,20 @@ kernel=$(dmesg 2>/dev/null | grep -E "Memory cgroup out of memory: Killed proces
 [ "$oom" = true ] || [ -n "$kernel" ] || die "exit 137 but neither podman (OOMKilled=$oom) nor the kernel log says OOM"
 log "fragile leak: kernel OOM kill, exit 137 (podman OOMKilled=$oom; kernel: ${kernel#*] }) after: $codes"
 
-# The manifests' base: the safety cap lowered below the limit (MEMORY_LEAK_LIMIT_MB=384, as in
-# k8s/base) refuses with 507 before the kernel kills anything.
-port=$(free_port)
-run_like_the_pod "$name-cap" "$port" -e MEMORY_LEAK_LIMIT_MB=384
-wait_ready "http://127.0.0.1:$port/ready" 200 0.05 || die "the capped container did not start"
-codes=$(leak "$port" | sort | uniq -c | tr '\n' ' ')
-echo "$codes" | grep -q ' 507' || die "MEMORY_LEAK_LIMIT_MB=384: expected a 507, got $codes"
-[ "$(podman inspect --format '{{.State.Running}}' "$name-cap")" = true ] || die "the capped container died"
-log "MEMORY_LEAK_LIMIT_MB=384 (k8s/base): 507 and still serving after: $codes"
-
-# The cure: a memory budget below the limit answers 507 and the container lives.
-port=$(free_port)
-run_like_the_pod "$name-budget" "$port" -e MEMORY_BUDGET_MB=256
-wait_ready "http://127.0.0.1:$port/ready" 200 0.05 || die "the budget container did not start"
-codes=$(leak "$port" | sort | uniq -c | tr '\n' ' ')
-echo "$codes" | grep -q ' 507' || die "MEMORY_BUDGET_MB=256: expected a 507, got $codes"
-[ "$(podman inspect --format '{{.State.Running}}' "$name-budget")" = true ] || die "the budget container died"
-curl -fsS "http://127.0.0.1:$port/health" >/dev/null || die "/health after the 507"
-log "MEMORY_BUDGET_MB=256: 507 and still serving after: $codes"
+# A memory cap below the limit refuses with 507 before the kernel kills anything, and the
+# container lives: the manifests' base (MEMORY_LEAK_LIMIT_MB=384, as in k8s/base) and the cure
+# (MEMORY_BUDGET_MB=256, the hardened profile's budget).
+refuses_with_507() { # suffix VAR=value
+  local n=$name-$1 port codes
+  port=$(free_port)
+  run_like_the_pod "$n" "$port" -e "$2"
+  wait_ready "http://127.0.0.1:$port/ready" 200 0.05 || die "$2: the container did not start"
+  codes=$(leak "$port" | sort | uniq -c | tr '\n' ' ')
+  grep -q ' 507' <<< "$codes" || die "$2: expected a 507, got $codes"
+  [ "$(podman inspect --format '{{.State.Running}}' "$n")" = true ] || die "$2: the container died"
+  curl -fsS "http://127.0.0.1:$port/health" >/dev/null || die "$2: /health after the 507"
+  log "$2: 507 and still serving after: $codes"
+}
+refuses_with_507 cap MEMORY_LEAK_LIMIT_MB=384
+refuses_with_507 budget MEMORY_BUDGET_MB=256
 log "ok"

@@ -338,9 +338,8 @@ impl Database {
                 )));
             }
             let status = format!(
-                "waiting for the database: attempt {} failed ({}); next in {} ms, giving up in {} s",
+                "waiting for the database: attempt {} failed ({last:#}); next in {} ms, giving up in {} s",
                 attempt - 1,
-                format!("{last:#}"),
                 pause.as_millis(),
                 left.as_secs()
             );

@@ -90,6 +90,21 @@ fn db_timeouts(state: &AppState) -> (Duration, Option<Duration>) {
     (Duration::from_millis(k.db_pool_timeout_ms), statement)
 }
 
+/// Sets PostgreSQL's statement timeout for the rest of the transaction `tx` only (0 = none):
+/// nothing leaks to the next user of the server connection (behind PgBouncer, another client).
+async fn set_local_statement_timeout(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    statement: Option<Duration>,
+) -> Result<(), sqlx::Error> {
+    let ms = statement.map_or(0, |d| d.as_millis());
+    sqlx::query("SELECT set_config('statement_timeout', $1, true)")
+        .persistent(false)
+        .bind(format!("{ms}ms"))
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
+}
+
 /// Maps PostgreSQL's "canceling statement due to statement timeout" (57014) to its own error.
 fn db_error(e: sqlx::Error, statement: Option<Duration>) -> AppError {
     match (&e, statement) {
@@ -110,12 +125,7 @@ pub async fn hold_connection(conn: &mut Conn, d: Duration, statement: Option<Dur
     match conn {
         Conn::Pg(c) => {
             let mut tx = c.begin().await?;
-            let ms = statement.map_or(0, |d| d.as_millis());
-            sqlx::query("SELECT set_config('statement_timeout', $1, true)")
-                .persistent(false)
-                .bind(format!("{ms}ms"))
-                .execute(&mut *tx)
-                .await?;
+            set_local_statement_timeout(&mut tx, statement).await?;
             sqlx::query("SELECT pg_sleep($1)")
                 .persistent(false)
                 .bind(d.as_secs_f64())
@@ -287,13 +297,7 @@ async fn expensive_query(State(state): State<AppState>, params: Params) -> AppRe
     let start = Instant::now();
     let (count, checksum): (i64, i64) = match &mut conn {
         Conn::Pg(c) => crate::pg_tx!(c, tx => {
-            // Transaction-local: nothing leaks to the next user of the server connection.
-            let ms = statement.map_or(0, |d| d.as_millis());
-            sqlx::query("SELECT set_config('statement_timeout', $1, true)")
-                .persistent(false)
-                .bind(format!("{ms}ms"))
-                .execute(&mut *tx)
-                .await?;
+            set_local_statement_timeout(&mut tx, statement).await?;
             sqlx::query_as(
                 "WITH RECURSIVE cnt(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM cnt WHERE x < $1) \
                  SELECT count(*)::bigint, coalesce(sum(x % 7), 0)::bigint FROM cnt",
