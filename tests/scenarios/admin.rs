@@ -303,3 +303,51 @@ async fn startup_profile_with_single_knob_overrides() {
     assert_eq!(config.knobs["max_in_flight"].source, Source::Profile);
     assert_eq!(config.profile_at_startup, Profile::Hardened);
 }
+
+/// Every knob in the table, not a sample: a value past each end of its range and values of the
+/// wrong type are refused with 422, the body names the knob and gives its range, and nothing
+/// changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_knob_refuses_values_out_of_range_and_of_the_wrong_type() {
+    use chokepoint::knobs::{Range, SPECS};
+    let app = spawn_app(Db::Sqlite, &[]).await;
+    let (_, before) = app.get_json("/admin/config").await;
+    let mut checked = 0;
+    for spec in SPECS {
+        let (bad, range): (Vec<Value>, Value) = match spec.range {
+            Range::Int(lo, hi) => {
+                let mut bad = vec![json!("1"), json!(1.5), json!(true), json!(null), json!([1])];
+                bad.push(if lo > 0 { json!(lo - 1) } else { json!(-1) });
+                if hi < u64::MAX {
+                    bad.push(json!(hi as u128 + 1));
+                }
+                (bad, json!({"min": lo, "max": hi}))
+            }
+            Range::Float(lo, hi) => (
+                vec![json!(lo - 1.0), json!(hi + 1.0), json!("0.5"), json!(false), json!({})],
+                json!({"min": lo, "max": hi}),
+            ),
+            Range::Bool => (
+                vec![json!(1), json!("yes"), json!(null)],
+                json!({"values": [true, false]}),
+            ),
+            Range::Choice(values) => (
+                vec![json!("no-such-choice"), json!(3), json!(true)],
+                json!({"values": values}),
+            ),
+        };
+        for value in bad {
+            let body = json!({ spec.name: value });
+            let (status, resp) = app.patch_config(body.clone(), None).await;
+            assert_eq!(status, 422, "{body}: {resp}");
+            assert_eq!(resp["refused"][0]["knob"], spec.name, "{body}: {resp}");
+            assert_eq!(resp["refused"][0]["range"], range, "{body}: {resp}");
+            assert!(resp["detail"].as_str().unwrap().contains(spec.name), "{body}: {resp}");
+            checked += 1;
+        }
+    }
+    let (_, after) = app.get_json("/admin/config").await;
+    assert_eq!(before, after, "a refused change altered the configuration");
+    assert_eq!(app.metric("config_changes_total").await, 0.0);
+    eprintln!("{} knobs, {checked} bad values, every one refused", SPECS.len());
+}
