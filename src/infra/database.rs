@@ -201,9 +201,8 @@ pub struct Database {
     metrics: DbMetrics,
     /// `true` while the monitor finds the database unreachable, and until start-up reached it.
     down: tokio::sync::watch::Sender<bool>,
-    /// `Some(what start-up last saw)` until the database is reached and migrated.
-    starting: std::sync::Mutex<Option<String>>,
-    established: tokio::sync::watch::Sender<bool>,
+    /// `Some(what start-up last saw)` until the database is reached and migrated; `None` after.
+    starting: tokio::sync::watch::Sender<Option<String>>,
     redacted_url: String,
     skip_migrations: bool,
     /// Bound on one start-up connection attempt.
@@ -215,8 +214,8 @@ pub struct Database {
 impl Database {
     /// Opens the pool described by the knobs (at the database the settings name) and runs the
     /// migrations, retrying an unreachable PostgreSQL for up to `DB_STARTUP_TIMEOUT` (the
-    /// `migrate` subcommand; `serve` uses [`Database::open`] and [`Database::establish`] so it can
-    /// serve its probes meanwhile).
+    /// `migrate` subcommand; `serve` uses [`Database::open`], [`Database::establish_once`] and
+    /// [`Database::retry_establish`] so it can serve its probes meanwhile).
     pub async fn connect(
         settings: &Settings,
         knobs: &Knobs,
@@ -225,6 +224,9 @@ impl Database {
     ) -> anyhow::Result<Self> {
         let db = Self::open(settings, knobs, registry, lifecycle)?;
         if let Err(first) = db.establish_once().await {
+            if !db.retries_at_startup(settings.db_startup_timeout()) {
+                return Err(first);
+            }
             db.retry_establish(first, settings.db_startup_timeout()).await?;
         }
         Ok(db)
@@ -283,8 +285,7 @@ impl Database {
             shape: std::sync::Mutex::new((knobs.db_pool_size, knobs.db_max_overflow)),
             metrics,
             down: tokio::sync::watch::Sender::new(true),
-            starting: std::sync::Mutex::new(Some("connecting".into())),
-            established: tokio::sync::watch::Sender::new(false),
+            starting: tokio::sync::watch::Sender::new(Some("connecting".into())),
             redacted_url: redact(&url),
             skip_migrations: settings.skip_migrations,
             connect_within: Duration::from_millis(knobs.db_pool_timeout_ms).max(Duration::from_secs(5)),
@@ -308,22 +309,24 @@ impl Database {
                 .await
                 .context("running SQLite migrations")?,
         }
-        *self.starting.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.metrics.up.set(1);
         self.down.send_replace(false);
-        self.established.send_replace(true);
+        self.starting.send_replace(None);
         self.lifecycle
             .spawn_background(monitor(self.probe.clone(), self.down.clone(), self.metrics.up.clone()));
         Ok(())
     }
 
-    /// After a failed first attempt: tries again with backoff (0.25 s doubling to 5 s) until it
-    /// succeeds or `window` has passed since the first attempt; SQLite is not retried (a file that
-    /// cannot be opened now will not open later). The error names the attempts and the window.
+    /// Whether a failed first attempt is retried for `window` (`DB_STARTUP_TIMEOUT`): PostgreSQL
+    /// only (an SQLite file that cannot be opened now will not open later), and not with 0.
+    pub fn retries_at_startup(&self, window: Duration) -> bool {
+        !window.is_zero() && self.backend() == Backend::Postgres
+    }
+
+    /// After a failed first attempt that [`Database::retries_at_startup`]: tries again with backoff
+    /// (0.25 s doubling to 5 s) until it succeeds or `window` has passed. The error names the
+    /// attempts and the window.
     pub async fn retry_establish(&self, first: anyhow::Error, window: Duration) -> anyhow::Result<()> {
-        if window.is_zero() || self.backend() == Backend::Sqlite {
-            return Err(first);
-        }
         let start = Instant::now();
         let mut last = first;
         let mut pause = Duration::from_millis(250);
@@ -345,7 +348,7 @@ impl Database {
             );
             tracing::warn!(attempt = attempt - 1, retry_in_ms = pause.as_millis() as u64,
                 error = %format!("{last:#}"), "database not reachable yet; serving /health, /ready fails until it is");
-            *self.starting.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+            self.starting.send_replace(Some(status));
             tokio::time::sleep(pause.min(left)).await;
             pause = (pause * 2).min(Duration::from_secs(5));
             match self.establish_once().await {
@@ -372,13 +375,12 @@ impl Database {
 
     /// While start-up is still trying to reach the database: what it last saw.
     pub fn starting(&self) -> Option<String> {
-        self.starting.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.starting.borrow().clone()
     }
 
     /// Resolves once the database has been reached and migrated.
     pub async fn wait_established(&self) {
-        let mut rx = self.established.subscribe();
-        let _ = rx.wait_for(|e| *e).await;
+        let _ = self.starting.subscribe().wait_for(Option::is_none).await;
     }
 
     /// Rebuilds the pool when size or overflow changed; the old pool drains in the background.
