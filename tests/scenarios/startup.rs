@@ -28,6 +28,8 @@ fn invalid_environment_stops_startup_with_one_line_naming_the_variable() {
         ("DATABASE_URL", "mysql://localhost/x"),
         ("WORKER_COUNT", "0"),
         ("ENABLE_CIRCUIT_BREAKER", "maybe"),
+        ("DB_STARTUP_TIMEOUT", "3601"),
+        ("DB_STARTUP_TIMEOUT", "soon"),
         ("MEMORY_LEAK_LIMIT_MB", "0"),
         ("PORT", "99999"),
         ("REDIS_URL", "localhost:6379"),
