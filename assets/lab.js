@@ -1,13 +1,17 @@
 // chokepoint lab panel: live numbers from /lab/events (server-sent events, one snapshot a second),
-// knob changes through the admin API. No dependencies; the charts are drawn on canvases.
+// knob changes through the admin API, Break it / Fix it runs through /lab/run. The charts are
+// uPlot (vendored: /lab/uplot.js), with knob changes drawn as labelled markers and each
+// resource's maximum as a dashed line.
 'use strict';
 
 const WINDOW = 300; // snapshots kept: five minutes at one a second
 const COLORS = ['#4fb3ff', '#ff5c5c', '#5cd67a', '#ffb84d', '#c77dff', '#ff8fab', '#7ee8fa', '#f4e285', '#a0a0ff', '#b8f2b8', '#ffa07a', '#d0d0d0'];
 const history = []; // snapshots, oldest first
 const markers = []; // {t, label}
+const charts = {};  // id -> {u, key}
 let knobMeta = {};   // name -> {range, scenario, description}
 let scenarios = [];
+let lastRun = null;
 
 const $ = (id) => document.getElementById(id);
 
@@ -25,61 +29,38 @@ async function admin(method, path, body) {
   let data = null;
   try { data = await resp.json(); } catch (_) { /* not JSON */ }
   if (!resp.ok) {
-    const detail = data && data.detail ? data.detail : resp.statusText;
-    throw new Error(resp.status + ' ' + (data && data.error ? data.error + ': ' : '') + detail);
+    const detail = data && (data.message || data.detail) ? (data.message || data.detail) : resp.statusText;
+    throw new Error(resp.status + ' ' + (data && data.error ? data.error + ': ' : '') + (typeof detail === 'string' ? detail : JSON.stringify(detail)));
   }
   return data;
 }
 
-// ---- charts ---------------------------------------------------------------------------------
+// ---- formatting -----------------------------------------------------------------------------
 
-function drawChart(id, series) {
-  const canvas = $(id);
-  const dpr = window.devicePixelRatio || 1;
-  const w = canvas.clientWidth, h = canvas.clientHeight;
-  if (canvas.width !== Math.round(w * dpr)) { canvas.width = Math.round(w * dpr); canvas.height = Math.round(h * dpr); }
-  const ctx = canvas.getContext('2d');
-  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-  ctx.clearRect(0, 0, w, h);
-  const pad = { l: 44, r: 8, t: 8, b: 16 };
-  const n = history.length;
-  if (n === 0) return;
-  // The axis spans what was seen (at least a minute, at most the window).
-  const t1 = history[n - 1].t, t0 = Math.min(t1 - 60000, Math.max(history[0].t, t1 - WINDOW * 1000));
-  let max = 0;
-  for (const s of series) for (const v of s.values) if (v != null && v > max) max = v;
-  max = max > 0 ? niceCeil(max) : 1;
-  const x = (t) => pad.l + (w - pad.l - pad.r) * (t - t0) / (t1 - t0 || 1);
-  const y = (v) => h - pad.b - (h - pad.t - pad.b) * v / max;
-  ctx.strokeStyle = '#243040'; ctx.fillStyle = '#8a96a3'; ctx.font = '11px system-ui'; ctx.lineWidth = 1;
-  for (let i = 0; i <= 4; i++) {
-    const v = max * i / 4, yy = y(v);
-    ctx.beginPath(); ctx.moveTo(pad.l, yy); ctx.lineTo(w - pad.r, yy); ctx.stroke();
-    ctx.fillText(fmt(v), 2, yy + 4);
-  }
-  ctx.fillText(`−${Math.round((t1 - t0) / 1000)} s`, pad.l, h - 3);
-  ctx.fillText('now', w - pad.r - 22, h - 3);
-  // Knob changes: dashed vertical markers with the change as a label.
-  ctx.save(); ctx.setLineDash([4, 4]); ctx.strokeStyle = '#ffb84d'; ctx.fillStyle = '#ffb84d';
-  let lastLabelX = -1e9;
-  for (const m of markers) {
-    if (m.t < t0) continue;
-    const xx = x(m.t);
-    ctx.beginPath(); ctx.moveTo(xx, pad.t); ctx.lineTo(xx, h - pad.b); ctx.stroke();
-    if (xx - lastLabelX > 80) { ctx.fillText(m.label.slice(0, 28), Math.min(xx + 3, w - 150), pad.t + 10); lastLabelX = xx; }
-  }
-  ctx.restore();
-  series.forEach((s, i) => {
-    ctx.strokeStyle = s.color || COLORS[i % COLORS.length]; ctx.lineWidth = 1.5; ctx.beginPath();
-    let pen = false;
-    s.values.forEach((v, k) => {
-      if (v == null) { pen = false; return; }
-      const xx = x(history[k].t), yy = y(v);
-      if (pen) ctx.lineTo(xx, yy); else { ctx.moveTo(xx, yy); pen = true; }
-    });
-    ctx.stroke();
-  });
+/** Integers as integers; otherwise three significant digits at most. */
+function fmt(v) {
+  if (v == null || Number.isNaN(v)) return '–';
+  if (typeof v !== 'number') return String(v);
+  if (Number.isInteger(v)) return String(v);
+  if (Math.abs(v) >= 100) return String(Math.round(v));
+  return String(Number(v.toPrecision(3)));
 }
+
+function escapeHtml(s) {
+  return String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
+}
+
+/** The few markdown marks the scripts' comments use: `code`, **strong**, *emphasis*, links. */
+function markdown(text) {
+  return escapeHtml(text)
+    .replace(/`([^`]+)`/g, '<code>$1</code>')
+    .replace(/\*\*([^*]+)\*\*/g, '<strong>$1</strong>')
+    .replace(/(^|[\s(])\*([^*\s][^*]*?)\*(?=[\s).,;:!?]|$)/g, '$1<em>$2</em>')
+    .replace(/(^|[\s(])_([^_\s][^_]*?)_(?=[\s).,;:!?]|$)/g, '$1<em>$2</em>')
+    .replace(/\[([^\]]+)\]\((https?:[^)\s]+)\)/g, '<a href="$2">$1</a>');
+}
+
+// ---- charts ---------------------------------------------------------------------------------
 
 function niceCeil(v) {
   const p = Math.pow(10, Math.floor(Math.log10(v)));
@@ -87,15 +68,71 @@ function niceCeil(v) {
   return 10 * p;
 }
 
-function fmt(v) {
-  if (v == null || Number.isNaN(v)) return '–';
-  if (Math.abs(v) >= 100) return Math.round(v).toString();
-  if (Math.abs(v) >= 10) return v.toFixed(1);
-  return (Math.round(v * 100) / 100).toString();
+/** Knob changes as dashed vertical lines, each labelled in full; labels that would overlap go
+ * to the next row (three rows; past them the line stays and the label is in the legend text). */
+function markersPlugin() {
+  return {
+    hooks: {
+      draw: [(u) => {
+        const ctx = u.ctx;
+        const dpr = window.devicePixelRatio || 1;
+        const { left, top, width, height } = u.bbox;
+        ctx.save();
+        ctx.font = `${11 * dpr}px system-ui, sans-serif`;
+        ctx.strokeStyle = '#ffb84d';
+        ctx.fillStyle = '#ffb84d';
+        ctx.setLineDash([4 * dpr, 4 * dpr]);
+        const rowsRightEdge = [];
+        for (const m of markers) {
+          const x = u.valToPos(m.t / 1000, 'x', true);
+          if (!(x >= left && x <= left + width)) continue;
+          ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + height); ctx.stroke();
+          let label = m.label;
+          while (label.length > 4 && ctx.measureText(label).width > width - 8 * dpr) label = label.slice(0, -2);
+          if (label !== m.label) label = label.slice(0, -1) + '…';
+          const w = ctx.measureText(label).width + 8 * dpr;
+          let tx = x + 3 * dpr;
+          if (tx + w > left + width) tx = Math.max(left, x - w);
+          let row = rowsRightEdge.findIndex((edge) => edge <= tx);
+          if (row < 0 && rowsRightEdge.length < 3) { row = rowsRightEdge.length; rowsRightEdge.push(0); }
+          if (row < 0) continue;
+          ctx.fillText(label, tx, top + (row + 1) * 13 * dpr);
+          rowsRightEdge[row] = tx + w;
+        }
+        ctx.restore();
+      }],
+    },
+  };
 }
 
-function legend(id, series) {
-  $(id).innerHTML = series.map((s, i) => `<span style="color:${s.color || COLORS[i % COLORS.length]}">■ ${s.name}</span>`).join('');
+function chartWidth(el) { return Math.max(200, Math.floor(el.getBoundingClientRect().width)); }
+
+function drawChart(id, series) {
+  const el = $(id);
+  const xs = history.map((s) => s.t / 1000);
+  const data = [xs, ...series.map((s) => s.values)];
+  const key = series.map((s) => s.name).join('|');
+  let chart = charts[id];
+  if (chart && chart.key !== key) { chart.u.destroy(); chart = null; }
+  if (!chart) {
+    const axis = { stroke: '#8a96a3', grid: { stroke: '#243040', width: 1 }, ticks: { stroke: '#243040', width: 1 } };
+    const opts = {
+      width: chartWidth(el),
+      height: 200,
+      cursor: { drag: { x: false, y: false } },
+      scales: { x: { time: true }, y: { range: (u, min, max) => [0, niceCeil(max > 0 ? max : 1)] } },
+      axes: [axis, { ...axis, size: 52, values: (u, ticks) => ticks.map(fmt) }],
+      series: [{ value: (u, v) => (v == null ? '' : new Date(v * 1000).toLocaleTimeString()) }, ...series.map((s) => ({
+        label: s.name, stroke: s.color, width: s.width || 1.5, dash: s.dash, points: { show: false },
+        value: (u, v) => fmt(v),
+      }))],
+      plugins: [markersPlugin()],
+    };
+    chart = { u: new uPlot(opts, data, el), key };
+    charts[id] = chart;
+  } else {
+    chart.u.setData(data);
+  }
 }
 
 function groupSeries(field, scale) {
@@ -107,20 +144,39 @@ function groupSeries(field, scale) {
 }
 
 function gaugeSeries(pairs) {
-  return pairs.map(([key, name], i) => ({ name, color: COLORS[i], values: history.map((s) => s.gauges[key]) }));
+  return pairs.map(([key, name, style], i) => ({
+    name, color: (style && style.color) || COLORS[i], dash: style && style.dash, width: style && style.width,
+    values: history.map((s) => (typeof s.gauges[key] === 'number' ? s.gauges[key] : null)),
+  }));
+}
+
+const MAX_LINE = { color: '#e6e6e6', dash: [6, 4], width: 1 };
+
+/** The run's offered rate and predicted capacity while it sends. */
+function runSeries() {
+  const active = (s) => s.run && ['running', 'stopping'].includes(s.run.state);
+  if (!history.some(active)) return [];
+  return [
+    { name: 'predicted capacity (run)', color: '#e6e6e6', dash: [6, 4], width: 1.5, values: history.map((s) => (active(s) ? s.run.predicted_capacity_rps : null)) },
+    { name: 'offered (run)', color: '#ffb84d', dash: [2, 3], width: 1.5, values: history.map((s) => (active(s) ? s.run.rate_rps : null)) },
+  ];
 }
 
 function redraw() {
-  if (history.length === 0) return;
-  const charts = {
-    rps: groupSeries('rps', 1),
-    p95: groupSeries('p95_ms', 1),
-    errors: groupSeries('error_rate', 100),
-    db: gaugeSeries([['db_in_use', 'in use'], ['db_idle', 'idle'], ['db_waiting', 'waiting']]),
-    queues: gaugeSeries([['worker_queue', 'worker pool'], ['cold_start_queue', 'cold start'], ['deploy_queue', 'deploy'], ['http_in_flight', 'in flight']]),
-    memory: gaugeSeries([['retained_mb', 'retained'], ['rss_mb', 'RSS']]),
+  if (history.length === 0 || typeof uPlot === 'undefined') return;
+  const sets = {
+    'chart-rps': [...groupSeries('rps', 1), ...runSeries()],
+    'chart-p95': groupSeries('p95_ms', 1),
+    'chart-db': gaugeSeries([['db_in_use', 'in use'], ['db_idle', 'idle'], ['db_waiting', 'waiting'], ['db_max', 'max (pool size + overflow)', MAX_LINE]]),
+    'chart-queues': gaugeSeries([['worker_queue', 'worker-pool queue'], ['worker_busy', 'worker threads busy'], ['cold_start_queue', 'cold-start queue'], ['deploy_queue', 'deploy queue'], ['http_in_flight', 'in flight'], ['worker_threads', 'max (worker threads)', MAX_LINE]]),
+    'chart-errors': groupSeries('error_rate', 100),
+    'chart-memory': gaugeSeries([['retained_mb', 'retained'], ['rss_mb', 'RSS']]),
   };
-  for (const [name, series] of Object.entries(charts)) { drawChart('chart-' + name, series); legend('legend-' + name, series); }
+  for (const [id, series] of Object.entries(sets)) drawChart(id, series);
+}
+
+function resize() {
+  for (const [id, chart] of Object.entries(charts)) chart.u.setSize({ width: chartWidth($(id)), height: 200 });
 }
 
 // ---- live numbers ---------------------------------------------------------------------------
@@ -134,18 +190,31 @@ function render(snap) {
     el.textContent = typeof v === 'number' ? fmt(v) : (v == null ? '–' : v);
     if (k === 'breaker') el.className = 'v breaker-' + v;
   }
+  // Saturation: the tiles turn red, the banner names the resource and its scenario.
+  const hot = new Set((snap.saturated || []).flatMap((s) => s.tiles));
+  for (const tile of document.querySelectorAll('.tile[data-tiles]')) {
+    tile.classList.toggle('saturated', tile.dataset.tiles.split(' ').some((k) => hot.has(k)));
+  }
+  const banner = $('banner');
+  if (snap.saturated && snap.saturated.length) {
+    banner.innerHTML = 'Saturated: ' + snap.saturated.map((s) => `<b>${escapeHtml(s.resource)}</b> (scenario ${escapeHtml(s.scenario)}): ${escapeHtml(s.detail)}`).join(' · ');
+    banner.hidden = false;
+  } else {
+    banner.hidden = true;
+  }
   const body = $('groups').tBodies[0];
   body.innerHTML = '';
   for (const [g, s] of Object.entries(snap.groups)) {
     const tr = body.insertRow();
     tr.dataset.group = g;
-    [g, fmt(s.rps), (s.error_rate * 100).toFixed(1) + '%', fmt(s.abandoned_rps), fmt(s.p50_ms), fmt(s.p95_ms), fmt(s.p99_ms)].forEach((c) => { tr.insertCell().textContent = c; });
+    [g, fmt(s.rps), fmt(s.error_rate * 100) + '%', fmt(s.abandoned_rps), fmt(s.p50_ms), fmt(s.p95_ms), fmt(s.p99_ms)].forEach((c) => { tr.insertCell().textContent = c; });
   }
   for (const [name, value] of Object.entries(snap.knobs)) {
     const input = document.querySelector(`#knobs tr[data-knob="${name}"] [data-value]`);
     if (!input || input === document.activeElement || input.dataset.dirty) continue;
     setInput(input, value);
   }
+  renderRun(snap);
 }
 
 function onSnapshot(snap) {
@@ -165,18 +234,86 @@ function connect() {
   es.onerror = () => { $('status').textContent = 'reconnecting…'; $('status').className = 'down'; };
 }
 
+// ---- Break it / Fix it ----------------------------------------------------------------------
+
+function listChanges(changes, limit) {
+  const shown = changes.slice(0, limit).map((c) => `${c.knob} ${fmtValue(c.before)} → ${fmtValue(c.after)}`);
+  if (changes.length > limit) shown.push(`and ${changes.length - limit} more`);
+  return shown.join(', ');
+}
+
+function fmtValue(v) { return typeof v === 'string' ? v : JSON.stringify(v); }
+
+function renderRun(snap) {
+  const run = snap.run;
+  lastRun = run;
+  const busy = !!run && ['starting', 'running', 'stopping'].includes(run.state);
+  const selected = scenarios.find((x) => x.id === $('scenario').value);
+  const runnable = !!selected && selected.repro;
+  $('run-break').disabled = busy || !runnable;
+  $('run-fix').disabled = busy || !runnable;
+  $('run-stop').disabled = !busy;
+  const el = $('run-status');
+  if (!run) { el.innerHTML = runnable ? '' : '<span class="muted">This scenario has no in-server run: use k6 below.</span>'; return; }
+  const group = snap.groups[run.scenario];
+  const measured = group ? group.rps : null;
+  const parts = [];
+  parts.push(`<b>${escapeHtml(run.action === 'break' ? 'Break it' : 'Fix it')}</b> · ${escapeHtml(run.scenario)} · profile ${escapeHtml(run.profile)} · <b data-run-state>${escapeHtml(run.state)}</b>`);
+  if (run.rate_rps != null) {
+    const cap = run.predicted_capacity_rps != null ? `predicted capacity <b>${fmt(run.predicted_capacity_rps)}</b> req/s, ` : '';
+    parts.push(`<span class="figures">${cap}offered <b>${fmt(run.rate_rps)}</b> req/s for ${run.seconds} s (${escapeHtml(run.request)}); served now <b data-run-measured>${fmt(measured)}</b> req/s</span>`);
+  }
+  if (run.formula) parts.push(`<span class="muted">${escapeHtml(run.formula)}</span>`);
+  if (run.expect) parts.push(escapeHtml(run.expect));
+  if (run.changed && run.changed.length) parts.push(`changed: ${escapeHtml(listChanges(run.changed, 8))}`);
+  const kept = Object.entries(run.kept_startup || {});
+  if (kept.length) parts.push(`kept from start-up: ${escapeHtml(kept.map(([k, v]) => `${k}=${fmtValue(v)}`).join(', '))}`);
+  if (run.result) {
+    const r = run.result;
+    const failures = Object.entries(r.failures || {}).map(([k, n]) => `${n} × ${k}`).join(', ') || 'none';
+    parts.push(`<span class="figures" data-run-result>result: ${r.ok} of ${r.requests} succeeded (${fmt(r.throughput_rps)} req/s), failures ${escapeHtml(failures)}; p50 ${fmt(r.p50_ms)} ms, p95 ${fmt(r.p95_ms)} ms, p99 ${fmt(r.p99_ms)} ms</span>`);
+  }
+  if (run.error) parts.push(`<span style="color:var(--bad)">${escapeHtml(run.error)}</span>`);
+  parts.push(`<span class="muted">${escapeHtml(run.note)}</span>`);
+  el.innerHTML = parts.map((p) => `<div>${p}</div>`).join('');
+}
+
+async function startRun(action) {
+  const id = $('scenario').value;
+  try {
+    await admin('POST', `/lab/run/${encodeURIComponent(id)}?action=${action}`);
+    say(`${action === 'break' ? 'Break it' : 'Fix it'}: ${id} started`);
+  } catch (e) {
+    say(`${id}: ${e.message}`);
+  }
+}
+
+async function stopRun() {
+  try {
+    await admin('POST', '/lab/run/stop');
+    say('run stopping: nothing more is sent');
+  } catch (e) {
+    say(`stop: ${e.message}`);
+  }
+}
+
 // ---- knobs ----------------------------------------------------------------------------------
 
 function setInput(input, value) {
   if (input.type === 'checkbox') input.checked = !!value; else input.value = value;
 }
 
+/** The value to send, or undefined when the field is empty (never sent as 0). */
 function readInput(input, meta) {
   if (input.type === 'checkbox') return input.checked;
   if (meta.range && meta.range.values) return input.value;
-  const n = Number(input.value);
-  return Number.isNaN(n) ? input.value : n;
+  const text = input.value.trim();
+  if (text === '') return undefined;
+  const n = Number(text);
+  return Number.isNaN(n) ? text : n;
 }
+
+function rangeText(r) { return r.values ? r.values.join(' | ') : `${fmt(r.min)} … ${fmt(r.max)}`; }
 
 function knobRow(name, meta) {
   const tr = document.createElement('tr');
@@ -202,14 +339,16 @@ function knobRow(name, meta) {
   input.addEventListener('change', () => { input.dataset.dirty = '1'; });
   setInput(input, meta.value);
   cell.appendChild(input);
-  tr.insertCell().textContent = r.values ? r.values.join(' | ') : `${r.min} … ${r.max}`;
+  tr.insertCell().textContent = rangeText(r);
   tr.insertCell().textContent = meta.scenario || '';
   const button = document.createElement('button');
   button.textContent = 'apply';
   button.dataset.apply = name;
   button.addEventListener('click', async () => {
+    const value = readInput(input, meta);
+    if (value === undefined) { say(`${name}: enter a value (${rangeText(r)})`); return; }
     try {
-      await admin('PATCH', '/admin/config', { [name]: readInput(input, meta) });
+      await admin('PATCH', '/admin/config', { [name]: value });
       delete input.dataset.dirty;
       say(`${name} changed`);
     } catch (e) {
@@ -238,9 +377,11 @@ function filterKnobs() {
 
 async function switchProfile(name) {
   try {
-    await admin('POST', '/admin/profile/' + name);
+    const view = await admin('POST', '/admin/profile/' + name);
     for (const input of document.querySelectorAll('#knobs [data-value]')) delete input.dataset.dirty;
-    say(`profile ${name} applied`);
+    const sw = view.switch || { changed: [], kept_startup: {} };
+    const kept = Object.entries(sw.kept_startup).map(([k, v]) => `${k}=${fmtValue(v)}`);
+    say(`profile ${name}: ${sw.changed.length} knob(s) changed` + (kept.length ? `; kept from start-up: ${kept.join(', ')}` : ''));
   } catch (e) {
     say(`profile ${name}: ${e.message}`);
   }
@@ -259,10 +400,19 @@ async function loadScenarios() {
 function showScenario() {
   const s = scenarios.find((x) => x.id === $('scenario').value);
   if (!s) return;
-  $('scenario-about').textContent = s.about;
-  $('scenario-k6').textContent = `${s.k6_fragile}\n${s.k6_hardened}`;
+  $('scenario-about').innerHTML = markdown(s.about);
+  const base = `BASE_URL=${location.origin}`;
+  $('scenario-k6').textContent = [
+    `# seconds: the same shape, shrunk`,
+    `${base} ${s.k6_smoke}`,
+    `${base} SMOKE=1 ${s.k6_hardened}`,
+    `# the full run: minutes per profile`,
+    `${base} ${s.k6_fragile}`,
+    `${base} ${s.k6_hardened}`,
+  ].join('\n');
   $('knob-filter').value = s.id === 'healthy' ? '' : s.id;
   filterKnobs();
+  if (history.length) renderRun(history[history.length - 1]);
 }
 
 // ---- start ----------------------------------------------------------------------------------
@@ -271,7 +421,11 @@ $('token').value = sessionStorage.getItem('chokepoint-admin-token') || '';
 $('token').addEventListener('change', () => sessionStorage.setItem('chokepoint-admin-token', $('token').value));
 $('profile-fragile').addEventListener('click', () => switchProfile('fragile'));
 $('profile-hardened').addEventListener('click', () => switchProfile('hardened'));
+$('run-break').addEventListener('click', () => startRun('break'));
+$('run-fix').addEventListener('click', () => startRun('fix'));
+$('run-stop').addEventListener('click', stopRun);
+$('run-limits').textContent = '1.5× the predicted capacity · at most 400 req/s and 256 in flight · 20 s';
 $('knob-filter').addEventListener('input', filterKnobs);
-window.addEventListener('resize', redraw);
+window.addEventListener('resize', resize);
 loadKnobs().then(loadScenarios).catch((e) => say('loading failed: ' + e.message));
 connect();

@@ -39,6 +39,43 @@ pub struct ConfigView {
     /// `POST /admin/reset` only: retained memory released.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_memory_mb: Option<u64>,
+    /// `POST /admin/profile/...` only: what the switch changed and what it kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch: Option<ProfileSwitch>,
+}
+
+/// What a profile switch did, knob by knob.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProfileSwitch {
+    pub profile: Profile,
+    /// Every knob whose value changed: before and after.
+    pub changed: Vec<KnobChange>,
+    /// Knobs set at start-up (environment or flags) that kept their start-up value instead of
+    /// the profile's (`?keep_startup=false` applies the profile's values to them too).
+    pub kept_startup: BTreeMap<String, Value>,
+}
+
+/// One knob's change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KnobChange {
+    pub knob: String,
+    pub before: Value,
+    pub after: Value,
+}
+
+/// The knobs whose value differs between `before` and `after`, in the table's order.
+pub fn knob_changes(before: &Knobs, after: &Knobs) -> Vec<KnobChange> {
+    SPECS
+        .iter()
+        .filter_map(|s| {
+            let (b, a) = (before.get(s.name)?, after.get(s.name)?);
+            (b != a).then(|| KnobChange {
+                knob: s.name.to_string(),
+                before: b,
+                after: a,
+            })
+        })
+        .collect()
 }
 
 /// One knob in [`ConfigView`].
@@ -97,6 +134,7 @@ impl ConfigView {
             startup_only: settings.startup_view(),
             profile_at_startup: settings.profile,
             released_memory_mb: None,
+            switch: None,
         }
     }
 
@@ -196,10 +234,32 @@ async fn patch_config(State(state): State<AppState>, headers: HeaderMap, body: B
     Json(config_view(&state)).into_response()
 }
 
-async fn set_profile(State(state): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> Response {
+/// `?keep_startup=`: whether knobs set at start-up keep their value through a switch.
+#[derive(Debug, Deserialize)]
+pub struct SwitchQuery {
+    keep_startup: Option<String>,
+}
+
+async fn set_profile(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<SwitchQuery>,
+) -> Response {
     if let Err(e) = authorize(&state, &headers) {
         return e.into_response();
     }
+    let keep_startup = match query.keep_startup.as_deref() {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(other) => {
+            return AppError::invalid(
+                "keep_startup",
+                format!("keep_startup must be true or false, not `{other}`"),
+            )
+            .into_response()
+        }
+    };
     let profile = match name.as_str() {
         "fragile" => Profile::Fragile,
         "hardened" => Profile::Hardened,
@@ -211,9 +271,27 @@ async fn set_profile(State(state): State<AppState>, headers: HeaderMap, Path(nam
         }
     };
     let _serialised = state.knobs.change_lock.lock().await;
-    apply(&state, Some((Knobs::for_profile(profile), Source::RuntimeProfile)));
-    tracing::info!(profile = profile.as_str(), "profile switched at runtime");
-    Json(config_view(&state)).into_response()
+    let before = state.knobs.current();
+    let (new, kept) = if keep_startup {
+        state.knobs.profile_keeping_startup(profile)
+    } else {
+        (Knobs::for_profile(profile), Vec::new())
+    };
+    let changed = knob_changes(&before, &new);
+    let kept_startup: BTreeMap<String, Value> = kept
+        .iter()
+        .map(|k| (k.to_string(), new.get(k).unwrap_or_default()))
+        .collect();
+    apply(&state, Some((new, Source::RuntimeProfile)));
+    tracing::info!(profile = profile.as_str(), changed = changed.len(), kept_startup = ?kept,
+        "profile switched at runtime");
+    let mut view = config_view(&state);
+    view.switch = Some(ProfileSwitch {
+        profile,
+        changed,
+        kept_startup,
+    });
+    Json(view).into_response()
 }
 
 async fn reset(State(state): State<AppState>, headers: HeaderMap) -> Response {

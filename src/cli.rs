@@ -2,7 +2,7 @@
 //! [`crate::settings`], the repro arguments in [`crate::repro`]; this module only assembles them,
 //! so neither of those imports the other.
 
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::settings::{DownstreamSettings, Settings};
 
@@ -82,8 +82,45 @@ impl Cli {
         if needs_serve {
             args.insert(1.min(args.len()), "serve".into());
         }
-        Cli::try_parse_from(args)
+        let matches = Self::command_with_help().try_get_matches_from(args)?;
+        Cli::from_arg_matches(&matches)
     }
+
+    /// The command as `--help` shows it: `repro` lists its own flags and the few serve settings
+    /// that matter to it; the rest of serve's settings and knobs still apply to the in-process
+    /// lab (`chokepoint serve --help` lists them), but are not repeated.
+    pub fn command_with_help() -> clap::Command {
+        Cli::command().mut_subcommand("repro", |sub| {
+            let own = crate::repro::ReproArgs::augment_args(clap::Command::new("repro"));
+            let mut shown: Vec<clap::Id> = own.get_arguments().map(|a| a.get_id().clone()).collect();
+            shown.extend(REPRO_SERVE_SETTINGS.iter().map(|id| clap::Id::from(*id)));
+            sub.mut_args(|a| {
+                let keep = shown.contains(a.get_id());
+                a.hide(!keep)
+            })
+            .after_help(
+                "The in-process lab also takes every serve setting and knob (environment variables or \
+                 flags; see `chokepoint serve --help` and `chokepoint knobs`).",
+            )
+        })
+    }
+}
+
+/// The serve settings `repro --help` shows: the profile and the admin token it runs with, and
+/// the stores the in-process lab uses.
+const REPRO_SERVE_SETTINGS: &[&str] = &["profile", "admin_token", "database_url", "redis_url", "log_format"];
+
+/// A command-line or environment error in full: the first line names the environment variable
+/// behind the offending flag ([`one_line_error`]); clap's own lines follow (what is missing, the
+/// accepted values, a "similar argument" suggestion, the usage, and the pointer to `--help`).
+pub fn full_error(err: &clap::Error) -> String {
+    let rendered = err.to_string();
+    let mut out = format!("chokepoint: {}\n", one_line_error(err));
+    for line in rendered.lines().skip(1) {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 /// One line for a command-line or environment error, naming the environment variable behind
@@ -105,8 +142,8 @@ pub fn one_line_error(err: &clap::Error) -> String {
         .find(|a| a.get_long() == Some(long))
         .and_then(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()));
     match env {
-        Some(env) if !first.contains(&format!("<{env}>")) => format!("{first} (environment variable {env})"),
-        _ => first.to_string(),
+        Some(env) => format!("{first} (environment variable {env})"),
+        None => first.to_string(),
     }
 }
 

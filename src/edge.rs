@@ -278,6 +278,7 @@ where
                 let latency = start.elapsed();
                 unanswered.answered = true;
                 state.http_metrics.record(method.as_str(), route, status, latency);
+                state.lab.latency.record(route, latency);
                 drop(in_flight);
                 if let Ok(v) = HeaderValue::from_str(&format!("{:.6}", latency.as_secs_f64())) {
                     resp.headers_mut().insert(PROCESS_TIME, v);
@@ -297,14 +298,44 @@ where
                 }
                 let latency_ms = latency.as_secs_f64() * 1000.0;
                 if status.is_server_error() {
-                    tracing::error!(
-                        status = status.as_u16(),
-                        latency_ms,
-                        method = %method,
-                        route,
-                        request_id = resp.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or(""),
-                        "response failed"
-                    );
+                    // One line per failed request. A documented failure mode (a pool timeout, a
+                    // shed request, a 504 past a deadline) is the lab working as designed: INFO,
+                    // with its code. A 500, or an observer route failing, is a fault: ERROR, with
+                    // the cause.
+                    let request_id = resp
+                        .headers()
+                        .get(REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    match resp.extensions().get::<crate::error::Failure>() {
+                        Some(f) if f.expected => tracing::info!(
+                            status = status.as_u16(),
+                            code = f.code,
+                            latency_ms,
+                            method = %method,
+                            route,
+                            request_id,
+                            "failed as documented"
+                        ),
+                        Some(f) => tracing::error!(
+                            status = status.as_u16(),
+                            code = f.code,
+                            error = %f.cause,
+                            latency_ms,
+                            method = %method,
+                            route,
+                            request_id,
+                            "response failed"
+                        ),
+                        None => tracing::error!(
+                            status = status.as_u16(),
+                            latency_ms,
+                            method = %method,
+                            route,
+                            request_id,
+                            "response failed"
+                        ),
+                    }
                 } else {
                     tracing::debug!(status = status.as_u16(), latency_ms, "finished processing request");
                 }

@@ -425,16 +425,73 @@ fn num_or_str(s: &str) -> Value {
         .unwrap_or_else(|_| Value::from(s))
 }
 
-/// Writes the error and its whole `source()` chain into one string for logs.
+/// What an error answer was, for the edge's one log line: its code, its cause, and whether it
+/// is one of the lab's documented failure modes (a pool timeout, a shed request, a breaker's
+/// refusal: logged at INFO, since the metrics and the scenario expect them) or a fault of the
+/// lab itself (a 500: logged at ERROR with the cause).
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub code: &'static str,
+    pub cause: String,
+    pub expected: bool,
+}
+
+/// Writes the error and its whole `source()` chain into one string for logs, each cause once:
+/// a cause whose text the previous message already holds (many errors print their source in
+/// their own message) is not repeated.
 pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
+    let mut parts = vec![err.to_string()];
     let mut cur = err.source();
     while let Some(e) = cur {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
+        push_cause(&mut parts, e.to_string());
         cur = e.source();
     }
-    out
+    parts.join(": ")
+}
+
+/// [`error_chain`] for an `anyhow::Error`: its contexts, then its causes, each once (what
+/// `{err:#}` prints, without the repeats).
+pub fn chain_text(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        push_cause(&mut parts, cause.to_string());
+    }
+    parts.join(": ")
+}
+
+/// [`chain_text`], followed by a hint when the cause is a known one.
+pub fn describe(err: &anyhow::Error) -> String {
+    let text = chain_text(err);
+    match hint(&text) {
+        Some(hint) => format!("{text}\n  hint: {hint}"),
+        None => text,
+    }
+}
+
+fn push_cause(parts: &mut Vec<String>, cause: String) {
+    let cause = cause.trim().to_string();
+    if cause.is_empty() || parts.last().is_some_and(|prev| prev.contains(&cause)) {
+        return;
+    }
+    parts.push(cause);
+}
+
+/// A next step for the causes people meet first.
+pub fn hint(text: &str) -> Option<&'static str> {
+    let refused = text.contains("Connection refused") || text.contains("connection refused");
+    if text.contains("PostgreSQL") && refused {
+        Some("is PostgreSQL running and listening there? Or unset DATABASE_URL to use the embedded SQLite database")
+    } else if text.contains("PostgreSQL") && text.contains("does not exist") {
+        Some("create it (createdb) or point DATABASE_URL at an existing database")
+    } else if text.contains("Redis") && refused {
+        Some("is Redis running there? Or unset REDIS_URL to use the in-process cache")
+    } else if text.contains("Address already in use") || text.contains("address already in use") {
+        Some("another process listens on that port: stop it, or choose another with --port / PORT (0 picks a free one)")
+    } else if text.contains("Permission denied") && text.contains("bind") {
+        Some("ports below 1024 need privileges: use a port above 1024 (--port / PORT)")
+    } else {
+        None
+    }
 }
 
 impl IntoResponse for AppError {
@@ -447,10 +504,14 @@ impl IntoResponse for AppError {
             AppError::RateLimited { retry_after } | AppError::CircuitOpen { retry_after, .. } => Some(*retry_after),
             _ => None,
         };
-        if status.is_server_error() && !matches!(self, AppError::Unavailable { .. } | AppError::Shed { .. }) {
-            tracing::warn!(error = %error_chain(&self), code = self.code(), "request failed");
-        }
+        // Logged once, by the edge, which knows the route and the request id.
+        let failure = Failure {
+            code: self.code(),
+            cause: error_chain(&self),
+            expected: status != StatusCode::INTERNAL_SERVER_ERROR,
+        };
         let mut resp = (status, Json(self.body())).into_response();
+        resp.extensions_mut().insert(failure);
         if let Some(after) = retry_after {
             // Whole seconds, rounded up, at least 1.
             let secs = after.as_millis().div_ceil(1000).max(1) as u64;

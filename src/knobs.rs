@@ -958,6 +958,35 @@ impl KnobStore {
         self.startup.clone()
     }
 
+    /// The knobs set explicitly at start-up (environment or flags).
+    pub fn set_at_startup(&self) -> Vec<&'static str> {
+        self.startup_sources
+            .iter()
+            .filter(|(_, s)| **s == Source::Startup)
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    /// `profile`'s values, except the knobs set explicitly at start-up (environment or flags),
+    /// which keep their start-up value; and the names of those kept. A profile switch applies
+    /// this, so the cure a switch shows comes from the profile, not from a start-up value
+    /// (`DB_POOL_SIZE=2`, say) quietly replaced by a bigger one.
+    pub fn profile_keeping_startup(&self, profile: Profile) -> (Knobs, Vec<&'static str>) {
+        let mut knobs = Knobs::for_profile(profile);
+        let mut kept = Vec::new();
+        for (name, source) in &self.startup_sources {
+            if *source != Source::Startup {
+                continue;
+            }
+            if let Some(v) = self.startup.get(name) {
+                if knobs.get(name).as_ref() != Some(&v) && knobs.set(name, &v).is_ok() {
+                    kept.push(*name);
+                }
+            }
+        }
+        (knobs, kept)
+    }
+
     /// Where each knob's current value came from.
     pub fn sources(&self) -> BTreeMap<&'static str, Source> {
         self.sources.lock().unwrap_or_else(|p| p.into_inner()).clone()

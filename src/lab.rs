@@ -1,26 +1,32 @@
 //! `GET /lab`: the live panel for workshops. One page, embedded in the binary (no CDN), fed by
 //! `GET /lab/events`: server-sent events carrying one snapshot of the lab per second.
 //!
-//! A snapshot is read from the same Prometheus registry `/metrics` serves, so the panel shows
-//! exactly what a dashboard would: per route group (the OpenAPI tag of the route) requests/s,
-//! error rate (5xx, 429 and 499), the requests whose client gave up (499) per second, and p50/p95/p99 interpolated from the latency histogram's buckets
-//! over the last second; the pool, queue, memory and breaker gauges; every knob's value; and the
-//! knobs that changed since the previous snapshot (the charts draw those as markers).
+//! Rates, error rates and gauges are read from the same Prometheus registry `/metrics` serves, so
+//! the panel shows what a dashboard would: per route group (the scenario that owns the route)
+//! requests/s, error rate (5xx, 429 and 499) and the requests whose client gave up (499) per
+//! second; the pool, queue, memory and breaker gauges; every knob's value; and the knobs that
+//! changed since the previous snapshot (the charts draw those as markers). The percentiles are
+//! exact, not interpolated from buckets: the edge records every request's latency into an HDR
+//! histogram per group ([`LatencyWindows`]) while a panel is open, and p50/p95/p99/max cover the
+//! last [`WINDOW_SECONDS`] seconds.
 //!
 //! One sampler task per process starts with the first subscriber and stops when the state is
 //! dropped; each snapshot is serialised once and shared by every subscriber.
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use futures::{Stream, StreamExt};
+use hdrhistogram::Histogram;
 use prometheus::proto::MetricFamily;
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
@@ -41,6 +47,22 @@ pub fn router() -> Router<AppState> {
         .route("/lab/lab.js", get(script))
         .route("/lab/events", get(events))
         .route("/lab/scenarios.json", get(scenarios))
+        .route("/lab/uplot.js", get(uplot_js))
+        .route("/lab/uplot.css", get(uplot_css))
+        .route("/lab/run", get(crate::repro::panel::status))
+        .route("/lab/run/stop", post(crate::repro::panel::stop))
+        .route("/lab/run/{scenario}", post(crate::repro::panel::start))
+}
+
+const UPLOT_JS: &[u8] = include_bytes!("../assets/vendor/uplot/uPlot.iife.min.js");
+const UPLOT_CSS: &[u8] = include_bytes!("../assets/vendor/uplot/uPlot.min.css");
+
+async fn uplot_js() -> Response {
+    crate::openapi::static_asset("text/javascript; charset=utf-8", UPLOT_JS)
+}
+
+async fn uplot_css() -> Response {
+    crate::openapi::static_asset("text/css; charset=utf-8", UPLOT_CSS)
 }
 
 async fn page() -> Html<&'static str> {
@@ -71,10 +93,13 @@ async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
-/// The sampler's shared output.
+/// The sampler's shared output, and the latency windows the edge feeds.
 pub struct Lab {
     tx: watch::Sender<Arc<String>>,
     started: Mutex<bool>,
+    pub latency: LatencyWindows,
+    /// Break it / Fix it: the panel's own load.
+    pub runs: crate::repro::panel::PanelRuns,
 }
 
 impl Default for Lab {
@@ -82,7 +107,73 @@ impl Default for Lab {
         Lab {
             tx: watch::channel(Arc::new(String::from("{}"))).0,
             started: Mutex::new(false),
+            latency: LatencyWindows::default(),
+            runs: Default::default(),
         }
+    }
+}
+
+/// Seconds of requests the panel's percentiles cover.
+pub const WINDOW_SECONDS: usize = 5;
+
+/// Every request's latency per group, exactly (an HDR histogram at two significant digits, so
+/// within 1%), for the panel's percentiles. Recording starts with the panel's first subscriber:
+/// a lab nobody watches pays one relaxed atomic load per request.
+pub struct LatencyWindows {
+    watching: AtomicBool,
+    /// The second being filled, one histogram per group (in [`groups`]' order).
+    current: Vec<Mutex<Histogram<u64>>>,
+}
+
+impl Default for LatencyWindows {
+    fn default() -> Self {
+        LatencyWindows {
+            watching: AtomicBool::new(false),
+            current: groups().iter().map(|_| Mutex::new(new_histogram())).collect(),
+        }
+    }
+}
+
+/// 1 µs to 10 minutes, two significant digits.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 2).expect("valid bounds")
+}
+
+impl LatencyWindows {
+    /// Records one answered request of `route` (observer routes are not shown).
+    pub fn record(&self, route: &str, latency: Duration) {
+        if !self.watching.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(i) = group_index(route) else { return };
+        if let Some(h) = self.current.get(i) {
+            let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1);
+            h.lock().unwrap_or_else(|p| p.into_inner()).saturating_record(micros);
+        }
+    }
+
+    /// The second just ended, per group; the next one starts empty.
+    fn take(&self) -> Vec<Histogram<u64>> {
+        self.current
+            .iter()
+            .map(|h| std::mem::replace(&mut *h.lock().unwrap_or_else(|p| p.into_inner()), new_histogram()))
+            .collect()
+    }
+}
+
+/// The position in [`groups`] of a route's group; None for observer routes.
+fn group_index(route: &str) -> Option<usize> {
+    static INDEX: LazyLock<HashMap<String, usize>> = LazyLock::new(|| {
+        let position = |g: &str| groups().iter().position(|x| *x == g);
+        crate::scenarios::route_scenarios()
+            .iter()
+            .filter_map(|(route, id)| Some((route.to_string(), position(id)?)))
+            .collect()
+    });
+    match INDEX.get(route) {
+        Some(i) => Some(*i),
+        None if crate::resilience::guard::is_exempt(route) => None,
+        None => groups().iter().position(|g| *g == "other"),
     }
 }
 
@@ -91,6 +182,7 @@ impl Lab {
         let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
         if !*started {
             *started = true;
+            self.latency.watching.store(true, Ordering::Relaxed);
             let weak = Arc::downgrade(&state.0);
             let mut sampler = Sampler::default();
             // The first snapshot now, so a new page has numbers at once.
@@ -133,14 +225,33 @@ struct Totals {
     errors: f64,
     /// Requests whose client gave up before the answer (status 499).
     abandoned: f64,
-    /// Cumulative bucket counts (upper bound, count), as the histogram reports them.
-    buckets: Vec<(f64, f64)>,
 }
 
 #[derive(Default)]
 pub struct Sampler {
     prev: Option<(std::time::Instant, HashMap<String, Totals>)>,
     prev_knobs: Option<Value>,
+    prev_profile: Option<&'static str>,
+    /// The last [`WINDOW_SECONDS`] seconds of latencies, one histogram per group each.
+    windows: VecDeque<Vec<Histogram<u64>>>,
+}
+
+/// Three significant digits (1.53 ms, 15.3 ms, 1530 ms): what the histogram's precision and a
+/// reader's eye support.
+fn significant(ms: f64) -> f64 {
+    if ms <= 0.0 {
+        return 0.0;
+    }
+    let scale = 10f64.powi(2 - ms.log10().floor() as i32);
+    (ms * scale).round() / scale
+}
+
+/// A knob's value as a marker shows it: strings without quotes.
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 impl Sampler {
@@ -150,36 +261,42 @@ impl Sampler {
         let families = state.registry.gather();
         let now = std::time::Instant::now();
         let totals = group_totals(&families);
+        // The latency windows: the second just ended joins, the oldest beyond the window leaves.
+        if self.prev.is_some() {
+            self.windows.push_back(state.lab.latency.take());
+        } else {
+            state.lab.latency.take();
+        }
+        while self.windows.len() > WINDOW_SECONDS {
+            self.windows.pop_front();
+        }
         let mut by_group = Map::new();
-        for &g in groups() {
+        for (gi, &g) in groups().iter().enumerate() {
             let cur = totals.get(g).cloned().unwrap_or_default();
-            let (rps, error_rate, p, abandoned_rps) = match &self.prev {
+            let (rps, error_rate, abandoned_rps) = match &self.prev {
                 Some((at, prev)) => {
                     let secs = now.duration_since(*at).as_secs_f64().max(1e-3);
                     let before = prev.get(g).cloned().unwrap_or_default();
                     let n = (cur.requests - before.requests).max(0.0);
                     let errors = (cur.errors - before.errors).max(0.0);
                     let abandoned = (cur.abandoned - before.abandoned).max(0.0);
-                    let delta: Vec<(f64, f64)> = cur
-                        .buckets
-                        .iter()
-                        .enumerate()
-                        .map(|(i, (le, c))| (*le, c - before.buckets.get(i).map_or(0.0, |b| b.1)))
-                        .collect();
-                    let q = |q: f64| quantile(&delta, q).map(|s| (s * 1e5).round() / 100.0);
-                    (
-                        n / secs,
-                        if n > 0.0 { errors / n } else { 0.0 },
-                        [q(0.5), q(0.95), q(0.99)],
-                        abandoned / secs,
-                    )
+                    (n / secs, if n > 0.0 { errors / n } else { 0.0 }, abandoned / secs)
                 }
-                None => (0.0, 0.0, [None, None, None], 0.0),
+                None => (0.0, 0.0, 0.0),
             };
+            let mut window = new_histogram();
+            for second in &self.windows {
+                if let Some(h) = second.get(gi) {
+                    let _ = window.add(h);
+                }
+            }
+            let q = |q: f64| (!window.is_empty()).then(|| significant(window.value_at_quantile(q) as f64 / 1e3));
             by_group.insert(
                 g.to_string(),
                 json!({"rps": (rps * 100.0).round() / 100.0, "error_rate": (error_rate * 1e4).round() / 1e4,
-                       "p50_ms": p[0], "p95_ms": p[1], "p99_ms": p[2],
+                       "p50_ms": q(0.5), "p95_ms": q(0.95), "p99_ms": q(0.99),
+                       "max_ms": (!window.is_empty()).then(|| significant(window.max() as f64 / 1e3)),
+                       "window_requests": window.len(),
                        "abandoned_rps": (abandoned_rps * 100.0).round() / 100.0}),
             );
         }
@@ -187,15 +304,23 @@ impl Sampler {
 
         let knobs = state.knobs.current();
         let knob_values = serde_json::to_value(&*knobs).unwrap_or(Value::Null);
-        let changes: Vec<String> = match (&self.prev_knobs, knob_values.as_object()) {
+        let profile = profile_of(&state.knobs, &knobs);
+        let mut changes: Vec<String> = match (&self.prev_knobs, knob_values.as_object()) {
             (Some(Value::Object(before)), Some(after)) => after
                 .iter()
-                .filter(|(k, v)| before.get(*k) != Some(*v))
-                .map(|(k, v)| format!("{k} = {v}"))
+                .filter_map(|(k, v)| {
+                    let b = before.get(k)?;
+                    (b != v).then(|| format!("{k} {} → {}", shown(b), shown(v)))
+                })
                 .collect(),
             _ => Vec::new(),
         };
+        // A whole profile at once reads as the switch it was, not as a list of knobs.
+        if changes.len() > 1 && profile != "custom" && self.prev_profile != Some(profile) {
+            changes = vec![format!("profile → {profile}")];
+        }
         self.prev_knobs = Some(knob_values.clone());
+        self.prev_profile = Some(profile);
         let gauges: Map<String, Value> = ALL
             .iter()
             .flat_map(|s| s.gauges)
@@ -214,22 +339,87 @@ impl Sampler {
                 (g.key.to_string(), shown)
             })
             .collect();
+        let saturated = saturation(&gauges);
         json!({
             "t": chrono::Utc::now().timestamp_millis(),
+            "saturated": saturated,
             "groups": by_group,
             "gauges": gauges,
-            "profile": profile_of(&knobs),
+            "profile": profile,
             "knobs": knob_values,
             "changes": changes,
+            "run": state.lab.runs.status(),
         })
     }
 }
 
-/// `fragile` or `hardened` when every knob has that profile's value, else `custom`.
-fn profile_of(k: &Knobs) -> &'static str {
-    if *k == Knobs::for_profile(Profile::Fragile) {
+/// The resources at their limit right now, each with the scenario it belongs to, the tiles
+/// that show it (the panel turns them red) and what the numbers say: a pool whose connections are
+/// all in use or that has waiters, a worker pool whose threads are all busy or that has a queue,
+/// a non-empty cold-start or deploy queue, an open breaker.
+pub fn saturation(gauges: &Map<String, Value>) -> Vec<Value> {
+    let n = |k: &str| gauges.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    let mut out = Vec::new();
+    let mut add = |resource: &str, scenario: &str, tiles: &[&str], detail: Vec<String>| {
+        if !detail.is_empty() {
+            out.push(json!({"resource": resource, "scenario": scenario, "tiles": tiles, "detail": detail.join(", ")}));
+        }
+    };
+    let mut db = Vec::new();
+    let mut db_tiles = Vec::new();
+    if n("db_max") > 0.0 && n("db_in_use") >= n("db_max") {
+        db.push(format!("{} of {} connections in use", n("db_in_use"), n("db_max")));
+        db_tiles.extend(["db_in_use", "db_max"]);
+    }
+    if n("db_waiting") > 0.0 {
+        db.push(format!("{} requests waiting for a connection", n("db_waiting")));
+        db_tiles.push("db_waiting");
+    }
+    add("DB pool", "db-pool", &db_tiles, db);
+    let mut workers = Vec::new();
+    let mut worker_tiles = Vec::new();
+    if n("worker_threads") > 0.0 && n("worker_busy") >= n("worker_threads") {
+        workers.push(format!("{} of {} threads busy", n("worker_busy"), n("worker_threads")));
+        worker_tiles.extend(["worker_busy", "worker_threads"]);
+    }
+    if n("worker_queue") > 0.0 {
+        workers.push(format!("{} calls queued", n("worker_queue")));
+        worker_tiles.push("worker_queue");
+    }
+    add("worker pool", "worker-pool", &worker_tiles, workers);
+    if n("cold_start_queue") > 0.0 {
+        add(
+            "cold-start queue",
+            "cold-start",
+            &["cold_start_queue"],
+            vec![format!("{} requests queued for a warm worker", n("cold_start_queue"))],
+        );
+    }
+    if n("deploy_queue") > 0.0 {
+        add(
+            "deploy queue",
+            "burst",
+            &["deploy_queue"],
+            vec![format!("{} deployments queued", n("deploy_queue"))],
+        );
+    }
+    if gauges.get("breaker").and_then(Value::as_str) == Some("open") {
+        add(
+            "downstream breaker",
+            "downstream",
+            &["breaker"],
+            vec!["open: calls fail fast".into()],
+        );
+    }
+    out
+}
+
+/// `fragile` or `hardened` when every knob has that profile's value (the knobs set at start-up
+/// keeping theirs, as a switch keeps them), else `custom`.
+fn profile_of(store: &crate::knobs::KnobStore, k: &Knobs) -> &'static str {
+    if *k == store.profile_keeping_startup(Profile::Fragile).0 {
         "fragile"
-    } else if *k == Knobs::for_profile(Profile::Hardened) {
+    } else if *k == store.profile_keeping_startup(Profile::Hardened).0 {
         "hardened"
     } else {
         "custom"
@@ -262,82 +452,24 @@ fn group_totals(families: &[MetricFamily]) -> HashMap<String, Totals> {
             None => Some("other".to_string()),
         }
     };
-    for f in families {
-        match f.name() {
-            "http_requests_total" => {
-                for m in f.get_metric() {
-                    let Some(g) = group(label(m, "route").unwrap_or("")) else {
-                        continue;
-                    };
-                    let t = out.entry(g).or_default();
-                    let v = m.get_counter().value();
-                    t.requests += v;
-                    let status: u16 = label(m, "status").and_then(|s| s.parse().ok()).unwrap_or(0);
-                    if status >= 500 || status == 429 || status == crate::edge::CLIENT_CLOSED {
-                        t.errors += v;
-                    }
-                    if status == crate::edge::CLIENT_CLOSED {
-                        t.abandoned += v;
-                    }
-                }
+    for f in families.iter().filter(|f| f.name() == "http_requests_total") {
+        for m in f.get_metric() {
+            let Some(g) = group(label(m, "route").unwrap_or("")) else {
+                continue;
+            };
+            let t = out.entry(g).or_default();
+            let v = m.get_counter().value();
+            t.requests += v;
+            let status: u16 = label(m, "status").and_then(|s| s.parse().ok()).unwrap_or(0);
+            if status >= 500 || status == 429 || status == crate::edge::CLIENT_CLOSED {
+                t.errors += v;
             }
-            "http_request_duration_seconds" => {
-                for m in f.get_metric() {
-                    let Some(g) = group(label(m, "route").unwrap_or("")) else {
-                        continue;
-                    };
-                    let t = out.entry(g).or_default();
-                    let h = m.get_histogram();
-                    let buckets = h.get_bucket();
-                    if t.buckets.is_empty() {
-                        t.buckets = buckets.iter().map(|b| (b.upper_bound(), 0.0)).collect();
-                    }
-                    for (i, b) in buckets.iter().enumerate() {
-                        if let Some(slot) = t.buckets.get_mut(i) {
-                            slot.1 += b.cumulative_count() as f64;
-                        }
-                    }
-                    // The +Inf bucket is implicit: the sample count.
-                    if t.buckets.len() == buckets.len() {
-                        t.buckets.push((f64::INFINITY, 0.0));
-                    }
-                    if let Some(last) = t.buckets.last_mut() {
-                        last.1 += h.get_sample_count() as f64;
-                    }
-                }
+            if status == crate::edge::CLIENT_CLOSED {
+                t.abandoned += v;
             }
-            _ => {}
         }
     }
     out
-}
-
-/// The `q` quantile (seconds) of cumulative bucket counts, interpolated linearly inside the
-/// bucket that holds it (as Prometheus' `histogram_quantile` does). Above the largest finite
-/// bound it answers that bound. None without samples.
-pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
-    let total = buckets.last()?.1;
-    if total <= 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    let mut lower = (0.0, 0.0);
-    for &(le, count) in buckets {
-        if count >= rank {
-            if le.is_infinite() {
-                return Some(lower.0);
-            }
-            let in_bucket = count - lower.1;
-            let frac = if in_bucket > 0.0 {
-                (rank - lower.1) / in_bucket
-            } else {
-                1.0
-            };
-            return Some(lower.0 + (le - lower.0) * frac);
-        }
-        lower = (le, count);
-    }
-    Some(lower.0)
 }
 
 /// The catalog for the scenario selector: each scenario's k6 script's opening comment (the
@@ -357,6 +489,9 @@ static SCENARIOS: LazyLock<Value> = LazyLock::new(|| {
                 "title": s.title,
                 "doc": s.doc,
                 "about": about.join(" "),
+                "k6": s.k6.path,
+                "repro": s.repro.is_some(),
+                "k6_smoke": format!("SMOKE=1 PROFILE=fragile k6 run {}", s.k6.path),
                 "k6_fragile": format!("PROFILE=fragile k6 run {}", s.k6.path),
                 "k6_hardened": format!("PROFILE=hardened k6 run {}", s.k6.path),
             })
@@ -370,16 +505,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quantiles_interpolate_inside_buckets() {
-        // 10 samples in (0, 0.1], 10 in (0.1, 0.2], none above.
-        let b = [(0.1, 10.0), (0.2, 20.0), (f64::INFINITY, 20.0)];
-        assert!((quantile(&b, 0.5).unwrap() - 0.1).abs() < 1e-9);
-        assert!((quantile(&b, 0.75).unwrap() - 0.15).abs() < 1e-9);
-        assert!((quantile(&b, 0.25).unwrap() - 0.05).abs() < 1e-9);
-        // Everything above the last finite bound: that bound.
-        let over = [(0.1, 0.0), (f64::INFINITY, 5.0)];
-        assert_eq!(quantile(&over, 0.99), Some(0.1));
-        assert_eq!(quantile(&[(0.1, 0.0), (f64::INFINITY, 0.0)], 0.5), None);
+    fn saturation_names_the_resource_the_scenario_and_the_tiles() {
+        let g = |v: Value| v.as_object().unwrap().clone();
+        let calm = g(
+            json!({"db_in_use": 3.0, "db_max": 15.0, "db_waiting": 0.0, "worker_busy": 1.0,
+                            "worker_threads": 10.0, "worker_queue": 0.0, "breaker": "closed"}),
+        );
+        assert!(saturation(&calm).is_empty());
+        let starved = g(
+            json!({"db_in_use": 15.0, "db_max": 15.0, "db_waiting": 37.0, "worker_queue": 4.0,
+                               "breaker": "open"}),
+        );
+        let s = saturation(&starved);
+        assert_eq!(s.len(), 3, "{s:?}");
+        assert_eq!(s[0]["scenario"], "db-pool");
+        assert_eq!(s[0]["tiles"], json!(["db_in_use", "db_max", "db_waiting"]));
+        assert!(
+            s[0]["detail"].as_str().unwrap().contains("37 requests waiting"),
+            "{s:?}"
+        );
+        assert_eq!(s[1]["scenario"], "worker-pool");
+        assert_eq!(s[2]["resource"], "downstream breaker");
+    }
+
+    #[test]
+    fn percentiles_are_rounded_to_three_significant_digits() {
+        assert_eq!(significant(1534.7), 1530.0);
+        assert_eq!(significant(15.347), 15.3);
+        assert_eq!(significant(1.5347), 1.53);
+        assert_eq!(significant(0.01234), 0.0123);
+        assert_eq!(significant(0.0), 0.0);
+    }
+
+    #[test]
+    fn latency_windows_record_only_while_watched_and_by_group() {
+        let w = LatencyWindows::default();
+        w.record("/api/db-pool-exhaust", Duration::from_millis(5));
+        assert!(w.take().iter().all(|h| h.is_empty()), "recorded while nobody watches");
+        w.watching.store(true, Ordering::Relaxed);
+        w.record("/api/db-pool-exhaust", Duration::from_millis(5));
+        w.record("/metrics", Duration::from_millis(5));
+        let taken = w.take();
+        let db = groups().iter().position(|g| *g == "db-pool").unwrap();
+        assert_eq!(taken[db].len(), 1);
+        assert_eq!(
+            taken.iter().map(|h| h.len()).sum::<u64>(),
+            1,
+            "observer routes are not shown"
+        );
+        assert!(w.take().iter().all(|h| h.is_empty()), "each second starts empty");
     }
 
     #[test]

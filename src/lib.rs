@@ -129,7 +129,7 @@ impl App {
         let pending_db = match db.establish_once().await {
             Ok(()) => None,
             Err(e) if db.retries_at_startup(settings.db_startup_timeout()) => {
-                tracing::warn!(error = %format!("{e:#}"), window_s = settings.db_startup_timeout,
+                tracing::warn!(error = %crate::error::chain_text(&e), window_s = settings.db_startup_timeout,
                     "database not reachable at start-up: serving /health, /ready fails until it is");
                 Some(e)
             }
@@ -195,6 +195,9 @@ impl App {
             .start(state.db.clone(), state.knobs.clone(), &lifecycle)
             .await
             .context("starting the deployment workers")?;
+        if let Ok(addr) = listener.local_addr() {
+            state.lab.runs.set_addr(addr);
+        }
         let router = router(state.clone());
         let (fatal_tx, fatal) = tokio::sync::oneshot::channel();
         if let Some(first) = pending_db {
@@ -283,7 +286,7 @@ impl App {
             }
             e = fatal => {
                 let _ = hard_tx.send(true);
-                Err(std::io::Error::other(format!("{e:#}")))
+                Err(std::io::Error::other(crate::error::chain_text(&e)))
             }
         };
         // Background work stops; work that must finish (an accepted deployment's commit, a

@@ -17,8 +17,9 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            // One clear line naming the variable, instead of clap's multi-line block.
-            eprintln!("chokepoint: {}", cli::one_line_error(&e));
+            // The first line names the environment variable behind a flag; clap's own lines
+            // follow (what was missing, the accepted values, a suggestion, the usage).
+            eprint!("{}", cli::full_error(&e));
             return ExitCode::from(2);
         }
     };
@@ -56,7 +57,8 @@ fn repro(mut cmd: cli::ReproCommand) -> ExitCode {
     if std::env::var_os("RUST_LOG").is_none() {
         std::env::set_var("RUST_LOG", "error");
     }
-    telemetry::init_tracing(&cmd.lab.log_format);
+    // On stderr: stdout holds the report alone, so `repro ... > report.txt` is the report.
+    telemetry::init_tracing_to(&cmd.lab.log_format, telemetry::LogStream::Stderr);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail("cannot start the async runtime", &e),
@@ -116,6 +118,15 @@ fn healthcheck(args: &cli::HealthcheckArgs) -> ExitCode {
     }
 }
 
+/// The address to type into a browser: a wildcard bind is reached on loopback.
+fn browsable(addr: SocketAddr) -> String {
+    match addr.ip() {
+        ip if ip.is_unspecified() => format!("http://127.0.0.1:{}", addr.port()),
+        std::net::IpAddr::V6(ip) => format!("http://[{ip}]:{}", addr.port()),
+        ip => format!("http://{ip}:{}", addr.port()),
+    }
+}
+
 fn serve(settings: Settings) -> ExitCode {
     telemetry::init_tracing(&settings.log_format);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -132,8 +143,11 @@ fn serve(settings: Settings) -> ExitCode {
             Ok(app) => app,
             Err(e) => return fail_anyhow(e),
         };
+        let base = browsable(app.local_addr());
         tracing::info!(addr = %app.local_addr(), database = ?app.state().db.backend(),
-            downstream = app.state().downstream.base_url(), "chokepoint listening");
+            downstream = app.state().downstream.base_url(), lab = %format!("{base}/lab"),
+            docs = %format!("{base}/docs"), "chokepoint listening");
+
         match app.run_until_stopped(shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail("server error", &e),
@@ -165,12 +179,16 @@ fn run_downstream(settings: DownstreamSettings) -> ExitCode {
 }
 
 fn fail(context: &str, err: &(dyn std::error::Error + 'static)) -> ExitCode {
-    eprintln!("chokepoint: {context}: {}", chokepoint::error::error_chain(err));
+    let text = format!("{context}: {}", chokepoint::error::error_chain(err));
+    match chokepoint::error::hint(&text) {
+        Some(hint) => eprintln!("chokepoint: {text}\n  hint: {hint}"),
+        None => eprintln!("chokepoint: {text}"),
+    }
     ExitCode::FAILURE
 }
 
 fn fail_anyhow(err: anyhow::Error) -> ExitCode {
-    eprintln!("chokepoint: {err:#}");
+    eprintln!("chokepoint: {}", chokepoint::error::describe(&err));
     ExitCode::FAILURE
 }
 

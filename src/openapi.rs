@@ -136,6 +136,44 @@ fn observer_operations() -> Vec<Op> {
                 ("k6_hardened", string()),
             ])),
         ),
+        Op::new("get", "/lab/uplot.js", "uPlot, the panel's chart library (embedded)")
+            .tag("lab")
+            .ok_asset("text/javascript"),
+        Op::new("get", "/lab/uplot.css", "uPlot's style sheet (embedded)")
+            .tag("lab")
+            .ok_asset("text/css"),
+        Op::new("get", "/lab/run", "Break it / Fix it: the panel's current or last load run")
+            .tag("lab")
+            .ok(200, "the run's status, or {\"state\": \"idle\"}", json!({"type": "object"})),
+        admin_auth(
+            Op::new(
+                "post",
+                "/lab/run/{scenario}",
+                "Break it / Fix it: switch to fragile (break) or hardened (fix), then drive the scenario's load from inside the server at 1.5x the capacity the fragile knobs predict (at most 400 req/s, 256 in flight)",
+            )
+            .tag("lab"),
+        )
+        .param(path_param(
+            "scenario",
+            json!({"type": "string", "enum": crate::scenarios::repro_ids()}),
+            "the catalog row",
+        ))
+        .param(json!({"name": "action", "in": "query", "required": false,
+                      "schema": {"type": "string", "enum": ["break", "fix"], "default": "break"},
+                      "description": "break: fragile profile; fix: hardened profile (start-up values kept)"}))
+        .param(json!({"name": "seconds", "in": "query", "required": false,
+                      "schema": {"type": "integer", "minimum": crate::repro::panel::MIN_SECONDS,
+                                 "maximum": crate::repro::panel::MAX_SECONDS,
+                                 "default": crate::repro::panel::DEFAULT_SECONDS},
+                      "description": "seconds of load"}))
+        .ok(202, "the run started; its status", json!({"type": "object"}))
+        .fails(404, "no such scenario, or it has no repro (not_found)")
+        .fails(409, "a run is in progress, or the scenario cannot run from the panel (run_in_progress)")
+        .fails(422, "action or seconds out of range (validation_error)")
+        .fails(503, "the server is not listening yet (not_ready)"),
+        admin_auth(Op::new("post", "/lab/run/stop", "Stop the panel's load run: nothing more is sent").tag("lab"))
+            .ok(200, "the run's status", json!({"type": "object"}))
+            .fails(404, "no run to stop (not_found)"),
         Op::new(
             "get",
             "/lab/events",

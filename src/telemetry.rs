@@ -27,15 +27,47 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 /// Label used for requests that matched no route, so scanners cannot explode label cardinality.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
 
-/// Installs the global tracing subscriber (`RUST_LOG` filter, default `info`). Safe to call
-/// twice: the second call is a no-op, which lets tests spawn many apps.
+/// Where log lines go: `serve` and `downstream` log to stdout (a container's log stream);
+/// `repro` logs to stderr, so its report alone is on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// Colour only for a terminal, and never when `NO_COLOR` is set to anything non-empty
+/// (<https://no-color.org>): a log written to a file or a pipe holds no escape codes.
+pub fn use_colour(stream: LogStream) -> bool {
+    use std::io::IsTerminal;
+    let terminal = match stream {
+        LogStream::Stdout => std::io::stdout().is_terminal(),
+        LogStream::Stderr => std::io::stderr().is_terminal(),
+    };
+    terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Installs the global tracing subscriber on stdout (`RUST_LOG` filter, default `info`). Safe
+/// to call twice: the second call is a no-op, which lets tests spawn many apps.
 pub fn init_tracing(format: &str) {
+    init_tracing_to(format, LogStream::Stdout);
+}
+
+/// [`init_tracing`] on the given stream.
+pub fn init_tracing_to(format: &str, stream: LogStream) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
-    let _ = if format == "json" {
-        builder.json().flatten_event(true).try_init()
-    } else {
-        builder.try_init()
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(use_colour(stream));
+    let _ = match (format == "json", stream) {
+        (true, LogStream::Stdout) => builder.json().flatten_event(true).try_init(),
+        (true, LogStream::Stderr) => builder
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .try_init(),
+        (false, LogStream::Stdout) => builder.try_init(),
+        (false, LogStream::Stderr) => builder.with_writer(std::io::stderr).try_init(),
     };
 }
 

@@ -341,13 +341,14 @@ impl Database {
                 )));
             }
             let status = format!(
-                "waiting for the database: attempt {} failed ({last:#}); next in {} ms, giving up in {} s",
+                "waiting for the database: attempt {} failed ({}); next in {} ms, giving up in {} s",
                 attempt - 1,
+                crate::error::chain_text(&last),
                 pause.as_millis(),
                 left.as_secs()
             );
             tracing::warn!(attempt = attempt - 1, retry_in_ms = pause.as_millis() as u64,
-                error = %format!("{last:#}"), "database not reachable yet; serving /health, /ready fails until it is");
+                error = %crate::error::chain_text(&last), "database not reachable yet; serving /health, /ready fails until it is");
             self.starting.send_replace(Some(status));
             tokio::time::sleep(pause.min(left)).await;
             pause = (pause * 2).min(Duration::from_secs(5));

@@ -4,6 +4,7 @@
 //! (no coordinated omission) — and prints a breaking-point report: a table per stage, the
 //! prediction from the knobs beside the measurement, and the verdict.
 
+pub mod panel;
 pub mod scenarios;
 
 use chokepoint_repro::lab::LabClient;
@@ -50,7 +51,20 @@ pub struct ReproArgs {
 
 /// Runs the command; the exit code (0, 1 on failure, 130 when interrupted).
 /// `profile` is the lab's `--profile` (ignored with `--compare`, which runs both).
-pub async fn run(args: ReproArgs, profile: Profile, settings: Option<crate::settings::Settings>) -> anyhow::Result<u8> {
+pub async fn run(
+    mut args: ReproArgs,
+    profile: Profile,
+    settings: Option<crate::settings::Settings>,
+) -> anyhow::Result<u8> {
+    // Before minutes of load, not after: the report must have somewhere to go.
+    if let Some(dir) = &args.out {
+        check_writable(dir)?;
+    }
+    // The progress bar redraws one line with `\r`: only a terminal shows that as intended.
+    {
+        use std::io::IsTerminal;
+        args.quiet |= !std::io::stderr().is_terminal();
+    }
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -140,8 +154,18 @@ pub async fn run(args: ReproArgs, profile: Profile, settings: Option<crate::sett
     Ok(if interrupted { 130 } else { 0 })
 }
 
+/// `--out` can hold the report: the directory exists (or is created) and a file can be written
+/// in it.
+fn check_writable(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("--out {}: cannot create the directory", dir.display()))?;
+    let probe = dir.join(".chokepoint-write-check");
+    std::fs::write(&probe, b"").with_context(|| format!("--out {}: cannot write in the directory", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
 /// The lab's configuration in force, typed (`GET /admin/config` read as [`crate::admin::ConfigView`]).
-async fn config(lab: &LabClient) -> anyhow::Result<scenarios::RunConfig> {
+pub(crate) async fn config(lab: &LabClient) -> anyhow::Result<scenarios::RunConfig> {
     let view: crate::admin::ConfigView =
         serde_json::from_value(lab.admin(reqwest::Method::GET, "/admin/config", None).await?)
             .context("reading the lab's /admin/config")?;
@@ -161,7 +185,7 @@ fn repro_of(id: &str) -> anyhow::Result<&'static crate::scenarios::Repro> {
 }
 
 /// The median latency of `n` requests sent one at a time (the CPU cost of one request alone).
-async fn calibrate(lab: &LabClient, path: &str, n: usize) -> anyhow::Result<f64> {
+pub(crate) async fn calibrate(lab: &LabClient, path: &str, n: usize) -> anyhow::Result<f64> {
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();

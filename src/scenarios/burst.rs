@@ -338,7 +338,7 @@ impl Deployments {
             db.wait_established().await;
             if let Err(e) = this.requeue_earlier(&db).await {
                 // The sweep finds them a little later.
-                tracing::warn!(error = %format!("{e:#}"), "could not re-queue earlier deployments at start-up");
+                tracing::warn!(error = %crate::error::chain_text(&e), "could not re-queue earlier deployments at start-up");
             }
             this.spawn_workers(db, knobs, &spawner);
         });

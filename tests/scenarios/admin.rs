@@ -115,6 +115,57 @@ async fn patch_profile_and_reset() {
     assert_eq!(app.metric("config_changes_total").await, 3.0);
 }
 
+/// A profile switch keeps what was set at start-up (the cure must not come from a pool the
+/// switch quietly grew) and answers every change with its before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profile_switch_keeps_startup_values_and_says_what_changed() {
+    let app = spawn_app(Db::Sqlite, &["--db-pool-size", "2", "--db-max-overflow", "0"]).await;
+    let (status, body) = app.post_json("/admin/profile/hardened").await;
+    assert_eq!(status, 200, "{body}");
+    let view: ConfigView = serde_json::from_value(body).unwrap();
+    let k = view.current().unwrap();
+    assert_eq!(
+        (k.db_pool_size, k.db_max_overflow),
+        (2, 0),
+        "the start-up pool survives the switch"
+    );
+    assert_eq!(k.db_pool_timeout_ms, 250, "the cure applies");
+    assert_eq!(
+        app.metric("db_pool_max_connections").await,
+        2.0,
+        "the pool itself is still 2"
+    );
+    let switch = view.switch.expect("the switch says what it did");
+    assert_eq!(switch.kept_startup.get("db_pool_size"), Some(&json!(2)));
+    assert_eq!(switch.kept_startup.get("db_max_overflow"), Some(&json!(0)));
+    assert!(
+        switch
+            .changed
+            .iter()
+            .any(|c| c.knob == "db_pool_timeout_ms" && c.before == json!(30000) && c.after == json!(250)),
+        "{:?}",
+        switch.changed
+    );
+    assert!(!switch.changed.iter().any(|c| c.knob == "db_pool_size"));
+
+    // Asked for explicitly, the profile's values replace the start-up ones, and say so.
+    let (status, body) = app.post_json("/admin/profile/hardened?keep_startup=false").await;
+    assert_eq!(status, 200, "{body}");
+    let view: ConfigView = serde_json::from_value(body).unwrap();
+    let hardened = chokepoint::knobs::Knobs::for_profile(Profile::Hardened);
+    assert_eq!(view.current().unwrap().db_pool_size, hardened.db_pool_size);
+    let changed = view.switch.unwrap().changed;
+    assert!(
+        changed
+            .iter()
+            .any(|c| c.knob == "db_pool_size" && c.before == json!(2) && c.after == json!(hardened.db_pool_size)),
+        "{changed:?}"
+    );
+    let (status, body) = app.post_json("/admin/profile/fragile?keep_startup=maybe").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains("keep_startup"), "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_loopback_bind_needs_a_token_for_writes() {
     // Without a token: writes refused with a message saying how to set one; reads open.

@@ -20,6 +20,7 @@ mod downstream;
 mod io;
 mod memory;
 mod openapi_lab;
+mod panel;
 mod recovery;
 mod reliability;
 mod repro;

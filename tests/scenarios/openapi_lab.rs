@@ -177,14 +177,51 @@ async fn lab_events_carry_live_numbers_and_knob_changes() {
     assert!(busy["groups"]["healthy"]["p95_ms"].as_f64().is_some());
     load.await.unwrap();
 
-    // A knob change is reported once, as a change, in the next snapshot.
+    // The percentiles are exact: on a fixed-latency route the panel's p50 is the client's.
+    let mut measured = Vec::new();
+    for _ in 0..5 {
+        let batch: Vec<_> = (0..4)
+            .map(|_| {
+                let (client, url) = (app.client.clone(), app.url("/api/db/hold?ms=120"));
+                tokio::spawn(async move {
+                    let t = Instant::now();
+                    let resp = client.get(&url).send().await.unwrap();
+                    assert_eq!(resp.status(), 200);
+                    t.elapsed()
+                })
+            })
+            .collect();
+        for b in batch {
+            measured.push(b.await.unwrap());
+        }
+    }
+    let client_p50 = crate::common::median(measured).as_secs_f64() * 1e3;
+    let snap = watch_until(&app, Duration::from_secs(4), |s| {
+        s["groups"]["db-pool"]["window_requests"].as_u64() >= Some(20)
+    })
+    .await
+    .expect("the 20 requests in the window");
+    let panel_p50 = snap["groups"]["db-pool"]["p50_ms"].as_f64().unwrap();
+    assert!(
+        (panel_p50 / client_p50 - 1.0).abs() < 0.10,
+        "panel p50 {panel_p50} ms, client p50 {client_p50:.1} ms"
+    );
+
+    // A knob change is reported once, as a change with before and after, in the next snapshot.
     app.set_knobs(serde_json::json!({"db_pool_timeout_ms": 4321})).await;
     let changed = watch_until(&app, Duration::from_secs(4), |s| {
         s["changes"]
             .as_array()
-            .is_some_and(|c| c.iter().any(|x| x == "db_pool_timeout_ms = 4321"))
+            .is_some_and(|c| c.iter().any(|x| x == "db_pool_timeout_ms 30000 → 4321"))
     })
     .await
     .expect("the change in a snapshot");
     assert_eq!(changed["profile"], "custom");
+    // A profile switch reads as one marker, not as the list of every knob it changed.
+    app.switch_profile("hardened").await;
+    let switched = watch_until(&app, Duration::from_secs(4), |s| s["profile"] == "hardened")
+        .await
+        .expect("the switch in a snapshot");
+    assert_eq!(switched["changes"], serde_json::json!(["profile → hardened"]));
+    assert_eq!(switched["profile"], "hardened");
 }

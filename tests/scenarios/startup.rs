@@ -1,4 +1,4 @@
-//! Start-up: the real binary refuses an invalid setting with one clear line naming the variable,
+//! Start-up: the real binary refuses an invalid setting with a first line naming the variable,
 //! and `chokepoint downstream` serves the simulator.
 
 use std::process::{Command, Stdio};
@@ -19,7 +19,7 @@ fn chokepoint() -> Command {
 }
 
 #[test]
-fn invalid_environment_stops_startup_with_one_line_naming_the_variable() {
+fn invalid_environment_stops_startup_with_a_first_line_naming_the_variable() {
     let cases = [
         ("DB_POOL_SIZE", "abc"),
         ("DB_POOL_SIZE", "0"),
@@ -45,10 +45,17 @@ fn invalid_environment_stops_startup_with_one_line_naming_the_variable() {
         assert_eq!(out.status.code(), Some(2), "{var}={value} should stop start-up");
         let stderr = String::from_utf8_lossy(&out.stderr);
         let lines: Vec<_> = stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "{var}={value}: expected one line, got {stderr}");
         assert!(
-            lines[0].contains(var),
-            "{var}={value}: line does not name the variable: {stderr}"
+            lines[0].starts_with("chokepoint: ") && lines[0].contains(var),
+            "{var}={value}: the first line does not name the variable: {stderr}"
+        );
+        assert!(
+            stderr.trim_end().ends_with("For more information, try '--help'."),
+            "{var}={value}: no pointer to --help: {stderr}"
+        );
+        assert!(
+            !stderr.contains('\x1b'),
+            "{var}={value}: escape codes in a pipe: {stderr:?}"
         );
     }
 }
@@ -66,6 +73,20 @@ fn unreachable_database_stops_startup_with_a_clear_error() {
             .unwrap();
         assert_eq!(out.status.code(), Some(1), "DB_STARTUP_TIMEOUT={window}");
         let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("chokepoint: "))
+            .unwrap_or("");
+        assert_eq!(
+            last.matches("Connection refused").count(),
+            1,
+            "the cause once: {stderr}"
+        );
+        assert!(
+            stderr.contains("hint: is PostgreSQL running") && stderr.contains("unset DATABASE_URL"),
+            "a hint: {stderr}"
+        );
         assert!(
             stderr.contains("cannot connect to PostgreSQL at postgres://nobody@127.0.0.1:1/none"),
             "{stderr}"
@@ -77,6 +98,150 @@ fn unreachable_database_stops_startup_with_a_clear_error() {
             );
         }
     }
+}
+
+/// clap's whole message: what is missing, the accepted values, a suggestion, the pointer to
+/// `--help`; never escape codes in a pipe.
+#[test]
+fn command_line_errors_are_complete_and_suggest() {
+    let cases: [(&[&str], &[&str]); 3] = [
+        (
+            &["repro"],
+            &["the following required arguments were not provided", "<SCENARIO>"],
+        ),
+        (
+            &["repro", "db-pol"],
+            &["possible values:", "a similar value exists: 'db-pool'"],
+        ),
+        (
+            &["--db-pool-siz", "3"],
+            &["a similar argument exists: '--db-pool-size'"],
+        ),
+    ];
+    for (args, says) in cases {
+        let out = chokepoint().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for s in says {
+            assert!(stderr.contains(s), "{args:?} does not say {s:?}: {stderr}");
+        }
+        assert!(stderr.starts_with("chokepoint: "), "{stderr}");
+        assert!(stderr.contains("For more information, try '--help'."), "{stderr}");
+        assert!(!stderr.contains('\x1b'), "escape codes in a pipe: {stderr:?}");
+    }
+}
+
+/// `repro --help` lists repro's own flags and the few serve settings it uses, each once.
+#[test]
+fn repro_help_shows_only_repro_flags() {
+    let out = chokepoint().args(["repro", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(help.matches("--admin-token <").count(), 1, "{help}");
+    for own in [
+        "--compare",
+        "--base-url",
+        "--stage-seconds",
+        "--out",
+        "--quiet",
+        "--profile",
+        "--database-url",
+    ] {
+        assert!(help.contains(own), "{own} missing: {help}");
+    }
+    for serve_only in ["--db-pool-size", "--port", "--worker-pool-size", "--shutdown-grace-ms"] {
+        assert!(!help.contains(serve_only), "{serve_only} listed: {help}");
+    }
+    assert!(help.contains("chokepoint serve --help"), "{help}");
+    let flags = help.lines().filter(|l| l.trim_start().starts_with("--")).count();
+    assert!(flags <= 12, "{flags} flags: {help}");
+}
+
+/// `--out` is checked before minutes of load: nothing runs, nothing is printed on stdout.
+#[test]
+fn repro_refuses_an_unwritable_out_before_the_run() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let out_dir = file.path().join("report");
+    let out = chokepoint()
+        .args(["repro", "db-pool", "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--out") && stderr.contains("cannot create the directory"),
+        "{stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "a report was printed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Logs written to a file: no escape codes; the start-up line names the panel and the docs; an
+/// expected 503 (a documented failure mode) is one INFO line, never ERROR.
+#[test]
+fn serve_logs_to_a_file_plainly_and_once_per_expected_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serve.log");
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+    let mut child = chokepoint()
+        .args(["serve", "--port", "0"])
+        .env("DATABASE_URL", db)
+        .env("DB_POOL_SIZE", "1")
+        .env("DB_MAX_OVERFLOW", "0")
+        .env("DB_POOL_TIMEOUT", "0.2")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let listening = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("chokepoint listening")) {
+            break line.to_string();
+        }
+        assert!(Instant::now() < deadline, "no listening line: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let addr = listening
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .expect("addr= in the listening line")
+        .to_string();
+    assert!(
+        listening.contains(&format!("lab=http://{addr}/lab"))
+            && listening.contains(&format!("docs=http://{addr}/docs")),
+        "{listening}"
+    );
+    // One connection, three callers: one holds it, two time out acquiring (503 db_pool_timeout).
+    let holders: Vec<_> = (0..3)
+        .map(|_| {
+            let url = format!("http://{addr}/api/db/hold?ms=1500");
+            std::thread::spawn(move || http_get::try_blocking_get(&url))
+        })
+        .collect();
+    let refused = holders
+        .into_iter()
+        .filter_map(|h| h.join().ok().flatten())
+        .filter(|body| body.contains("db_pool_timeout"))
+        .count();
+    assert!(refused >= 1, "no caller timed out acquiring");
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains('\x1b'), "escape codes in a file: {text:?}");
+    let documented: Vec<_> = text.lines().filter(|l| l.contains("db_pool_timeout")).collect();
+    assert_eq!(documented.len(), refused, "one line per expected 503: {text}");
+    assert!(
+        documented
+            .iter()
+            .all(|l| l.contains(" INFO ") && l.contains("failed as documented")),
+        "{text}"
+    );
+    assert!(!text.contains(" ERROR "), "{text}");
 }
 
 #[test]

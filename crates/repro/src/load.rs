@@ -13,9 +13,8 @@ use serde_json::Value;
 use crate::lab::LabClient;
 use crate::plan::{Plan, Target};
 
-/// Requests in flight at most; beyond it a request is not sent and counts as `dropped`
-/// (the generator's own safety cap: bounded tasks and sockets).
-const MAX_IN_FLIGHT: u64 = 2_000;
+/// Requests in flight at most by default ([`crate::plan::Plan::max_in_flight`]).
+pub const MAX_IN_FLIGHT: u64 = 2_000;
 /// A request unanswered after this long counts as `client_timeout`.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The measurement of one stage.
@@ -172,7 +171,7 @@ pub async fn run_stage(
         }
         sent += 1;
         sent_so_far.store(sent, Ordering::SeqCst);
-        if in_flight.load(Ordering::SeqCst) >= MAX_IN_FLIGHT {
+        if in_flight.load(Ordering::SeqCst) >= plan.max_in_flight {
             dropped += 1;
             continue;
         }

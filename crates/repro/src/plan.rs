@@ -84,6 +84,9 @@ pub struct Plan {
     pub settle: std::time::Duration,
     /// Called once after the last stage (e.g. free retained memory).
     pub after_run: Option<(reqwest::Method, &'static str)>,
+    /// Requests in flight at most; beyond it a request is not sent and counts as `dropped`
+    /// (the generator's own safety cap: bounded tasks and sockets).
+    pub max_in_flight: u64,
 }
 
 impl Plan {
@@ -99,6 +102,7 @@ impl Plan {
             before_stage: None,
             settle: std::time::Duration::ZERO,
             after_run: None,
+            max_in_flight: crate::load::MAX_IN_FLIGHT,
         }
     }
 }

@@ -132,6 +132,7 @@ mod tests {
             before_stage: None,
             settle: std::time::Duration::ZERO,
             after_run: None,
+            max_in_flight: 10,
         };
         let prediction = Prediction {
             capacity_rps: Some(20.0),
