@@ -79,11 +79,18 @@ function markersPlugin() {
         const { left, top, width, height } = u.bbox;
         ctx.save();
         ctx.font = `${11 * dpr}px system-ui, sans-serif`;
+        // uPlot leaves the axes' alignment on the context: labels start at their x.
+        ctx.textAlign = 'left';
+        ctx.textBaseline = 'alphabetic';
         ctx.strokeStyle = '#ffb84d';
         ctx.fillStyle = '#ffb84d';
         ctx.setLineDash([4 * dpr, 4 * dpr]);
-        const rowsRightEdge = [];
-        for (const m of markers) {
+        // Newest first, so the latest change always has its label; an older label that would
+        // overlap every row is left out (its line stays).
+        const rows = [[], [], []]; // occupied [from, to] per row
+        const free = (row, a, b) => row.every(([c, d]) => b <= c || a >= d);
+        for (let i = markers.length - 1; i >= 0; i--) {
+          const m = markers[i];
           const x = u.valToPos(m.t / 1000, 'x', true);
           if (!(x >= left && x <= left + width)) continue;
           ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + height); ctx.stroke();
@@ -93,11 +100,10 @@ function markersPlugin() {
           const w = ctx.measureText(label).width + 8 * dpr;
           let tx = x + 3 * dpr;
           if (tx + w > left + width) tx = Math.max(left, x - w);
-          let row = rowsRightEdge.findIndex((edge) => edge <= tx);
-          if (row < 0 && rowsRightEdge.length < 3) { row = rowsRightEdge.length; rowsRightEdge.push(0); }
+          const row = rows.findIndex((r) => free(r, tx, tx + w));
           if (row < 0) continue;
           ctx.fillText(label, tx, top + (row + 1) * 13 * dpr);
-          rowsRightEdge[row] = tx + w;
+          rows[row].push([tx, tx + w]);
         }
         ctx.restore();
       }],
@@ -272,6 +278,8 @@ function renderRun(snap) {
     const r = run.result;
     const failures = Object.entries(r.failures || {}).map(([k, n]) => `${n} × ${k}`).join(', ') || 'none';
     parts.push(`<span class="figures" data-run-result>result: ${r.ok} of ${r.requests} succeeded (${fmt(r.throughput_rps)} req/s), failures ${escapeHtml(failures)}; p50 ${fmt(r.p50_ms)} ms, p95 ${fmt(r.p95_ms)} ms, p99 ${fmt(r.p99_ms)} ms</span>`);
+    const watched = Object.entries(r.metrics || {}).map(([k, v]) => `${k} ${fmt(v)}`).join(', ');
+    if (watched) parts.push(`<span class="muted">watched (a gauge's peak, a counter's increase): ${escapeHtml(watched)}</span>`);
   }
   if (run.error) parts.push(`<span style="color:var(--bad)">${escapeHtml(run.error)}</span>`);
   parts.push(`<span class="muted">${escapeHtml(run.note)}</span>`);

@@ -3,10 +3,13 @@
 // with ADMIN_TOKEN set and passes BASE_URL and ADMIN_TOKEN.
 //
 // Asserts: no console errors or page errors on either page; the lab shows live numbers that
-// move when load is applied; a knob changed from the page (with the token) changes
-// /admin/config and draws a marker, and without the token the page says 401; the profile
-// switch is one click; the scenario selector shows the k6 command; Swagger UI renders every
-// operation of /openapi.json.
+// move when load is applied; the panel's p50 is the client's on a fixed-latency route; a knob
+// changed from the page (with the token) changes /admin/config and draws a marker, without the
+// token the page says 401, and an empty field is not sent; the profile switch is one click and
+// keeps start-up values; the scenario selector renders its markdown and gives the k6 commands
+// for this page's address, SMOKE=1 first; Break it turns the pool tiles red with a banner and
+// draws the predicted capacity, Stop stops it, Fix it names the cure; no horizontal overflow at
+// 1440 and 390 px (screenshots of both); Swagger UI renders every operation of /openapi.json.
 import { chromium } from 'playwright-core';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
@@ -129,8 +132,8 @@ await test('lab: a knob changed from the page changes /admin/config and marks th
   await row.locator('[data-value]').fill('1234');
   await row.locator('button[data-apply]').click();
   await until('/admin/config to show 1234', async () => (await config()).knobs.db_pool_timeout_ms.value === 1234);
-  await until('a marker for the change', async () =>
-    lab.evaluate(() => markers.some((m) => m.label.includes('db_pool_timeout_ms = 1234'))));
+  await until('a marker for the change, before and after', async () =>
+    lab.evaluate(() => markers.some((m) => m.label === 'db_pool_timeout_ms 30000 → 1234')));
   const sel = lab.locator('#knobs tr[data-knob="cpu_mode"] select');
   await sel.selectOption('offload');
   await lab.locator('#knobs tr[data-knob="cpu_mode"] button[data-apply]').click();
@@ -141,18 +144,97 @@ await test('lab: the profile switch is one click', async () => {
   await lab.click('#profile-hardened');
   await until('the hardened profile', async () => (await lab.textContent('#profile')) === 'hardened');
   const cfg = await config();
-  for (const [name, k] of Object.entries(cfg.knobs)) assert.deepEqual(k.value, k.profiles.hardened, name);
+  // Knobs set at start-up keep their value through a switch (and their source says so).
+  for (const [name, k] of Object.entries(cfg.knobs)) if (k.source !== 'startup') assert.deepEqual(k.value, k.profiles.hardened, name);
+  assert.match(await lab.textContent('#message'), /profile hardened: \d+ knob\(s\) changed/);
   await lab.click('#profile-fragile');
   await until('the fragile profile', async () => (await lab.textContent('#profile')) === 'fragile');
   assert.equal((await config()).knobs.db_pool_timeout_ms.value, 30000);
 });
 
+await test('lab: an empty knob field is not sent as 0', async () => {
+  const row = lab.locator('#knobs tr[data-knob="db_pool_size"]');
+  const before = (await config()).knobs.db_pool_size.value;
+  await row.locator('[data-value]').fill('');
+  await row.locator('button[data-apply]').click();
+  await until('a message asking for a value', async () => (await lab.textContent('#message')).includes('db_pool_size: enter a value'));
+  assert.equal((await config()).knobs.db_pool_size.value, before);
+  assert.match(await lab.textContent('#g-db_max'), /^\d+$/, 'integer tiles show integers');
+});
+
+await test('lab: the panel p50 is the client-measured p50 on a fixed-latency route', async () => {
+  const times = [];
+  for (let round = 0; round < 6; round++) {
+    await Promise.all(Array.from({ length: 4 }, async () => {
+      const t0 = performance.now();
+      const r = await fetch(`${BASE}/api/db/hold?ms=300`);
+      await r.arrayBuffer();
+      assert.equal(r.status, 200);
+      times.push(performance.now() - t0);
+    }));
+  }
+  times.sort((a, b) => a - b);
+  const client = (times[11] + times[12]) / 2;
+  const panel = await until('the db-pool p50 in the table', async () => {
+    const v = Number(await lab.locator('#groups tr[data-group="db-pool"] td').nth(4).textContent());
+    return v > 0 ? v : null;
+  });
+  console.log(`     panel p50 ${panel} ms, client p50 ${client.toFixed(1)} ms`);
+  assert.ok(Math.abs(panel / client - 1) < 0.10, `panel ${panel} ms vs client ${client} ms`);
+});
+
 await test('lab: the scenario selector explains and gives the k6 command', async () => {
   await lab.selectOption('#scenario', 'db-pool');
   assert.match(await lab.textContent('#scenario-about'), /pool/);
-  assert.match(await lab.textContent('#scenario-k6'), /PROFILE=hardened k6 run load-tests\/db-pool\.js/);
+  const k6 = await lab.textContent('#scenario-k6');
+  assert.match(k6, /PROFILE=hardened k6 run load-tests\/db-pool\.js/);
+  const commands = k6.split('\n').filter((l) => !l.startsWith('#'));
+  assert.ok(commands[0].startsWith(`BASE_URL=${BASE} SMOKE=1 `), commands[0]);
+  await lab.selectOption('#scenario', 'cpu');
+  assert.ok((await lab.innerHTML('#scenario-about')).includes('<em>unrelated</em>'), 'markdown is rendered');
+  assert.doesNotMatch(await lab.textContent('#scenario-about'), /\*unrelated\*/);
+  await lab.selectOption('#scenario', 'db-pool');
   const visible = await lab.locator('#knobs tbody tr:not([hidden])').count();
   assert.ok(visible > 0 && visible < (await lab.locator('#knobs tbody tr').count()), 'knobs filtered to the scenario');
+});
+
+await test('lab: Break it starves the pool in red, with the prediction drawn, and Stop stops it', async () => {
+  await lab.selectOption('#scenario', 'db-pool');
+  await lab.click('#run-break');
+  await until('red pool tiles and a banner naming db-pool', async () => {
+    const banner = await lab.locator('#banner');
+    return !(await banner.isHidden()) && (await banner.textContent()).includes('db-pool') &&
+      (await lab.locator('.tile.saturated').count()) > 0;
+  }, 30000);
+  await until('the predicted capacity on the requests chart', async () =>
+    lab.evaluate(() => charts['chart-rps'] && charts['chart-rps'].u.series.some((s) => s.label === 'predicted capacity (run)')));
+  assert.ok(await lab.evaluate(() => charts['chart-db'].u.series.some((s) => s.label.startsWith('max'))), 'the pool chart has its max line');
+  for (const [name, viewport] of [['1440', { width: 1440, height: 900 }], ['390', { width: 390, height: 844 }]]) {
+    await lab.setViewportSize(viewport);
+    await lab.evaluate(() => window.scrollTo(0, 0));
+    await new Promise((r) => setTimeout(r, 1200));
+    const overflow = await lab.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `${overflow} px of horizontal overflow at ${name} px`);
+    await lab.screenshot({ path: `${OUT}/lab-break-${name}.png` });
+  }
+  await lab.setViewportSize({ width: 1400, height: 1600 });
+  await lab.click('#run-stop');
+  await until('the run stopped', async () => (await lab.textContent('#run-status')).includes('stopped'), 40000);
+  assert.ok(!(await lab.isDisabled('#run-break')), 'Break it is available again');
+});
+
+await test('lab: Fix it runs the same load on hardened and names the cure', async () => {
+  await lab.click('#run-fix');
+  await until('the fix running with its cure listed', async () => {
+    const text = await lab.textContent('#run-status');
+    return text.includes('running') && text.includes('db_pool_timeout_ms') && text.includes('profile hardened');
+  }, 30000);
+  await lab.click('#run-stop');
+  await until('the fix stopped with a result', async () => {
+    const text = await lab.textContent('#run-status');
+    return text.includes('stopped') && text.includes('result:');
+  }, 40000);
+  await lab.screenshot({ path: `${OUT}/lab-fix.png` });
 });
 
 await lab.screenshot({ path: `${OUT}/lab.png`, fullPage: true });
