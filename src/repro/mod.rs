@@ -138,6 +138,8 @@ pub async fn run(
     }
     let interrupted = stop.load(Ordering::SeqCst);
     let report = Report {
+        command: command_line(std::env::args()),
+        version: env!("CARGO_PKG_VERSION").to_string(),
         scenario: args.scenario.clone(),
         target: target_label,
         generated_at: chrono::Utc::now().to_rfc3339(),
@@ -152,6 +154,55 @@ pub async fn run(
         println!("\nwrote {0}/report.md, {0}/report.json, {0}/chart.svg", dir.display());
     }
     Ok(if interrupted { 130 } else { 0 })
+}
+
+/// The command line as typed, for the report: the program as `chokepoint`, the admin token
+/// hidden, database and Redis passwords redacted.
+pub fn command_line(args: impl IntoIterator<Item = String>) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut secret_next = false;
+    let mut url_next = false;
+    for (i, arg) in args.into_iter().enumerate() {
+        let shown = if i == 0 {
+            "chokepoint".to_string()
+        } else if secret_next {
+            "***".to_string()
+        } else if url_next {
+            crate::settings::redact(&arg)
+        } else if let Some(v) = arg.strip_prefix("--admin-token=") {
+            let _ = v;
+            "--admin-token=***".to_string()
+        } else if let Some(v) = arg
+            .strip_prefix("--database-url=")
+            .or_else(|| arg.strip_prefix("--redis-url="))
+        {
+            format!("{}={}", &arg[..arg.len() - v.len() - 1], crate::settings::redact(v))
+        } else {
+            arg.clone()
+        };
+        secret_next = arg == "--admin-token";
+        url_next = arg == "--database-url" || arg == "--redis-url";
+        let quoted = if shown.contains(|c: char| c.is_whitespace() || "'\"$`".contains(c)) {
+            format!("'{}'", shown.replace('\'', r"'\''"))
+        } else {
+            shown
+        };
+        out.push(quoted);
+    }
+    out.join(" ")
+}
+
+/// The knobs that decide `scenario`: those the knob table files under it, and those the run set.
+fn key_knobs(
+    scenario: &str,
+    knobs: &crate::knobs::Knobs,
+    run_knobs: &serde_json::Value,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    crate::knobs::SPECS
+        .iter()
+        .filter(|s| s.scenario == scenario || run_knobs.get(s.name).is_some())
+        .filter_map(|s| Some((s.name.to_string(), knobs.get(s.name)?)))
+        .collect()
 }
 
 /// `--out` can hold the report: the directory exists (or is created) and a file can be written
@@ -262,10 +313,38 @@ async fn run_profile(
         Run {
             profile: profile.as_str().into(),
             prediction,
+            key_knobs: key_knobs(&args.scenario, &config.knobs, &run_knobs),
             knobs,
             stages,
             verdict,
         },
         request,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::command_line;
+
+    #[test]
+    fn the_command_line_hides_secrets() {
+        let args = [
+            "/x/target/release/chokepoint",
+            "repro",
+            "db-pool",
+            "--admin-token",
+            "s3cret-token",
+            "--database-url=postgres://u:pw@db/x",
+            "--out",
+            "my report",
+        ]
+        .map(String::from);
+        let line = command_line(args);
+        assert!(!line.contains("s3cret") && !line.contains("pw@"), "{line}");
+        assert!(
+            line.starts_with("chokepoint repro db-pool --admin-token *** --database-url=postgres://"),
+            "{line}"
+        );
+        assert!(line.ends_with("--out 'my report'"), "{line}");
+    }
 }

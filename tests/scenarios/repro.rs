@@ -44,19 +44,40 @@ fn check_files(out: &Path) -> Value {
     let svg = std::fs::read_to_string(out.join("chart.svg")).unwrap();
     let doc = roxmltree::Document::parse(&svg).expect("chart.svg is well-formed XML");
     assert_eq!(doc.root_element().tag_name().name(), "svg");
-    assert!(
-        doc.descendants().filter(|n| n.has_tag_name("path")).count() > 4,
-        "the chart has lines"
-    );
+    let lines = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("polyline") || n.has_tag_name("path") || n.has_tag_name("line"))
+        .count();
+    assert!(lines > 4, "the chart has lines");
+    let text: String = doc
+        .descendants()
+        .filter_map(|n| n.text())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for says in [
+        "chokepoint repro",
+        "chokepoint 0.",
+        "predicted capacity",
+        "offered load (req/s)",
+        "failed (% of requests)",
+    ] {
+        assert!(text.contains(says), "the chart does not say {says:?}: {text}");
+    }
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("**Verdict:**") && md.contains("chart.svg"));
+    assert!(
+        md.contains("Command: `chokepoint repro ") && md.contains("**Knobs:** `"),
+        "{md}"
+    );
     json
 }
 
 #[test]
 fn db_pool_repro_measures_the_predicted_capacity_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
+    // Logs at INFO: they go to stderr, and stdout holds the report alone.
     let output = repro(dir.path(), &["db-pool", "--compare", "--stage-seconds", "2"])
+        .env("RUST_LOG", "info")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -66,6 +87,18 @@ fn db_pool_repro_measures_the_predicted_capacity_and_the_fix() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("### Side by side"), "{stdout}");
+    assert!(
+        !stdout
+            .lines()
+            .any(|l| l.contains(" INFO ") || l.contains(" WARN ") || l.contains(" ERROR ")),
+        "log lines on stdout: {stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("failed as documented"),
+        "the expected 503s are logged on stderr, at INFO"
+    );
+    assert!(!stderr.contains(" ERROR ") && !stderr.contains('\x1b'), "{stderr}");
     let report = check_files(&dir.path().join("out"));
     let runs = report["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2);

@@ -91,6 +91,8 @@ fn stage_table(run: &Run) -> String {
 fn run_section(run: &Run) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "### {} profile\n", run.profile);
+    let knobs: Vec<String> = run.key_knobs.iter().map(|(k, v)| format!("`{k}={v}`")).collect();
+    let _ = writeln!(out, "**Knobs:** {}\n", knobs.join(", "));
     let _ = writeln!(
         out,
         "**Prediction from the knobs:** {}. {}.\n",
@@ -141,6 +143,7 @@ fn side_by_side(report: &Report) -> String {
 pub fn text(report: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "\n## chokepoint repro {}\n", report.scenario);
+    let _ = writeln!(out, "Command: `{}` · chokepoint {}\n", report.command, report.version);
     let _ = writeln!(
         out,
         "Target: {} · request: `{}` · {} s per stage, open model (constant arrival rate; latency from the intended send time){}\n",

@@ -11,7 +11,11 @@ use crate::verdict::Verdict;
 pub struct Run {
     pub profile: String,
     pub prediction: Prediction,
+    /// Every knob in force.
     pub knobs: Value,
+    /// The knobs that decide this scenario (its own, and those the run set), for the report's
+    /// and the chart's captions.
+    pub key_knobs: std::collections::BTreeMap<String, Value>,
     pub stages: Vec<StageResult>,
     pub verdict: Verdict,
 }
@@ -19,6 +23,10 @@ pub struct Run {
 /// The whole report.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
+    /// The command line that produced it.
+    pub command: String,
+    /// The lab's version (`chokepoint --version`).
+    pub version: String,
     pub scenario: String,
     pub target: String,
     pub generated_at: String,
