@@ -98,6 +98,19 @@ fn draw_series<'a, DB: DrawingBackend + 'a, CT: CoordTranslate<From = (f64, f64)
     Ok(())
 }
 
+/// The legend, top left, over a translucent white.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(0xcc, 0xcc, 0xcc))
+        .label_font(("sans-serif", 12))
+        .draw()
+}
+
 fn runs_max(report: &Report, f: impl Fn(&Run) -> Vec<f64>) -> f64 {
     report.runs.iter().flat_map(f).fold(0.0, f64::max)
 }
@@ -240,13 +253,7 @@ fn draw(report: &Report, root: &Area) -> Result<(), Box<dyn std::error::Error>> 
                 )))?;
             }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(0xcc, 0xcc, 0xcc))
-            .label_font(("sans-serif", 12))
-            .draw()?;
+        legend(&mut chart)?;
     }
 
     // 2. Latency percentiles, log scale: colour and marker by profile, line style by percentile.
@@ -322,13 +329,7 @@ fn draw(report: &Report, root: &Area) -> Result<(), Box<dyn std::error::Error>> 
                 )?;
             }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(0xcc, 0xcc, 0xcc))
-            .label_font(("sans-serif", 12))
-            .draw()?;
+        legend(&mut chart)?;
     }
 
     // 3. The share of requests that failed: shedding made visible.
@@ -364,13 +365,7 @@ fn draw(report: &Report, root: &Area) -> Result<(), Box<dyn std::error::Error>> 
                 &format!("{} failed %", run.profile),
             )?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(0xcc, 0xcc, 0xcc))
-            .label_font(("sans-serif", 12))
-            .draw()?;
+        legend(&mut chart)?;
     }
     root.present()?;
     Ok(())
