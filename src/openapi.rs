@@ -86,14 +86,25 @@ fn observer_operations() -> Vec<Op> {
                 422,
                 "unknown knob, wrong type or out of range: every refusal is listed (invalid_knob)",
             ),
-        admin_auth(Op::new("post", "/admin/profile/{name}", "Switch every knob to a profile").tag("admin"))
-            .param(path_param(
-                "name",
-                json!({"type": "string", "enum": ["fragile", "hardened"]}),
-                "the profile",
-            ))
-            .ok(200, "switched; the new configuration", config_schema())
-            .fails(404, "no such profile (not_found)"),
+        admin_auth(
+            Op::new(
+                "post",
+                "/admin/profile/{name}",
+                "Switch to a profile: every knob takes its value, except those set at start-up (environment or flags), which keep theirs unless keep_startup=false; the answer lists every change, before and after",
+            )
+            .tag("admin"),
+        )
+        .param(path_param(
+            "name",
+            json!({"type": "string", "enum": ["fragile", "hardened"]}),
+            "the profile",
+        ))
+        .param(json!({"name": "keep_startup", "in": "query", "required": false,
+                      "schema": {"type": "string", "enum": ["true", "false"], "default": "true"},
+                      "description": "false: the profile's values replace the start-up ones too"}))
+        .ok(200, "switched; the new configuration, with `switch`: what changed and what was kept", config_schema())
+        .fails(404, "no such profile (not_found)")
+        .fails(422, "keep_startup is neither true nor false (validation_error)"),
         admin_auth(Op::new("post", "/admin/reset", "Back to start-up values; retained memory freed").tag("admin")).ok(
             200,
             "reset; the configuration",
