@@ -246,6 +246,38 @@ fn significant(ms: f64) -> f64 {
     (ms * scale).round() / scale
 }
 
+/// The chart markers for one second's knob changes: `knob before → after` each, or, when most
+/// of them are a profile's values (a switch, perhaps followed within the second by a few knobs
+/// set on top, as a panel run does), `profile → hardened` and then only the knobs that differ
+/// from the profile.
+fn markers(
+    store: &crate::knobs::KnobStore,
+    changed: &[(&String, &Value, &Value)],
+    prev_profile: Option<&'static str>,
+) -> Vec<String> {
+    let each = |c: &[&(&String, &Value, &Value)]| -> Vec<String> {
+        c.iter()
+            .map(|(k, b, a)| format!("{k} {} → {}", shown(b), shown(a)))
+            .collect()
+    };
+    if changed.len() > 1 {
+        for p in [Profile::Fragile, Profile::Hardened] {
+            if prev_profile == Some(p.as_str()) {
+                continue;
+            }
+            let values = serde_json::to_value(store.profile_keeping_startup(p).0).unwrap_or(Value::Null);
+            let (by_profile, extra): (Vec<_>, Vec<_>) =
+                changed.iter().partition(|(k, _, a)| values.get(k.as_str()) == Some(*a));
+            if by_profile.len() > 1 && extra.len() * 2 < changed.len() {
+                let mut out = vec![format!("profile → {}", p.as_str())];
+                out.extend(each(&extra));
+                return out;
+            }
+        }
+    }
+    each(&changed.iter().collect::<Vec<_>>())
+}
+
 /// A knob's value as a marker shows it: strings without quotes.
 fn shown(v: &Value) -> String {
     match v {
@@ -305,20 +337,17 @@ impl Sampler {
         let knobs = state.knobs.current();
         let knob_values = serde_json::to_value(&*knobs).unwrap_or(Value::Null);
         let profile = profile_of(&state.knobs, &knobs);
-        let mut changes: Vec<String> = match (&self.prev_knobs, knob_values.as_object()) {
+        let changed: Vec<(&String, &Value, &Value)> = match (&self.prev_knobs, knob_values.as_object()) {
             (Some(Value::Object(before)), Some(after)) => after
                 .iter()
                 .filter_map(|(k, v)| {
                     let b = before.get(k)?;
-                    (b != v).then(|| format!("{k} {} → {}", shown(b), shown(v)))
+                    (b != v).then_some((k, b, v))
                 })
                 .collect(),
             _ => Vec::new(),
         };
-        // A whole profile at once reads as the switch it was, not as a list of knobs.
-        if changes.len() > 1 && profile != "custom" && self.prev_profile != Some(profile) {
-            changes = vec![format!("profile → {profile}")];
-        }
+        let changes = markers(&state.knobs, &changed, self.prev_profile);
         self.prev_knobs = Some(knob_values.clone());
         self.prev_profile = Some(profile);
         let gauges: Map<String, Value> = ALL
@@ -526,6 +555,35 @@ mod tests {
         );
         assert_eq!(s[1]["scenario"], "worker-pool");
         assert_eq!(s[2]["resource"], "downstream breaker");
+    }
+
+    #[test]
+    fn a_switch_with_knobs_on_top_reads_as_the_switch_and_those_knobs() {
+        let store = crate::knobs::KnobStore::new(
+            crate::knobs::KnobArgs::default().layer_over(Profile::Fragile),
+            &prometheus::Registry::new(),
+        );
+        let before = serde_json::to_value(Knobs::for_profile(Profile::Fragile)).unwrap();
+        let mut after = serde_json::to_value(Knobs::for_profile(Profile::Hardened)).unwrap();
+        after["db_pool_size"] = json!(4);
+        let changed: Vec<(&String, &Value, &Value)> = after
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter_map(|(k, v)| {
+                let b = &before[k.as_str()];
+                (b != v).then_some((k, b, v))
+            })
+            .collect();
+        assert!(changed.len() > 10);
+        let m = markers(&store, &changed, Some("fragile"));
+        assert_eq!(m[0], "profile → hardened", "{m:?}");
+        assert!(m.contains(&"db_pool_size 5 → 4".to_string()), "{m:?}");
+        assert!(m.len() < 4, "{m:?}");
+        // One knob: itself.
+        let one = [(&"db_pool_size".to_string(), &json!(5), &json!(2))];
+        let v: Vec<(&String, &Value, &Value)> = one.iter().map(|(k, b, a)| (*k, *b, *a)).collect();
+        assert_eq!(markers(&store, &v, Some("fragile")), vec!["db_pool_size 5 → 2"]);
     }
 
     #[test]

@@ -163,6 +163,9 @@ await test('lab: an empty knob field is not sent as 0', async () => {
 });
 
 await test('lab: the panel p50 is the client-measured p50 on a fixed-latency route', async () => {
+  // The window covers 5 s: wait until the earlier tests' db-pool requests have left it.
+  await until('an empty db-pool window', async () =>
+    lab.evaluate(() => { const g = history[history.length - 1].groups['db-pool']; return g && g.window_requests === 0; }), 15000);
   const times = [];
   for (let round = 0; round < 6; round++) {
     await Promise.all(Array.from({ length: 4 }, async () => {
@@ -175,10 +178,9 @@ await test('lab: the panel p50 is the client-measured p50 on a fixed-latency rou
   }
   times.sort((a, b) => a - b);
   const client = (times[11] + times[12]) / 2;
-  const panel = await until('the db-pool p50 in the table', async () => {
-    const v = Number(await lab.locator('#groups tr[data-group="db-pool"] td').nth(4).textContent());
-    return v > 0 ? v : null;
-  });
+  await until('the 24 requests in the window', async () =>
+    lab.evaluate(() => history[history.length - 1].groups['db-pool'].window_requests >= 24));
+  const panel = Number(await lab.locator('#groups tr[data-group="db-pool"] td').nth(4).textContent());
   console.log(`     panel p50 ${panel} ms, client p50 ${client.toFixed(1)} ms`);
   assert.ok(Math.abs(panel / client - 1) < 0.10, `panel ${panel} ms vs client ${client} ms`);
 });
@@ -229,6 +231,9 @@ await test('lab: Fix it runs the same load on hardened and names the cure', asyn
     const text = await lab.textContent('#run-status');
     return text.includes('running') && text.includes('db_pool_timeout_ms') && text.includes('profile hardened');
   }, 30000);
+  // The switch and the run's own knobs read as the switch, then only those knobs.
+  await until('a "profile → hardened" marker', async () =>
+    lab.evaluate(() => markers.some((m) => m.label.startsWith('profile → hardened'))));
   await lab.click('#run-stop');
   await until('the fix stopped with a result', async () => {
     const text = await lab.textContent('#run-status');
