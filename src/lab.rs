@@ -163,17 +163,17 @@ impl LatencyWindows {
 
 /// The position in [`groups`] of a route's group; None for observer routes.
 fn group_index(route: &str) -> Option<usize> {
-    static INDEX: LazyLock<HashMap<String, usize>> = LazyLock::new(|| {
-        let position = |g: &str| groups().iter().position(|x| *x == g);
-        crate::scenarios::route_scenarios()
-            .iter()
-            .filter_map(|(route, id)| Some((route.to_string(), position(id)?)))
-            .collect()
-    });
-    match INDEX.get(route) {
-        Some(i) => Some(*i),
+    let group = group_of(route)?;
+    groups().iter().position(|g| *g == group)
+}
+
+/// The panel group of a route template: the scenario that owns it, `other` for the rest, None
+/// for the observer routes (not shown).
+fn group_of(route: &str) -> Option<&'static str> {
+    match crate::scenarios::route_scenarios().get(route) {
+        Some(id) => Some(id),
         None if crate::resilience::guard::is_exempt(route) => None,
-        None => groups().iter().position(|g| *g == "other"),
+        None => Some("other"),
     }
 }
 
@@ -473,20 +473,12 @@ fn gauge(families: &[MetricFamily], name: &str, labels: &[(&str, &str)]) -> Opti
 
 fn group_totals(families: &[MetricFamily]) -> HashMap<String, Totals> {
     let mut out: HashMap<String, Totals> = HashMap::new();
-    let routes = crate::scenarios::route_scenarios();
-    let group = |route: &str| -> Option<String> {
-        match routes.get(route) {
-            Some(id) => Some(id.to_string()),
-            None if crate::resilience::guard::is_exempt(route) => None,
-            None => Some("other".to_string()),
-        }
-    };
     for f in families.iter().filter(|f| f.name() == "http_requests_total") {
         for m in f.get_metric() {
-            let Some(g) = group(label(m, "route").unwrap_or("")) else {
+            let Some(g) = group_of(label(m, "route").unwrap_or("")) else {
                 continue;
             };
-            let t = out.entry(g).or_default();
+            let t = out.entry(g.to_string()).or_default();
             let v = m.get_counter().value();
             t.requests += v;
             let status: u16 = label(m, "status").and_then(|s| s.parse().ok()).unwrap_or(0);

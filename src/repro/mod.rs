@@ -169,8 +169,7 @@ pub fn command_line(args: impl IntoIterator<Item = String>) -> String {
             "***".to_string()
         } else if url_next {
             crate::settings::redact(&arg)
-        } else if let Some(v) = arg.strip_prefix("--admin-token=") {
-            let _ = v;
+        } else if arg.starts_with("--admin-token=") {
             "--admin-token=***".to_string()
         } else if let Some(v) = arg
             .strip_prefix("--database-url=")
