@@ -154,6 +154,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/config", get(get_config).patch(patch_config))
         .route("/admin/profile/{name}", post(set_profile))
         .route("/admin/reset", post(reset))
+        .merge(crate::scenarios::faults::admin_router())
 }
 
 /// Checks the caller may change the configuration.
@@ -301,7 +302,8 @@ async fn reset(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let _serialised = state.knobs.change_lock.lock().await;
     apply(&state, None);
     let (bytes, chunks) = state.memory.clear();
-    tracing::info!(released_bytes = bytes, chunks, "configuration reset to start-up values");
+    state.faults.clear();
+    tracing::info!(released_bytes = bytes, chunks, "configuration reset to start-up values, fault rules cleared");
     let mut view = config_view(&state);
     view.released_memory_mb = Some(bytes / (1024 * 1024));
     Json(view).into_response()

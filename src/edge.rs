@@ -28,6 +28,7 @@ use tracing::Instrument;
 
 use crate::resilience::bulkhead::Permit;
 use crate::resilience::guard::{Admission, Group};
+use crate::scenarios::faults::{self, Abort, After};
 use crate::telemetry::{GaugeGuard, UNMATCHED_ROUTE};
 use crate::AppState;
 
@@ -178,6 +179,10 @@ enum Work<F> {
         fut: F,
         _permit: Option<Permit>,
         timeout: Option<(Group, Duration)>,
+        /// An injected delay before the route runs (inside the timeout) and a response-phase
+        /// fault after it (src/scenarios/faults.rs).
+        delay: Option<Duration>,
+        after: Option<(&'static str, After)>,
     },
 }
 
@@ -230,20 +235,35 @@ where
         } else {
             state.guard.admit(&knobs, route.as_ref().map(|p| p.as_str()))
         };
-        drop(knobs);
+        let mut fault_headers_ignored = false;
         let work = match admission {
             Admission::Refused(resp) => Work::Refused(resp),
             Admission::Exempt => Work::Run {
                 fut: self.inner.call(req),
                 _permit: None,
                 timeout: None,
+                delay: None,
+                after: None,
             },
-            Admission::Admitted { permit, group, timeout } => Work::Run {
-                fut: self.inner.call(req),
-                _permit: Some(permit),
-                timeout: timeout.map(|t| (group, t)),
-            },
+            Admission::Admitted { permit, group, timeout } => {
+                let fault = route
+                    .as_ref()
+                    .and_then(|r| state.faults.decide(&knobs, group, r.as_str(), req.headers()));
+                let fault = fault.unwrap_or_default();
+                fault_headers_ignored = fault.headers_ignored;
+                match fault.refuse {
+                    Some(resp) => Work::Refused(resp),
+                    None => Work::Run {
+                        fut: self.inner.call(req),
+                        _permit: Some(permit),
+                        timeout: timeout.map(|t| (group, t)),
+                        delay: fault.delay,
+                        after: fault.after.map(|a| (fault.group, a)),
+                    },
+                }
+            }
         };
+        drop(knobs);
 
         Box::pin(
             async move {
@@ -260,19 +280,37 @@ where
                     Work::Run {
                         fut,
                         _permit,
-                        timeout: None,
-                    } => fut.await.unwrap_or_else(|never| match never {}),
-                    Work::Run {
-                        fut,
-                        _permit,
-                        timeout: Some((group, limit)),
-                    } => match tokio::time::timeout(limit, fut).await {
-                        Ok(resp) => resp.unwrap_or_else(|never| match never {}),
-                        Err(_) => state.guard.timed_out(group, limit),
-                    },
+                        timeout,
+                        delay,
+                        after,
+                    } => {
+                        let run = async {
+                            if let Some(delay) = delay {
+                                tokio::time::sleep(delay).await;
+                            }
+                            fut.await.unwrap_or_else(|never| match never {})
+                        };
+                        let resp = match timeout {
+                            None => run.await,
+                            Some((group, limit)) => match tokio::time::timeout(limit, run).await {
+                                Ok(resp) => resp,
+                                Err(_) => state.guard.timed_out(group, limit),
+                            },
+                        };
+                        match after {
+                            Some((group, after)) => state.faults.after(group, after, resp),
+                            None => resp,
+                        }
+                    }
                 };
-                if needs_json_error(&resp) {
+                if needs_json_error(&resp) && resp.extensions().get::<Abort>().is_none() {
                     resp = json_error(resp).await;
+                }
+                if fault_headers_ignored {
+                    resp.headers_mut().insert(
+                        faults::HEADER_IGNORED,
+                        HeaderValue::from_static("ignored: the knob fault_headers_allowed is off"),
+                    );
                 }
                 let status = resp.status();
                 let latency = start.elapsed();

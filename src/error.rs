@@ -110,6 +110,16 @@ pub enum AppError {
     #[error("redis error")]
     Redis(#[from] crate::infra::redis::RedisError),
 
+    /// A fault injected on purpose (src/scenarios/faults.rs): its status is the rule's.
+    #[error("injected fault ({kind}): {detail}")]
+    InjectedFault {
+        status: StatusCode,
+        kind: &'static str,
+        detail: String,
+        /// A response-phase fault: the status of the answer it replaced.
+        replaced_status: Option<u16>,
+    },
+
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -183,6 +193,7 @@ impl AppError {
             AppError::GatewayTimeout { .. } => "gateway_timeout",
             AppError::Unavailable { code, .. } | AppError::BadRequest { code, .. } => code,
             AppError::NotFound { .. } => "not_found",
+            AppError::InjectedFault { .. } => "injected_fault",
             AppError::InvalidKnobs { refused } if refused.iter().all(|r| r.startup_only) => "startup_only",
             AppError::InvalidKnobs { .. } => "invalid_knob",
             AppError::Unauthorized { .. } => "unauthorized",
@@ -215,6 +226,7 @@ impl AppError {
             AppError::DownstreamError { .. } => StatusCode::BAD_GATEWAY,
             AppError::MemoryCap { .. } => StatusCode::INSUFFICIENT_STORAGE,
             AppError::NotFound { .. } => StatusCode::NOT_FOUND,
+            AppError::InjectedFault { status, .. } => *status,
             AppError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             AppError::InvalidKnobs { refused } if refused.iter().all(|r| r.startup_only) => StatusCode::CONFLICT,
             AppError::InvalidKnobs { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -324,6 +336,18 @@ impl AppError {
                 DbFailure::Other => json!({"error": code, "detail": "the database query failed; see the server log"}),
             },
             AppError::Redis(e) => json!({"error": code, "detail": e.to_string(), "kind": e.kind()}),
+            AppError::InjectedFault {
+                kind,
+                detail,
+                replaced_status,
+                ..
+            } => {
+                let mut body = json!({"error": code, "detail": detail, "fault": kind});
+                if let Some(replaced) = replaced_status {
+                    body["replaced_status"] = json!(replaced);
+                }
+                body
+            }
             AppError::Internal(_) => json!({"error": code, "detail": "unexpected error; see the server log"}),
         }
     }
@@ -372,7 +396,8 @@ fn fastapi_error(
     input: Option<&str>,
     rule: Rule,
 ) -> Value {
-    let loc = json!(["query", param]);
+    // Fault headers (`x-chokepoint-…`) are read from the request head, the rest from the query.
+    let loc = json!([if param.starts_with("x-") { "header" } else { "query" }, param]);
     let (min, max) = range.map_or((Value::Null, Value::Null), |(a, b)| (num_or_str(a), num_or_str(b)));
     let (kind, msg, ctx) = match rule {
         Rule::Missing => ("missing", "Field required".to_string(), None),
@@ -508,7 +533,7 @@ impl IntoResponse for AppError {
         let failure = Failure {
             code: self.code(),
             cause: error_chain(&self),
-            expected: status != StatusCode::INTERNAL_SERVER_ERROR,
+            expected: status != StatusCode::INTERNAL_SERVER_ERROR || matches!(self, AppError::InjectedFault { .. }),
         };
         let mut resp = (status, Json(self.body())).into_response();
         resp.extensions_mut().insert(failure);

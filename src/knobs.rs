@@ -565,6 +565,13 @@ knob_table! {
         fragile: 30_000, hardened: 100,
         doc: "how long a request waits for a pooled Redis connection",
     }
+    fault_headers_allowed: bool {
+        env: "FAULT_HEADERS_ALLOWED",
+        range: Bool,
+        scenario: "faults",
+        fragile: false, hardened: false,
+        doc: "honour per-request fault headers (x-chokepoint-delay, -error, -abort, -response, -jitter) on the scenario routes; rules set through /admin/faults apply either way",
+    }
 }
 
 impl KnobSpec {

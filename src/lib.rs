@@ -70,6 +70,8 @@ pub struct AppStateInner {
     pub knobs: Arc<KnobStore>,
     /// Rate limiting, load shedding and request timeouts in front of the scenario routes.
     pub guard: Arc<Guard>,
+    /// Faults injected on purpose on the scenario routes (rules and headers; the `faults` scenario).
+    pub faults: Arc<scenarios::faults::Faults>,
     /// CPU jobs running on the blocking pool in `offload` mode (bounded by `cpu_max_concurrency`).
     pub cpu_pool: Arc<Bulkhead>,
     /// The OS-thread pool of the worker-pool scenario (`worker_pool_size`, resized live).
@@ -180,6 +182,7 @@ impl App {
             memory: Arc::new(memory),
             knobs: Arc::new(knobs),
             guard: Arc::new(Guard::new(scenarios::route_groups(), &registry)),
+            faults: Arc::new(scenarios::faults::Faults::new(&scenarios::route_groups(), &registry)),
             cpu_pool: Bulkhead::new(Some(scenarios::cpu::offload_gauge(&registry))),
             worker_pool,
             elastic,

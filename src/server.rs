@@ -14,7 +14,11 @@
 //!
 //! Metrics: `http_connections_open`, `http_connections_max`,
 //! `http_connections_closed_total{reason}` (`header_timeout`, `idle_timeout`, `evicted`,
-//! `refused`), `http_accept_errors_total`.
+//! `refused`, `fault_reset`), `http_accept_errors_total`.
+//!
+//! An answer marked [`Abort`] (an injected abort or response-phase reset, src/scenarios/faults.rs)
+//! is never written: the connection is closed with `SO_LINGER` 0, so the client reads a TCP reset
+//! instead of an answer.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -32,6 +36,8 @@ use hyper_util::server::conn::auto::Builder;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::scenarios::faults::Abort;
 use tokio::sync::{watch, Notify};
 use tower::ServiceExt;
 
@@ -90,7 +96,7 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         "http_connections_closed_total",
-                        "Connections the server closed on its own: header_timeout, idle_timeout, evicted (oldest idle, at the cap), refused (at the cap, none idle)",
+                        "Connections the server closed on its own: header_timeout, idle_timeout, evicted (oldest idle, at the cap), refused (at the cap, none idle), fault_reset (an injected abort)",
                     ),
                     &["reason"],
                 )
@@ -101,7 +107,7 @@ impl Metrics {
                 IntCounter::new("http_accept_errors_total", "accept() failures (e.g. out of descriptors)").unwrap(),
             ),
         };
-        for reason in ["header_timeout", "idle_timeout", "evicted", "refused"] {
+        for reason in ["header_timeout", "idle_timeout", "evicted", "refused", "fault_reset"] {
             m.closed.with_label_values(&[reason]);
         }
         m
@@ -214,6 +220,10 @@ struct Activity {
     /// Has it served a request yet? A fresh connection at the stop may carry a request already
     /// sent: it is served (with `Connection: close`), not closed unread (which resets it).
     served: std::sync::atomic::AtomicBool,
+    /// Set by an injected abort: the socket closes with a reset (`SO_LINGER` 0), unanswered.
+    reset: std::sync::atomic::AtomicBool,
+    /// Ends the connection's task (the same signal an eviction sends).
+    kill: Arc<Notify>,
 }
 
 const NO_HEAD: u64 = u64::MAX;
@@ -233,6 +243,14 @@ struct Tracked {
     inner: TcpStream,
     activity: Arc<Activity>,
     clock: Clock,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if self.activity.reset.load(Ordering::Relaxed) {
+            let _ = self.inner.set_zero_linger();
+        }
+    }
 }
 
 impl AsyncRead for Tracked {
@@ -320,8 +338,16 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
         self.activity.head_since.store(NO_HEAD, Ordering::Relaxed);
         self.activity.served.store(true, Ordering::Relaxed);
         let fut = self.router.clone().oneshot(req.map(Body::new));
+        let activity = self.activity.clone();
         Box::pin(async move {
             let resp = fut.await;
+            if matches!(&resp, Ok(r) if r.extensions().get::<Abort>().is_some()) {
+                // Not written: the connection's task ends and the socket is reset.
+                activity.reset.store(true, Ordering::Relaxed);
+                activity.kill.notify_one();
+                drop(guard);
+                return std::future::pending().await;
+            }
             drop(guard);
             resp
         })
@@ -399,6 +425,8 @@ pub async fn serve(
             head_since: AtomicU64::new(clock.now_ms()),
             in_flight,
             served: std::sync::atomic::AtomicBool::new(false),
+            reset: std::sync::atomic::AtomicBool::new(false),
+            kill: kill.clone(),
         });
         let io = TokioIo::new(Tracked {
             inner: stream,
@@ -454,7 +482,7 @@ pub async fn serve(
                     .map_or(longest_nap, |due| due.saturating_sub(now).clamp(5, longest_nap));
                 tokio::select! {
                     _ = conn.as_mut() => break None,
-                    _ = kill.notified() => break None,
+                    _ = kill.notified() => break activity.reset.load(Ordering::Relaxed).then_some("fault_reset"),
                     _ = hard_stop.wait_for(|s| *s) => break None,
                     _ = stop.wait_for(|s| *s), if !draining => {
                         draining = true;

@@ -30,6 +30,7 @@ pub mod cpu;
 pub mod db_pool;
 pub mod db_replicas;
 pub mod downstream;
+pub mod faults;
 pub mod healthy;
 pub mod io;
 pub mod memory;
@@ -50,6 +51,7 @@ pub static ALL: &[Scenario] = &[
     cold_start::SCENARIO,
     burst::SCENARIO,
     cache_stampede::SCENARIO,
+    faults::SCENARIO,
 ];
 
 /// One failure mode, as it describes itself.

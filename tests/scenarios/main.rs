@@ -17,6 +17,7 @@ mod cpu;
 mod db_pool;
 mod db_replicas;
 mod downstream;
+mod faults;
 mod io;
 mod memory;
 mod openapi_lab;
