@@ -1,8 +1,9 @@
 // faults — a response-phase fault (Chaos Monkey's "after the work is done"): the lab commits each
-// deployment, then answers 30% of them with an injected 500. setup() sets the rule through
-// PUT /admin/faults/other (ADMIN_TOKEN if the lab has one); teardown() clears it.
+// deployment, then answers 30% of them with an injected 500. 4 creations/s, below the 7.5/s the
+// fragile lab's synchronous deployments can serve, so only the fault fails them. setup() sets
+// the rule through PUT /admin/faults/other (ADMIN_TOKEN if the lab has one); teardown() clears it.
 // fragile (a client that retries a 500 without an Idempotency-Key): every retried 500 leaves a
-// duplicate deployment behind; more than 10% of creations are duplicated.
+// duplicate deployment behind: about 30% of creations are duplicated (the threshold: above 5%).
 // hardened (the same client sending an Idempotency-Key): each retry replays the committed write
 // (Idempotent-Replayed: true); no creation is duplicated.
 // The cure is on the client here, so PROFILE picks the client; the lab's profile only changes
@@ -25,15 +26,15 @@ export const options = {
   scenarios: {
     creations: {
       executor: 'constant-arrival-rate',
-      rate: 10,
+      rate: 4,
       timeUnit: '1s',
-      duration: dur('1m', '6s'),
+      duration: dur('1m', '10s'),
       preAllocatedVUs: 10,
       maxVUs: 100,
     },
   },
   thresholds: pick(
-    { creation_duplicated: ['rate>0.1'], creation_gave_up: ['rate<0.05'] },
+    { creation_duplicated: ['rate>0.05'], creation_gave_up: ['rate<0.05'] },
     { creation_duplicated: ['rate==0'], creation_gave_up: ['rate<0.05'] },
   ),
 };

@@ -160,6 +160,15 @@ ROWS = [
             q("sum(redis_pool_waiting)", "pool waiting"),
         ], ""),
     ]),
+    (("faults",), [
+        ("Injected faults/s by group and kind", "reqps", [
+            q("sum by (group, kind) (rate(faults_injected_total[1m]))", "{{group}} {{kind}}")],
+         "Failures made on purpose (rules in /admin/faults, or allowed headers): not real ones."),
+        ("Fault rules set", "short", [q("sum by (group, kind) (max by (group, kind) (faults_active))", "{{group}} {{kind}}")],
+         "1 while a rule of that kind is set on the group."),
+        ("Connections reset by a fault/s", "short", [
+            q('sum(rate(http_connections_closed_total{reason="fault_reset"}[1m]))', "resets/s")], ""),
+    ]),
 ]
 
 

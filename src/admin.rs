@@ -303,7 +303,11 @@ async fn reset(State(state): State<AppState>, headers: HeaderMap) -> Response {
     apply(&state, None);
     let (bytes, chunks) = state.memory.clear();
     state.faults.clear();
-    tracing::info!(released_bytes = bytes, chunks, "configuration reset to start-up values, fault rules cleared");
+    tracing::info!(
+        released_bytes = bytes,
+        chunks,
+        "configuration reset to start-up values, fault rules cleared"
+    );
     let mut view = config_view(&state);
     view.released_memory_mb = Some(bytes / (1024 * 1024));
     Json(view).into_response()

@@ -110,6 +110,10 @@ fn observer_operations() -> Vec<Op> {
             "reset; the configuration",
             config_schema(),
         ),
+    ]
+    .into_iter()
+    .chain(crate::scenarios::faults::admin_operations())
+    .chain([
         Op::new("get", "/metrics", "Prometheus metrics")
             .tag("telemetry")
             .ok_text(),
@@ -192,7 +196,8 @@ fn observer_operations() -> Vec<Op> {
         )
         .tag("lab")
         .ok_stream(),
-    ]
+    ])
+    .collect()
 }
 
 /// Every operation: each scenario's (tagged with its id), then the observers'.

@@ -41,7 +41,9 @@ use axum::{Json, Router};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
+use crate::apidoc::{admin_auth, array_of, obj, path_param, string, Op};
 use crate::error::{AppError, AppResult};
 use crate::knobs::Knobs;
 use crate::resilience::guard::Group;
@@ -72,7 +74,14 @@ pub const GROUPS: [Group; 5] = [Group::Cpu, Group::Io, Group::Db, Group::Downstr
 pub const MAX_DELAY: Duration = Duration::from_secs(60);
 
 /// What a fault did, as `faults_injected_total`'s `kind` label and `x-chokepoint-fault` say.
-pub const KINDS: [&str; 6] = ["delay", "error", "abort", "fail_first", "response_error", "response_reset"];
+pub const KINDS: [&str; 6] = [
+    "delay",
+    "error",
+    "abort",
+    "fail_first",
+    "response_error",
+    "response_reset",
+];
 
 /// The per-request headers, honoured while `fault_headers_allowed` is on.
 pub const HEADER_DELAY: HeaderName = HeaderName::from_static("x-chokepoint-delay");
@@ -166,12 +175,16 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     };
     let ms: f64 = num.trim().parse().ok()?;
     let ms = ms * scale;
-    (ms.is_finite() && ms >= 0.0 && ms <= MAX_DELAY.as_millis() as f64).then(|| Duration::from_micros((ms * 1000.0) as u64))
+    (ms.is_finite() && ms >= 0.0 && ms <= MAX_DELAY.as_millis() as f64)
+        .then(|| Duration::from_micros((ms * 1000.0) as u64))
 }
 
 fn parse_status(text: &str, min: u16) -> Option<StatusCode> {
     let code: u16 = text.trim().parse().ok()?;
-    (min..=599).contains(&code).then(|| StatusCode::from_u16(code).ok()).flatten()
+    (min..=599)
+        .contains(&code)
+        .then(|| StatusCode::from_u16(code).ok())
+        .flatten()
 }
 
 /// What a response-phase fault does once the handler has answered.
@@ -181,9 +194,11 @@ pub enum After {
     Reset,
 }
 
-const DELAY_SYNTAX: &str = "`300ms`, `2s` or a weighted list `150ms:10,2s:5` (durations 0 to 60s, percents adding up to at most 100)";
+const DELAY_SYNTAX: &str =
+    "`300ms`, `2s` or a weighted list `150ms:10,2s:5` (durations 0 to 60s, percents adding up to at most 100)";
 const JITTER_SYNTAX: &str = "a duration from `0ms` to `60s`";
-const ERROR_SYNTAX: &str = "`503`, `503@20%` or `503:20,429:10` (statuses 400 to 599, percents adding up to at most 100)";
+const ERROR_SYNTAX: &str =
+    "`503`, `503@20%` or `503:20,429:10` (statuses 400 to 599, percents adding up to at most 100)";
 const RESPONSE_SYNTAX: &str = "`500@100%`, `reset@50%` or `500:20,reset:10` (statuses 500 to 599 or `reset`)";
 
 fn parse_delay(param: &str, t: &str) -> AppResult<Weighted<Duration>> {
@@ -269,14 +284,18 @@ impl Rule {
         let jitter = spec.jitter.as_deref().map(|t| parse_jitter("jitter", t)).transpose()?;
         let error = spec.error.as_deref().map(|t| parse_error("error", t)).transpose()?;
         let abort = spec.abort.as_deref().map(|t| parse_abort("abort", t)).transpose()?;
-        let response = spec.response.as_deref().map(|t| parse_response("response", t)).transpose()?;
+        let response = spec
+            .response
+            .as_deref()
+            .map(|t| parse_response("response", t))
+            .transpose()?;
         let fail_first = spec.fail_first.unwrap_or(0);
         if fail_first > MAX_FAIL_FIRST {
             return Err(AppError::out_of_range("fail_first", 0, MAX_FAIL_FIRST, fail_first));
         }
         let status = spec.fail_first_status.unwrap_or(503);
-        let fail_first_status =
-            parse_status(&status.to_string(), 400).ok_or_else(|| AppError::out_of_range("fail_first_status", 400, 599, status))?;
+        let fail_first_status = parse_status(&status.to_string(), 400)
+            .ok_or_else(|| AppError::out_of_range("fail_first_status", 400, 599, status))?;
         if let Some(routes) = &spec.routes {
             if let Some(bad) = routes.iter().find(|r| !group_routes.contains(&r.as_str())) {
                 return Err(AppError::invalid(
@@ -342,7 +361,9 @@ impl Rule {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What to do to one request: decided by the edge before it calls the route.
@@ -392,7 +413,10 @@ impl Faults {
         let active = register(
             registry,
             IntGaugeVec::new(
-                Opts::new("faults_active", "1 while a fault rule of this kind is set on the route group"),
+                Opts::new(
+                    "faults_active",
+                    "1 while a fault rule of this kind is set on the route group",
+                ),
                 &["group", "kind"],
             )
             .unwrap(),
@@ -487,11 +511,17 @@ impl Faults {
         }
         if let Some(status) = error.as_ref().and_then(|e| e.sample(&mut rng)) {
             self.count(g, "error");
-            let detail = format!("fault injected on the {g} group: answered {} before the route ran", status.as_u16());
+            let detail = format!(
+                "fault injected on the {g} group: answered {} before the route ran",
+                status.as_u16()
+            );
             d.refuse = Some(injected(status, "error", detail, None));
             return Some(d);
         }
-        let wait = delay.as_ref().and_then(|w| w.sample(&mut rng)).unwrap_or(Duration::ZERO)
+        let wait = delay
+            .as_ref()
+            .and_then(|w| w.sample(&mut rng))
+            .unwrap_or(Duration::ZERO)
             + if jitter > Duration::ZERO {
                 Duration::from_micros(rng.random_range(0..=jitter.as_micros() as u64))
             } else {
@@ -529,7 +559,9 @@ impl Faults {
         let g = group.as_str();
         let kinds = rule.as_ref().map(|r| r.kinds()).unwrap_or_default();
         for kind in KINDS {
-            self.active.with_label_values(&[g, kind]).set(kinds.contains(&kind) as i64);
+            self.active
+                .with_label_values(&[g, kind])
+                .set(kinds.contains(&kind) as i64);
         }
         self.rules.rcu(|current| {
             let mut next = (**current).clone();
@@ -635,6 +667,63 @@ pub struct RuleView {
 // ---------------------------------------------------------------------------------------------
 // The admin routes (guarded by the admin token like the rest of /admin).
 
+/// The admin routes' OpenAPI operations (listed with the other observer surfaces).
+pub fn admin_operations() -> Vec<Op> {
+    let text = |d: &str| json!({"type": "string", "description": d});
+    let rule = json!({
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "delay": text(DELAY_SYNTAX),
+            "jitter": text(JITTER_SYNTAX),
+            "error": text(ERROR_SYNTAX),
+            "abort": text("a percent of requests from 0 to 100, `10%`: the connection is reset"),
+            "response": text(RESPONSE_SYNTAX),
+            "fail_first": {"type": "integer", "minimum": 0, "maximum": MAX_FAIL_FIRST},
+            "fail_first_status": {"type": "integer", "minimum": 400, "maximum": 599, "default": 503},
+            "routes": array_of(string()),
+        },
+    });
+    let view = obj(&[
+        ("headers_allowed", json!({"type": "boolean"})),
+        ("headers", array_of(string())),
+        ("groups", array_of(json!({"type": "object"}))),
+    ]);
+    let group = || {
+        path_param(
+            "group",
+            json!({"type": "string", "enum": GROUPS.iter().map(|g| g.as_str()).collect::<Vec<_>>()}),
+            "the route group (the request guard's)",
+        )
+    };
+    vec![
+        Op::new("get", "/admin/faults", "Fault rules per route group, each group's routes, faults injected so far")
+            .tag("admin")
+            .ok(200, "the rules", view.clone()),
+        admin_auth(Op::new("delete", "/admin/faults", "Clear every fault rule").tag("admin")).ok(
+            200,
+            "cleared; the rules",
+            view.clone(),
+        ),
+        admin_auth(
+            Op::new(
+                "put",
+                "/admin/faults/{group}",
+                "Set the group's fault rule: delay, error, abort, response-phase fault, fail-first (docs/scenarios/faults.md)",
+            )
+            .tag("admin"),
+        )
+        .param(group())
+        .body("application/json", rule, true)
+        .ok(200, "set; the rules", view.clone())
+        .fails(422, "a field out of its range or syntax, an unknown group or route, or an empty rule (invalid_parameter)"),
+        admin_auth(Op::new("delete", "/admin/faults/{group}", "Clear the group's fault rule").tag("admin"))
+            .param(group())
+            .ok(200, "cleared; the rules", view)
+            .fails(422, "no such group (invalid_parameter)"),
+    ]
+}
+
 pub fn admin_router() -> Router<AppState> {
     Router::new()
         .route("/admin/faults", get(list).delete(clear_all))
@@ -656,7 +745,9 @@ async fn set_rule(
     let spec: RuleSpec = serde_json::from_slice(&body).map_err(|e| {
         AppError::invalid(
             "body",
-            format!("a JSON object with delay, jitter, error, abort, response, fail_first, fail_first_status, routes: {e}"),
+            format!(
+                "a JSON object with delay, jitter, error, abort, response, fail_first, fail_first_status, routes: {e}"
+            ),
         )
     })?;
     let rule = Rule::parse(spec, group, &state.faults.routes[group_index(group)])?;
@@ -691,12 +782,24 @@ mod tests {
     #[test]
     fn weighted_lists_parse_like_fortio_and_quickpizza() {
         let d = parse_delay("delay", "150ms:10,2s:5").unwrap();
-        assert_eq!(d.items, vec![(Duration::from_millis(150), 10.0), (Duration::from_secs(2), 5.0)]);
-        assert_eq!(parse_delay("delay", "300ms").unwrap().items, vec![(Duration::from_millis(300), 100.0)]);
+        assert_eq!(
+            d.items,
+            vec![(Duration::from_millis(150), 10.0), (Duration::from_secs(2), 5.0)]
+        );
+        assert_eq!(
+            parse_delay("delay", "300ms").unwrap().items,
+            vec![(Duration::from_millis(300), 100.0)]
+        );
         let e = parse_error("error", "503@20%").unwrap();
         assert_eq!(e.items, vec![(StatusCode::SERVICE_UNAVAILABLE, 20.0)]);
         let r = parse_response("response", "500:20,reset:10").unwrap();
-        assert_eq!(r.items, vec![(After::Status(StatusCode::INTERNAL_SERVER_ERROR), 20.0), (After::Reset, 10.0)]);
+        assert_eq!(
+            r.items,
+            vec![
+                (After::Status(StatusCode::INTERNAL_SERVER_ERROR), 20.0),
+                (After::Reset, 10.0)
+            ]
+        );
         assert_eq!(parse_abort("abort", "10%").unwrap(), 10.0);
     }
 

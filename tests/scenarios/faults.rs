@@ -96,7 +96,10 @@ async fn a_response_phase_fault_duplicates_retried_writes_and_idempotency_keys_c
 
     // Assert: every attempt wrote a row, so every 500 left a duplicate behind.
     assert!(seen_500 >= 3, "only {seen_500} injected 500s in {attempts} attempts");
-    assert_eq!(plain_rows, attempts as i64, "a row per attempt, the 500'd ones included");
+    assert_eq!(
+        plain_rows, attempts as i64,
+        "a row per attempt, the 500'd ones included"
+    );
     assert_eq!(plain_rows - n as i64, seen_500 as i64, "duplicates = injected 500s");
 
     // Act (the cure): the same client sends an Idempotency-Key with each creation.
@@ -147,10 +150,7 @@ async fn injected_errors_follow_the_rule_and_never_touch_the_observer_routes() {
             assert_eq!(app.get(path).await.status(), 200, "{path}");
         }
     }
-    assert_eq!(
-        app.metric("faults_active{group=\"other\",kind=\"error\"}").await,
-        1.0
-    );
+    assert_eq!(app.metric("faults_active{group=\"other\",kind=\"error\"}").await, 1.0);
 
     // A whole-group rule with a weighted delay: about half wait 250 ms, the rest none.
     put_rule(&app, "other", json!({"delay": "250ms:50"})).await;
@@ -168,10 +168,7 @@ async fn injected_errors_follow_the_rule_and_never_touch_the_observer_routes() {
     let resp = app.client.delete(app.url("/admin/faults/other")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert!(faults(&app).await.groups.iter().all(|g| g.rule.is_none()));
-    assert_eq!(
-        app.metric("faults_active{group=\"other\",kind=\"delay\"}").await,
-        0.0
-    );
+    assert_eq!(app.metric("faults_active{group=\"other\",kind=\"delay\"}").await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,7 +188,11 @@ async fn an_injected_delay_reaches_the_caller_until_the_group_timeout_cuts_it() 
     let t = Instant::now();
     let (status, body) = app.get_json("/api/tasks").await;
     let cured = t.elapsed();
-    assert_eq!((status, body["error"].as_str()), (504, Some("request_timeout")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (504, Some("request_timeout")),
+        "{body}"
+    );
     assert!(cured < fragile / 3, "cut at {cured:?}, fragile took {fragile:?}");
     assert_eq!(injected(&app, "db", "delay").await, 2.0);
 }
@@ -199,7 +200,12 @@ async fn an_injected_delay_reaches_the_caller_until_the_group_timeout_cuts_it() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_first_fails_exactly_n_then_recovers() {
     let app = spawn_app(Db::Sqlite, &[]).await;
-    put_rule(&app, "other", json!({"fail_first": 7, "fail_first_status": 500, "routes": ["/api/fast"]})).await;
+    put_rule(
+        &app,
+        "other",
+        json!({"fail_first": 7, "fail_first_status": 500, "routes": ["/api/fast"]}),
+    )
+    .await;
 
     let mut statuses = Vec::new();
     for _ in 0..20 {
@@ -298,12 +304,20 @@ async fn fault_rules_are_validated_and_cleared_by_reset() {
         ("other", json!({"abort": "150%"}), "abort"),
         ("other", json!({"response": "404"}), "response"),
         ("other", json!({"fail_first": 2_000_000}), "fail_first"),
-        ("other", json!({"fail_first": 1, "fail_first_status": 302}), "fail_first_status"),
+        (
+            "other",
+            json!({"fail_first": 1, "fail_first_status": 302}),
+            "fail_first_status",
+        ),
         ("other", json!({"delay": "1s", "routes": ["/api/tasks"]}), "routes"),
         ("other", json!({"latency": "1s"}), "body"),
     ] {
         let (status, body) = set_rule(&app, group, rule.clone()).await;
-        assert_eq!((status, body["parameter"].as_str()), (422, Some(param)), "{rule}: {body}");
+        assert_eq!(
+            (status, body["parameter"].as_str()),
+            (422, Some(param)),
+            "{rule}: {body}"
+        );
     }
     put_rule(&app, "cpu", json!({"error": "500"})).await;
     let (status, _) = app.post_json("/admin/reset").await;
