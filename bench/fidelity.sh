@@ -6,6 +6,8 @@
 #   - the same verdict (knee stage) in all three runs of each
 #   - CPU time of `/api/cpu/burn?ms=` vs the ms asked for            (process CPU from /proc)
 #   - RSS growth vs memory retained by `/api/memory-leak`            (VmRSS from /proc)
+#   - faults: the injected error share, the mean injected delay, and the duplicate rows a
+#     response-phase 500 leaves per retried write (p / (1 - p)) vs their rules
 # Usage: bash bench/fidelity.sh [stage seconds for repro, default 5]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,6 +71,45 @@ for size in (64, 256):
     grew = rss_mib() - before
     print(f"rss\t{size} MiB\t{size:.1f}\t{grew:.1f}\t{grew / size:.3f}\t")
 PY
+log "faults on the same lab"
+python3 - "$LAB_URL" "$work/lab.db" >>"$results" <<'PY'
+import json, sqlite3, sys, time, urllib.error, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+url, db = sys.argv[1], sys.argv[2]
+def call(method, path, body=None):
+    req = urllib.request.Request(url + path, method=method, data=None if body is None else json.dumps(body).encode(),
+                                 headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            r.read(); return r.status
+    except urllib.error.HTTPError as e:
+        e.read(); return e.code
+def rule(group, body):
+    assert call("PUT", f"/admin/faults/{group}", body) == 200, body
+# error share: 503@30% on /api/ping
+rule("other", {"error": "503@30%", "routes": ["/api/ping"]})
+n = 2000
+share = sum(call("GET", "/api/ping") == 503 for _ in range(n)) / n
+print(f"faults-error\t503@30%\t0.300\t{share:.3f}\t{share / 0.3:.3f}\t")
+# mean delay: 100ms:50,300ms:50 on /api/fast, 400 requests on 40 threads
+rule("other", {"delay": "100ms:50,300ms:50", "routes": ["/api/fast"]})
+def timed(_):
+    t = time.monotonic(); call("GET", "/api/fast"); return time.monotonic() - t
+with ThreadPoolExecutor(40) as pool:
+    mean = sum(pool.map(timed, range(400))) / 400
+print(f"faults-delay\t100ms:50,300ms:50\t0.200\t{mean:.3f}\t{mean / 0.2:.3f}\t")
+# response-phase 500@30% on deployments; a client retries each 500 without a key
+assert call("PATCH", "/admin/config", {"deploy_work_ms": 0}) == 200
+rule("other", {"response": "500@30%", "routes": ["/api/v1/deployments/"]})
+writes = 3000
+for i in range(writes):
+    while call("POST", "/api/v1/deployments/", {"name": f"fid-{i}"}) == 500:
+        pass
+call("DELETE", "/admin/faults")
+rows = sqlite3.connect(db).execute("SELECT count(*) FROM deployments WHERE name LIKE 'fid-%'").fetchone()[0]
+extra = (rows - writes) / writes
+print(f"faults-dup\t500@30%\t{0.3 / 0.7:.3f}\t{extra:.3f}\t{extra / (0.3 / 0.7):.3f}\t")
+PY
 stop_lab
 
 python3 - "$results" <<'PY'
@@ -87,6 +128,12 @@ for r in rows:
         print(f"| {r[0]} throughput (req/s) | {r[1]} | {r[2]} | {r[3]} | {ratio:.3f} | {r[5]} | {'yes' if within else 'NO'} |")
     elif r[0] == "cpu-burn":
         print(f"| CPU time of /api/cpu/burn?{r[1]} (s) | | {r[2]} | {r[3]} | {ratio:.3f} | | {'yes' if within else 'NO'} |")
+    elif r[0] == "faults-error":
+        print(f"| faults: share of /api/ping answered 503 by `error: {r[1]}` | | {r[2]} | {r[3]} | {ratio:.3f} | | {'yes' if within else 'NO'} |")
+    elif r[0] == "faults-delay":
+        print(f"| faults: mean latency of /api/fast under `delay: {r[1]}` (s) | | {r[2]} | {r[3]} | {ratio:.3f} | | {'yes' if within else 'NO'} |")
+    elif r[0] == "faults-dup":
+        print(f"| faults: duplicate rows per retried write under `response: {r[1]}` | | {r[2]} | {r[3]} | {ratio:.3f} | | {'yes' if within else 'NO'} |")
     else:
         print(f"| RSS growth for {r[1]} retained (MiB) | | {r[2]} | {r[3]} | {ratio:.3f} | | {'yes' if within else 'NO'} |")
 for name, k in knees.items():
