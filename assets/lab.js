@@ -221,6 +221,34 @@ function render(snap) {
     setInput(input, value);
   }
   renderRun(snap);
+  renderFaults(snap.faults);
+}
+
+/** The fault rules in force: the failures on their groups are injected, not real. */
+function renderFaults(faults) {
+  const rules = (faults && faults.rules) || [];
+  $('faults-card').hidden = rules.length === 0;
+  const body = $('faults').tBodies[0];
+  body.innerHTML = '';
+  for (const r of rules) {
+    const tr = body.insertRow();
+    tr.dataset.group = r.group;
+    const spec = Object.entries(r.rule).map(([k, v]) => `${k}: ${Array.isArray(v) ? v.join(', ') : v}`).join(' · ');
+    const left = r.rule.fail_first ? ` (${fmt(r.fail_first_remaining)} of fail_first left)` : '';
+    [r.group, spec + left, fmt(r.injected)].forEach((c) => { tr.insertCell().textContent = c; });
+  }
+  $('faults-headers').textContent = faults && faults.headers_allowed
+    ? 'Per-request x-chokepoint-* headers are honoured (fault_headers_allowed is on).'
+    : '';
+}
+
+async function clearFaults() {
+  try {
+    await admin('DELETE', '/admin/faults');
+    say('every fault rule cleared');
+  } catch (e) {
+    say('clearing the fault rules failed: ' + e.message);
+  }
 }
 
 function onSnapshot(snap) {
@@ -432,6 +460,7 @@ $('profile-hardened').addEventListener('click', () => switchProfile('hardened'))
 $('run-break').addEventListener('click', () => startRun('break'));
 $('run-fix').addEventListener('click', () => startRun('fix'));
 $('run-stop').addEventListener('click', stopRun);
+$('faults-clear').addEventListener('click', clearFaults);
 $('run-limits').textContent = '1.5× the predicted capacity · at most 400 req/s and 256 in flight · 20 s';
 $('knob-filter').addEventListener('input', filterKnobs);
 window.addEventListener('resize', resize);

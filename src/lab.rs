@@ -378,8 +378,30 @@ impl Sampler {
             "knobs": knob_values,
             "changes": changes,
             "run": state.lab.runs.status(),
+            "faults": active_faults(state, &knobs),
         })
     }
+}
+
+/// The fault rules in force (src/scenarios/faults.rs), for the panel's "Injected faults" card:
+/// failures it shows on those groups are made on purpose.
+fn active_faults(state: &AppState, knobs: &Knobs) -> Value {
+    let view = state.faults.view(knobs);
+    let rules: Vec<Value> = view
+        .groups
+        .into_iter()
+        .filter_map(|g| {
+            let rule = g.rule?;
+            Some(json!({
+                "group": g.group,
+                "rule": rule.spec,
+                "kinds": rule.kinds,
+                "fail_first_remaining": rule.fail_first_remaining,
+                "injected": g.injected.values().sum::<u64>(),
+            }))
+        })
+        .collect();
+    json!({"headers_allowed": view.headers_allowed, "rules": rules})
 }
 
 /// The resources at their limit right now, each with the scenario it belongs to, the tiles

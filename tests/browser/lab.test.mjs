@@ -9,7 +9,8 @@
 // keeps start-up values; the scenario selector renders its markdown and gives the k6 commands
 // for this page's address, SMOKE=1 first; Break it turns the pool tiles red with a banner and
 // draws the predicted capacity, Stop stops it, Fix it names the cure; no horizontal overflow at
-// 1440 and 390 px (screenshots of both); Swagger UI renders every operation of /openapi.json.
+// 1440 and 390 px (screenshots of both); a fault rule shows in its own card and the page clears
+// it; Swagger UI renders every operation of /openapi.json.
 import { chromium } from 'playwright-core';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
@@ -243,6 +244,27 @@ await test('lab: Fix it runs the same load on hardened and names the cure', asyn
 });
 
 await lab.screenshot({ path: `${OUT}/lab.png`, fullPage: true });
+await test('lab: an injected-fault rule shows in its own card, with its count, and the page clears it', async () => {
+  assert.equal(await lab.isVisible('#faults-card'), false, 'no card without a rule');
+  const put = await fetch(`${BASE}/admin/faults/other`, {
+    method: 'PUT',
+    headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${TOKEN}` },
+    body: JSON.stringify({ error: '503@100%', routes: ['/api/fast'] }),
+  });
+  assert.equal(put.status, 200, await put.text());
+  for (let i = 0; i < 5; i++) assert.equal((await fetch(`${BASE}/api/fast`)).status, 503);
+  await until('the faults card with the rule and its 5 injected answers', async () => {
+    if (!(await lab.isVisible('#faults-card'))) return null;
+    const cells = await lab.locator('#faults tr[data-group="other"] td').allTextContents();
+    return cells.length === 3 && cells[1].includes('error: 503@100%') && cells[2] === '5' ? cells : null;
+  });
+  await lab.screenshot({ path: `${OUT}/lab-faults.png`, fullPage: false });
+  await lab.click('#faults-clear');
+  await until('the card hidden once cleared', async () => !(await lab.isVisible('#faults-card')));
+  const left = await (await fetch(`${BASE}/admin/faults`)).json();
+  assert.ok(left.groups.every((g) => g.rule === null), JSON.stringify(left));
+});
+
 await test('lab: no console errors', async () => assert.deepEqual(labErrors, []));
 
 // ---- /docs ----------------------------------------------------------------------------------
