@@ -155,6 +155,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/profile/{name}", post(set_profile))
         .route("/admin/reset", post(reset))
         .merge(crate::scenarios::faults::admin_router())
+        .merge(crate::scenarios::slow_link::admin_router())
 }
 
 /// Checks the caller may change the configuration.
@@ -303,10 +304,11 @@ async fn reset(State(state): State<AppState>, headers: HeaderMap) -> Response {
     apply(&state, None);
     let (bytes, chunks) = state.memory.clear();
     state.faults.clear();
+    state.links.clear();
     tracing::info!(
         released_bytes = bytes,
         chunks,
-        "configuration reset to start-up values, fault rules cleared"
+        "configuration reset to start-up values, fault rules and link toxics cleared"
     );
     let mut view = config_view(&state);
     view.released_memory_mb = Some(bytes / (1024 * 1024));

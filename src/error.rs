@@ -110,6 +110,11 @@ pub enum AppError {
     #[error("redis error")]
     Redis(#[from] crate::infra::redis::RedisError),
 
+    /// The request cannot apply to the lab as it was started (e.g. link toxics without the
+    /// link proxy).
+    #[error("conflict: {detail}")]
+    Conflict { code: &'static str, detail: String },
+
     /// A fault injected on purpose (src/scenarios/faults.rs): its status is the rule's.
     #[error("injected fault ({kind}): {detail}")]
     InjectedFault {
@@ -191,7 +196,9 @@ impl AppError {
             AppError::DeadlineExceeded { .. } => "deadline_exceeded",
             AppError::PayloadTooLarge { .. } => "payload_too_large",
             AppError::GatewayTimeout { .. } => "gateway_timeout",
-            AppError::Unavailable { code, .. } | AppError::BadRequest { code, .. } => code,
+            AppError::Unavailable { code, .. }
+            | AppError::BadRequest { code, .. }
+            | AppError::Conflict { code, .. } => code,
             AppError::NotFound { .. } => "not_found",
             AppError::InjectedFault { .. } => "injected_fault",
             AppError::InvalidKnobs { refused } if refused.iter().all(|r| r.startup_only) => "startup_only",
@@ -227,6 +234,7 @@ impl AppError {
             AppError::MemoryCap { .. } => StatusCode::INSUFFICIENT_STORAGE,
             AppError::NotFound { .. } => StatusCode::NOT_FOUND,
             AppError::InjectedFault { status, .. } => *status,
+            AppError::Conflict { .. } => StatusCode::CONFLICT,
             AppError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             AppError::InvalidKnobs { refused } if refused.iter().all(|r| r.startup_only) => StatusCode::CONFLICT,
             AppError::InvalidKnobs { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -319,6 +327,7 @@ impl AppError {
             }
             AppError::Unavailable { detail, .. }
             | AppError::BadRequest { detail, .. }
+            | AppError::Conflict { detail, .. }
             | AppError::NotFound { detail }
             | AppError::Unauthorized { detail }
             | AppError::Forbidden { detail } => {

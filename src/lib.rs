@@ -72,6 +72,8 @@ pub struct AppStateInner {
     pub guard: Arc<Guard>,
     /// Faults injected on purpose on the scenario routes (rules and headers; the `faults` scenario).
     pub faults: Arc<scenarios::faults::Faults>,
+    /// The TCP fault proxy on the dependency links (`LINK_PROXY`; the `slow-link` scenario).
+    pub links: Arc<infra::link_proxy::LinkProxies>,
     /// CPU jobs running on the blocking pool in `offload` mode (bounded by `cpu_max_concurrency`).
     pub cpu_pool: Arc<Bulkhead>,
     /// The OS-thread pool of the worker-pool scenario (`worker_pool_size`, resized live).
@@ -127,6 +129,21 @@ impl App {
         let knobs = KnobStore::new(settings.startup_knobs(), &registry);
         // One attempt now; if PostgreSQL is not there yet, start-up serves its probes (with /ready
         // failing) and keeps trying in the background for DB_STARTUP_TIMEOUT.
+        // The downstream first: the link proxy, when on, needs every dependency's address.
+        let (mut downstream_url, embedded_downstream) = match &settings.downstream_service_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                let embedded =
+                    EmbeddedDownstream::start(&lifecycle).context("starting the embedded downstream simulator")?;
+                (format!("http://{}", embedded.addr()), Some(embedded))
+            }
+        };
+        let mut settings = settings;
+        let links = if settings.link_proxy {
+            infra::link_proxy::route_through(&mut settings, &mut downstream_url, &registry)?
+        } else {
+            infra::link_proxy::LinkProxies::disabled(&registry)
+        };
         let db = Arc::new(Database::open(&settings, &knobs.current(), &registry, &lifecycle)?);
         let pending_db = match db.establish_once().await {
             Ok(()) => None,
@@ -138,14 +155,6 @@ impl App {
             Err(e) => return Err(e),
         };
 
-        let (downstream_url, embedded_downstream) = match &settings.downstream_service_url {
-            Some(url) => (url.clone(), None),
-            None => {
-                let embedded =
-                    EmbeddedDownstream::start(&lifecycle).context("starting the embedded downstream simulator")?;
-                (format!("http://{}", embedded.addr()), Some(embedded))
-            }
-        };
         let downstream = DownstreamClient::new(&downstream_url, settings.downstream_timeout(), &registry);
         let memory = MemoryStore::new(settings.memory_limit_bytes(), &registry);
         let elastic = scenarios::cold_start::ElasticPool::new(&registry, lifecycle.clone());
@@ -183,6 +192,7 @@ impl App {
             knobs: Arc::new(knobs),
             guard: Arc::new(Guard::new(scenarios::route_groups(), &registry)),
             faults: Arc::new(scenarios::faults::Faults::new(&scenarios::route_groups(), &registry)),
+            links: Arc::new(links),
             cpu_pool: Bulkhead::new(Some(scenarios::cpu::offload_gauge(&registry))),
             worker_pool,
             elastic,

@@ -113,6 +113,7 @@ fn observer_operations() -> Vec<Op> {
     ]
     .into_iter()
     .chain(crate::scenarios::faults::admin_operations())
+    .chain(crate::scenarios::slow_link::admin_operations())
     .chain([
         Op::new("get", "/metrics", "Prometheus metrics")
             .tag("telemetry")

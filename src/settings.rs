@@ -68,6 +68,12 @@ pub struct Settings {
     #[arg(long, env = "DOWNSTREAM_SERVICE_URL", value_parser = parse_http_url)]
     pub downstream_service_url: Option<String>,
 
+    /// Route the app's connections to PostgreSQL, Redis and the downstream through its own TCP
+    /// fault proxy, whose toxics (latency, bandwidth, blackhole, resets, ...) `PUT /admin/links/{link}`
+    /// sets live (the slow-link scenario). Off: the app dials its dependencies directly.
+    #[arg(long, env = "LINK_PROXY", default_value_t = false, value_parser = parse_bool)]
+    pub link_proxy: bool,
+
     /// Seconds: the downstream client's default timeout for calls that do not set their own.
     #[arg(long, env = "DOWNSTREAM_TIMEOUT", default_value = "30", value_parser = seconds(0.1, 600.0))]
     pub downstream_timeout: f64,

@@ -35,6 +35,7 @@ pub mod healthy;
 pub mod io;
 pub mod memory;
 pub mod retry_storm;
+pub mod slow_link;
 pub mod worker_pool;
 
 /// Every scenario, in the order the panel, the OpenAPI document and the dashboards show them.
@@ -52,6 +53,7 @@ pub static ALL: &[Scenario] = &[
     burst::SCENARIO,
     cache_stampede::SCENARIO,
     faults::SCENARIO,
+    slow_link::SCENARIO,
 ];
 
 /// One failure mode, as it describes itself.

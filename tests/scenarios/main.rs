@@ -27,6 +27,7 @@ mod reliability;
 mod repro;
 mod retry_storm;
 mod shutdown;
+mod slow_link;
 mod startup;
 mod telemetry;
 mod worker_pool;

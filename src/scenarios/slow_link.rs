@@ -1,0 +1,211 @@
+//! `slow-link` — "the database got slow": the dependency itself is fine, the link to it is sick.
+//! With `LINK_PROXY=true` the app reaches PostgreSQL, Redis and the downstream through its own
+//! TCP fault proxy (src/infra/link_proxy.rs), and `PUT /admin/links/{link}` sets toxiproxy's
+//! toxics on a link while the load runs.
+//!
+//! The collapse: +20 ms per round trip on the PostgreSQL link. A request that holds its pooled
+//! connection for `hold` and makes `r` round trips on it now holds it for `hold + r × 20 ms`, so
+//! the pool's capacity falls from `pool / hold` to `pool / (hold + r × latency)` (Little's law),
+//! and in fragile everyone past it queues for the 30 s acquire timeout. The cure: a fail-fast
+//! acquire timeout (the excess gets 503 in ms), a statement timeout (a query stuck on a
+//! blackholed link is cut), and a pool sized for the new service time.
+//!
+//! Redis and the downstream take the same toxics: a blackholed Redis link hangs every cache
+//! read in fragile (no Redis timeout) and is served stale in hardened; `limit_data` on the
+//! downstream link truncates its answers (502).
+//!
+//! Metrics: `link_faults_active{link,toxic}` (the `LinkFaultActive` alert), `link_connections_open`,
+//! `link_bytes_total{link,direction}`, `link_resets_total`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::apidoc::{admin_auth, array_of, obj, path_param, Op};
+use crate::error::{AppError, AppResult};
+use crate::infra::link_proxy::{ToxicSpec, Toxics, LINKS};
+use crate::scenarios::{K6Script, Scenario};
+use crate::AppState;
+
+pub const SCENARIO: Scenario = Scenario {
+    id: "slow-link",
+    title: "a sick link to a dependency: +20 ms per database round trip cuts the pool's capacity",
+    doc: "docs/scenarios/slow-link.md",
+    k6: K6Script {
+        path: "load-tests/slow-link.js",
+        source: include_str!("../../load-tests/slow-link.js"),
+        // It needs PostgreSQL and LINK_PROXY=true: scripts/k6-slow-link.sh runs it.
+        smoke: false,
+    },
+    test: "tests/scenarios/slow_link.rs",
+    router: Router::new,
+    operations: Vec::new,
+    repro: None,
+    gauges: &[],
+};
+
+/// `GET /admin/links`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LinksView {
+    /// `LINK_PROXY`: false means no link passes the proxy (restart with LINK_PROXY=true).
+    pub enabled: bool,
+    pub links: Vec<LinkView>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LinkView {
+    pub link: String,
+    /// Where the app dials (the proxy's listener).
+    pub listen: String,
+    /// The dependency's own address.
+    pub upstream: String,
+    pub toxics: ToxicSpec,
+    pub active: Vec<String>,
+}
+
+pub fn view(state: &AppState) -> LinksView {
+    LinksView {
+        enabled: state.links.enabled(),
+        links: state
+            .links
+            .links()
+            .iter()
+            .map(|l| {
+                let t = l.toxics();
+                LinkView {
+                    link: l.name.to_string(),
+                    listen: l.listen.to_string(),
+                    upstream: l.upstream.clone(),
+                    toxics: t.spec.clone(),
+                    active: t.active().into_iter().map(String::from).collect(),
+                }
+            })
+            .collect(),
+    }
+}
+
+pub fn admin_router() -> Router<AppState> {
+    Router::new()
+        .route("/admin/links", get(list).delete(clear_all))
+        .route("/admin/links/{link}", put(set_link).delete(clear_link))
+}
+
+async fn list(State(state): State<AppState>) -> Json<LinksView> {
+    Json(view(&state))
+}
+
+fn find<'a>(state: &'a AppState, name: &str) -> AppResult<&'a Arc<crate::infra::link_proxy::Link>> {
+    if !LINKS.contains(&name) {
+        return Err(AppError::invalid(
+            "link",
+            format!("`link` must be one of {} (got `{name}`)", LINKS.join(", ")),
+        ));
+    }
+    if !state.links.enabled() {
+        return Err(AppError::Conflict {
+            code: "link_proxy_off",
+            detail: "no dependency link passes the link proxy: restart with LINK_PROXY=true (--link-proxy)".into(),
+        });
+    }
+    state.links.get(name).ok_or_else(|| AppError::Conflict {
+        code: "link_not_proxied",
+        detail: format!(
+            "the {name} link is not a TCP link of this lab (the embedded SQLite database, or no REDIS_URL): nothing to slow down"
+        ),
+    })
+}
+
+async fn set_link(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(link): Path<String>,
+    body: axum::body::Bytes,
+) -> AppResult<Json<LinksView>> {
+    crate::admin::authorize(&state, &headers)?;
+    let l = find(&state, &link)?;
+    let spec: ToxicSpec = serde_json::from_slice(&body).map_err(|e| {
+        AppError::invalid(
+            "body",
+            format!(
+                "a JSON object with latency, jitter, bandwidth_kbps, slow_close, timeout, reset_peer, limit_data: {e}"
+            ),
+        )
+    })?;
+    let toxics = Toxics::parse(spec)?;
+    tracing::warn!(link = l.name, toxics = ?toxics.spec, "link toxics set: this dependency link is sick on purpose");
+    l.set(Some(toxics));
+    Ok(Json(view(&state)))
+}
+
+async fn clear_link(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(link): Path<String>,
+) -> AppResult<Json<LinksView>> {
+    crate::admin::authorize(&state, &headers)?;
+    let l = find(&state, &link)?;
+    l.set(None);
+    tracing::info!(link = l.name, "link toxics cleared");
+    Ok(Json(view(&state)))
+}
+
+async fn clear_all(State(state): State<AppState>, headers: HeaderMap) -> AppResult<Json<LinksView>> {
+    crate::admin::authorize(&state, &headers)?;
+    state.links.clear();
+    tracing::info!("every link's toxics cleared");
+    Ok(Json(view(&state)))
+}
+
+/// The admin routes' OpenAPI operations.
+pub fn admin_operations() -> Vec<Op> {
+    let text = |d: &str| json!({"type": "string", "description": d});
+    let toxics = json!({
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "latency": text("each chunk the dependency sends waits this long (`20ms`, up to `60s`)"),
+            "jitter": text("plus a uniform extra wait up to this"),
+            "bandwidth_kbps": {"type": "integer", "minimum": 1, "maximum": crate::infra::link_proxy::MAX_BANDWIDTH_KBPS},
+            "slow_close": text("a close is passed on this much later"),
+            "timeout": text("blackhole: nothing passes; closed after this (`0ms`: never)"),
+            "reset_peer": text("connections reset this long after they opened (`0ms`: at once)"),
+            "limit_data": {"type": "integer", "minimum": 1, "maximum": crate::infra::link_proxy::MAX_LIMIT_DATA},
+        },
+    });
+    let view = obj(&[
+        ("enabled", json!({"type": "boolean"})),
+        ("links", array_of(json!({"type": "object"}))),
+    ]);
+    let link = || path_param("link", json!({"type": "string", "enum": LINKS}), "the dependency link");
+    vec![
+        Op::new("get", "/admin/links", "The dependency links through the link proxy (LINK_PROXY) and their toxics")
+            .tag("admin")
+            .ok(200, "the links", view.clone()),
+        admin_auth(Op::new("delete", "/admin/links", "Clear every link's toxics").tag("admin"))
+            .ok(200, "cleared; the links", view.clone())
+            .fails(409, "the link proxy is off (link_proxy_off)"),
+        admin_auth(
+            Op::new(
+                "put",
+                "/admin/links/{link}",
+                "Set a link's toxics: latency, bandwidth, slow_close, timeout, reset_peer, limit_data (docs/scenarios/slow-link.md)",
+            )
+            .tag("admin"),
+        )
+        .param(link())
+        .body("application/json", toxics, true)
+        .ok(200, "set; the links", view.clone())
+        .fails(409, "the link proxy is off, or this link is not a TCP link of the lab (link_proxy_off, link_not_proxied)")
+        .fails(422, "a toxic out of its range, an unknown link or an empty body (invalid_parameter)"),
+        admin_auth(Op::new("delete", "/admin/links/{link}", "Clear a link's toxics").tag("admin"))
+            .param(link())
+            .ok(200, "cleared; the links", view)
+            .fails(409, "the link proxy is off, or this link is not proxied")
+            .fails(422, "no such link (invalid_parameter)"),
+    ]
+}
