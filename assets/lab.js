@@ -224,10 +224,11 @@ function render(snap) {
   renderFaults(snap.faults);
 }
 
-/** The fault rules in force: the failures on their groups are injected, not real. */
+/** The fault rules and sick links in force: the failures they cause are injected, not real. */
 function renderFaults(faults) {
   const rules = (faults && faults.rules) || [];
-  $('faults-card').hidden = rules.length === 0;
+  const links = (faults && faults.links) || [];
+  $('faults-card').hidden = rules.length === 0 && links.length === 0;
   const body = $('faults').tBodies[0];
   body.innerHTML = '';
   for (const r of rules) {
@@ -237,6 +238,12 @@ function renderFaults(faults) {
     const left = r.rule.fail_first ? ` (${fmt(r.fail_first_remaining)} of fail_first left)` : '';
     [r.group, spec + left, fmt(r.injected)].forEach((c) => { tr.insertCell().textContent = c; });
   }
+  for (const l of links) {
+    const tr = body.insertRow();
+    tr.dataset.link = l.link;
+    const spec = Object.entries(l.toxics).map(([k, v]) => `${k}: ${v}`).join(' · ');
+    [`link: ${l.link}`, `${spec} (to ${l.upstream})`, '–'].forEach((c) => { tr.insertCell().textContent = c; });
+  }
   $('faults-headers').textContent = faults && faults.headers_allowed
     ? 'Per-request x-chokepoint-* headers are honoured (fault_headers_allowed is on).'
     : '';
@@ -245,7 +252,9 @@ function renderFaults(faults) {
 async function clearFaults() {
   try {
     await admin('DELETE', '/admin/faults');
-    say('every fault rule cleared');
+    const links = await (await fetch('/admin/links')).json();
+    if (links.enabled) await admin('DELETE', '/admin/links');
+    say('every fault rule and link toxic cleared');
   } catch (e) {
     say('clearing the fault rules failed: ' + e.message);
   }

@@ -1,12 +1,12 @@
 // slow-link — "the database got slow": the lab runs with LINK_PROXY=true against PostgreSQL, and
 // setup() adds 20 ms to every round trip on its PostgreSQL link (PUT /admin/links/postgres;
 // ADMIN_TOKEN if the lab has one); teardown() clears it. 100 holds/s of 100 ms on the default
-// pool of 15 (5 + 10 overflow): 150/s clean, but each hold makes about 4 round trips, so the
-// sick link serves 15 / 0.18 s ≈ 83/s and the rest queue.
+// pool of 15 (5 + 10 overflow): 150/s clean, but a hold's ~6.5 round trips and the release check
+// make it ~0.25 s, so the sick link serves 15 / 0.25 s ≈ 60/s (measured: 54/s) and the rest queue.
 // fragile (30 s acquire timeout): nobody fails fast, the queue grows: p95 above 500 ms
 // (smoke: 10 s).
 // hardened (250 ms acquire timeout): the excess gets 503 db_pool_timeout in ms: p95 under 700 ms
-// (hold + 20 ms × 4 + the 250 ms wait).
+// (the ~0.25 s hold + the 250 ms wait).
 // Needs PostgreSQL and LINK_PROXY=true: scripts/k6-slow-link.sh starts such a lab.
 import http from 'k6/http';
 import { check } from 'k6';

@@ -26,7 +26,8 @@ log "$(chromium --version 2>/dev/null | head -1), playwright-core $(node -p "req
 work=$(mktemp -d)
 trap 'stop_lab; rm -rf "$work"' EXIT
 token="browser-$$-$RANDOM"
-start_lab "$BIN" "$work/lab.log" DATABASE_URL="sqlite://$work/lab.db?mode=rwc" ADMIN_TOKEN="$token" SHUTDOWN_DELAY_MS=0 ||
+start_lab "$BIN" "$work/lab.log" DATABASE_URL="sqlite://$work/lab.db?mode=rwc" ADMIN_TOKEN="$token" SHUTDOWN_DELAY_MS=0 \
+  LINK_PROXY=true ||
   die "the lab did not start"
 if BASE_URL="$LAB_URL" ADMIN_TOKEN="$token" CHROMIUM="$(command -v chromium)" ARTIFACTS=target/browser \
      node tests/browser/lab.test.mjs; then

@@ -169,6 +169,17 @@ ROWS = [
         ("Connections reset by a fault/s", "short", [
             q('sum(rate(http_connections_closed_total{reason="fault_reset"}[1m]))', "resets/s")], ""),
     ]),
+    (("slow-link",), [
+        ("Link toxics set", "short", [q("sum by (link, toxic) (max by (link, toxic) (link_faults_active))", "{{link}} {{toxic}}")],
+         "1 while a toxic is set on a dependency link (LINK_PROXY)."),
+        ("Bytes through each link/s", "Bps", [
+            q("sum by (link, direction) (rate(link_bytes_total[1m]))", "{{link}} {{direction}}")], ""),
+        ("DB pool under a slow link", "short", [
+            q("sum(db_pool_waiting)", "waiting"),
+            q('sum(db_pool_connections{state="in_use"})', "in use"),
+            q("sum(rate(db_pool_acquire_timeouts_total[1m]))", "acquire timeouts/s"),
+        ], "+L per round trip: the pool's capacity falls to pool / (hold + round trips × L)."),
+    ]),
 ]
 
 

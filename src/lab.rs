@@ -383,8 +383,8 @@ impl Sampler {
     }
 }
 
-/// The fault rules in force (src/scenarios/faults.rs), for the panel's "Injected faults" card:
-/// failures it shows on those groups are made on purpose.
+/// The fault rules in force (src/scenarios/faults.rs) and the sick links (src/scenarios/slow_link.rs),
+/// for the panel's "Injected faults" card: failures it shows there are made on purpose.
 fn active_faults(state: &AppState, knobs: &Knobs) -> Value {
     let view = state.faults.view(knobs);
     let rules: Vec<Value> = view
@@ -401,7 +401,13 @@ fn active_faults(state: &AppState, knobs: &Knobs) -> Value {
             }))
         })
         .collect();
-    json!({"headers_allowed": view.headers_allowed, "rules": rules})
+    let links: Vec<Value> = crate::scenarios::slow_link::view(state)
+        .links
+        .into_iter()
+        .filter(|l| !l.active.is_empty())
+        .map(|l| json!({"link": l.link, "toxics": l.toxics, "upstream": l.upstream}))
+        .collect();
+    json!({"headers_allowed": view.headers_allowed, "rules": rules, "links": links})
 }
 
 /// The resources at their limit right now, each with the scenario it belongs to, the tiles

@@ -9,8 +9,8 @@
 // keeps start-up values; the scenario selector renders its markdown and gives the k6 commands
 // for this page's address, SMOKE=1 first; Break it turns the pool tiles red with a banner and
 // draws the predicted capacity, Stop stops it, Fix it names the cure; no horizontal overflow at
-// 1440 and 390 px (screenshots of both); a fault rule shows in its own card and the page clears
-// it; Swagger UI renders every operation of /openapi.json.
+// 1440 and 390 px (screenshots of both); a fault rule and a sick link show in their own card and
+// the page clears them; Swagger UI renders every operation of /openapi.json.
 import { chromium } from 'playwright-core';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
@@ -244,7 +244,7 @@ await test('lab: Fix it runs the same load on hardened and names the cure', asyn
 });
 
 await lab.screenshot({ path: `${OUT}/lab.png`, fullPage: true });
-await test('lab: an injected-fault rule shows in its own card, with its count, and the page clears it', async () => {
+await test('lab: an injected-fault rule and a sick link show in their own card, with the count, and the page clears them', async () => {
   assert.equal(await lab.isVisible('#faults-card'), false, 'no card without a rule');
   const put = await fetch(`${BASE}/admin/faults/other`, {
     method: 'PUT',
@@ -258,11 +258,24 @@ await test('lab: an injected-fault rule shows in its own card, with its count, a
     const cells = await lab.locator('#faults tr[data-group="other"] td').allTextContents();
     return cells.length === 3 && cells[1].includes('error: 503@100%') && cells[2] === '5' ? cells : null;
   });
+  // A sick dependency link (the lab runs with LINK_PROXY=true) shows in the same card.
+  const link = await fetch(`${BASE}/admin/links/downstream`, {
+    method: 'PUT',
+    headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${TOKEN}` },
+    body: JSON.stringify({ latency: '5ms' }),
+  });
+  assert.equal(link.status, 200, await link.text());
+  await until('the link row', async () => {
+    const cells = await lab.locator('#faults tr[data-link="downstream"] td').allTextContents();
+    return cells.length === 3 && cells[0] === 'link: downstream' && cells[1].includes('latency: 5ms') ? cells : null;
+  });
   await lab.screenshot({ path: `${OUT}/lab-faults.png`, fullPage: false });
   await lab.click('#faults-clear');
   await until('the card hidden once cleared', async () => !(await lab.isVisible('#faults-card')));
   const left = await (await fetch(`${BASE}/admin/faults`)).json();
   assert.ok(left.groups.every((g) => g.rule === null), JSON.stringify(left));
+  const links = await (await fetch(`${BASE}/admin/links`)).json();
+  assert.ok(links.links.every((l) => l.active.length === 0), JSON.stringify(links));
 });
 
 await test('lab: no console errors', async () => assert.deepEqual(labErrors, []));
