@@ -154,8 +154,6 @@ pub fn router() -> Router<AppState> {
         .route("/admin/config", get(get_config).patch(patch_config))
         .route("/admin/profile/{name}", post(set_profile))
         .route("/admin/reset", post(reset))
-        .merge(crate::scenarios::faults::admin_router())
-        .merge(crate::scenarios::slow_link::admin_router())
 }
 
 /// Checks the caller may change the configuration.
@@ -303,8 +301,7 @@ async fn reset(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let _serialised = state.knobs.change_lock.lock().await;
     apply(&state, None);
     let (bytes, chunks) = state.memory.clear();
-    state.faults.clear();
-    state.links.clear();
+    state.clear_injected_faults();
     tracing::info!(
         released_bytes = bytes,
         chunks,

@@ -105,6 +105,12 @@ impl AppState {
         }
     }
 
+    /// Clears every fault rule and link toxic (`POST /admin/reset`).
+    pub fn clear_injected_faults(&self) {
+        self.faults.clear();
+        self.links.clear();
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
@@ -328,6 +334,8 @@ pub fn router(state: AppState) -> Router {
         .iter()
         .fold(Router::new(), |router, scenario| router.merge((scenario.router)()))
         .merge(admin::router())
+        .merge(scenarios::faults::admin_router())
+        .merge(scenarios::slow_link::admin_router())
         .merge(openapi::router())
         .merge(lab::router())
         .route("/metrics", get(telemetry::metrics_handler))

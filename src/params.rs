@@ -1,6 +1,7 @@
 //! Query-parameter parsing with the seed's defaults and ranges. Every failure (missing, not a
 //! number, out of range) becomes a 422 whose body names the parameter and its allowed range,
-//! so a k6 script or a person sees at once what to change.
+//! so a k6 script or a person sees at once what to change. Also the duration syntax (`300ms`,
+//! `2s`) that the fault rules and the link toxics share.
 
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
@@ -266,6 +267,26 @@ where
     } else {
         Err(AppError::out_of_range(name, range.start(), range.end(), raw))
     }
+}
+
+/// The longest injected delay, jitter or link toxic: the longest wait the lab demonstrates.
+pub const MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A duration as the fault rules and link toxics write it: `300ms`, `2s`, `1.5s`, up to
+/// [`MAX_DELAY`].
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let t = text.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        return None;
+    };
+    let ms: f64 = num.trim().parse().ok()?;
+    let ms = ms * scale;
+    (ms.is_finite() && ms >= 0.0 && ms <= MAX_DELAY.as_millis() as f64)
+        .then(|| std::time::Duration::from_micros((ms * 1000.0) as u64))
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::error::{AppError, AppResult};
-use crate::scenarios::faults::parse_duration;
+use crate::params::parse_duration;
 use crate::telemetry::register;
 
 /// The links the proxy can sit on.

@@ -46,6 +46,7 @@ use serde_json::json;
 use crate::apidoc::{admin_auth, array_of, obj, path_param, string, Op};
 use crate::error::{AppError, AppResult};
 use crate::knobs::Knobs;
+use crate::params::parse_duration;
 use crate::resilience::guard::Group;
 use crate::scenarios::{K6Script, Scenario};
 use crate::telemetry::register;
@@ -69,9 +70,6 @@ pub const SCENARIO: Scenario = Scenario {
 
 /// The groups a rule can target, in the order `GET /admin/faults` lists them.
 pub const GROUPS: [Group; 5] = [Group::Cpu, Group::Io, Group::Db, Group::Downstream, Group::Other];
-
-/// The longest injected delay (and jitter): the longest wait the lab demonstrates elsewhere.
-pub const MAX_DELAY: Duration = Duration::from_secs(60);
 
 /// What a fault did, as `faults_injected_total`'s `kind` label and `x-chokepoint-fault` say.
 pub const KINDS: [&str; 6] = [
@@ -161,22 +159,6 @@ impl<T: Copy> Weighted<T> {
         }
         None
     }
-}
-
-/// `300ms`, `2s`, `1.5s` (up to [`MAX_DELAY`]).
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let t = text.trim();
-    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = t.strip_suffix('s') {
-        (n, 1000.0)
-    } else {
-        return None;
-    };
-    let ms: f64 = num.trim().parse().ok()?;
-    let ms = ms * scale;
-    (ms.is_finite() && ms >= 0.0 && ms <= MAX_DELAY.as_millis() as f64)
-        .then(|| Duration::from_micros((ms * 1000.0) as u64))
 }
 
 fn parse_status(text: &str, min: u16) -> Option<StatusCode> {

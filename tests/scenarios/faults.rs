@@ -45,7 +45,7 @@ async fn pg_count(app: &TestApp, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
 }
 
-/// One logical creation by a client that retries a 5xx up to 6 attempts: (attempts, 500s seen).
+/// One logical creation by a client that retries a 5xx until it succeeds: (attempts, 500s seen).
 async fn create_with_retries(app: &TestApp, name: &str, key: Option<&str>) -> (u32, u32) {
     let (mut attempts, mut injected_500s) = (0, 0);
     loop {
@@ -68,7 +68,8 @@ async fn create_with_retries(app: &TestApp, name: &str, key: Option<&str>) -> (u
             assert!(status == 200 || status == 201, "{status}");
             return (attempts, injected_500s);
         }
-        assert!(attempts < 6, "{name}: still failing after {attempts} attempts");
+        // 30 straight 500s at 50% happen once in 10⁹ creations.
+        assert!(attempts < 30, "{name}: still failing after {attempts} attempts");
     }
 }
 
@@ -161,7 +162,7 @@ async fn injected_errors_follow_the_rule_and_never_touch_the_observer_routes() {
     }))
     .await;
     let slow = started.iter().filter(|d| **d >= Duration::from_millis(250)).count();
-    assert!((18..=42).contains(&slow), "50% of 60 asked, {slow} delayed");
+    assert!((15..=45).contains(&slow), "50% of 60 asked, {slow} delayed");
     assert_eq!(injected(&app, "other", "delay").await, slow as f64);
 
     // Cleared: nothing more is injected, and the gauge says so.

@@ -13,8 +13,6 @@ use serde_json::Value;
 use crate::lab::LabClient;
 use crate::plan::{Plan, Target};
 
-/// Requests in flight at most by default ([`crate::plan::Plan::max_in_flight`]).
-pub const MAX_IN_FLIGHT: u64 = 2_000;
 /// A request unanswered after this long counts as `client_timeout`.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The measurement of one stage.

@@ -68,6 +68,9 @@ pub struct Prediction {
     pub expect: String,
 }
 
+/// Requests in flight at most by default ([`Plan::max_in_flight`]).
+pub const MAX_IN_FLIGHT: u64 = 2_000;
+
 /// Everything `repro` needs to run one scenario.
 pub struct Plan {
     pub target: Target,
@@ -102,7 +105,7 @@ impl Plan {
             before_stage: None,
             settle: std::time::Duration::ZERO,
             after_run: None,
-            max_in_flight: crate::load::MAX_IN_FLIGHT,
+            max_in_flight: MAX_IN_FLIGHT,
         }
     }
 }
