@@ -36,12 +36,11 @@ use hyper_util::server::conn::auto::Builder;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-
-use crate::scenarios::faults::Abort;
 use tokio::sync::{watch, Notify};
 use tower::ServiceExt;
 
 use crate::knobs::KnobStore;
+use crate::scenarios::faults::Abort;
 use crate::telemetry::register;
 
 /// Descriptors kept free for everything that is not a client connection (database and Redis
