@@ -5,7 +5,7 @@
 //! - `PATCH /admin/config`: a partial JSON object; every field is validated before any applies
 //!   (422 names each refused knob; 409 when only start-up settings were asked for).
 //! - `POST /admin/profile/{fragile|hardened}`, `POST /admin/reset` (start-up values, retained
-//!   memory cleared).
+//!   memory cleared, fault rules and link toxics cleared, leaked connections released).
 //!
 //! Writes are open on a loopback bind. On any other bind they need
 //! `Authorization: Bearer $ADMIN_TOKEN`, and without a configured token they are refused (403).
@@ -302,10 +302,13 @@ async fn reset(State(state): State<AppState>, headers: HeaderMap) -> Response {
     apply(&state, None);
     let (bytes, chunks) = state.memory.clear();
     state.clear_injected_faults();
+    let leaked = state.db.checkouts().leaked();
+    state.db.checkouts().release_leaks();
     tracing::info!(
         released_bytes = bytes,
         chunks,
-        "configuration reset to start-up values, fault rules and link toxics cleared"
+        leaked_connections = leaked,
+        "configuration reset to start-up values, fault rules and link toxics cleared, leaked connections released"
     );
     let mut view = config_view(&state);
     view.released_memory_mb = Some(bytes / (1024 * 1024));

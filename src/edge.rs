@@ -26,6 +26,7 @@ use axum::response::Response;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
+use crate::infra::checkout::{Holder, HOLDER};
 use crate::resilience::bulkhead::Permit;
 use crate::resilience::guard::{Admission, Group};
 use crate::scenarios::faults::{self, Abort, After};
@@ -264,6 +265,11 @@ where
             }
         };
         drop(knobs);
+        // The handler's checkouts of pooled connections name this request as their holder.
+        let holder = Holder {
+            route: route.clone(),
+            request_id: request_id.clone(),
+        };
 
         Box::pin(
             async move {
@@ -288,7 +294,7 @@ where
                             if let Some(delay) = delay {
                                 tokio::time::sleep(delay).await;
                             }
-                            fut.await.unwrap_or_else(|never| match never {})
+                            HOLDER.scope(holder, fut).await.unwrap_or_else(|never| match never {})
                         };
                         let resp = match timeout {
                             None => run.await,
@@ -345,7 +351,11 @@ where
                         .get(REQUEST_ID)
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("");
-                    match resp.extensions().get::<crate::error::Failure>() {
+                    let failure = resp.extensions().get::<crate::error::Failure>();
+                    if failure.is_some_and(|f| f.code == "db_connection_poisoned") {
+                        state.db.count_poisoned();
+                    }
+                    match failure {
                         Some(f) if f.expected => tracing::info!(
                             status = status.as_u16(),
                             code = f.code,

@@ -208,6 +208,7 @@ impl AppError {
             AppError::Database(e) => match db_failure(e) {
                 DbFailure::StorageFull => "storage_full",
                 DbFailure::Unreachable => "db_unavailable",
+                DbFailure::Poisoned => "db_connection_poisoned",
                 DbFailure::Other => "database_error",
             },
             AppError::Redis(crate::infra::redis::RedisError::PoolTimeout(_)) => "redis_pool_timeout",
@@ -342,6 +343,10 @@ impl AppError {
                     "error": code,
                     "detail": "the database is unreachable (connection refused, closed or shutting down)",
                 }),
+                DbFailure::Poisoned => json!({
+                    "error": code,
+                    "detail": "this pooled connection is inside a transaction an earlier error aborted (25P02): every query on it fails until it is recycled; an earlier request was cancelled during BEGIN and the release-time guard is off (db_skip_release_check)",
+                }),
                 DbFailure::Other => json!({"error": code, "detail": "the database query failed; see the server log"}),
             },
             AppError::Redis(e) => json!({"error": code, "detail": e.to_string(), "kind": e.kind()}),
@@ -371,6 +376,9 @@ pub enum DbFailure {
     /// The server cannot be reached or dropped the connection: refused, reset, closed, shutting
     /// down (503 `db_unavailable`), as opposed to a pool that is merely busy.
     Unreachable,
+    /// PostgreSQL's 25P02: the connection is inside a transaction an earlier error aborted, and
+    /// refuses every statement until it ends (the poisoned-pool scenario; 500 `db_connection_poisoned`).
+    Poisoned,
     Other,
 }
 
@@ -383,6 +391,7 @@ pub fn db_failure(e: &sqlx::Error) -> DbFailure {
                 Some("13") | Some("53100") => DbFailure::StorageFull,
                 // Connection exceptions (08xxx), admin/crash shutdown, cannot connect now.
                 Some(c) if c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03") => DbFailure::Unreachable,
+                Some("25P02") => DbFailure::Poisoned,
                 _ if db.message().contains("database or disk is full") => DbFailure::StorageFull,
                 _ => DbFailure::Other,
             }

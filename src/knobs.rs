@@ -572,6 +572,34 @@ knob_table! {
         fragile: false, hardened: false,
         doc: "honour per-request fault headers (x-chokepoint-delay, -error, -abort, -response, -jitter) on the scenario routes; rules set through /admin/faults apply either way",
     }
+    db_leak_ms: u64 {
+        env: "DB_LEAK_MS",
+        range: Int(0, 86_400_000),
+        scenario: "connection-leak",
+        fragile: 60_000, hardened: 0,
+        doc: "how long GET /api/db/session keeps its connection, inside its open transaction, after answering (the original lab's unclosed session); 0 = released with the answer (scoped release, the cure); POST /admin/reset releases every leaked connection",
+    }
+    db_leak_detect_ms: u64 {
+        env: "DB_LEAK_DETECT_MS",
+        range: Int(0, 3_600_000),
+        scenario: "connection-leak",
+        fragile: 0, hardened: 10_000,
+        doc: "leak detector (HikariCP's leakDetectionThreshold): a connection checked out longer than this is logged once at WARN with the route and request id that took it and counted in db_connection_leaks_detected_total (0 = off)",
+    }
+    db_idle_in_transaction_timeout_ms: u64 {
+        env: "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+        range: Int(0, 3_600_000),
+        scenario: "connection-leak",
+        fragile: 0, hardened: 5_000,
+        doc: "PostgreSQL's idle_in_transaction_session_timeout on the transactions GET /api/db/session opens: the server ends a session left idle in its transaction this long, freeing its locks and its server slot (not the app's pool slot; 0 = off)",
+    }
+    db_skip_release_check: bool {
+        env: "DB_SKIP_RELEASE_CHECK",
+        range: Bool,
+        scenario: "poisoned-pool",
+        fragile: false, hardened: false,
+        doc: "UNSAFE, for the poisoned-pool scenario only: return connections to the pool without the release-time guard, so a request cancelled during BEGIN leaves its connection inside a transaction (sqlx #4393) and the first error there fails every later query on it",
+    }
 }
 
 impl KnobSpec {

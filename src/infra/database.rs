@@ -24,8 +24,13 @@
 //! error in it, every query on the connection fails. So every connection is checked on release
 //! ([`release_check`]): a transaction still open is rolled back, a connection that cannot be
 //! made clean is discarded (`db_connections_recovered_total{action}`), whatever the sqlx version.
+//! The knob `db_skip_release_check` turns the guard off, for the poisoned-pool scenario only.
+//!
+//! Every acquire is a [`Checkout`] registered with its holder ([`crate::infra::checkout`]): hold
+//! times, connections held too long, the leak detector and the connection-leak scenario's leaks.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +43,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{ConnectOptions, Executor, PgConnection, PgPool, Postgres, Row, Sqlite, SqliteConnection, SqlitePool};
 
 use crate::error::AppError;
+use crate::infra::checkout::{Checkout, Checkouts};
 use crate::knobs::Knobs;
 use crate::lifecycle::Lifecycle;
 use crate::settings::{redact, Settings};
@@ -116,6 +122,8 @@ struct DbMetrics {
     recovered: IntCounterVec,
     up: IntGauge,
     unavailable: IntCounter,
+    /// Queries refused with 25P02: a connection inside an aborted transaction (poisoned-pool).
+    poisoned: IntCounter,
 }
 
 impl DbMetrics {
@@ -188,6 +196,14 @@ impl DbMetrics {
                 )
                 .unwrap(),
             ),
+            poisoned: register(
+                registry,
+                IntCounter::new(
+                    "db_poisoned_errors_total",
+                    "Requests failed with 25P02 (current transaction is aborted): a pooled connection left inside an aborted transaction by an earlier request (poisoned-pool scenario)",
+                )
+                .unwrap(),
+            ),
         }
     }
 }
@@ -209,6 +225,10 @@ pub struct Database {
     connect_within: Duration,
     /// Runs the monitor and the old pools' drains.
     lifecycle: Lifecycle,
+    /// Who holds which connection (hold times, leak detector, leaks).
+    checkouts: Arc<Checkouts>,
+    /// `db_skip_release_check`: the release-time guard is off (poisoned-pool only).
+    skip_release_check: Arc<AtomicBool>,
 }
 
 impl Database {
@@ -275,7 +295,16 @@ impl Database {
         for action in ["rolled_back", "discarded"] {
             metrics.recovered.with_label_values(&[action]);
         }
-        let pool = build_pool(&opts, knobs.db_pool_size, knobs.db_max_overflow, &metrics.recovered);
+        let skip_release_check = Arc::new(AtomicBool::new(knobs.db_skip_release_check));
+        let pool = build_pool(
+            &opts,
+            knobs.db_pool_size,
+            knobs.db_max_overflow,
+            &metrics.recovered,
+            &skip_release_check,
+        );
+        let checkouts = Checkouts::new(registry, knobs.db_leak_detect_ms);
+        checkouts.start_detector(lifecycle);
         metrics.max.set(i64::from(knobs.db_pool_size + knobs.db_max_overflow));
         metrics.up.set(0);
         Ok(Self {
@@ -290,6 +319,8 @@ impl Database {
             skip_migrations: settings.skip_migrations,
             connect_within: Duration::from_millis(knobs.db_pool_timeout_ms).max(Duration::from_secs(5)),
             lifecycle: lifecycle.clone(),
+            checkouts,
+            skip_release_check,
         })
     }
 
@@ -386,11 +417,25 @@ impl Database {
 
     /// Rebuilds the pool when size or overflow changed; the old pool drains in the background.
     pub fn apply(&self, knobs: &Knobs) {
+        self.checkouts.set_detect_ms(knobs.db_leak_detect_ms);
+        let skip = knobs.db_skip_release_check;
+        if self.skip_release_check.swap(skip, Ordering::Relaxed) != skip && skip {
+            tracing::warn!(
+                "db_skip_release_check is on: connections go back to the pool unchecked; a request \
+                 cancelled during BEGIN can poison one (the poisoned-pool scenario; never outside the lab)"
+            );
+        }
         let wanted = (knobs.db_pool_size, knobs.db_max_overflow);
         if *self.shape.lock().unwrap_or_else(|p| p.into_inner()) == wanted {
             return;
         }
-        let new = build_pool(&self.opts, wanted.0, wanted.1, &self.metrics.recovered);
+        let new = build_pool(
+            &self.opts,
+            wanted.0,
+            wanted.1,
+            &self.metrics.recovered,
+            &self.skip_release_check,
+        );
         let old = self.pool.swap(Arc::new(new));
         *self.shape.lock().unwrap_or_else(|p| p.into_inner()) = wanted;
         self.metrics.max.set(i64::from(wanted.0 + wanted.1));
@@ -416,7 +461,7 @@ impl Database {
     /// Acquires a pooled connection, recording the wait. Gives up after `timeout` (the knob
     /// `db_pool_timeout_ms`) with [`AppError::PoolTimeout`]; the time waited is returned with
     /// the connection.
-    pub async fn acquire(&self, timeout: Duration) -> Result<(Conn, Duration), AppError> {
+    pub async fn acquire(&self, timeout: Duration) -> Result<(Checkout, Duration), AppError> {
         let start = Instant::now();
         let mut down = self.down.subscribe();
         if *down.borrow_and_update() {
@@ -456,7 +501,7 @@ impl Database {
         let waited = start.elapsed();
         self.metrics.acquire_wait.observe(waited.as_secs_f64());
         match result {
-            Ok(conn) => Ok((conn, waited)),
+            Ok(conn) => Ok((self.checkouts.check_out(conn), waited)),
             Err(sqlx::Error::PoolTimedOut) => {
                 self.metrics.acquire_timeouts.inc();
                 Err(AppError::PoolTimeout { waited })
@@ -477,6 +522,25 @@ impl Database {
             code: "db_unavailable",
             detail,
         }
+    }
+
+    /// Who holds which connection: the leak detector and the connection-leak scenario's leaks.
+    pub fn checkouts(&self) -> &Arc<Checkouts> {
+        &self.checkouts
+    }
+
+    /// Keeps `checkout` for `hold` past its request (see [`Checkouts::leak`]).
+    pub fn leak<F, Fut>(&self, checkout: Checkout, hold: Duration, finish: F)
+    where
+        F: FnOnce(Checkout) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.checkouts.leak(&self.lifecycle, checkout, hold, finish);
+    }
+
+    /// Counts a request that failed on a poisoned connection (25P02), reported by the edge.
+    pub fn count_poisoned(&self) {
+        self.metrics.poisoned.inc();
     }
 
     /// Whether the monitor currently finds the database unreachable.
@@ -507,6 +571,7 @@ impl Database {
 
     /// Samples the pool into the gauges (called at scrape time).
     pub fn refresh_gauges(&self) {
+        self.checkouts.refresh_gauges();
         let s = self.stats();
         self.metrics
             .connections
@@ -579,22 +644,27 @@ pub struct PoolStats {
 
 /// A pool of `size` kept + `overflow` extra connections, opened lazily (the kept ones are
 /// opened in the background).
-fn build_pool(opts: &ConnectOpts, size: u32, overflow: u32, recovered: &IntCounterVec) -> Pool {
-    let recovered = recovered.clone();
+/// Every released connection goes through [`release_check`] unless `skip` is set.
+fn build_pool(opts: &ConnectOpts, size: u32, overflow: u32, recovered: &IntCounterVec, skip: &Arc<AtomicBool>) -> Pool {
+    let (recovered, skip) = (recovered.clone(), skip.clone());
     match opts {
         ConnectOpts::Pg(o) => Pool::Pg(
             pool_options(size, overflow)
                 .after_release(move |conn, _| {
-                    let recovered = recovered.clone();
-                    Box::pin(async move { Ok(release_check(Released::Pg(conn), &recovered).await) })
+                    let (recovered, skip) = (recovered.clone(), skip.clone());
+                    Box::pin(async move {
+                        Ok(skip.load(Ordering::Relaxed) || release_check(Released::Pg(conn), &recovered).await)
+                    })
                 })
                 .connect_lazy_with(o.clone()),
         ),
         ConnectOpts::Sqlite(o) => Pool::Sqlite(
             pool_options(size, overflow)
                 .after_release(move |conn, _| {
-                    let recovered = recovered.clone();
-                    Box::pin(async move { Ok(release_check(Released::Sqlite(conn), &recovered).await) })
+                    let (recovered, skip) = (recovered.clone(), skip.clone());
+                    Box::pin(async move {
+                        Ok(skip.load(Ordering::Relaxed) || release_check(Released::Sqlite(conn), &recovered).await)
+                    })
                 })
                 .connect_lazy_with(o.clone()),
         ),

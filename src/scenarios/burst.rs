@@ -456,7 +456,7 @@ impl Deployments {
                 self.count(DeployMode::Async, "failed");
                 let marked = async {
                     let (mut conn, _) = db.acquire(Duration::from_millis(knobs.current().db_pool_timeout_ms)).await?;
-                    on_conn!(&mut conn, c => crate::pg_tx!(c, tx => {
+                    on_conn!(&mut *conn, c => crate::pg_tx!(c, tx => {
                         sqlx::query("UPDATE deployments SET status = 'failed', error = $2, completed_ms = $3 WHERE id = $1 AND status = 'queued'")
                             .persistent(false)
                             .bind(&id)

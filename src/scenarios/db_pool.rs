@@ -239,7 +239,7 @@ async fn create_task(State(state): State<AppState>, params: Params) -> AppResult
     // `fetch_all`, not `fetch_one`: the statement must run to its end. With `fetch_one`, SQLite
     // hands over the RETURNING row and the commit's SQLITE_FULL (disk full) is never read, so a
     // write that was rolled back got a 200 with its id.
-    let rows = match &mut conn {
+    let rows = match &mut *conn {
         Conn::Pg(c) => {
             let sql = format!("INSERT INTO tasks (title, description) VALUES ($1, $2) RETURNING {PG_TASK_COLUMNS}");
             crate::pg_tx!(c, tx => sqlx::query_as::<_, Task>(&sql)
@@ -269,7 +269,7 @@ async fn create_task(State(state): State<AppState>, params: Params) -> AppResult
 async fn list_tasks(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
     let limit: i64 = params.get(&LIMIT)?;
     let (mut conn, _) = state.db.acquire(db_timeouts(&state).0).await?;
-    let tasks: Vec<Task> = match &mut conn {
+    let tasks: Vec<Task> = match &mut *conn {
         Conn::Pg(c) => {
             let sql = format!("SELECT {PG_TASK_COLUMNS} FROM tasks ORDER BY id DESC LIMIT $1");
             crate::pg_tx!(c, tx => sqlx::query_as(&sql).persistent(false).bind(limit).fetch_all(&mut *tx).await?)
@@ -295,7 +295,7 @@ async fn expensive_query(State(state): State<AppState>, params: Params) -> AppRe
     let (acquire, statement) = db_timeouts(&state);
     let (mut conn, waited) = state.db.acquire(acquire).await?;
     let start = Instant::now();
-    let (count, checksum): (i64, i64) = match &mut conn {
+    let (count, checksum): (i64, i64) = match &mut *conn {
         Conn::Pg(c) => crate::pg_tx!(c, tx => {
             set_local_statement_timeout(&mut tx, statement).await?;
             sqlx::query_as(

@@ -26,6 +26,7 @@ use crate::AppState;
 pub mod burst;
 pub mod cache_stampede;
 pub mod cold_start;
+pub mod connection_leak;
 pub mod cpu;
 pub mod db_pool;
 pub mod db_replicas;
@@ -34,6 +35,7 @@ pub mod faults;
 pub mod healthy;
 pub mod io;
 pub mod memory;
+pub mod poisoned_pool;
 pub mod retry_storm;
 pub mod slow_link;
 pub mod worker_pool;
@@ -54,6 +56,8 @@ pub static ALL: &[Scenario] = &[
     cache_stampede::SCENARIO,
     faults::SCENARIO,
     slow_link::SCENARIO,
+    connection_leak::SCENARIO,
+    poisoned_pool::SCENARIO,
 ];
 
 /// One failure mode, as it describes itself.

@@ -1,0 +1,1 @@
+// poisoned-pool — placeholder

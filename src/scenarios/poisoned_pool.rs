@@ -1,0 +1,175 @@
+//! `poisoned-pool` — the incident class behind sqlx #4393, where one pod failed every query for
+//! 20 minutes. A request cancelled while sqlx's `BEGIN` round trip is in flight (its client gave
+//! up, `request_timeout_db_ms` cut it; a degraded database widens that window from microseconds
+//! to the link's latency) leaves its connection inside a transaction sqlx does not know about.
+//! Back in the pool, the next borrower's plain statements run inside it: their writes are
+//! acknowledged but never committed, and the first error there (here: claiming a name twice)
+//! aborts the transaction, after which *every* query on that connection, on every route, fails
+//! with `25P02` (500 `db_connection_poisoned`, `db_poisoned_errors_total`) until the connection
+//! is recycled (sqlx's `max_lifetime`, 30 min by default).
+//!
+//! The lab guards every released connection ([`crate::infra::database`]'s release-time check),
+//! so this only happens with the knob `db_skip_release_check` on: off by default in both
+//! profiles, never to be turned on outside the lab. The cure is the guard: the connection is
+//! rolled back on release (`db_connections_recovered_total{action="rolled_back"}`).
+//!
+//! Its routes are the way most code talks to a pool: plain statements, no transaction of
+//! their own. `POST /api/claims?name=` inserts a unique name (409 `already_claimed` the second
+//! time); `GET /api/claims?name=` reads it.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::apidoc::{boolean, nullable, obj, string, Op, POOL_TIMEOUT};
+use crate::error::{AppError, AppResult};
+use crate::infra::database::Conn;
+use crate::params::{Params, Text};
+use crate::resilience::guard::Group;
+use crate::scenarios::{Gauge, K6Script, Scenario};
+use crate::AppState;
+
+pub const NAME: Text = Text {
+    name: "name",
+    required: true,
+    min_len: 1,
+    max_len: 200,
+    about: "the name to claim (unique)",
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/claims", get(read_claim).post(claim))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// PostgreSQL's and SQLite's unique violation.
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+async fn claim(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
+    let name = params.text_of(&NAME)?.unwrap_or_default();
+    let acquire = std::time::Duration::from_millis(state.knobs.current().db_pool_timeout_ms);
+    let (mut conn, _) = state.db.acquire(acquire).await?;
+    // A plain autocommit statement: no transaction of its own (on a poisoned connection it
+    // runs inside the stale one and is never committed).
+    let sql = "INSERT INTO claims (name, claimed_ms) VALUES ($1, $2)";
+    let at = now_ms();
+    let result = match &mut *conn {
+        Conn::Pg(c) => sqlx::query(sql)
+            .persistent(false)
+            .bind(&name)
+            .bind(at)
+            .execute(&mut **c)
+            .await
+            .map(|_| ()),
+        Conn::Sqlite(c) => sqlx::query(sql)
+            .persistent(false)
+            .bind(&name)
+            .bind(at)
+            .execute(&mut **c)
+            .await
+            .map(|_| ()),
+    };
+    match result {
+        Ok(_) => Ok(Json(json!({"name": name, "claimed": true, "claimed_ms": at}))),
+        Err(e) if is_unique_violation(&e) => Err(AppError::Conflict {
+            code: "already_claimed",
+            detail: format!("the name {name:?} is claimed already"),
+        }),
+        Err(e) => Err(AppError::Database(e)),
+    }
+}
+
+async fn read_claim(State(state): State<AppState>, params: Params) -> AppResult<Json<Value>> {
+    let name = params.text_of(&NAME)?.unwrap_or_default();
+    let acquire = std::time::Duration::from_millis(state.knobs.current().db_pool_timeout_ms);
+    let (mut conn, _) = state.db.acquire(acquire).await?;
+    let sql = "SELECT claimed_ms FROM claims WHERE name = $1";
+    let at: Option<i64> = match &mut *conn {
+        Conn::Pg(c) => {
+            sqlx::query_scalar(sql)
+                .persistent(false)
+                .bind(&name)
+                .fetch_optional(&mut **c)
+                .await?
+        }
+        Conn::Sqlite(c) => {
+            sqlx::query_scalar(sql)
+                .persistent(false)
+                .bind(&name)
+                .fetch_optional(&mut **c)
+                .await?
+        }
+    };
+    Ok(Json(json!({"name": name, "claimed": at.is_some(), "claimed_ms": at})))
+}
+
+/// The catalog entry (see [`crate::scenarios::ALL`]).
+pub const SCENARIO: Scenario = Scenario {
+    id: "poisoned-pool",
+    title: "a cancelled BEGIN poisons a pooled connection: every query on it fails",
+    doc: "docs/scenarios/poisoned-pool.md",
+    k6: K6Script {
+        path: "load-tests/poisoned-pool.js",
+        source: include_str!("../../load-tests/poisoned-pool.js"),
+        // It needs PostgreSQL and LINK_PROXY=true: scripts/k6-slow-link.sh runs it.
+        smoke: false,
+    },
+    test: "tests/scenarios/poisoned_pool.rs",
+    router,
+    operations,
+    repro: None,
+    gauges: &[
+        Gauge::value("db_poisoned_errors", "db_poisoned_errors_total"),
+        Gauge {
+            key: "db_rolled_back_at_release",
+            metric: "db_connections_recovered_total",
+            labels: &[("action", "rolled_back")],
+            reading: crate::scenarios::Reading::Value,
+        },
+    ],
+};
+
+fn operations() -> Vec<Op> {
+    let claim = obj(&[
+        ("name", string()),
+        ("claimed", boolean()),
+        ("claimed_ms", nullable("integer")),
+    ]);
+    vec![
+        Op::new(
+            "post",
+            "/api/claims",
+            "Claim a unique name with a plain autocommit INSERT",
+        )
+        .guard(Group::Db)
+        .query(&[&NAME])
+        .ok(200, "claimed", claim.clone())
+        .fails(409, "the name is claimed already (already_claimed)")
+        .fails(422, "invalid_parameter")
+        .fails(
+            500,
+            "the connection is poisoned: inside an aborted transaction (db_connection_poisoned)",
+        )
+        .fails(503, POOL_TIMEOUT),
+        Op::new("get", "/api/claims", "Read a claim with a plain autocommit SELECT")
+            .guard(Group::Db)
+            .query(&[&NAME])
+            .ok(200, "whether the name is claimed", claim)
+            .fails(422, "invalid_parameter")
+            .fails(
+                500,
+                "the connection is poisoned: inside an aborted transaction (db_connection_poisoned)",
+            )
+            .fails(503, POOL_TIMEOUT),
+    ]
+}
