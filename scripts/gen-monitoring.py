@@ -180,6 +180,26 @@ ROWS = [
             q("sum(rate(db_pool_acquire_timeouts_total[1m]))", "acquire timeouts/s"),
         ], "+L per round trip: the pool's capacity falls to pool / (hold + round trips × L)."),
     ]),
+    (("connection-leak",), [
+        ("Leaked and long-held connections", "short", [
+            q("sum(db_connections_leaked)", "leaked"),
+            q('sum by (over) (db_connections_held)', "held over {{over}}"),
+        ], "Connections kept past their request (db_leak_ms), and checkouts open longer than 1 s / 10 s / 60 s."),
+        ("Oldest hold", "s", [q("max(db_connection_oldest_hold_seconds)", "oldest")],
+         "The age of the longest-held pooled connection: a leak climbs without bound."),
+        ("Leaks detected/s by route", "short", [
+            q("sum by (route) (rate(db_connection_leaks_detected_total[1m]))", "{{route}}")],
+         "The leak detector (db_leak_detect_ms) names the route that took the connection."),
+        ("Connection hold p95", "s", [q("histogram_quantile(0.95, sum by (le) (rate(db_connection_hold_seconds_bucket[1m])))", "p95")],
+         "Checkout to release: the pool's service time, the denominator of its capacity."),
+    ]),
+    (("poisoned-pool",), [
+        ("Poisoned answers/s", "short", [q("sum(rate(db_poisoned_errors_total[1m]))", "25P02/s")],
+         "Requests failed on a connection inside an aborted transaction: never, with the release-time guard on."),
+        ("Connections rolled back at release/s", "short", [
+            q("sum by (action) (rate(db_connections_recovered_total[1m]))", "{{action}}")],
+         "The release-time guard at work: each one was a poisoned connection in waiting."),
+    ]),
 ]
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs load-tests/slow-link.js the way the scenario needs it: the release binary with
+# Runs the scripts that need a sick PostgreSQL link, load-tests/slow-link.js and
+# load-tests/poisoned-pool.js, the way their scenarios need them: the release binary with
 # LINK_PROXY=true against a fresh database on the PostgreSQL at 127.0.0.1:5432, once per profile
-# (a fresh process each), SMOKE=1 unless SMOKE=0 is given. The script adds 20 ms per round trip
-# on the PostgreSQL link in its setup and clears it in its teardown. Both must hold their thresholds.
+# and script (a fresh process each), SMOKE=1 unless SMOKE=0 is given. Each script slows the
+# PostgreSQL link in its setup and clears it in its teardown. All must hold their thresholds.
 # Usage: scripts/k6-slow-link.sh [path/to/chokepoint]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,7 @@ PGURL=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 psql "$PGURL" -Atqc 'select 1' >/dev/null 2>&1 ||
   die "PostgreSQL is not answering at $PGURL (scripts/ensure-services.sh starts it)"
 
-db="k6_slow_link_$$"
+db="k6_sick_link_$$"
 work=$(mktemp -d)
 cleanup() {
   stop_lab
@@ -27,20 +28,22 @@ trap cleanup EXIT
 psql "$PGURL" -qc "create database $db" >/dev/null
 
 failed=()
-for profile in fragile hardened; do
-  start_lab "$BIN" "$work/$profile.log" DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db" \
-    LINK_PROXY=true PROFILE="$profile" || die "the lab did not start"
-  start=$(date +%s)
-  if k6 run --quiet --no-usage-report -e SMOKE="${SMOKE:-1}" -e PROFILE="$profile" -e BASE_URL="$LAB_URL" \
-       load-tests/slow-link.js > "$work/k6-$profile.log" 2>&1; then
-    log "$profile slow-link: thresholds held ($(( $(date +%s) - start )) s)"
-  else
-    log "$profile slow-link: FAILED ($(( $(date +%s) - start )) s)"
-    tail -40 "$work/k6-$profile.log"
-    failed+=("$profile")
-  fi
-  grep -E "http_req_duration\{name:hold\}|http_reqs\.|✓|✗" "$work/k6-$profile.log" | head -8 || true
-  stop_lab
+for script in slow-link poisoned-pool; do
+  for profile in fragile hardened; do
+    start_lab "$BIN" "$work/$profile-$script.log" DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db" \
+      LINK_PROXY=true PROFILE="$profile" || die "the lab did not start"
+    start=$(date +%s)
+    if k6 run --quiet --no-usage-report -e SMOKE="${SMOKE:-1}" -e PROFILE="$profile" -e BASE_URL="$LAB_URL" \
+         "load-tests/$script.js" > "$work/k6-$profile-$script.log" 2>&1; then
+      log "$profile $script: thresholds held ($(( $(date +%s) - start )) s)"
+    else
+      log "$profile $script: FAILED ($(( $(date +%s) - start )) s)"
+      grep -v "Request Failed" "$work/k6-$profile-$script.log" | tail -40
+      failed+=("$profile/$script")
+    fi
+    grep -E "✓|✗" "$work/k6-$profile-$script.log" | head -8 || true
+    stop_lab
+  done
 done
-[ ${#failed[@]} -eq 0 ] || die "slow-link.js failed in: ${failed[*]}"
-log "slow-link.js held its thresholds in fragile and hardened"
+[ ${#failed[@]} -eq 0 ] || die "failed: ${failed[*]}"
+log "slow-link.js and poisoned-pool.js held their thresholds in fragile and hardened"

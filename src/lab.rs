@@ -433,6 +433,28 @@ pub fn saturation(gauges: &Map<String, Value>) -> Vec<Value> {
         db_tiles.push("db_waiting");
     }
     add("DB pool", "db-pool", &db_tiles, db);
+    if n("db_leaked") > 0.0 {
+        add(
+            "DB pool (leaked sessions)",
+            "connection-leak",
+            &["db_leaked", "db_oldest_hold_s"],
+            vec![format!(
+                "{} connections kept past their request (db_leak_ms; POST /admin/reset lets them go)",
+                n("db_leaked")
+            )],
+        );
+    }
+    if n("db_poisoned_errors") > 0.0 {
+        add(
+            "DB connections (poisoned)",
+            "poisoned-pool",
+            &["db_poisoned_errors"],
+            vec![format!(
+                "{} requests failed on a connection inside an aborted transaction (db_skip_release_check is on)",
+                n("db_poisoned_errors")
+            )],
+        );
+    }
     let mut workers = Vec::new();
     let mut worker_tiles = Vec::new();
     if n("worker_threads") > 0.0 && n("worker_busy") >= n("worker_threads") {
@@ -487,13 +509,20 @@ fn label<'a>(m: &'a prometheus::proto::Metric, name: &str) -> Option<&'a str> {
     m.get_label().iter().find(|l| l.name() == name).map(|l| l.value())
 }
 
-/// The summed value of a gauge over the series that carry `labels` (None if it has none).
+/// The summed value of a gauge (or a counter) over the series that carry `labels` (None if it
+/// has none).
 fn gauge(families: &[MetricFamily], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let family = families.iter().find(|f| f.name() == name)?;
+    let counter = family.get_field_type() == prometheus::proto::MetricType::COUNTER;
     let mut found = None;
     for m in family.get_metric() {
         if labels.iter().all(|(k, v)| label(m, k) == Some(*v)) {
-            *found.get_or_insert(0.0) += m.get_gauge().value();
+            let v = if counter {
+                m.get_counter().value()
+            } else {
+                m.get_gauge().value()
+            };
+            *found.get_or_insert(0.0) += v;
         }
     }
     found

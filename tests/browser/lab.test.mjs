@@ -278,6 +278,28 @@ await test('lab: an injected-fault rule and a sick link show in their own card, 
   assert.ok(links.links.every((l) => l.active.length === 0), JSON.stringify(links));
 });
 
+await test('lab: leaked sessions show in their tiles and the banner names connection-leak; reset lets them go', async () => {
+  // Fragile's leak (the Fix it run left the lab hardened): each session keeps its connection
+  // for 60 s after answering.
+  const leak = await fetch(`${BASE}/admin/config`, {
+    method: 'PATCH',
+    headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${TOKEN}` },
+    body: JSON.stringify({ db_leak_ms: 60000 }),
+  });
+  assert.equal(leak.status, 200, await leak.text());
+  for (let i = 0; i < 2; i++) assert.equal((await fetch(`${BASE}/api/db/session`)).status, 200);
+  await until('2 connections leaked, with the banner', async () => {
+    const leaked = await lab.textContent('#g-db_leaked');
+    const banner = (await lab.isVisible('#banner')) ? await lab.textContent('#banner') : '';
+    return leaked === '2' && banner.includes('connection-leak') ? banner : null;
+  });
+  assert.ok(await lab.locator('.tile[data-tiles="db_leaked"]').evaluate((e) => e.classList.contains('saturated')));
+  await lab.screenshot({ path: `${OUT}/lab-leak.png`, fullPage: false });
+  const reset = await fetch(`${BASE}/admin/reset`, { method: 'POST', headers: { Authorization: `Bearer ${TOKEN}` } });
+  assert.equal(reset.status, 200, await reset.text());
+  await until('no connection leaked', async () => (await lab.textContent('#g-db_leaked')) === '0');
+});
+
 await test('lab: no console errors', async () => assert.deepEqual(labErrors, []));
 
 // ---- /docs ----------------------------------------------------------------------------------
