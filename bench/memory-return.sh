@@ -36,7 +36,7 @@ one_side() { # TRIM_MS
   port=$(free_port)
   dir=$(mktemp -d)
   ulimit -n 20000
-  PORT=$port DATABASE_URL="sqlite://$dir/m.db?mode=rwc" MEMORY_TRIM_INTERVAL_MS=$1 \
+  PORT=$port GRPC_PORT=0 DATABASE_URL="sqlite://$dir/m.db?mode=rwc" MEMORY_TRIM_INTERVAL_MS=$1 \
     target/release/chokepoint serve >/dev/null 2>&1 &
   pid=$!
   wait_200 "http://127.0.0.1:$port/health" 20

@@ -28,7 +28,7 @@ instructions() {
   local name=$1 n=$2 bin=$3 port out
   port=$(free_port)
   out="$work/$name.$n.callgrind"
-  DATABASE_URL="sqlite://$work/$name.$n.db?mode=rwc" PORT=$port \
+  DATABASE_URL="sqlite://$work/$name.$n.db?mode=rwc" PORT=$port GRPC_PORT=0 \
     env -u RUST_LOG valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" >/dev/null 2>&1 &
   local pid=$!
   wait_200 "http://127.0.0.1:$port/api/ping" 60 || return 1 # valgrind starts slowly

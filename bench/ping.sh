@@ -28,7 +28,7 @@ startups=()
 for i in 1 2 3 4 5; do
   port=$(free_port)
   t0=$(date +%s%N)
-  DATABASE_URL="sqlite://$work/s$i.db?mode=rwc" PORT=$port env -u RUST_LOG target/release/chokepoint >/dev/null 2>&1 &
+  DATABASE_URL="sqlite://$work/s$i.db?mode=rwc" PORT=$port GRPC_PORT=0 env -u RUST_LOG target/release/chokepoint >/dev/null 2>&1 &
   pid=$!
   wait_200 "http://127.0.0.1:$port/ready"
   t1=$(date +%s%N)
@@ -39,7 +39,7 @@ startup_ms=$(printf '%s\n' "${startups[@]}" | sort -n | sed -n 3p)
 
 # --- both servers up, idle RSS, then wrk alternating --------------------------------------
 cp_port=$(free_port)
-DATABASE_URL="sqlite://$work/bench.db?mode=rwc" PORT=$cp_port env -u RUST_LOG target/release/chokepoint >/dev/null 2>&1 &
+DATABASE_URL="sqlite://$work/bench.db?mode=rwc" PORT=$cp_port GRPC_PORT=0 env -u RUST_LOG target/release/chokepoint >/dev/null 2>&1 &
 cp_pid=$!; pids+=($cp_pid)
 hello_port=$(free_port)
 PORT=$hello_port target/release/examples/hello_axum >/dev/null 2>&1 &

@@ -180,6 +180,14 @@ ROWS = [
             q("sum(rate(db_pool_acquire_timeouts_total[1m]))", "acquire timeouts/s"),
         ], "+L per round trip: the pool's capacity falls to pool / (hold + round trips × L)."),
     ]),
+    (("worker-pool-grpc",), [
+        ("gRPC calls/s by code", "reqps", [
+            q("sum by (grpc_method, grpc_code) (rate(grpc_server_handled_total[1m]))", "{{grpc_method}} {{grpc_code}}")],
+         "DeadlineExceeded climbing with OK falling: the pool is past workers / work time."),
+        ("gRPC handling p95", "s", [
+            q(pct("grpc_server_handling_seconds", "grpc_method"), "p95 {{grpc_method}}")],
+         "Pinned at the deadline in fragile; short in hardened (RESOURCE_EXHAUSTED at once)."),
+    ]),
     (("connection-leak",), [
         ("Leaked and long-held connections", "short", [
             q("sum(db_connections_leaked)", "leaked"),

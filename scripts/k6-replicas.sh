@@ -34,7 +34,7 @@ start_replicas() { # database_url skip_migrations -> sets URLS (comma-separated 
     port=$(free_port)
     DATABASE_URL="$1" SKIP_MIGRATIONS="$2" DB_POOL_SIZE=5 DB_MAX_OVERFLOW=5 DB_POOL_TIMEOUT=3 \
       REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX="k6-replicas-$$:" \
-      PORT=$port RUST_LOG=error "$BIN" >"$work/replica-$i-$port.log" 2>&1 &
+      PORT=$port GRPC_PORT=0 RUST_LOG=error "$BIN" >"$work/replica-$i-$port.log" 2>&1 &
     pids+=($!)
     replica_pids+=($!)
     urls+=("http://127.0.0.1:$port")

@@ -87,7 +87,7 @@ promtool check config "$work/prometheus.yml"
 # --- 5: the running app, a real Prometheus ---------------------------------------------------
 app_port=$(free_port)
 DATABASE_URL="sqlite://$work/app.db?mode=rwc" REDIS_URL=redis://127.0.0.1:6379 \
-  REDIS_KEY_PREFIX="validate-$$:" PORT=$app_port RUST_LOG=warn "$BIN" > "$work/app.log" 2>&1 &
+  REDIS_KEY_PREFIX="validate-$$:" PORT=$app_port GRPC_PORT=0 RUST_LOG=warn "$BIN" > "$work/app.log" 2>&1 &
 pids+=($!)
 wait_ready "http://127.0.0.1:$app_port/ready" || { cat "$work/app.log"; die "the app did not become ready"; }
 python3 scripts/check-metric-names.py "http://127.0.0.1:$app_port"

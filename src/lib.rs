@@ -10,6 +10,7 @@ pub mod cli;
 pub mod downstream;
 pub mod edge;
 pub mod error;
+pub mod grpc;
 pub mod infra;
 pub mod knobs;
 pub mod lab;
@@ -78,6 +79,9 @@ pub struct AppStateInner {
     pub cpu_pool: Arc<Bulkhead>,
     /// The OS-thread pool of the worker-pool scenario (`worker_pool_size`, resized live).
     pub worker_pool: Arc<scenarios::worker_pool::WorkerPool>,
+    /// The gRPC service's metrics, and where it listens (`GRPC_PORT`; `None` when off).
+    pub grpc_metrics: grpc::GrpcMetrics,
+    pub grpc_addr: Option<std::net::SocketAddr>,
     /// The simulated elastic pool of the cold-start scenario.
     pub elastic: Arc<scenarios::cold_start::ElasticPool>,
     /// The burst scenario's async deployment queue and its workers.
@@ -118,6 +122,7 @@ impl AppState {
 
 pub struct App {
     listener: TcpListener,
+    grpc_listener: Option<TcpListener>,
     router: Router,
     state: AppState,
     embedded_downstream: Option<EmbeddedDownstream>,
@@ -187,6 +192,11 @@ impl App {
         let listener = TcpListener::bind(settings.bind_addr())
             .await
             .with_context(|| format!("cannot bind {} (HOST/PORT)", settings.bind_addr()))?;
+        let grpc_listener = match settings.grpc_port {
+            settings::GrpcPort::Off => None,
+            settings::GrpcPort::Port(port) => Some(grpc::bind(settings.host, port).await?),
+        };
+        let grpc_addr = grpc_listener.as_ref().and_then(|l| l.local_addr().ok());
 
         let state = AppState(Arc::new(AppStateInner {
             settings: Arc::new(settings),
@@ -201,6 +211,8 @@ impl App {
             links: Arc::new(links),
             cpu_pool: Bulkhead::new(Some(scenarios::cpu::offload_gauge(&registry))),
             worker_pool,
+            grpc_metrics: grpc::GrpcMetrics::new(&registry),
+            grpc_addr,
             elastic,
             deployments: scenarios::burst::Deployments::new(&registry),
             cache,
@@ -229,6 +241,7 @@ impl App {
         }
         Ok(App {
             listener,
+            grpc_listener,
             router,
             state,
             embedded_downstream,
@@ -251,6 +264,7 @@ impl App {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let App {
             listener,
+            grpc_listener,
             router,
             state,
             embedded_downstream,
@@ -276,6 +290,20 @@ impl App {
             let _ = stop_tx.send(true);
         });
         lifecycle.spawn_background(scenarios::memory::trim_periodically(state.knobs.clone()));
+        if let Some(grpc_listener) = grpc_listener {
+            // Stops taking calls with the HTTP server; calls in flight finish (or the stop's
+            // bound ends them).
+            let mut stopping = stop_rx.clone();
+            let stopped = async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            };
+            let grpc_state = state.clone();
+            lifecycle.spawn(async move {
+                if let Err(e) = grpc::serve(grpc_state, grpc_listener, stopped).await {
+                    tracing::error!(error = %crate::error::chain_text(&e), "the gRPC server failed");
+                }
+            });
+        }
         let (hard_tx, hard_rx) = tokio::sync::watch::channel(false);
         let serve = server::serve(
             listener,

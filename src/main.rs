@@ -146,7 +146,9 @@ fn serve(settings: Settings) -> ExitCode {
         let base = browsable(app.local_addr());
         tracing::info!(addr = %app.local_addr(), database = ?app.state().db.backend(),
             downstream = app.state().downstream.base_url(), lab = %format!("{base}/lab"),
-            docs = %format!("{base}/docs"), "chokepoint listening");
+            docs = %format!("{base}/docs"),
+            grpc = app.state().grpc_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
+            "chokepoint listening");
 
         match app.run_until_stopped(shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,

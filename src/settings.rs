@@ -27,6 +27,11 @@ pub struct Settings {
     #[arg(long, env = "PORT", default_value_t = 8000)]
     pub port: u16,
 
+    /// Port of the gRPC service (`chokepoint.worker.v1.WorkerPool`, the worker-pool report's
+    /// protocol), on the same host; 0 picks a free port (`GET /` names it), `off` serves none.
+    #[arg(long, env = "GRPC_PORT", default_value = "50051", value_parser = parse_grpc_port)]
+    pub grpc_port: GrpcPort,
+
     /// Database URL: `sqlite://path` or `postgres://...` (`postgresql+asyncpg://` is accepted).
     /// Unset: an SQLite file in the system temp directory, no set-up needed.
     #[arg(long, env = "DATABASE_URL", value_parser = parse_database_url)]
@@ -111,6 +116,24 @@ pub struct Settings {
     /// load balancers stop routing to it before it stops accepting (then the grace period starts).
     #[arg(long, env = "SHUTDOWN_DELAY_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub shutdown_delay_ms: u64,
+}
+
+/// Where the gRPC service listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GrpcPort {
+    Off,
+    Port(u16),
+}
+
+fn parse_grpc_port(s: &str) -> Result<GrpcPort, String> {
+    match s.trim() {
+        "off" | "false" | "none" => Ok(GrpcPort::Off),
+        n => n
+            .parse::<u16>()
+            .map(GrpcPort::Port)
+            .map_err(|_| format!("GRPC_PORT must be a port (0..=65535, 0 = a free one) or `off`, not {n:?}")),
+    }
 }
 
 /// Settings of `chokepoint downstream`.

@@ -8,7 +8,8 @@ start_lab() {
   shift 2
   local port
   port=$(free_port)
-  env PORT="$port" RUST_LOG="${RUST_LOG:-error}" "$@" "$bin" >"$logfile" 2>&1 &
+  # Its own gRPC port too (GET / names it): labs started side by side never share 50051.
+  env PORT="$port" GRPC_PORT="${GRPC_PORT:-0}" RUST_LOG="${RUST_LOG:-error}" "$@" "$bin" >"$logfile" 2>&1 &
   LAB_PID=$!
   LAB_URL="http://127.0.0.1:$port"
   wait_ready "$LAB_URL/ready" && return 0

@@ -103,6 +103,7 @@ pub async fn run(
                 let mut s = settings.clone().context("in-process settings")?;
                 s.profile = profile;
                 s.port = 0;
+                s.grpc_port = crate::settings::GrpcPort::Port(0);
                 s.host = std::net::IpAddr::from([127, 0, 0, 1]);
                 let app = crate::App::build(s).await?;
                 let base = format!("http://{}", app.local_addr());

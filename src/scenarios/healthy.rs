@@ -9,7 +9,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::apidoc::{any, num, obj, string, Op};
+use crate::apidoc::{any, nullable, num, obj, string, Op};
 use crate::error::AppError;
 use crate::scenarios::{Gauge, K6Script, Scenario};
 use crate::AppState;
@@ -33,6 +33,8 @@ async fn index(State(state): State<AppState>) -> Json<Value> {
         "description": "a deliberately fragile backend that reproduces production collapses on demand",
         "database": state.db.backend(),
         "downstream": state.downstream.base_url(),
+        // The gRPC service (GRPC_PORT): `chokepoint.worker.v1.WorkerPool`, with reflection.
+        "grpc": state.grpc_addr.map(|a| a.to_string()),
         "endpoints": *endpoints,
     }))
 }
@@ -140,6 +142,7 @@ fn operations() -> Vec<Op> {
                 ("version", string()),
                 ("status", string()),
                 ("database", string()),
+                ("grpc", nullable("string")),
                 ("endpoints", any()),
             ]),
         ),

@@ -50,6 +50,7 @@ pub static ALL: &[Scenario] = &[
     db_replicas::SCENARIO,
     downstream::SCENARIO,
     worker_pool::SCENARIO,
+    worker_pool::GRPC_SCENARIO,
     retry_storm::SCENARIO,
     cold_start::SCENARIO,
     burst::SCENARIO,

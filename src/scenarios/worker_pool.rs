@@ -84,7 +84,8 @@ enum Outcome {
     Done {
         queue_wait: Duration,
     },
-    /// The deadline passed in the queue and the worker skipped the job.
+    /// The deadline passed in the queue and the worker skipped the job, or passed while it ran
+    /// and the work stopped there (deadline propagation).
     Skipped,
 }
 
@@ -127,7 +128,7 @@ impl PoolMetrics {
                 IntCounterVec::new(
                     Opts::new(
                         "worker_pool_deadline_exceeded_total",
-                        "Requests past their deadline: stage=client (the caller gave up), queued (skipped before work)",
+                        "Requests past their deadline: stage=client (the caller gave up), queued (skipped before work), abandoned (its caller was gone before work started: skipped), running (the work stopped at the deadline: propagated)",
                     ),
                     &["stage"],
                 )
@@ -146,7 +147,7 @@ impl PoolMetrics {
                 IntCounter::new("worker_pool_rejected_total", "Jobs refused because the queue was full").unwrap(),
             ),
         };
-        for stage in ["client", "queued"] {
+        for stage in ["client", "queued", "abandoned", "running"] {
             m.deadline_exceeded.with_label_values(&[stage]);
         }
         m
@@ -277,15 +278,28 @@ fn worker(s: Arc<Shared>) {
         if job.check_deadline && Instant::now() >= job.deadline {
             s.metrics.deadline_exceeded.with_label_values(&["queued"]).inc();
             let _ = job.done.send(Outcome::Skipped);
+        } else if job.check_deadline && job.done.is_closed() {
+            // The caller is gone (cancelled the call, closed the connection): shed its work.
+            s.metrics.deadline_exceeded.with_label_values(&["abandoned"]).inc();
         } else {
+            // Deadline propagation (with the check on): the work stops at the call's deadline, as
+            // a deadline passed down to a database or downstream call would stop it.
+            let budget = if job.check_deadline {
+                job.work.min(job.deadline.saturating_duration_since(Instant::now()))
+            } else {
+                job.work
+            };
             {
                 let _busy = GaugeGuard::new(&s.metrics.busy);
                 match job.mode {
-                    WorkMode::Block => std::thread::sleep(job.work),
-                    WorkMode::Burn => burn(job.work),
+                    WorkMode::Block => std::thread::sleep(budget),
+                    WorkMode::Burn => burn(budget),
                 }
             }
-            if job.done.send(Outcome::Done { queue_wait }).is_err() {
+            if budget < job.work {
+                s.metrics.deadline_exceeded.with_label_values(&["running"]).inc();
+                let _ = job.done.send(Outcome::Skipped);
+            } else if job.done.send(Outcome::Done { queue_wait }).is_err() {
                 s.metrics.wasted.inc();
             }
         }
@@ -350,40 +364,78 @@ async fn work(State(state): State<AppState>, headers: HeaderMap, params: Params)
         _ => params.get_or(&DEADLINE_MS, knobs.request_deadline_ms)?,
     };
     let deadline_after = Duration::from_millis(deadline_ms);
+    match run_job(&state, work_ms, mode, deadline_after).await {
+        Ok(done) => Ok(Json(json!({
+            "work_ms": work_ms,
+            "mode": if mode == WorkMode::Block { "block" } else { "burn" },
+            "queue_wait_ms": done.queue_wait.as_secs_f64() * 1e3,
+            "total_ms": done.total.as_secs_f64() * 1e3,
+            "deadline_ms": deadline_ms,
+        }))),
+        Err(JobError::Shed { queue_max }) => Err(AppError::Shed {
+            detail: format!("{queue_max} jobs already queued (worker_queue_max)"),
+        }),
+        Err(JobError::DeadlineExceeded) => Err(AppError::DeadlineExceeded { after: deadline_after }),
+        Err(JobError::Dropped) => Err(AppError::Internal("the worker pool dropped the job".into())),
+    }
+}
+
+/// A job's result, as both front doors (HTTP and gRPC) see it.
+#[derive(Debug, Clone, Copy)]
+pub struct JobDone {
+    pub queue_wait: Duration,
+    pub total: Duration,
+}
+
+/// Why a job gave no result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobError {
+    /// The queue holds `worker_queue_max` jobs already: refused at once (503 / RESOURCE_EXHAUSTED).
+    Shed { queue_max: u32 },
+    /// The deadline passed in the queue or while the job ran (504 / DEADLINE_EXCEEDED).
+    DeadlineExceeded,
+    /// The pool lost the job (it was stopping).
+    Dropped,
+}
+
+/// Queues `work` on the pool and waits for it until `deadline` (from now), under the knobs in
+/// force: `worker_queue_max` bounds the queue, `worker_deadline_check` lets a worker skip a job
+/// whose deadline passed or whose caller is gone. Dropping the future (the caller left) leaves
+/// the job queued: in fragile a worker still runs it (`worker_pool_wasted_work_total`).
+pub async fn run_job(state: &AppState, work_ms: u64, mode: WorkMode, deadline: Duration) -> Result<JobDone, JobError> {
+    let (queue_max, check_deadline) = {
+        let k = state.knobs.current();
+        (k.worker_queue_max, k.worker_deadline_check)
+    };
     let start = Instant::now();
     let (tx, rx) = oneshot::channel();
     let job = Job {
         enqueued: start,
-        deadline: start + deadline_after,
+        deadline: start + deadline,
         work: Duration::from_millis(work_ms),
         mode,
-        check_deadline: knobs.worker_deadline_check,
+        check_deadline,
         done: tx,
     };
     let pool = &state.worker_pool;
-    if pool.submit(job, knobs.worker_queue_max).is_err() {
+    if pool.submit(job, queue_max).is_err() {
         pool.shared.metrics.rejected.inc();
-        return Err(AppError::Shed {
-            detail: format!("{} jobs already queued (worker_queue_max)", knobs.worker_queue_max),
-        });
+        return Err(JobError::Shed { queue_max });
     }
-    match tokio::time::timeout(deadline_after, rx).await {
-        Ok(Ok(Outcome::Done { queue_wait })) => Ok(Json(json!({
-            "work_ms": work_ms,
-            "mode": if mode == WorkMode::Block { "block" } else { "burn" },
-            "queue_wait_ms": queue_wait.as_secs_f64() * 1e3,
-            "total_ms": start.elapsed().as_secs_f64() * 1e3,
-            "deadline_ms": deadline_ms,
-        }))),
-        Ok(Ok(Outcome::Skipped)) => Err(AppError::DeadlineExceeded { after: deadline_after }),
-        Ok(Err(_)) => Err(AppError::Internal("the worker pool dropped the job".into())),
+    match tokio::time::timeout(deadline, rx).await {
+        Ok(Ok(Outcome::Done { queue_wait })) => Ok(JobDone {
+            queue_wait,
+            total: start.elapsed(),
+        }),
+        Ok(Ok(Outcome::Skipped)) => Err(JobError::DeadlineExceeded),
+        Ok(Err(_)) => Err(JobError::Dropped),
         Err(_) => {
             pool.shared
                 .metrics
                 .deadline_exceeded
                 .with_label_values(&["client"])
                 .inc();
-            Err(AppError::DeadlineExceeded { after: deadline_after })
+            Err(JobError::DeadlineExceeded)
         }
     }
 }
@@ -412,6 +464,36 @@ pub const SCENARIO: Scenario = Scenario {
         Gauge::value("worker_queue", "worker_pool_queue_depth"),
         Gauge::value("worker_busy", "worker_pool_busy"),
         Gauge::value("worker_threads", "worker_pool_threads"),
+    ],
+};
+
+/// The same report over real gRPC (`src/grpc.rs`, `GRPC_PORT`): no HTTP routes of its own.
+pub const GRPC_SCENARIO: Scenario = Scenario {
+    id: "worker-pool-grpc",
+    title: "queue wait passes the deadline, over real gRPC: DEADLINE_EXCEEDED",
+    doc: "docs/scenarios/worker-pool-grpc.md",
+    k6: K6Script {
+        path: "load-tests/worker-pool-grpc.js",
+        source: include_str!("../../load-tests/worker-pool-grpc.js"),
+        smoke: true,
+    },
+    test: "tests/scenarios/worker_pool_grpc.rs",
+    router: Router::new,
+    operations: Vec::new,
+    repro: None,
+    gauges: &[
+        Gauge {
+            key: "grpc_deadline_exceeded",
+            metric: "grpc_server_handled_total",
+            labels: &[("grpc_code", "DeadlineExceeded")],
+            reading: crate::scenarios::Reading::Value,
+        },
+        Gauge {
+            key: "grpc_resource_exhausted",
+            metric: "grpc_server_handled_total",
+            labels: &[("grpc_code", "ResourceExhausted")],
+            reading: crate::scenarios::Reading::Value,
+        },
     ],
 };
 

@@ -33,3 +33,4 @@ mod slow_link;
 mod startup;
 mod telemetry;
 mod worker_pool;
+mod worker_pool_grpc;

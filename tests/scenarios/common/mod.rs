@@ -152,6 +152,10 @@ async fn start_app(db: Db, flags: &[&str], share: Share) -> TestApp {
         }
     };
     let mut all: Vec<String> = vec!["--port".into(), "0".into()];
+    // Every test app has its own gRPC port (never the default 50051 another one holds).
+    if !flags.contains(&"--grpc-port") {
+        all.extend(["--grpc-port".into(), "0".into()]);
+    }
     // A test may name its own database (e.g. a file on a small tmpfs).
     if !flags.contains(&"--database-url") {
         all.extend(["--database-url".into(), url]);
