@@ -528,6 +528,10 @@ pub fn hint(text: &str) -> Option<&'static str> {
         Some("create it (createdb) or point DATABASE_URL at an existing database")
     } else if text.contains("Redis") && refused {
         Some("is Redis running there? Or unset REDIS_URL to use the in-process cache")
+    } else if (text.contains("Address already in use") || text.contains("address already in use"))
+        && text.contains("gRPC")
+    {
+        Some("another process listens on that port (another chokepoint?): stop it, or choose another with --grpc-port / GRPC_PORT (0 picks a free one, `off` serves no gRPC)")
     } else if text.contains("Address already in use") || text.contains("address already in use") {
         Some("another process listens on that port: stop it, or choose another with --port / PORT (0 picks a free one)")
     } else if text.contains("Permission denied") && text.contains("bind") {

@@ -66,6 +66,18 @@ macro_rules! pg_tx {
     }};
 }
 
+/// Runs `$body` with `$c` bound to the pooled connection of either backend (a `&mut Conn`
+/// match; the SQL is shared: `$n` placeholders work on both).
+#[macro_export]
+macro_rules! on_conn {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            $crate::infra::database::Conn::Pg($c) => $body,
+            $crate::infra::database::Conn::Sqlite($c) => $body,
+        }
+    };
+}
+
 /// Application name the pool's connections carry (visible in `pg_stat_activity`).
 pub const APPLICATION_NAME: &str = "chokepoint";
 const PROBE_APPLICATION_NAME: &str = "chokepoint-probe";

@@ -47,6 +47,7 @@ use crate::apidoc::{int, nullable, obj, path_param, string, Op, POOL_TIMEOUT, ST
 use crate::error::{AppError, AppResult};
 use crate::infra::database::{Conn, Database};
 use crate::knobs::{DeployMode, KnobStore};
+use crate::on_conn;
 use crate::scenarios::{around, Gauge, K6Script, Repro, RunConfig, Scenario, AROUND, POOL_WAITING};
 use crate::telemetry::{register, LATENCY_BUCKETS};
 use crate::AppState;
@@ -90,17 +91,6 @@ pub struct Deployment {
 
 const COLUMNS: &str =
     "id, name, environment, replicas, status, idempotency_key, sequence, error, created_ms, completed_ms";
-
-/// Runs `$body` with `$c` bound to the connection of either backend (the SQL is shared: `$n`
-/// placeholders work on both).
-macro_rules! on_conn {
-    ($conn:expr, $c:ident => $body:expr) => {
-        match $conn {
-            Conn::Pg($c) => $body,
-            Conn::Sqlite($c) => $body,
-        }
-    };
-}
 
 fn now_ms() -> i64 {
     SystemTime::now()

@@ -26,7 +26,6 @@ use serde_json::{json, Value};
 
 use crate::apidoc::{boolean, nullable, obj, string, Op, POOL_TIMEOUT};
 use crate::error::{AppError, AppResult};
-use crate::infra::database::Conn;
 use crate::params::{Params, Text};
 use crate::resilience::guard::Group;
 use crate::scenarios::{Gauge, K6Script, Scenario};
@@ -63,22 +62,13 @@ async fn claim(State(state): State<AppState>, params: Params) -> AppResult<Json<
     // runs inside the stale one and is never committed).
     let sql = "INSERT INTO claims (name, claimed_ms) VALUES ($1, $2)";
     let at = now_ms();
-    let result = match &mut *conn {
-        Conn::Pg(c) => sqlx::query(sql)
-            .persistent(false)
-            .bind(&name)
-            .bind(at)
-            .execute(&mut **c)
-            .await
-            .map(|_| ()),
-        Conn::Sqlite(c) => sqlx::query(sql)
-            .persistent(false)
-            .bind(&name)
-            .bind(at)
-            .execute(&mut **c)
-            .await
-            .map(|_| ()),
-    };
+    let result = crate::on_conn!(&mut *conn, c => sqlx::query(sql)
+        .persistent(false)
+        .bind(&name)
+        .bind(at)
+        .execute(&mut **c)
+        .await
+        .map(|_| ()));
     match result {
         Ok(_) => Ok(Json(json!({"name": name, "claimed": true, "claimed_ms": at}))),
         Err(e) if is_unique_violation(&e) => Err(AppError::Conflict {
@@ -94,22 +84,11 @@ async fn read_claim(State(state): State<AppState>, params: Params) -> AppResult<
     let acquire = std::time::Duration::from_millis(state.knobs.current().db_pool_timeout_ms);
     let (mut conn, _) = state.db.acquire(acquire).await?;
     let sql = "SELECT claimed_ms FROM claims WHERE name = $1";
-    let at: Option<i64> = match &mut *conn {
-        Conn::Pg(c) => {
-            sqlx::query_scalar(sql)
-                .persistent(false)
-                .bind(&name)
-                .fetch_optional(&mut **c)
-                .await?
-        }
-        Conn::Sqlite(c) => {
-            sqlx::query_scalar(sql)
-                .persistent(false)
-                .bind(&name)
-                .fetch_optional(&mut **c)
-                .await?
-        }
-    };
+    let at: Option<i64> = crate::on_conn!(&mut *conn, c => sqlx::query_scalar(sql)
+        .persistent(false)
+        .bind(&name)
+        .fetch_optional(&mut **c)
+        .await?);
     Ok(Json(json!({"name": name, "claimed": at.is_some(), "claimed_ms": at})))
 }
 

@@ -44,6 +44,7 @@ impl Replica {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("PORT", port.to_string())
+            .env("GRPC_PORT", "0")
             .env("DATABASE_URL", database_url)
             .env("DB_POOL_SIZE", POOL.to_string())
             .env("DB_MAX_OVERFLOW", OVERFLOW.to_string())

@@ -266,6 +266,7 @@ async fn start_binary(nofile: u32, env: &[(&str, &str)]) -> Proc {
         .arg(format!("ulimit -n {nofile} && exec \"$0\" serve"))
         .arg(env!("CARGO_BIN_EXE_chokepoint"))
         .env("PORT", port.to_string())
+        .env("GRPC_PORT", "0")
         .env(
             "DATABASE_URL",
             format!("sqlite://{}?mode=rwc", dir.path().join("p.db").display()),

@@ -13,6 +13,7 @@ fn start(port: u16, db: &str) -> Child {
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("PORT", port.to_string())
+        .env("GRPC_PORT", "0")
         .env("DATABASE_URL", db)
         .env("SHUTDOWN_GRACE_MS", "5000")
         .env("SHUTDOWN_DELAY_MS", "300")

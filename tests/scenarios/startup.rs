@@ -15,6 +15,8 @@ fn chokepoint() -> Command {
     for var in knobs.chain(settings).chain(["RUST_LOG"]) {
         cmd.env_remove(var);
     }
+    // Its own gRPC port: other tests' processes run beside it.
+    cmd.env("GRPC_PORT", "0");
     cmd
 }
 
