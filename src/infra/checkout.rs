@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 use axum::extract::MatchedPath;
 use axum::http::HeaderValue;
 use prometheus::{Gauge, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use sqlx::pool::PoolConnection;
+use sqlx::{Postgres, Sqlite};
 
-use crate::infra::database::Conn;
 use crate::lifecycle::Lifecycle;
 use crate::telemetry::{register, GaugeGuard, LATENCY_BUCKETS};
 
@@ -70,6 +71,12 @@ pub struct Checkouts {
     detect_ms: AtomicU64,
     /// Bumped by [`Checkouts::release_leaks`]: every leak task watching it lets go.
     release: tokio::sync::watch::Sender<u64>,
+}
+
+/// A pooled connection of either backend; returned to the pool when dropped.
+pub enum Conn {
+    Pg(PoolConnection<Postgres>),
+    Sqlite(PoolConnection<Sqlite>),
 }
 
 /// A pooled connection and its registration: derefs to [`Conn`]; dropping it returns the

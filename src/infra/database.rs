@@ -37,10 +37,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
-use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{ConnectOptions, Executor, PgConnection, PgPool, Postgres, Row, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{ConnectOptions, Executor, PgConnection, PgPool, Row, SqliteConnection, SqlitePool};
 
 use crate::error::AppError;
 use crate::infra::checkout::{Checkout, Checkouts};
@@ -117,11 +116,8 @@ enum ConnectOpts {
 /// The pool's own acquire timeout is only a backstop: the knob is enforced per acquire.
 const POOL_BACKSTOP_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// A pooled connection of either backend; returned to the pool when dropped.
-pub enum Conn {
-    Pg(PoolConnection<Postgres>),
-    Sqlite(PoolConnection<Sqlite>),
-}
+/// A pooled connection of either backend (declared beside [`Checkout`], which wraps it).
+pub use crate::infra::checkout::Conn;
 
 #[derive(Clone)]
 struct DbMetrics {
