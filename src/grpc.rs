@@ -75,6 +75,8 @@ impl GrpcMetrics {
         ] {
             m.handled.with_label_values(&[SERVICE, "Work", code_name(code)]);
         }
+        // The histogram's series exist before the first call (dashboards and alerts name them).
+        m.seconds.with_label_values(&[SERVICE, "Work"]);
         m
     }
 
