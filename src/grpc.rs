@@ -20,7 +20,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
-use crate::scenarios::worker_pool::{parse_grpc_timeout, run_job, JobError, WorkMode};
+use crate::scenarios::worker_pool::{parse_grpc_timeout, run_job, JobError, WorkMode, DEADLINE_MS, WORK_MS};
 use crate::telemetry::{register, LATENCY_BUCKETS};
 use crate::AppState;
 
@@ -32,9 +32,9 @@ pub mod pb {
 }
 
 pub const SERVICE: &str = "chokepoint.worker.v1.WorkerPool";
+/// `work_ms` 0 means this, as an absent `work_ms` does on `GET /api/worker-pool`. The bounds of
+/// both fields are the HTTP parameters' ([`WORK_MS`], [`DEADLINE_MS`]).
 const WORK_MS_DEFAULT: u32 = 100;
-const WORK_MS_MAX: u32 = 60_000;
-const DEADLINE_MS_MAX: u64 = 600_000;
 
 /// The gRPC metrics.
 #[derive(Clone)]
@@ -135,9 +135,10 @@ fn deadline_of(req: &Request<pb::WorkRequest>, knob_ms: u64) -> Result<Duration,
         None => Duration::from_millis(knob_ms),
     };
     let ms = deadline.as_millis() as u64;
-    if !(1..=DEADLINE_MS_MAX).contains(&ms) {
+    if !(DEADLINE_MS.min..=DEADLINE_MS.max).contains(&ms) {
         return Err(Status::invalid_argument(format!(
-            "deadline: {ms} ms is out of range 1..={DEADLINE_MS_MAX} ms (grpc-timeout or deadline_ms)"
+            "deadline: {ms} ms is out of range {}..={} ms (grpc-timeout or deadline_ms)",
+            DEADLINE_MS.min, DEADLINE_MS.max
         )));
     }
     Ok(deadline)
@@ -150,10 +151,11 @@ impl Worker {
         let body = req.into_inner();
         let work_ms = match body.work_ms {
             0 => WORK_MS_DEFAULT,
-            n if n <= WORK_MS_MAX => n,
+            n if (WORK_MS.min..=WORK_MS.max).contains(&u64::from(n)) => n,
             n => {
                 return Err(Status::invalid_argument(format!(
-                    "work_ms: {n} is out of range 1..={WORK_MS_MAX} (0 = the default, {WORK_MS_DEFAULT})"
+                    "work_ms: {n} is out of range {}..={} (0 = the default, {WORK_MS_DEFAULT})",
+                    WORK_MS.min, WORK_MS.max
                 )))
             }
         };

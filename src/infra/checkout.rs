@@ -53,9 +53,26 @@ const DETECT_EVERY: Duration = Duration::from_millis(100);
 
 struct Entry {
     since: Instant,
-    route: String,
-    request_id: String,
+    /// Who took it, as the edge handed it over (shared, not copied: this is every acquire's
+    /// path); `None` outside a request. Turned into text only when the detector reports.
+    holder: Option<Holder>,
     reported: bool,
+}
+
+impl Entry {
+    fn route(&self) -> &str {
+        match &self.holder {
+            Some(h) => h.route.as_ref().map_or("unmatched", |r| r.as_str()),
+            None => "background",
+        }
+    }
+
+    fn request_id(&self) -> &str {
+        self.holder
+            .as_ref()
+            .and_then(|h| h.request_id.to_str().ok())
+            .unwrap_or("")
+    }
 }
 
 /// The open checkouts and their metrics.
@@ -115,19 +132,8 @@ impl Checkout {
     /// opens a replacement.
     pub async fn close(self) {
         let Checkout { conn, hold } = self;
-        let _ = match conn {
-            Conn::Pg(c) => c.close().await,
-            Conn::Sqlite(c) => c.close().await,
-        };
+        let _ = crate::on_conn!(conn, c => c.close().await);
         drop(hold);
-    }
-
-    /// The request that took it (its route template and request id).
-    pub fn holder(&self) -> (String, String) {
-        let open = self.hold.checkouts.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.get(&self.hold.id)
-            .map(|e| (e.route.clone(), e.request_id.clone()))
-            .unwrap_or_default()
     }
 }
 
@@ -199,21 +205,13 @@ impl Checkouts {
 
     /// Registers `conn` as held by the current request ([`HOLDER`]; `background` outside one).
     pub fn check_out(self: &Arc<Self>, conn: Conn) -> Checkout {
-        let (route, request_id) = HOLDER
-            .try_with(|h| {
-                (
-                    h.route.as_ref().map_or("unmatched", |r| r.as_str()).to_string(),
-                    h.request_id.to_str().unwrap_or("").to_string(),
-                )
-            })
-            .unwrap_or_else(|_| ("background".to_string(), String::new()));
+        let holder = HOLDER.try_with(Holder::clone).ok();
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.open.lock().unwrap_or_else(|p| p.into_inner()).insert(
             id,
             Entry {
                 since: Instant::now(),
-                route,
-                request_id,
+                holder,
                 reported: false,
             },
         );
@@ -268,7 +266,7 @@ impl Checkouts {
             for e in open.values_mut() {
                 if !e.reported && e.since.elapsed() > threshold {
                     e.reported = true;
-                    found.push((e.route.clone(), e.request_id.clone(), e.since.elapsed()));
+                    found.push((e.route().to_string(), e.request_id().to_string(), e.since.elapsed()));
                 }
             }
         }

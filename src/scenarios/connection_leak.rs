@@ -41,35 +41,23 @@ pub fn router() -> Router<AppState> {
 /// a request cut off in between returns its connection dirty, and the release-time guard
 /// rolls it back.
 async fn open_session(conn: &mut Conn, idle_timeout: Duration) -> Result<i64, sqlx::Error> {
-    match conn {
-        Conn::Pg(c) => {
-            c.execute(sqlx::raw_sql("BEGIN")).await?;
-            sqlx::query("SELECT set_config('idle_in_transaction_session_timeout', $1, true)")
-                .persistent(false)
-                .bind(format!("{}ms", idle_timeout.as_millis()))
-                .execute(&mut **c)
-                .await?;
-            sqlx::query_scalar("SELECT count(*) FROM tasks")
-                .persistent(false)
-                .fetch_one(&mut **c)
-                .await
-        }
-        Conn::Sqlite(c) => {
-            c.execute(sqlx::raw_sql("BEGIN")).await?;
-            sqlx::query_scalar("SELECT count(*) FROM tasks")
-                .persistent(false)
-                .fetch_one(&mut **c)
-                .await
-        }
+    crate::on_conn!(&mut *conn, c => c.execute(sqlx::raw_sql("BEGIN")).await.map(|_| ())?);
+    if let Conn::Pg(c) = conn {
+        sqlx::query("SELECT set_config('idle_in_transaction_session_timeout', $1, true)")
+            .persistent(false)
+            .bind(format!("{}ms", idle_timeout.as_millis()))
+            .execute(&mut **c)
+            .await?;
     }
+    crate::on_conn!(conn, c => sqlx::query_scalar("SELECT count(*) FROM tasks")
+        .persistent(false)
+        .fetch_one(&mut **c)
+        .await)
 }
 
 /// Ends the session's transaction (it only read: a rollback, as a pool's reset-on-return does).
 async fn end_session(conn: &mut Conn) -> Result<(), sqlx::Error> {
-    match conn {
-        Conn::Pg(c) => c.execute(sqlx::raw_sql("ROLLBACK")).await.map(|_| ()),
-        Conn::Sqlite(c) => c.execute(sqlx::raw_sql("ROLLBACK")).await.map(|_| ()),
-    }
+    crate::on_conn!(conn, c => c.execute(sqlx::raw_sql("ROLLBACK")).await.map(|_| ()))
 }
 
 /// The end of a leak: roll back and go back to the pool; a session the server already ended
