@@ -24,14 +24,9 @@ use crate::scenarios::worker_pool::{parse_grpc_timeout, run_job, JobError, WorkM
 use crate::telemetry::{register, LATENCY_BUCKETS};
 use crate::AppState;
 
-/// The code generated from `proto/` by build.rs (protox + tonic-prost-build).
-pub mod pb {
-    tonic::include_proto!("chokepoint.worker.v1");
-    /// The encoded descriptor set, served by reflection.
-    pub const DESCRIPTOR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/worker_descriptor.bin"));
-}
-
-pub const SERVICE: &str = "chokepoint.worker.v1.WorkerPool";
+/// The code generated from `proto/` (`src/proto.rs`).
+pub use crate::proto::worker as pb;
+pub use crate::proto::worker::SERVICE;
 /// `work_ms` 0 means this, as an absent `work_ms` does on `GET /api/worker-pool`. The bounds of
 /// both fields are the HTTP parameters' ([`WORK_MS`], [`DEADLINE_MS`]).
 const WORK_MS_DEFAULT: u32 = 100;

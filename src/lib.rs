@@ -17,6 +17,7 @@ pub mod lab;
 pub mod lifecycle;
 pub mod openapi;
 pub mod params;
+pub mod proto;
 pub mod repro;
 pub mod resilience;
 pub mod scenarios;

@@ -277,7 +277,12 @@ async fn run_profile(
     let prediction = (repro.predict)(&config, cpu_ms);
     tokio::time::sleep(plan.settle).await;
     let knobs = serde_json::to_value(&config.knobs)?;
-    let request = format!("{} {}", plan.target.method, plan.target.path);
+    let request = plan.target.describe();
+    if plan.target.grpc.is_some() {
+        lab.grpc_url()
+            .await
+            .context("the scenario's calls go to the lab's gRPC port")?;
+    }
     let mut stages = Vec::new();
     for (i, &rate) in plan.rates.iter().enumerate() {
         if stop.load(Ordering::SeqCst) {

@@ -189,7 +189,7 @@ pub async fn start(
         action,
         state: "starting",
         profile: profile.as_str(),
-        request: format!("{} {}", repro.target().method, repro.target().path),
+        request: repro.target().describe(),
         rate_rps: None,
         seconds,
         started_ms: None,
@@ -331,6 +331,8 @@ async fn drive(
             "running"
         };
         s.rate_rps = Some(rate);
+        // The request as the knobs in force shape it (a gRPC call's deadline is a knob).
+        s.request = plan.target.describe();
         s.started_ms = Some(chrono::Utc::now().timestamp_millis());
         s.predicted_capacity_rps = fragile_prediction.capacity_rps.map(|c| (c * 10.0).round() / 10.0);
         s.formula = fragile_prediction.formula.clone();

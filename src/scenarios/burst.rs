@@ -940,11 +940,7 @@ fn repro_plan(config: &RunConfig, _cpu_ms: Option<f64>) -> Plan {
     let knobs = &config.knobs;
     let pool = || f64::from(knobs.db_pool_size + knobs.db_max_overflow);
     let mut plan = Plan::new(repro_knobs());
-    plan.target = Target {
-        method: reqwest::Method::POST,
-        path: "/api/v1/deployments/".into(),
-        body: Some("{}"),
-    };
+    plan.target = Target::post("/api/v1/deployments/", "{}");
     let work = (knobs.deploy_work_ms as f64) / 1000.0;
     let cap = if knobs.deploy_mode == DeployMode::Async {
         (knobs.deploy_workers as f64).min(pool()) / work

@@ -323,11 +323,16 @@ mod tests {
             };
             let target = repro.target();
             let path = target.path.split('?').next().unwrap();
-            let routes: Vec<&str> = (owner.operations)().iter().map(|op| op.path).collect();
-            let matches = routes
-                .iter()
-                .any(|r| r == &path || (r.contains('{') && path.starts_with(r.split('{').next().unwrap())));
-            assert!(matches, "{}: repro target {path} is not one of {routes:?}", s.id);
+            if target.grpc.is_some() {
+                // worker-pool-grpc: no HTTP routes; its calls go to the gRPC service.
+                assert_eq!(path, crate::proto::worker::WORK_PATH, "{}", s.id);
+            } else {
+                let routes: Vec<&str> = (owner.operations)().iter().map(|op| op.path).collect();
+                let matches = routes
+                    .iter()
+                    .any(|r| r == &path || (r.contains('{') && path.starts_with(r.split('{').next().unwrap())));
+                assert!(matches, "{}: repro target {path} is not one of {routes:?}", s.id);
+            }
             let defaults = RunConfig {
                 knobs: crate::knobs::Knobs::for_profile(crate::knobs::Profile::Fragile),
                 memory_leak_limit_mb: 1024.0,
@@ -335,6 +340,23 @@ mod tests {
             let plan = (repro.plan)(&defaults, Some(5.0));
             assert!(!plan.rates.is_empty() && !plan.watches.is_empty(), "{}", s.id);
         }
+    }
+
+    /// The report's JSON schema names exactly the scenarios that have a repro.
+    #[test]
+    fn the_report_schema_lists_every_repro() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/repro-report.schema.json")).unwrap();
+        let mut listed: Vec<&str> = schema["properties"]["scenario"]["enum"]
+            .as_array()
+            .expect("an enum of scenario ids")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        let mut ids = repro_ids();
+        listed.sort_unstable();
+        ids.sort_unstable();
+        assert_eq!(listed, ids, "docs/repro-report.schema.json's scenario enum");
     }
 
     /// Every route is declared once, by one scenario.

@@ -480,7 +480,7 @@ pub const GRPC_SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/worker_pool_grpc.rs",
     router: Router::new,
     operations: Vec::new,
-    repro: None,
+    repro: Some(GRPC_REPRO),
     gauges: &[
         Gauge {
             key: "grpc_deadline_exceeded",
@@ -544,21 +544,65 @@ fn repro_plan(config: &RunConfig, _cpu_ms: Option<f64>) -> Plan {
 
 /// The prediction from the knobs in force (after the profile and the run's knobs).
 fn repro_predict(config: &RunConfig, _cpu_ms: Option<f64>) -> Prediction {
+    predict(config, "504")
+}
+
+/// Capacity = workers / 0.1 s of work; past it, a queue whose wait passes the deadline.
+fn predict(config: &RunConfig, failure: &str) -> Prediction {
     let knobs = &config.knobs;
     let w = knobs.worker_pool_size as f64;
+    let bound = match knobs.worker_queue_max {
+        0 => "none".to_string(),
+        n => n.to_string(),
+    };
     Prediction {
         capacity_rps: Some(w / 0.1),
         formula: format!("{w} worker threads / 0.1 s work = {:.1} req/s", w / 0.1),
         expect: format!(
-            "past capacity the queue grows (bound {}); requests whose wait passes the {} ms deadline fail with 504",
-            if (knobs.worker_queue_max as f64) == 0.0 {
-                "none".to_string()
-            } else {
-                (knobs.worker_queue_max as f64).to_string()
-            },
-            (knobs.request_deadline_ms as f64)
+            "past capacity the queue grows (bound {bound}); requests whose wait passes the {} ms deadline fail with {failure}",
+            knobs.request_deadline_ms
         ),
     }
+}
+
+/// `chokepoint repro worker-pool-grpc`: the same pool and stages as `repro worker-pool`, the
+/// calls over real gRPC carrying the knob `request_deadline_ms` as their `grpc-timeout`.
+const GRPC_REPRO: Repro = Repro::new(grpc_repro_knobs, grpc_repro_plan, grpc_repro_predict);
+
+/// 4 workers, as `repro worker-pool`, and a 1 s deadline (the report's is 2 s) so that a short
+/// stage past capacity already queues past it.
+fn grpc_repro_knobs() -> Value {
+    json!({"worker_pool_size": 4, "request_deadline_ms": 1000})
+}
+
+fn grpc_repro_plan(config: &RunConfig, cpu_ms: Option<f64>) -> Plan {
+    use crate::proto::worker::{Mode, WorkRequest, WORK_PATH};
+    let mut plan = repro_plan(config, cpu_ms);
+    plan.knobs = grpc_repro_knobs();
+    let message = WorkRequest {
+        work_ms: 100,
+        mode: Mode::Block as i32,
+        deadline_ms: 0,
+    };
+    plan.target = Target::grpc(
+        WORK_PATH,
+        prost::Message::encode_to_vec(&message),
+        Duration::from_millis(config.knobs.request_deadline_ms),
+        "work_ms: 100",
+    );
+    plan.watches.push(Watch::counter(
+        "worker_pool_wasted_work_total",
+        "work for callers already gone",
+        0.0,
+    ));
+    plan
+}
+
+fn grpc_repro_predict(config: &RunConfig, _cpu_ms: Option<f64>) -> Prediction {
+    predict(
+        config,
+        "status 4 DEADLINE_EXCEEDED (hardened: 8 RESOURCE_EXHAUSTED once the queue is full)",
+    )
 }
 
 #[cfg(test)]

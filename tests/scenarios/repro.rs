@@ -186,3 +186,67 @@ fn bad_arguments_are_refused_with_a_clear_message() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--base-url"));
 }
+
+/// `repro worker-pool-grpc` over real gRPC: the calls carry the 1 s deadline as `grpc-timeout`;
+/// past 4 workers / 0.1 s = 40 calls/s, fragile's unbounded queue ends calls in
+/// DEADLINE_EXCEEDED while the workers still run the abandoned jobs, and hardened's bounded queue
+/// answers RESOURCE_EXHAUSTED at once and wastes no work.
+#[test]
+fn worker_pool_grpc_repro_shows_deadline_exceeded_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = repro(dir.path(), &["worker-pool-grpc", "--compare", "--stage-seconds", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "repro failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("request: `gRPC /chokepoint.worker.v1.WorkerPool/Work {work_ms: 100} deadline 1000 ms`"),
+        "{stdout}"
+    );
+    let report = check_files(&dir.path().join("out"));
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for run in runs {
+        assert_eq!(run["prediction"]["capacity_rps"].as_f64(), Some(40.0));
+        let ratio = run["verdict"]["capacity_ratio"].as_f64().unwrap();
+        assert!(
+            (0.85..=1.15).contains(&ratio),
+            "{}: measured/predicted = {ratio}",
+            run["profile"]
+        );
+    }
+    let last = |i: usize| runs[i]["stages"].as_array().unwrap().last().unwrap().clone();
+    let (fragile, hardened) = (last(0), last(1));
+    let failed = |s: &Value, kind: &str| s["failures"][kind].as_u64().unwrap_or(0);
+    let requests = |s: &Value| s["requests"].as_u64().unwrap();
+    // The collapse: at 2× capacity, a good part of the calls outlive their deadline in the queue,
+    // and the workers run jobs for callers already gone.
+    let late = failed(&fragile, "gRPC DEADLINE_EXCEEDED");
+    assert!(late * 10 > requests(&fragile), "fragile: {fragile}");
+    assert!(
+        fragile["metrics"]["worker_pool_wasted_work_total"].as_f64().unwrap() > 0.0,
+        "{fragile}"
+    );
+    // The fix: the excess is refused at once, nothing runs past its deadline, nothing is wasted.
+    assert!(failed(&hardened, "gRPC RESOURCE_EXHAUSTED") > 0, "hardened: {hardened}");
+    assert!(
+        failed(&hardened, "gRPC DEADLINE_EXCEEDED") * 100 <= requests(&hardened),
+        "{hardened}"
+    );
+    assert_eq!(
+        hardened["metrics"]["worker_pool_wasted_work_total"].as_f64(),
+        Some(0.0),
+        "{hardened}"
+    );
+    let p95 = |s: &Value| s["p95_ms"].as_f64().unwrap();
+    assert!(
+        p95(&hardened) < p95(&fragile),
+        "p95 {} vs {}",
+        p95(&hardened),
+        p95(&fragile)
+    );
+}

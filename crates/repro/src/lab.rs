@@ -31,18 +31,61 @@ impl LabClient {
         Ok(body)
     }
 
-    /// Every series of `/metrics` as name{labels} → value.
+    /// Every series of `/metrics` as name{labels} → value; a metric with labels also appears
+    /// under its bare name as the sum of its series (so a watch can name
+    /// `worker_pool_deadline_exceeded_total` whatever its `stage`).
     pub async fn metrics(&self) -> BTreeMap<String, f64> {
         let Ok(resp) = self.client.get(format!("{}/metrics", self.base)).send().await else {
             return BTreeMap::new();
         };
-        let text = resp.text().await.unwrap_or_default();
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (series, value) = l.rsplit_once(' ')?;
-                Some((series.to_string(), value.parse().ok()?))
-            })
-            .collect()
+        parse_metrics(&resp.text().await.unwrap_or_default())
+    }
+
+    /// The lab's gRPC address as a URL (`http://host:port`): the port its `GET /` names under
+    /// `grpc`, on the host of the base URL.
+    pub async fn grpc_url(&self) -> anyhow::Result<String> {
+        let root: Value = self.client.get(&self.base).send().await?.json().await?;
+        let Some(addr) = root["grpc"].as_str() else {
+            bail!("the lab at {} serves no gRPC (GRPC_PORT=off)", self.base);
+        };
+        let port = addr.rsplit_once(':').map_or(addr, |(_, p)| p);
+        let rest = self.base.split_once("://").map_or(self.base.as_str(), |(_, r)| r);
+        let host = match rest.rsplit_once(':') {
+            // host:port, or [v6]:port
+            Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => rest,
+        };
+        Ok(format!("http://{host}:{port}"))
+    }
+}
+
+fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let mut sums: BTreeMap<String, f64> = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(v) = value.parse::<f64>() else { continue };
+        if let Some((name, _)) = series.split_once('{') {
+            *sums.entry(name.to_string()).or_default() += v;
+        }
+        out.insert(series.to_string(), v);
+    }
+    for (name, v) in sums {
+        out.entry(name).or_insert(v);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn labelled_series_are_also_summed_under_the_bare_name() {
+        let m = super::parse_metrics("# HELP x y\nx_total{stage=\"a\"} 2\nx_total{stage=\"b\"} 3\nplain 7\nbad line\n");
+        assert_eq!(m["x_total{stage=\"a\"}"], 2.0);
+        assert_eq!(m["x_total"], 5.0);
+        assert_eq!(m["plain"], 7.0);
+        assert_eq!(m.len(), 4);
     }
 }

@@ -3,12 +3,27 @@
 
 use serde_json::Value;
 
-/// One request the load generator sends.
+/// One request the load generator sends: an HTTP request to the lab's address, or a unary gRPC
+/// call to its gRPC port (`grpc`).
 #[derive(Debug, Clone)]
 pub struct Target {
     pub method: reqwest::Method,
+    /// The HTTP path and query; for a gRPC call, its method path (`/package.Service/Method`).
     pub path: String,
     pub body: Option<&'static str>,
+    /// Sent over gRPC instead of HTTP, to the port the lab's `GET /` names under `grpc`.
+    pub grpc: Option<GrpcCall>,
+}
+
+/// A unary gRPC call: its request message, already encoded, and the deadline it carries.
+#[derive(Debug, Clone)]
+pub struct GrpcCall {
+    /// The encoded protobuf request.
+    pub message: bytes::Bytes,
+    /// Sent as `grpc-timeout`.
+    pub deadline: std::time::Duration,
+    /// What the report shows for the message (`work_ms=100`).
+    pub shown: String,
 }
 
 impl Target {
@@ -17,6 +32,44 @@ impl Target {
             method: reqwest::Method::GET,
             path: path.into(),
             body: None,
+            grpc: None,
+        }
+    }
+
+    /// A POST with a JSON body.
+    pub fn post(path: impl Into<String>, body: &'static str) -> Target {
+        Target {
+            method: reqwest::Method::POST,
+            body: Some(body),
+            ..Target::get(path)
+        }
+    }
+
+    /// A unary gRPC call to `method` (`/package.Service/Method`).
+    pub fn grpc(method: &str, message: Vec<u8>, deadline: std::time::Duration, shown: impl Into<String>) -> Target {
+        Target {
+            method: reqwest::Method::POST,
+            path: method.into(),
+            body: None,
+            grpc: Some(GrpcCall {
+                message: message.into(),
+                deadline,
+                shown: shown.into(),
+            }),
+        }
+    }
+
+    /// The request as the report shows it: `GET /api/x?y=1`, or
+    /// `gRPC /pkg.Service/Method {work_ms=100} deadline 2000 ms`.
+    pub fn describe(&self) -> String {
+        match &self.grpc {
+            None => format!("{} {}", self.method, self.path),
+            Some(call) => format!(
+                "gRPC {} {{{}}} deadline {} ms",
+                self.path,
+                call.shown,
+                call.deadline.as_millis()
+            ),
         }
     }
 }
