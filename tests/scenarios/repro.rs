@@ -26,6 +26,17 @@ fn repro(dir: &Path, args: &[&str]) -> Command {
     cmd
 }
 
+/// Runs it to the end; its stdout and stderr, after checking it exited 0.
+fn run_ok(mut cmd: Command) -> (String, String) {
+    let output = cmd.output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    );
+    assert!(output.status.success(), "repro failed: {stderr}\n{stdout}");
+    (stdout, stderr)
+}
+
 fn check_files(out: &Path) -> Value {
     let json: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let schema: Value = serde_json::from_str(
@@ -76,16 +87,9 @@ fn check_files(out: &Path) -> Value {
 fn db_pool_repro_measures_the_predicted_capacity_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     // Logs at INFO: they go to stderr, and stdout holds the report alone.
-    let output = repro(dir.path(), &["db-pool", "--compare", "--stage-seconds", "2"])
-        .env("RUST_LOG", "info")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "repro failed: {}\n{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let mut cmd = repro(dir.path(), &["db-pool", "--compare", "--stage-seconds", "2"]);
+    cmd.env("RUST_LOG", "info");
+    let (stdout, stderr) = run_ok(cmd);
     assert!(stdout.contains("### Side by side"), "{stdout}");
     assert!(
         !stdout
@@ -93,7 +97,6 @@ fn db_pool_repro_measures_the_predicted_capacity_and_the_fix() {
             .any(|l| l.contains(" INFO ") || l.contains(" WARN ") || l.contains(" ERROR ")),
         "log lines on stdout: {stdout}"
     );
-    let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("failed as documented"),
         "the expected 503s are logged on stderr, at INFO"
@@ -194,15 +197,10 @@ fn bad_arguments_are_refused_with_a_clear_message() {
 #[test]
 fn worker_pool_grpc_repro_shows_deadline_exceeded_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
-    let output = repro(dir.path(), &["worker-pool-grpc", "--compare", "--stage-seconds", "2"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "repro failed: {}\n{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (stdout, _) = run_ok(repro(
+        dir.path(),
+        &["worker-pool-grpc", "--compare", "--stage-seconds", "2"],
+    ));
     assert!(
         stdout.contains("request: `gRPC /chokepoint.worker.v1.WorkerPool/Work {work_ms: 100} deadline 1000 ms`"),
         "{stdout}"
