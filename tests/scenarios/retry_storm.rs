@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{spawn_app, spawn_app_alone, Db, TestApp};
+use crate::common::{spawn_app, Binary, Db, TestApp};
 use futures::future::join_all;
 use serde_json::json;
 
@@ -121,22 +121,14 @@ async fn malformed_answers_are_a_clear_502_never_retried() {
 
 const MIB: u64 = 1024 * 1024;
 
-fn vm_hwm_bytes() -> u64 {
-    crate::common::proc_status_kib("self", "VmHWM") * 1024
-}
-
-/// Resets the process's peak RSS (Linux `clear_refs` 5) and returns the current RSS.
-fn reset_peak() {
-    std::fs::write("/proc/self/clear_refs", "5").expect("reset peak RSS");
-}
-
 /// 10 concurrent uploads of 10 MiB, each body generated in 64 KiB chunks (the client holds
-/// none of it); returns the peak RSS growth of this process (the app runs in it).
-async fn peak_rss_of_uploads(app: &TestApp, mode: &str) -> u64 {
-    // What earlier work freed must not be reused unseen: measure from a trimmed heap.
-    chokepoint::scenarios::memory::give_back();
-    reset_peak();
-    let base = vm_hwm_bytes();
+/// none of it), to a binary of its own started for this measurement; returns its peak RSS
+/// growth (`VmHWM` after the uploads minus its RSS before them).
+async fn peak_rss_of_uploads(mode: &str) -> u64 {
+    let lab = Binary::start().await;
+    let client = reqwest::Client::new();
+    lab.reset_peak();
+    let base = lab.status_kib("VmHWM") * 1024;
     // Every upload holds back its last chunk until all ten have sent the rest, so the ten bodies
     // are in flight at the same moment (the report's concurrent uploads).
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(10));
@@ -154,9 +146,8 @@ async fn peak_rss_of_uploads(app: &TestApp, mode: &str) -> u64 {
                 Some((Ok::<_, std::io::Error>(vec![(i + c) as u8; 64 * 1024]), c + 1))
             }
         });
-        let req = app
-            .client
-            .post(app.url(&format!("/api/upload?mode={mode}")))
+        let req = client
+            .post(format!("{}/api/upload?mode={mode}", lab.base))
             .header("content-length", (10 * MIB).to_string())
             .body(reqwest::Body::wrap_stream(chunks));
         async move {
@@ -167,14 +158,13 @@ async fn peak_rss_of_uploads(app: &TestApp, mode: &str) -> u64 {
         }
     });
     join_all(uploads).await;
-    vm_hwm_bytes().saturating_sub(base)
+    (lab.status_kib("VmHWM") * 1024).saturating_sub(base)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffered_uploads_cost_their_size_in_memory_streamed_ones_do_not() {
-    let app = spawn_app_alone(Db::Sqlite, &[]).await;
-    let streamed = peak_rss_of_uploads(&app, "stream").await;
-    let buffered = peak_rss_of_uploads(&app, "buffer").await;
+    let streamed = peak_rss_of_uploads("stream").await;
+    let buffered = peak_rss_of_uploads("buffer").await;
     eprintln!(
         "peak RSS growth: buffer {} MiB, stream {} MiB",
         buffered / MIB,
@@ -189,6 +179,7 @@ async fn buffered_uploads_cost_their_size_in_memory_streamed_ones_do_not() {
 
     // Limits: a body past 100 MiB is refused (413) once the count passes it; buffers count
     // against the memory cap.
+    let app = spawn_app(Db::Sqlite, &[]).await;
     let over = futures::stream::iter((0..1617).map(|_| Ok::<_, std::io::Error>(vec![0u8; 64 * 1024])));
     // Refused uploads leave their connection unusable: a client of their own keeps it out of
     // the shared pool.

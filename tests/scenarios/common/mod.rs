@@ -480,3 +480,62 @@ pub fn proc_status_kib(pid: &str, field: &str) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("{field} not in /proc/{pid}/status"))
 }
+
+/// The built binary on a fresh SQLite file and a free port, killed when dropped: for a
+/// measurement of a process of its own (its RSS), free of what the other tests in this process
+/// allocate and free meanwhile.
+pub struct Binary {
+    child: std::process::Child,
+    pub base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Binary {
+    pub async fn start() -> Binary {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_chokepoint"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PORT", port.to_string())
+            .env("GRPC_PORT", "0")
+            .env(
+                "DATABASE_URL",
+                format!("sqlite://{}?mode=rwc", dir.path().join("b.db").display()),
+            )
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start chokepoint");
+        let binary = Binary {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        wait_200(
+            &reqwest::Client::new(),
+            &format!("{}/ready", binary.base),
+            "never ready",
+        )
+        .await;
+        binary
+    }
+
+    /// Its `/proc/<pid>/status` field in KiB (`VmHWM`, `VmRSS`).
+    pub fn status_kib(&self, field: &str) -> u64 {
+        proc_status_kib(&self.child.id().to_string(), field)
+    }
+
+    /// Resets its peak RSS (`VmHWM`) to the current RSS (Linux `clear_refs` 5).
+    pub fn reset_peak(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5").expect("reset peak RSS");
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
