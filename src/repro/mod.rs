@@ -235,6 +235,16 @@ fn repro_of(id: &str) -> anyhow::Result<&'static crate::scenarios::Repro> {
         })
 }
 
+/// The repro's setup calls ([`crate::scenarios::Repro::setup`]), each failure naming its call.
+pub(crate) async fn setup(lab: &LabClient, repro: &crate::scenarios::Repro) -> anyhow::Result<()> {
+    for (method, path, body) in (repro.setup)() {
+        lab.admin(method.clone(), path, Some(&body))
+            .await
+            .with_context(|| format!("the scenario's setup: {method} {path} {body}"))?;
+    }
+    Ok(())
+}
+
 /// The median latency of `n` requests sent one at a time (the CPU cost of one request alone).
 pub(crate) async fn calibrate(lab: &LabClient, path: &str, n: usize) -> anyhow::Result<f64> {
     let mut samples = Vec::with_capacity(n);
@@ -267,6 +277,7 @@ async fn run_profile(
         lab.admin(reqwest::Method::PATCH, "/admin/config", Some(&run_knobs))
             .await?;
     }
+    setup(lab, repro).await?;
     let cpu_ms = if repro.calibrate {
         Some(calibrate(lab, &repro.target().path, 15).await?)
     } else {

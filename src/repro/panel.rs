@@ -291,6 +291,7 @@ async fn drive(
             changed.push(c);
         }
     }
+    super::setup(&lab, repro).await?;
     let cpu_ms = if repro.calibrate {
         Some(super::calibrate(&lab, &repro.target().path, 15).await?)
     } else {

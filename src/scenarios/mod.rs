@@ -93,6 +93,14 @@ pub struct Repro {
     pub calibrate: bool,
     /// Why it cannot run against an in-process lab, when it cannot.
     pub needs_base_url: Option<&'static str>,
+    /// Admin calls made once after the knobs are set and before anything is measured (e.g.
+    /// slow-link's toxic on the PostgreSQL link): method, path, JSON body.
+    pub setup: fn() -> Vec<(reqwest::Method, &'static str, serde_json::Value)>,
+}
+
+/// A repro's [`Repro::setup`] when it needs none.
+fn no_setup() -> Vec<(reqwest::Method, &'static str, serde_json::Value)> {
+    Vec::new()
 }
 
 impl Repro {
@@ -108,6 +116,7 @@ impl Repro {
             predict,
             calibrate: false,
             needs_base_url: None,
+            setup: no_setup,
         }
     }
 
@@ -310,13 +319,13 @@ mod tests {
     }
 
     /// Every repro sends a request to one of its own scenario's routes (db-replicas: db-pool's,
-    /// on several replicas), and its plan has stages and something to watch.
+    /// on several replicas; slow-link: db-pool's, through a sick link), and its plan has stages and something to watch.
     #[test]
     fn every_repro_loads_its_own_routes() {
         assert!(repro_ids().len() >= 10, "{:?}", repro_ids());
         for s in ALL {
             let Some(repro) = &s.repro else { continue };
-            let owner = if s.id == "db-replicas" {
+            let owner = if s.id == "db-replicas" || s.id == "slow-link" {
                 find("db-pool").unwrap()
             } else {
                 s

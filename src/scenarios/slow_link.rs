@@ -29,8 +29,11 @@ use serde_json::json;
 use crate::apidoc::{admin_auth, array_of, obj, path_param, Op};
 use crate::error::{AppError, AppResult};
 use crate::infra::link_proxy::{ToxicSpec, Toxics, LINKS};
-use crate::scenarios::{K6Script, Scenario};
+use crate::scenarios::db_pool::{hold_plan, hold_prediction};
+use crate::scenarios::{around, K6Script, Repro, RunConfig, Scenario, AROUND};
 use crate::AppState;
+use chokepoint_repro::plan::{Plan, Prediction};
+use serde_json::Value;
 
 pub const SCENARIO: Scenario = Scenario {
     id: "slow-link",
@@ -45,9 +48,66 @@ pub const SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/slow_link.rs",
     router: Router::new,
     operations: Vec::new,
-    repro: None,
+    repro: Some(REPRO),
     gauges: &[],
 };
+
+/// The latency `repro slow-link` adds to each chunk PostgreSQL sends (the issue's +20 ms).
+const REPRO_LATENCY_MS: f64 = 20.0;
+/// The hold of each request, as `repro db-pool`'s.
+const REPRO_HOLD_MS: u64 = 100;
+
+/// `chokepoint repro slow-link`: db-pool's holds (pool 4, 100 ms) with +20 ms on the PostgreSQL
+/// link. It needs PostgreSQL and `LINK_PROXY=true` (in-process: `DATABASE_URL=postgres://...
+/// LINK_PROXY=true chokepoint repro slow-link`); without them the setup's 409 says so.
+const REPRO: Repro = Repro {
+    calibrate: true,
+    setup: repro_setup,
+    ..Repro::new(repro_knobs, repro_plan, repro_predict)
+};
+
+fn repro_knobs() -> Value {
+    json!({"db_pool_size": 4, "db_max_overflow": 0})
+}
+
+fn repro_setup() -> Vec<(reqwest::Method, &'static str, Value)> {
+    vec![(
+        reqwest::Method::PUT,
+        "/admin/links/postgres",
+        json!({"latency": format!("{REPRO_LATENCY_MS}ms")}),
+    )]
+}
+
+/// The time one request keeps its connection: its latency alone through the sick link
+/// (`calibrated_ms`: the hold and every round trip made before the answer), plus the release
+/// guard's check after the answer (one more round trip).
+fn service_seconds(calibrated_ms: Option<f64>) -> f64 {
+    let alone = calibrated_ms.unwrap_or(REPRO_HOLD_MS as f64 + 6.0 * REPRO_LATENCY_MS);
+    (alone + REPRO_LATENCY_MS) / 1000.0
+}
+
+fn repro_plan(config: &RunConfig, calibrated_ms: Option<f64>) -> Plan {
+    let mut plan = hold_plan(config, repro_knobs(), REPRO_HOLD_MS);
+    let pool = f64::from(config.knobs.db_pool_size + config.knobs.db_max_overflow);
+    plan.rates = around(pool / service_seconds(calibrated_ms), AROUND);
+    plan
+}
+
+fn repro_predict(config: &RunConfig, calibrated_ms: Option<f64>) -> Prediction {
+    let base = hold_prediction(config, REPRO_HOLD_MS);
+    let pool = f64::from(config.knobs.db_pool_size + config.knobs.db_max_overflow);
+    let service = service_seconds(calibrated_ms);
+    let healthy = base.capacity_rps.unwrap_or(0.0);
+    Prediction {
+        capacity_rps: Some(pool / service),
+        formula: format!(
+            "pool {pool} connections / {service:.3} s (one hold alone through the +{REPRO_LATENCY_MS} ms link, \
+             measured, + the release check's round trip) = {:.1} req/s, down from {healthy:.1} on a healthy link",
+            pool / service
+        ),
+        expect: base.expect,
+    }
+}
 
 /// `GET /admin/links`.
 #[derive(Debug, Serialize, Deserialize)]

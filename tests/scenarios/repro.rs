@@ -248,3 +248,42 @@ fn worker_pool_grpc_repro_shows_deadline_exceeded_and_the_fix() {
         p95(&fragile)
     );
 }
+
+/// `repro slow-link` on PostgreSQL through the lab's link proxy (+20 ms per chunk PostgreSQL
+/// sends): the pool of 4 serves pool / (one hold alone through the link + the release check's
+/// round trip), far below the healthy link's 40 req/s; hardened fails the excess fast.
+#[tokio::test]
+async fn slow_link_repro_measures_the_capacity_the_sick_link_leaves() {
+    let pg = crate::common::TestPgDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = repro(dir.path(), &["slow-link", "--compare", "--stage-seconds", "2"]);
+    cmd.env("DATABASE_URL", &pg.url).env("LINK_PROXY", "true");
+    let (stdout, _) = tokio::task::spawn_blocking(move || run_ok(cmd)).await.unwrap();
+    assert!(stdout.contains("down from 40.0 on a healthy link"), "{stdout}");
+    let report = check_files(&dir.path().join("out"));
+    let runs = report["runs"].as_array().unwrap();
+    for run in runs {
+        let predicted = run["prediction"]["capacity_rps"].as_f64().unwrap();
+        // 100 ms + about 6.5 round trips × 20 ms, + 20 ms: about 16 req/s.
+        assert!(
+            (12.0..=20.0).contains(&predicted),
+            "{}: predicted {predicted}",
+            run["profile"]
+        );
+        let ratio = run["verdict"]["capacity_ratio"].as_f64().unwrap();
+        assert!(
+            (0.85..=1.15).contains(&ratio),
+            "{}: measured/predicted = {ratio}",
+            run["profile"]
+        );
+    }
+    let last = |i: usize| runs[i]["stages"].as_array().unwrap().last().unwrap().clone();
+    let (fragile, hardened) = (last(0), last(1));
+    // Fragile queues (nothing fails within the 30 s acquire timeout), hardened refuses the excess.
+    assert!(fragile["failures"].as_object().unwrap().is_empty(), "{fragile}");
+    assert!(
+        hardened["failures"]["503 db_pool_timeout"].as_u64().unwrap_or(0) > 0,
+        "{hardened}"
+    );
+    assert!(hardened["p95_ms"].as_f64().unwrap() < fragile["p95_ms"].as_f64().unwrap());
+}
