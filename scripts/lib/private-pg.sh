@@ -74,6 +74,8 @@ pool_mode = transaction
 default_pool_size = $pool
 max_db_connections = $pool
 max_client_conn = 500
+; a failed server login fails every client for server_login_retry (15 s by default): retry at once
+server_login_retry = 1
 ignore_startup_parameters = extra_float_digits
 logfile = $dir/pgbouncer.log
 pidfile = $dir/pgbouncer.pid
