@@ -206,7 +206,12 @@ async fn replicas_exceed_max_connections_and_pgbouncer_cures_it() {
         "PgBouncer ({BOUNCER_POOL} server connections), 3 replicas: {} ok, {} failed, {} refusals",
         cured.ok, cured.failed, cured.refusals
     );
-    assert_eq!((cured.refusals, cured.failed), (0, 0), "{cured:?}");
+    assert_eq!(
+        (cured.refusals, cured.failed),
+        (0, 0),
+        "{cured:?}; the first failure: {}",
+        cured.first_failure.as_deref().unwrap_or("none")
+    );
     // Throughput is the server connections PgBouncer keeps: 15 per second of hold, ±15%.
     let expected = f64::from(BOUNCER_POOL) * LOAD_FOR.as_secs_f64() / (HOLD_MS as f64 / 1000.0);
     assert!(
