@@ -9,6 +9,9 @@
 # Usage: scripts/container-build.sh        (IMAGE=localhost/chokepoint:dev by default)
 #        SKIP_SETUP=1: podman is already installed (CI installs it in the foreground, where
 #        apt's lock is not contended)
+#        LOW_PRIORITY=1: the build's containers get the lowest CPU weight (--cpu-shares 2). nice
+#        alone does not reach them: a container has a cgroup of its own, which competes with the
+#        host's processes as a peer, whatever the niceness inside it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LOG_TAG=container-build
@@ -26,6 +29,8 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 t0=$(date +%s)
 log "podman build -f docker/Dockerfile -t $IMAGE ."
-podman build --pull=never -f docker/Dockerfile -t "$IMAGE" . > "$work/build.log" 2>&1 \
+priority=()
+[ "${LOW_PRIORITY:-}" != 1 ] || priority=(--cpu-shares 2)
+podman build --pull=never "${priority[@]}" -f docker/Dockerfile -t "$IMAGE" . > "$work/build.log" 2>&1 \
   || { tail -60 "$work/build.log"; die "the image did not build"; }
 log "built $IMAGE in $(( $(date +%s) - t0 )) s"
