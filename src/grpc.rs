@@ -16,6 +16,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use chokepoint_repro::grpc::metric_code_name;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
@@ -68,7 +69,7 @@ impl GrpcMetrics {
             tonic::Code::ResourceExhausted,
             tonic::Code::Cancelled,
         ] {
-            m.handled.with_label_values(&[SERVICE, "Work", code_name(code)]);
+            m.handled.with_label_values(&[SERVICE, "Work", metric_code_name(code)]);
         }
         // The histogram's series exist before the first call (dashboards and alerts name them).
         m.seconds.with_label_values(&[SERVICE, "Work"]);
@@ -77,35 +78,11 @@ impl GrpcMetrics {
 
     fn record(&self, method: &str, code: tonic::Code, took: Duration) {
         self.handled
-            .with_label_values(&[SERVICE, method, code_name(code)])
+            .with_label_values(&[SERVICE, method, metric_code_name(code)])
             .inc();
         self.seconds
             .with_label_values(&[SERVICE, method])
             .observe(took.as_secs_f64());
-    }
-}
-
-/// The code's name as grpc-go's metrics write it (`DeadlineExceeded`).
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "Canceled",
-        Unknown => "Unknown",
-        InvalidArgument => "InvalidArgument",
-        DeadlineExceeded => "DeadlineExceeded",
-        NotFound => "NotFound",
-        AlreadyExists => "AlreadyExists",
-        PermissionDenied => "PermissionDenied",
-        ResourceExhausted => "ResourceExhausted",
-        FailedPrecondition => "FailedPrecondition",
-        Aborted => "Aborted",
-        OutOfRange => "OutOfRange",
-        Unimplemented => "Unimplemented",
-        Internal => "Internal",
-        Unavailable => "Unavailable",
-        DataLoss => "DataLoss",
-        Unauthenticated => "Unauthenticated",
     }
 }
 

@@ -192,6 +192,7 @@ fn ctrl_c_stops_cleanly_and_writes_what_was_measured() {
     assert_eq!(stages.last().unwrap()["interrupted"], true);
 }
 
+/// Bad arguments exit 2 naming them; a scenario the lab cannot run exits 1 saying why.
 #[test]
 fn bad_arguments_are_refused_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
@@ -205,6 +206,21 @@ fn bad_arguments_are_refused_with_a_clear_message() {
     let out = repro(dir.path(), &["db-replicas"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--base-url"));
+    // slow-link needs PostgreSQL behind the link proxy: the default lab says what to restart with.
+    let out = repro(dir.path(), &["slow-link"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("409") && stderr.contains("LINK_PROXY=true"), "{stderr}");
+    let out = repro(dir.path(), &["slow-link"])
+        .env("LINK_PROXY", "true")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not a TCP link") && stderr.contains("SQLite"),
+        "{stderr}"
+    );
 }
 
 /// `repro worker-pool-grpc` over real gRPC: the calls carry the 1 s deadline as `grpc-timeout`;

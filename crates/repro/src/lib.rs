@@ -8,6 +8,7 @@
 //! the caller's: chokepoint builds a [`plan::Plan`] per scenario from its configuration.
 
 pub mod chart;
+pub mod grpc;
 pub mod lab;
 pub mod load;
 pub mod plan;

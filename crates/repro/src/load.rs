@@ -10,11 +10,20 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::Value;
 
+use crate::grpc::{self, Calls};
 use crate::lab::LabClient;
 use crate::plan::{Plan, Target};
 
 /// A request unanswered after this long counts as `client_timeout`.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A request bounded by the client timeout.
+async fn bounded(request: impl std::future::Future<Output = Result<(), String>>) -> Result<(), String> {
+    tokio::time::timeout(CLIENT_TIMEOUT, request)
+        .await
+        .unwrap_or_else(|_| Err("client_timeout".into()))
+}
+
 /// The measurement of one stage.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StageResult {
@@ -74,123 +83,6 @@ async fn send(client: &reqwest::Client, url: &str, target: &Target) -> Result<()
     }
 }
 
-/// Connections a gRPC stage spreads its calls over (each carries many streams).
-const GRPC_CONNECTIONS: usize = 8;
-
-/// A unary call with the target's pre-encoded message; the failure kind is the status as
-/// `gRPC DEADLINE_EXCEEDED`.
-async fn send_grpc(channel: tonic::transport::Channel, target: &Target) -> Result<(), String> {
-    let Some(call) = &target.grpc else {
-        return Err("transport_error".into());
-    };
-    let path = tonic::codegen::http::uri::PathAndQuery::try_from(target.path.as_str())
-        .map_err(|_| "transport_error".to_string())?;
-    let mut grpc = tonic::client::Grpc::new(channel);
-    let mut req = tonic::Request::new(call.message.clone());
-    req.set_timeout(call.deadline);
-    let sent = async {
-        grpc.ready().await.map_err(|_| "connect_error".to_string())?;
-        grpc.unary(req, path, RawCodec)
-            .await
-            .map(|_| ())
-            .map_err(|status| match status.code() {
-                tonic::Code::Unavailable if status.message().contains("connect") => "connect_error".to_string(),
-                // tonic's client enforces the deadline too, at the instant the server does, and
-                // reports its own expiry as CANCELLED "Timeout expired"; gRPC (and grpc-go's,
-                // Python's and k6's clients) call that DEADLINE_EXCEEDED.
-                tonic::Code::Cancelled if status.message() == tonic::TimeoutExpired(()).to_string() => {
-                    format!("gRPC {}", code_name(tonic::Code::DeadlineExceeded))
-                }
-                code => format!("gRPC {}", code_name(code)),
-            })
-    };
-    match tokio::time::timeout(CLIENT_TIMEOUT, sent).await {
-        Ok(result) => result,
-        Err(_) => Err("client_timeout".into()),
-    }
-}
-
-/// A status code as the gRPC specification names it.
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
-/// The generator's gRPC codec: it sends bytes already encoded and reads nothing of the reply
-/// but its status, so it needs no generated code.
-#[derive(Debug, Clone, Copy, Default)]
-struct RawCodec;
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = bytes::Bytes;
-    type Decode = ();
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-
-    fn decoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-}
-
-impl tonic::codec::Encoder for RawCodec {
-    type Item = bytes::Bytes;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: bytes::Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        bytes::BufMut::put(dst, item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RawCodec {
-    type Item = ();
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
-        let n = bytes::Buf::remaining(src);
-        bytes::Buf::advance(src, n);
-        Ok(Some(()))
-    }
-}
-
-/// The stage's gRPC connections, when its target is a gRPC call (opened lazily, on first use).
-async fn grpc_channels(
-    lab: &LabClient,
-    target: &Target,
-) -> Option<Result<Arc<Vec<tonic::transport::Channel>>, String>> {
-    target.grpc.as_ref()?;
-    let opened = async {
-        let url = lab.grpc_url().await.map_err(|e| e.to_string())?;
-        let endpoint = tonic::transport::Endpoint::from_shared(url.clone()).map_err(|e| format!("{url}: {e}"))?;
-        Ok(Arc::new(
-            (0..GRPC_CONNECTIONS).map(|_| endpoint.connect_lazy()).collect(),
-        ))
-    };
-    Some(opened.await)
-}
-
 pub async fn run_stage(
     lab: &LabClient,
     plan: &Plan,
@@ -206,16 +98,10 @@ pub async fn run_stage(
     let in_flight = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let target = Arc::new(plan.target.clone());
-    let grpc = match grpc_channels(lab, &plan.target).await {
-        None => None,
-        Some(Ok(channels)) => Some(channels),
-        Some(Err(why)) => {
-            if !quiet {
-                eprintln!("{label}: no gRPC address ({why}): every call counts as connect_error");
-            }
-            Some(Arc::new(Vec::new()))
-        }
-    };
+    let grpc = Calls::open(lab, &plan.target).await;
+    if let (Some(Calls::Unreachable(why)), false) = (&grpc, quiet) {
+        eprintln!("{label}: no gRPC address ({why}): every call counts as connect_error");
+    }
 
     // The watched metrics, sampled every 250 ms while the stage runs.
     let before = lab.metrics().await;
@@ -309,13 +195,11 @@ pub async fn run_stage(
             done.clone(),
             target.clone(),
         );
-        let channel = grpc
-            .as_ref()
-            .map(|channels| channels.get(i as usize % GRPC_CONNECTIONS).cloned());
+        let call = grpc.as_ref().map(|calls| calls.for_call(i));
         tokio::spawn(async move {
-            let result = match channel {
+            let result = match call {
                 None => send(&client, &url, &target).await,
-                Some(Some(channel)) => send_grpc(channel, &target).await,
+                Some(Some((channel, path))) => bounded(grpc::send(channel, path, &target)).await,
                 Some(None) => Err("connect_error".into()),
             };
             // Latency from the intended send time: a late send counts its lateness.
