@@ -292,15 +292,19 @@ function renderRun(snap) {
   lastRun = run;
   const busy = !!run && ['starting', 'running', 'stopping'].includes(run.state);
   const selected = scenarios.find((x) => x.id === $('scenario').value);
-  const runnable = !!selected && selected.repro;
+  const runnable = !!selected && selected.repro && !selected.cannot_run_here;
   $('run-break').disabled = busy || !runnable;
   $('run-fix').disabled = busy || !runnable;
   $('run-stop').disabled = !busy;
   const el = $('run-status');
-  if (!run) { el.innerHTML = runnable ? '' : '<span class="muted">This scenario has no in-server run: use k6 below.</span>'; return; }
+  let why = '';
+  if (selected && selected.cannot_run_here) why = `<span class="muted" data-cannot-run>Break it / Fix it cannot run on this lab: ${escapeHtml(selected.cannot_run_here)}</span>`;
+  else if (!runnable) why = '<span class="muted">This scenario has no in-server run: use k6 below.</span>';
+  if (!run) { el.innerHTML = why; return; }
   const group = snap.groups[run.scenario];
   const measured = group ? group.rps : null;
   const parts = [];
+  if (why && !busy) parts.push(why);
   parts.push(`<b>${escapeHtml(run.action === 'break' ? 'Break it' : 'Fix it')}</b> · ${escapeHtml(run.scenario)} · profile ${escapeHtml(run.profile)} · <b data-run-state>${escapeHtml(run.state)}</b>`);
   if (run.rate_rps != null) {
     const cap = run.predicted_capacity_rps != null ? `predicted capacity <b>${fmt(run.predicted_capacity_rps)}</b> req/s, ` : '';

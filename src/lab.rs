@@ -73,8 +73,15 @@ async fn script() -> Response {
     crate::openapi::static_asset("text/javascript; charset=utf-8", LAB_JS)
 }
 
-async fn scenarios() -> axum::Json<Value> {
-    axum::Json(SCENARIOS.clone())
+/// The catalog, each repro marked with why this lab cannot run it, if it cannot
+/// (`cannot_run_here`: the panel's Break it / Fix it buttons stay off and say why).
+async fn scenarios(State(state): State<AppState>) -> axum::Json<Value> {
+    let mut list = SCENARIOS.clone();
+    for (entry, s) in list.as_array_mut().into_iter().flatten().zip(ALL) {
+        let why = s.repro.as_ref().and_then(|r| r.cannot_run_here(&state));
+        entry["cannot_run_here"] = json!(why);
+    }
+    axum::Json(list)
 }
 
 /// The stream ends when the server starts draining, so an open panel never holds a shutdown

@@ -14,7 +14,7 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Map, Value};
 
-use crate::apidoc::{admin_auth, array_of, obj, path_param, string, Op};
+use crate::apidoc::{admin_auth, array_of, boolean, nullable, obj, path_param, string, Op};
 use crate::resilience::guard::{is_exempt, Group};
 use crate::scenarios::ALL;
 use crate::AppState;
@@ -139,7 +139,7 @@ fn observer_operations() -> Vec<Op> {
         Op::new(
             "get",
             "/lab/scenarios.json",
-            "The scenario catalog: explanation and k6 commands",
+            "The scenario catalog: explanation, k6 commands, and whether this lab can run its Break it / Fix it (`cannot_run_here`: the reason, or null)",
         )
         .tag("lab")
         .ok(
@@ -150,6 +150,9 @@ fn observer_operations() -> Vec<Op> {
                 ("about", string()),
                 ("k6_fragile", string()),
                 ("k6_hardened", string()),
+                ("repro", boolean()),
+                // Why this lab cannot run the scenario's Break it / Fix it (null: it can).
+                ("cannot_run_here", nullable("string")),
             ])),
         ),
         Op::new("get", "/lab/uplot.js", "uPlot, the panel's chart library (embedded)")

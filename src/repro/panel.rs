@@ -163,7 +163,7 @@ pub async fn start(
         }
         .into_response();
     };
-    if let Some(why) = repro.needs_base_url {
+    if let Some(why) = repro.cannot_run_here(&state) {
         return conflict(format!("{id} cannot run from the panel: {why}"));
     }
     let Some(addr) = state.lab.runs.addr.get().copied() else {

@@ -96,6 +96,9 @@ pub struct Repro {
     /// Admin calls made once after the knobs are set and before anything is measured (e.g.
     /// slow-link's toxic on the PostgreSQL link): method, path, JSON body.
     pub setup: fn() -> Vec<(reqwest::Method, &'static str, serde_json::Value)>,
+    /// Why this lab cannot run it as configured (e.g. slow-link on the embedded SQLite), so the
+    /// panel's card says so before a run starts instead of failing one.
+    pub unavailable: fn(&AppState) -> Option<String>,
 }
 
 /// A repro's [`Repro::setup`] when it needs none.
@@ -104,6 +107,14 @@ fn no_setup() -> Vec<(reqwest::Method, &'static str, serde_json::Value)> {
 }
 
 impl Repro {
+    /// Why a run against this lab cannot work: it needs another lab (`--base-url`), or this one
+    /// lacks what the scenario needs.
+    pub fn cannot_run_here(&self, state: &AppState) -> Option<String> {
+        self.needs_base_url
+            .map(str::to_string)
+            .or_else(|| (self.unavailable)(state))
+    }
+
     /// A repro that measures nothing first and runs against an in-process lab (most do).
     pub const fn new(
         knobs: fn() -> serde_json::Value,
@@ -117,6 +128,7 @@ impl Repro {
             calibrate: false,
             needs_base_url: None,
             setup: no_setup,
+            unavailable: |_| None,
         }
     }
 

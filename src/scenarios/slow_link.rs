@@ -63,6 +63,7 @@ const REPRO_HOLD_MS: u64 = 100;
 const REPRO: Repro = Repro {
     calibrate: true,
     setup: repro_setup,
+    unavailable: |state| find(state, "postgres").err().map(|e| e.to_string()),
     ..Repro::new(repro_knobs, repro_plan, repro_predict)
 };
 

@@ -196,7 +196,13 @@ await test('lab: the scenario selector explains and gives the k6 command', async
   await lab.selectOption('#scenario', 'cpu');
   assert.ok((await lab.innerHTML('#scenario-about')).includes('<em>unrelated</em>'), 'markdown is rendered');
   assert.doesNotMatch(await lab.textContent('#scenario-about'), /\*unrelated\*/);
+  // slow-link needs PostgreSQL behind the link proxy: on this SQLite lab its buttons are off and say why.
+  await lab.selectOption('#scenario', 'slow-link');
+  await until('slow-link says why it cannot run here', async () =>
+    (await lab.isDisabled('#run-break')) && (await lab.isDisabled('#run-fix')) &&
+    /cannot run on this lab: .*(LINK_PROXY=true|SQLite)/.test(await lab.textContent('#run-status')));
   await lab.selectOption('#scenario', 'db-pool');
+  await until('db-pool can run', async () => !(await lab.isDisabled('#run-break')));
   const visible = await lab.locator('#knobs tbody tr:not([hidden])').count();
   assert.ok(visible > 0 && visible < (await lab.locator('#knobs tbody tr').count()), 'knobs filtered to the scenario');
 });

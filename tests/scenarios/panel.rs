@@ -126,3 +126,39 @@ async fn runs_are_validated_and_stop_stops_them() {
     assert!(sent < full / 4.0, "nothing was sent after Stop: {sent} of {full}");
     assert_eq!(stopped["result"]["interrupted"], true);
 }
+
+/// The catalog says, per lab, which Break it runs cannot work here and why; the panel keeps
+/// their buttons off, and a start is refused at once with the same reason (no failed run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_this_lab_cannot_do_is_marked_and_refused_with_the_reason() {
+    async fn why(app: &crate::common::TestApp, id: &str) -> Value {
+        let (status, list) = app.get_json("/lab/scenarios.json").await;
+        assert_eq!(status, 200);
+        let entry = list.as_array().unwrap().iter().find(|s| s["id"] == id).unwrap().clone();
+        entry["cannot_run_here"].clone()
+    }
+    let default = spawn_app(Db::Sqlite, &[]).await;
+    assert_eq!(why(&default, "db-pool").await, Value::Null);
+    assert!(why(&default, "db-replicas")
+        .await
+        .as_str()
+        .unwrap()
+        .contains("--base-url"));
+    let slow_link = why(&default, "slow-link").await;
+    assert!(slow_link.as_str().unwrap().contains("LINK_PROXY=true"), "{slow_link}");
+    let (status, body) = default.post_json("/lab/run/slow-link?action=break").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("LINK_PROXY=true"), "{body}");
+    assert_eq!(
+        default.get_json("/lab/run").await.1["state"],
+        "idle",
+        "no run was started"
+    );
+
+    let sqlite_proxied = spawn_app(Db::Sqlite, &["--link-proxy"]).await;
+    let slow_link = why(&sqlite_proxied, "slow-link").await;
+    assert!(slow_link.as_str().unwrap().contains("SQLite"), "{slow_link}");
+
+    let ready = spawn_app(Db::Postgres, &["--link-proxy"]).await;
+    assert_eq!(why(&ready, "slow-link").await, Value::Null);
+}
