@@ -1,7 +1,7 @@
 //! `worker-pool`: 2 worker threads, 40 concurrent jobs of 200 ms, a 500 ms deadline. Fragile:
 //! 4 succeed, 36 get DEADLINE_EXCEEDED, and all 40 still run (36 finish for nobody). Hardened
-//! knobs: the excess is refused at once, late jobs are skipped instead of run, and 40 workers
-//! (resized live) serve everyone within the deadline.
+//! knobs: the excess is refused at once, late jobs are skipped or cut at their deadline instead of
+//! run to the end, and 40 workers (resized live) serve everyone within the deadline.
 
 use std::time::{Duration, Instant};
 
@@ -65,13 +65,32 @@ async fn unbounded_queue_collapses_goodput_and_the_fix_restores_it() {
         rejected_fast, 28,
         "2 running + 10 queued, the rest refused at once: {results:?}"
     );
-    assert!((3..=5).contains(&count(&results, 200)), "{results:?}");
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let skipped = app
-        .metric(r#"worker_pool_deadline_exceeded_total{stage="queued"}"#)
-        .await;
-    let wasted = app.metric("worker_pool_wasted_work_total").await - wasted_before;
-    assert!(skipped >= 5.0, "only {skipped} late jobs skipped");
+    let ok = count(&results, 200);
+    assert!((3..=5).contains(&ok), "{results:?}");
+    // The 12 accepted jobs that did not answer in time are stopped: skipped when a worker takes
+    // them past their deadline (`queued`), or cut at it with the deadline propagated (`running`)
+    // — which of the two depends on whether a worker wakes just before or just after a queued
+    // job's deadline, so the test counts both. At most the odd job finishes for nobody.
+    let stopped = || async {
+        let mut n = 0.0;
+        for stage in ["queued", "running", "abandoned"] {
+            n += app
+                .metric(&format!(r#"worker_pool_deadline_exceeded_total{{stage="{stage}"}}"#))
+                .await;
+        }
+        n
+    };
+    let wasted = || async { app.metric("worker_pool_wasted_work_total").await - wasted_before };
+    let all_accounted = crate::common::eventually(Duration::from_secs(5), || async {
+        stopped().await + wasted().await == (12 - ok) as f64
+    })
+    .await;
+    let (stopped, wasted) = (stopped().await, wasted().await);
+    assert!(
+        all_accounted,
+        "{ok} answered, {stopped} stopped, {wasted} wasted: not the 12 accepted"
+    );
+    assert!(stopped >= 5.0, "only {stopped} late jobs stopped");
     assert!(wasted <= 2.0, "{wasted} jobs still ran for nobody");
     assert!(app.metric("worker_pool_rejected_total").await >= 28.0);
 
