@@ -10,7 +10,7 @@
 # Admin writes need a token schemathesis does not have: they are checked answering 401.
 # `not_a_server_error` is off: 500/502/503/504/507 are documented failure modes here; the
 # status-code check still fails any code an operation does not document.
-# Usage: scripts/api-fuzz.sh [path/to/chokepoint]
+# Usage: scripts/api-fuzz.sh [path/to/chokepoint]   (INSTALL_ONLY=1: install and stop)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-target/release/chokepoint}
@@ -19,13 +19,14 @@ MIN_CASES=${FUZZ_MIN_CASES:-1000}
 LOG_TAG=api-fuzz
 . scripts/lib/common.sh
 
-[ -x "$BIN" ] || die "$BIN not found: build it first (cargo build --release)"
 VENV=.ci-tools/schemathesis
 if [ ! -x "$VENV/bin/schemathesis" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$(sed -n 's/^schemathesis==//p' scripts/requirements-fuzz.txt)"
 fi
 log "$("$VENV/bin/schemathesis" --version)"
+[ "${INSTALL_ONLY:-0}" = 1 ] && exit 0
+[ -x "$BIN" ] || die "$BIN not found: build it first (cargo build --release)"
 
 . scripts/lib/lab.sh
 work=$(mktemp -d)

@@ -3,14 +3,13 @@
 # chromium package, driven by playwright-core from npm) against the release binary, and fails
 # on a console error or a failed assertion (tests/browser/lab.test.mjs). Screenshots go to
 # target/browser/.
-# Usage: scripts/browser-test.sh [path/to/chokepoint]
+# Usage: scripts/browser-test.sh [path/to/chokepoint]   (INSTALL_ONLY=1: install and stop)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-target/release/chokepoint}
 LOG_TAG=browser
 . scripts/lib/common.sh
 
-[ -x "$BIN" ] || die "$BIN not found: build it first (cargo build --release)"
 if ! command -v chromium >/dev/null; then
   log "installing Debian's chromium"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -21,6 +20,8 @@ command -v chromium >/dev/null || die "chromium is missing after apt-get install
 command -v node >/dev/null || die "node is missing (the machine's Node.js runs playwright-core)"
 (cd tests/browser && npm ci --silent --no-audit --no-fund) || die "npm ci in tests/browser failed"
 log "$(chromium --version 2>/dev/null | head -1), playwright-core $(node -p "require('./tests/browser/node_modules/playwright-core/package.json').version")"
+[ "${INSTALL_ONLY:-0}" = 1 ] && exit 0
+[ -x "$BIN" ] || die "$BIN not found: build it first (cargo build --release)"
 
 . scripts/lib/lab.sh
 work=$(mktemp -d)

@@ -9,7 +9,8 @@
 #   5. with the release binary running (SQLite, the machine's Redis): every metric the dashboard
 #      and the alerts use exists in /metrics, and a real Prometheus, started with the shipped
 #      scrape config pointed at it, returns data for http_requests_total.
-# Usage: scripts/validate-deploy.sh [path/to/chokepoint]   (default target/release/chokepoint)
+# Usage: scripts/validate-deploy.sh [path/to/chokepoint]   (default target/release/chokepoint;
+#        INSTALL_ONLY=1: install its tools and stop)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -17,7 +18,6 @@ BIN=${1:-target/release/chokepoint}
 KUBERNETES_VERSION=1.33.0
 . scripts/lib/common.sh
 
-[ -x "$BIN" ] || die "$BIN not found: build it first (cargo build --release)"
 command -v promtool >/dev/null || die "promtool is required (scripts/ensure-services.sh installs Debian's prometheus)"
 command -v prometheus >/dev/null || die "prometheus is required (Debian package prometheus)"
 
@@ -26,6 +26,8 @@ python3 -m pip install -q --disable-pip-version-check -r scripts/requirements-ci
 
 work=$(mktemp -d)
 use_kustomize
+if [ "${INSTALL_ONLY:-0}" = 1 ]; then rm -rf "$work"; exit 0; fi
+[ -x "$BIN" ] || die "$BIN not found: build it first (cargo build --release)"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
