@@ -525,9 +525,9 @@ fn gauge(families: &[MetricFamily], name: &str, labels: &[(&str, &str)]) -> Opti
     for m in family.get_metric() {
         if labels.iter().all(|(k, v)| label(m, k) == Some(*v)) {
             let v = if counter {
-                m.get_counter().value()
+                m.get_counter().get_value()
             } else {
-                m.get_gauge().value()
+                m.get_gauge().get_value()
             };
             *found.get_or_insert(0.0) += v;
         }
@@ -543,7 +543,7 @@ fn group_totals(families: &[MetricFamily]) -> HashMap<String, Totals> {
                 continue;
             };
             let t = out.entry(g.to_string()).or_default();
-            let v = m.get_counter().value();
+            let v = m.get_counter().get_value();
             t.requests += v;
             let status: u16 = label(m, "status").and_then(|s| s.parse().ok()).unwrap_or(0);
             if status >= 500 || status == 429 || status == crate::edge::CLIENT_CLOSED {

@@ -151,7 +151,7 @@ async fn each_toxic_does_what_toxiproxy_does() {
     let families = registry.gather();
     let active = families.iter().find(|f| f.name() == "link_faults_active").unwrap();
     assert!(
-        active.get_metric().iter().all(|m| m.get_gauge().value() == 0.0),
+        active.get_metric().iter().all(|m| m.get_gauge().get_value() == 0.0),
         "cleared: no toxic active"
     );
     let resets = families.iter().find(|f| f.name() == "link_resets_total").unwrap();
@@ -161,7 +161,7 @@ async fn each_toxic_does_what_toxiproxy_does() {
         .find(|m| m.get_label().iter().any(|l| l.value() == "downstream"))
         .unwrap();
     assert!(
-        downstream.get_counter().value() >= 3.0,
+        downstream.get_counter().get_value() >= 3.0,
         "limit_data and two resets counted"
     );
 }
