@@ -24,10 +24,10 @@ command -v prometheus >/dev/null || die "prometheus is required (Debian package 
 log "installing the Python tools (scripts/requirements-ci.txt)"
 python3 -m pip install -q --disable-pip-version-check -r scripts/requirements-ci.txt
 
-work=$(mktemp -d)
 use_kustomize
-if [ "${INSTALL_ONLY:-0}" = 1 ]; then rm -rf "$work"; exit 0; fi
+[ "${INSTALL_ONLY:-0}" = 1 ] && exit 0
 [ -x "$BIN" ] || die "$BIN not found: build it first (cargo build --release)"
+work=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done

@@ -77,27 +77,29 @@ impl Calls {
     }
 
     /// What the `i`th call of the stage is sent on.
-    pub fn for_call(&self, i: u64) -> Option<(tonic::transport::Channel, tonic::codegen::http::uri::PathAndQuery)> {
+    pub fn for_call(&self, i: u64) -> Call {
         match self {
-            Calls::Open { channels, path } => Some((channels[i as usize % channels.len()].clone(), path.clone())),
-            Calls::Unreachable(_) => None,
+            Calls::Open { channels, path } => Call::Send(channels[i as usize % channels.len()].clone(), path.clone()),
+            Calls::Unreachable(_) => Call::Unreachable,
         }
     }
 }
 
+/// One call's channel and method path, or nowhere to send it.
+pub enum Call {
+    Send(tonic::transport::Channel, tonic::codegen::http::uri::PathAndQuery),
+    Unreachable,
+}
+
 /// A unary call with the target's pre-encoded message; the failure kind is the status as
-/// `gRPC DEADLINE_EXCEEDED`.
-pub async fn send(
-    channel: tonic::transport::Channel,
-    path: tonic::codegen::http::uri::PathAndQuery,
-    target: &Target,
-) -> Result<(), String> {
-    let Some(call) = &target.grpc else {
-        return Err("transport_error".into());
+/// `gRPC DEADLINE_EXCEEDED` (`connect_error` when there is nowhere to send it).
+pub async fn send(call: Call, target: &Target) -> Result<(), String> {
+    let (Call::Send(channel, path), Some(grpc_call)) = (call, &target.grpc) else {
+        return Err("connect_error".into());
     };
     let mut grpc = tonic::client::Grpc::new(channel);
-    let mut req = tonic::Request::new(call.message.clone());
-    req.set_timeout(call.deadline);
+    let mut req = tonic::Request::new(grpc_call.message.clone());
+    req.set_timeout(grpc_call.deadline);
     grpc.ready().await.map_err(|_| "connect_error".to_string())?;
     grpc.unary(req, path, RawCodec)
         .await

@@ -199,8 +199,7 @@ pub async fn run_stage(
         tokio::spawn(async move {
             let result = match call {
                 None => send(&client, &url, &target).await,
-                Some(Some((channel, path))) => bounded(grpc::send(channel, path, &target)).await,
-                Some(None) => Err("connect_error".into()),
+                Some(call) => bounded(grpc::send(call, &target)).await,
             };
             // Latency from the intended send time: a late send counts its lateness.
             let latency = intended.elapsed();
