@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds docker/Dockerfile with podman exactly as users build it, from local stand-in base
 # images under the Dockerfile's own names (scripts/lib/standin-bases.sh), into $IMAGE.
-# container-test.sh runs it first; CI starts it at the beginning of the run in the background at
+# container-test.sh runs it first; CI starts it once the host build is done, in the background at
 # the lowest CPU and I/O priority (nice 19, ionice idle), so the in-container compile only uses
 # what the tests and k6 leave idle, and container-test.sh then takes the built image
 # (IMAGE_BUILT=1). The in-container compile reuses cargo's registry and target through cache
