@@ -299,7 +299,7 @@ function renderRun(snap) {
   const el = $('run-status');
   let why = '';
   if (selected && selected.cannot_run_here) why = `<span class="muted" data-cannot-run>Break it / Fix it cannot run on this lab: ${escapeHtml(selected.cannot_run_here)}</span>`;
-  else if (!runnable) why = '<span class="muted">This scenario has no in-server run: use k6 below.</span>';
+  else if (selected && !selected.repro) why = `<span class="muted" data-no-repro>No Break it / Fix it: ${escapeHtml(selected.no_repro || 'this scenario has no in-server run')}. Use k6 below.</span>`;
   if (!run) { el.innerHTML = why; return; }
   const group = snap.groups[run.scenario];
   const measured = group ? group.rps : null;

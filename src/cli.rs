@@ -116,11 +116,34 @@ const REPRO_SERVE_SETTINGS: &[&str] = &["profile", "admin_token", "database_url"
 pub fn full_error(err: &clap::Error) -> String {
     let rendered = err.to_string();
     let mut out = format!("chokepoint: {}\n", one_line_error(err));
+    if let Some(why) = no_repro_note(err) {
+        out.push_str(&why);
+    }
     for line in rendered.lines().skip(1) {
         out.push_str(line);
         out.push('\n');
     }
     out
+}
+
+/// `repro <id>` for a scenario of the catalog that has no repro: why it has none and what runs
+/// it instead, rather than only "invalid value".
+fn no_repro_note(err: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let (Some(ContextValue::String(arg)), Some(ContextValue::String(value))) =
+        (err.get(ContextKind::InvalidArg), err.get(ContextKind::InvalidValue))
+    else {
+        return None;
+    };
+    if arg != "<SCENARIO>" {
+        return None;
+    }
+    let s = crate::scenarios::find(value)?;
+    let why = s.repro.as_ref().err()?;
+    Some(format!(
+        "`{}` is in the catalog but has no repro: {why}.\nRun it with: k6 run -e SMOKE=1 {} (see {})\n",
+        s.id, s.k6.path, s.doc
+    ))
 }
 
 /// One line for a command-line or environment error, naming the environment variable behind

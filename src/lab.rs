@@ -78,7 +78,7 @@ async fn script() -> Response {
 async fn scenarios(State(state): State<AppState>) -> axum::Json<Value> {
     let mut list = SCENARIOS.clone();
     for (entry, s) in list.as_array_mut().into_iter().flatten().zip(ALL) {
-        let why = s.repro.as_ref().and_then(|r| r.cannot_run_here(&state));
+        let why = s.repro.as_ref().ok().and_then(|r| r.cannot_run_here(&state));
         entry["cannot_run_here"] = json!(why);
     }
     axum::Json(list)
@@ -575,7 +575,8 @@ static SCENARIOS: LazyLock<Value> = LazyLock::new(|| {
                 "doc": s.doc,
                 "about": about.join(" "),
                 "k6": s.k6.path,
-                "repro": s.repro.is_some(),
+                "repro": s.repro.is_ok(),
+                "no_repro": s.repro.as_ref().err().copied(),
                 "k6_smoke": format!("SMOKE=1 PROFILE=fragile k6 run {}", s.k6.path),
                 "k6_fragile": format!("PROFILE=fragile k6 run {}", s.k6.path),
                 "k6_hardened": format!("PROFILE=hardened k6 run {}", s.k6.path),

@@ -139,7 +139,7 @@ fn observer_operations() -> Vec<Op> {
         Op::new(
             "get",
             "/lab/scenarios.json",
-            "The scenario catalog: explanation, k6 commands, and whether this lab can run its Break it / Fix it (`cannot_run_here`: the reason, or null)",
+            "The scenario catalog: explanation, k6 commands, whether the scenario has a Break it / Fix it run (`no_repro`: why not, or null) and whether this lab can run it (`cannot_run_here`: the reason, or null)",
         )
         .tag("lab")
         .ok(
@@ -151,6 +151,8 @@ fn observer_operations() -> Vec<Op> {
                 ("k6_fragile", string()),
                 ("k6_hardened", string()),
                 ("repro", boolean()),
+                // Why the scenario has no Break it / Fix it run at all (null: it has one).
+                ("no_repro", nullable("string")),
                 // Why this lab cannot run the scenario's Break it / Fix it (null: it can).
                 ("cannot_run_here", nullable("string")),
             ])),

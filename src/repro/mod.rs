@@ -225,14 +225,14 @@ pub(crate) async fn config(lab: &LabClient) -> anyhow::Result<scenarios::RunConf
 
 /// The scenario's repro, by id (the CLI only offers ids that have one).
 fn repro_of(id: &str) -> anyhow::Result<&'static crate::scenarios::Repro> {
-    crate::scenarios::find(id)
-        .and_then(|s| s.repro.as_ref())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "no repro for `{id}`; one of: {}",
-                crate::scenarios::repro_ids().join(", ")
-            )
-        })
+    match crate::scenarios::find(id).map(|s| &s.repro) {
+        Some(Ok(repro)) => Ok(repro),
+        Some(Err(why)) => anyhow::bail!("`{id}` has no repro: {why}"),
+        None => anyhow::bail!(
+            "no repro for `{id}`; one of: {}",
+            crate::scenarios::repro_ids().join(", ")
+        ),
+    }
 }
 
 /// The repro's setup calls ([`crate::scenarios::Repro::setup`]), each failure naming its call.

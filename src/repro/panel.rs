@@ -154,14 +154,18 @@ pub async fn start(
             }
         },
     };
-    let Some(repro) = crate::scenarios::find(&id).and_then(|s| s.repro.as_ref()) else {
-        return AppError::NotFound {
-            detail: format!(
-                "no Break it run for `{id}`; one of: {}",
-                crate::scenarios::repro_ids().join(", ")
-            ),
+    let repro = match crate::scenarios::find(&id).map(|s| &s.repro) {
+        Some(Ok(repro)) => repro,
+        found => {
+            let why = match found {
+                Some(Err(why)) => format!("`{id}` has no Break it run: {why}"),
+                _ => format!("no Break it run for `{id}`"),
+            };
+            return AppError::NotFound {
+                detail: format!("{why}; one of: {}", crate::scenarios::repro_ids().join(", ")),
+            }
+            .into_response();
         }
-        .into_response();
     };
     if let Some(why) = repro.cannot_run_here(&state) {
         return conflict(format!("{id} cannot run from the panel: {why}"));
@@ -256,7 +260,7 @@ async fn drive(
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     let repro = crate::scenarios::find(id)
-        .and_then(|s| s.repro.as_ref())
+        .and_then(|s| s.repro.as_ref().ok())
         .context("the scenario has no repro")?;
     let switched: ConfigView = serde_json::from_value(
         lab.admin(

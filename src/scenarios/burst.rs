@@ -849,7 +849,7 @@ pub const SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/burst.rs",
     router,
     operations,
-    repro: Some(REPRO),
+    repro: Ok(REPRO),
     gauges: &[Gauge::value("deploy_queue", "deploy_queue_depth")],
 };
 

@@ -326,7 +326,7 @@ pub const SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/cache_stampede.rs",
     router,
     operations,
-    repro: Some(REPRO),
+    repro: Ok(REPRO),
     gauges: &[],
 };
 

@@ -262,7 +262,7 @@ pub const SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/cold_start.rs",
     router,
     operations,
-    repro: Some(REPRO),
+    repro: Ok(REPRO),
     gauges: &[Gauge::value("cold_start_queue", "cold_start_queue_depth")],
 };
 

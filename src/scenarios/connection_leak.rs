@@ -108,7 +108,7 @@ pub const SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/connection_leak.rs",
     router,
     operations,
-    repro: Some(REPRO),
+    repro: Ok(REPRO),
     gauges: &[
         Gauge::value("db_leaked", "db_connections_leaked"),
         Gauge {

@@ -344,7 +344,7 @@ pub const SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/db_pool.rs",
     router,
     operations,
-    repro: Some(REPRO),
+    repro: Ok(REPRO),
     gauges: &[
         Gauge {
             key: "db_in_use",

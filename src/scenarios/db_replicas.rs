@@ -23,7 +23,7 @@ pub const SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/db_replicas.rs",
     router: Router::new,
     operations: Vec::new,
-    repro: Some(REPRO),
+    repro: Ok(REPRO),
     gauges: &[],
 };
 

@@ -131,7 +131,7 @@ pub const SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/downstream.rs",
     router,
     operations,
-    repro: Some(REPRO),
+    repro: Ok(REPRO),
     gauges: &[Gauge {
         key: "breaker",
         metric: "circuit_breaker_state",

@@ -64,7 +64,12 @@ pub const SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/faults.rs",
     router: Router::new,
     operations: Vec::new,
-    repro: None,
+    repro: Err(
+        "an injected fault has no capacity to sweep: the share of failed answers is the \
+                 rule's rate at every load, and its cure is the caller's (an Idempotency-Key, a \
+                 timeout, a bounded retry), not a profile; load-tests/faults.js shows the duplicates \
+                 and the key that prevents them",
+    ),
     gauges: &[],
 };
 

@@ -321,7 +321,7 @@ pub const SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/memory.rs",
     router,
     operations,
-    repro: Some(REPRO),
+    repro: Ok(REPRO),
     gauges: &[
         Gauge {
             key: "retained_mb",

@@ -77,8 +77,9 @@ pub struct Scenario {
     pub router: fn() -> Router<AppState>,
     /// Its routes in the OpenAPI document, each with its guard group.
     pub operations: fn() -> Vec<Op>,
-    /// What `chokepoint repro <id>` runs, where the scenario has a repro.
-    pub repro: Option<Repro>,
+    /// What `chokepoint repro <id>` and the panel's Break it / Fix it run, or why the scenario
+    /// has no such run (its collapse has no capacity to sweep; the reason is shown to users).
+    pub repro: Result<Repro, &'static str>,
     /// What the live panel reads for it.
     pub gauges: &'static [Gauge],
 }
@@ -172,7 +173,7 @@ pub fn seed_number(x: f64) -> serde_json::Value {
 }
 
 pub fn repro_ids() -> Vec<&'static str> {
-    ALL.iter().filter(|s| s.repro.is_some()).map(|s| s.id).collect()
+    ALL.iter().filter(|s| s.repro.is_ok()).map(|s| s.id).collect()
 }
 
 /// A scenario's k6 script.
@@ -261,6 +262,8 @@ pub struct Listing {
     pub k6_smoke: bool,
     pub test: &'static str,
     pub routes: Vec<String>,
+    /// Why `chokepoint repro <id>` has no run for it (null: it has one).
+    pub no_repro: Option<&'static str>,
 }
 
 /// The catalog as `chokepoint scenarios` lists it.
@@ -277,6 +280,7 @@ pub fn listing() -> Vec<Listing> {
                 .iter()
                 .map(|op| format!("{} {}", op.method.to_uppercase(), op.path))
                 .collect(),
+            no_repro: s.repro.as_ref().err().copied(),
         })
         .collect()
 }
@@ -336,7 +340,7 @@ mod tests {
     fn every_repro_loads_its_own_routes() {
         assert!(repro_ids().len() >= 10, "{:?}", repro_ids());
         for s in ALL {
-            let Some(repro) = &s.repro else { continue };
+            let Ok(repro) = &s.repro else { continue };
             let owner = if s.id == "db-replicas" || s.id == "slow-link" {
                 find("db-pool").unwrap()
             } else {

@@ -170,7 +170,7 @@ pub const SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/retry_storm.rs",
     router,
     operations,
-    repro: Some(REPRO),
+    repro: Ok(REPRO),
     gauges: &[],
 };
 

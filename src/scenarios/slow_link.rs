@@ -48,7 +48,7 @@ pub const SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/slow_link.rs",
     router: Router::new,
     operations: Vec::new,
-    repro: Some(REPRO),
+    repro: Ok(REPRO),
     gauges: &[],
 };
 

@@ -459,7 +459,7 @@ pub const SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/worker_pool.rs",
     router,
     operations,
-    repro: Some(REPRO),
+    repro: Ok(REPRO),
     gauges: &[
         Gauge::value("worker_queue", "worker_pool_queue_depth"),
         Gauge::value("worker_busy", "worker_pool_busy"),
@@ -480,7 +480,7 @@ pub const GRPC_SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/worker_pool_grpc.rs",
     router: Router::new,
     operations: Vec::new,
-    repro: Some(GRPC_REPRO),
+    repro: Ok(GRPC_REPRO),
     gauges: &[
         Gauge {
             key: "grpc_deadline_exceeded",

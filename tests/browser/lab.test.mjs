@@ -201,6 +201,10 @@ await test('lab: the scenario selector explains and gives the k6 command', async
   await until('slow-link says why it cannot run here', async () =>
     (await lab.isDisabled('#run-break')) && (await lab.isDisabled('#run-fix')) &&
     /cannot run on this lab: .*(LINK_PROXY=true|SQLite)/.test(await lab.textContent('#run-status')));
+  await lab.selectOption('#scenario', 'faults');
+  await until('faults says why it has no Break it run', async () =>
+    (await lab.isDisabled('#run-break')) && (await lab.isDisabled('#run-fix')) &&
+    /No Break it \/ Fix it: an injected fault has no capacity to sweep.*Use k6 below/.test(await lab.textContent('#run-status')));
   await lab.selectOption('#scenario', 'db-pool');
   await until('db-pool can run', async () => !(await lab.isDisabled('#run-break')));
   const visible = await lab.locator('#knobs tbody tr:not([hidden])').count();

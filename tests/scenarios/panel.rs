@@ -162,3 +162,29 @@ async fn a_run_this_lab_cannot_do_is_marked_and_refused_with_the_reason() {
     let ready = spawn_app(Db::Postgres, &["--link-proxy"]).await;
     assert_eq!(why(&ready, "slow-link").await, Value::Null);
 }
+
+/// A scenario without a Break it run (its collapse has no capacity to sweep) says why, in the
+/// catalog and in the refusal of a start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scenario_without_a_run_says_why() {
+    let app = spawn_app(Db::Sqlite, &[]).await;
+    let (status, list) = app.get_json("/lab/scenarios.json").await;
+    assert_eq!(status, 200);
+    for entry in list.as_array().unwrap() {
+        let has_run = entry["repro"].as_bool().unwrap();
+        let why = &entry["no_repro"];
+        assert_eq!(has_run, why.is_null(), "{entry}");
+        if !has_run {
+            assert!(why.as_str().unwrap().len() > 40, "a real reason: {entry}");
+        }
+    }
+    for id in ["faults", "poisoned-pool", "io", "healthy"] {
+        let entry = list.as_array().unwrap().iter().find(|s| s["id"] == id).unwrap();
+        assert_eq!(entry["repro"], false, "{entry}");
+        let (status, body) = app.post_json(&format!("/lab/run/{id}?action=break")).await;
+        assert_eq!(status, 404, "{body}");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains(entry["no_repro"].as_str().unwrap()), "{detail}");
+    }
+    assert_eq!(app.get_json("/lab/run").await.1["state"], "idle", "no run was started");
+}

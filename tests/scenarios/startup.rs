@@ -106,7 +106,7 @@ fn unreachable_database_stops_startup_with_a_clear_error() {
 /// `--help`; never escape codes in a pipe.
 #[test]
 fn command_line_errors_are_complete_and_suggest() {
-    let cases: [(&[&str], &[&str]); 3] = [
+    let cases: [(&[&str], &[&str]); 4] = [
         (
             &["repro"],
             &["the following required arguments were not provided", "<SCENARIO>"],
@@ -114,6 +114,14 @@ fn command_line_errors_are_complete_and_suggest() {
         (
             &["repro", "db-pol"],
             &["possible values:", "a similar value exists: 'db-pool'"],
+        ),
+        (
+            &["repro", "faults"],
+            &[
+                "`faults` is in the catalog but has no repro: an injected fault has no capacity",
+                "k6 run -e SMOKE=1 load-tests/faults.js",
+                "possible values:",
+            ],
         ),
         (
             &["--db-pool-siz", "3"],

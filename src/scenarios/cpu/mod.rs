@@ -312,7 +312,7 @@ pub const SCENARIO: Scenario = Scenario {
     test: "tests/scenarios/cpu.rs",
     router,
     operations,
-    repro: Some(REPRO),
+    repro: Ok(REPRO),
     gauges: &[],
 };
 
