@@ -59,19 +59,37 @@ rm -rf target/api-fuzz
 # Two passes. The coverage phase sends every boundary value, hooks or not; three operations stay
 # slow at their upper bounds whatever the timeouts (a 30 s blocking call or a 10 s inline CPU burn
 # parks a runtime thread; a 60 s pool job runs to its 600 s deadline), so they get the generated phases only, where the
-# hooks bound them. Everything else gets every phase.
+# hooks bound them. Everything else gets every phase, in two passes of about equal length (the
+# five routes of WAITS, which spend ~100 s waiting on downstream calls, sleeps and timeouts, and
+# the rest). The three passes run side by side, each its own process with its own report
+# directory: a run mostly waits (~15 s of CPU in 160 s alone), and schemathesis's own --workers
+# (threads) crash in hypothesis on this Python (an AST recursion depth mismatch), so the
+# parallelism is processes.
 SLOW='^/api/(blocking|worker-pool|cpu/burn)$'
-fuzz() {
-  PYTHONPATH=scripts SCHEMATHESIS_HOOKS=fuzz_hooks "$VENV/bin/schemathesis" run "$work/openapi.json" --url "$LAB_URL" \
+WAITS='^/api/(call-downstream|memory-spike|cascade-failure|parallel-io|slow)$'
+# Each pass runs in a directory of its own: schemathesis keeps a cache (.schemathesis/, replayed
+# by later runs) in the working directory, which concurrent passes must not share and a run must
+# not carry over from the last one.
+root=$PWD
+fuzz() ( # a subshell: its cd stays its own
+  mkdir -p "$work/$1"
+  cd "$work/$1"
+  PYTHONPATH="$root/scripts" SCHEMATHESIS_HOOKS=fuzz_hooks "$root/$VENV/bin/schemathesis" run "$work/openapi.json" --url "$LAB_URL" \
     --checks all --exclude-checks not_a_server_error,positive_data_acceptance \
     --exclude-path /lab/events \
     --max-examples "$MAX_EXAMPLES" --seed 20261123 --workers 1 \
     --request-timeout 20 --suppress-health-check too_slow,filter_too_much \
-    --report junit,ndjson --report-dir "target/api-fuzz/$1" --no-color "${@:2}"
-}
+    --report junit,ndjson --report-dir "$root/target/api-fuzz/$1" --no-color "${@:2}"
+)
 status=0
-fuzz all --exclude-path-regex "$SLOW" || status=$?
-fuzz slow --include-path-regex "$SLOW" --phases examples,fuzzing || status=$?
+fuzz slow --include-path-regex "$SLOW" --phases examples,fuzzing > "$work/slow.out" 2>&1 &
+slow_pid=$!
+fuzz waits --include-path-regex "$WAITS" > "$work/waits.out" 2>&1 &
+waits_pid=$!
+fuzz rest --exclude-path-regex "$SLOW|$WAITS" || status=$?
+wait "$waits_pid" || status=$?
+wait "$slow_pid" || status=$?
+cat "$work/waits.out" "$work/slow.out"
 set -e
 
 cases=$(python3 - target/api-fuzz <<'PY'
