@@ -32,7 +32,7 @@ trap cleanup EXIT
 failed=()
 for profile in "${PROFILES[@]}"; do
   start_lab "$BIN" "$work/$profile.log" DATABASE_URL="sqlite://$work/$profile.db?mode=rwc" \
-    REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX="k6-$$-$profile:" PROFILE="$profile" ||
+    REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX="k6-$$-$profile:" PROFILE="$profile" RUST_LOG=warn ||
     die "the lab did not start"
   for path in "${SCRIPTS[@]}"; do
     script=$(basename "$path" .js)
@@ -44,6 +44,9 @@ for profile in "${PROFILES[@]}"; do
       log "$profile $script: FAILED ($(( $(date +%s) - start )) s)"
       grep -E "✗|thresholds on metrics|ERRO|level=error" "$work/k6-$profile-$script.log" | head -20 || true
       tail -40 "$work/k6-$profile-$script.log"
+      # The lab's side of it (its log is shared by the profile's scripts): warnings and errors.
+      log "the lab's warnings and errors so far ($profile):"
+      grep -E "WARN|ERROR" "$work/$profile.log" | tail -20 || true
       failed+=("$profile/$script")
     fi
   done
