@@ -56,7 +56,7 @@ curl -fsS "$LAB_URL/openapi.json" -o "$work/openapi.json"
 
 set +e
 rm -rf target/api-fuzz
-# Two passes. The coverage phase sends every boundary value, hooks or not; three operations stay
+# Three passes. The coverage phase sends every boundary value, hooks or not; three operations stay
 # slow at their upper bounds whatever the timeouts (a 30 s blocking call or a 10 s inline CPU burn
 # parks a runtime thread; a 60 s pool job runs to its 600 s deadline), so they get the generated phases only, where the
 # hooks bound them. Everything else gets every phase, in two passes of about equal length (the

@@ -80,7 +80,7 @@ pub async fn run(
     } else {
         vec![profile]
     };
-    let repro = repro_of(&args.scenario)?;
+    let repro = crate::scenarios::find_repro(&args.scenario).map_err(anyhow::Error::msg)?;
     if let (None, Some(why)) = (&args.base_url, repro.needs_base_url) {
         bail!("{why}");
     }
@@ -223,18 +223,6 @@ pub(crate) async fn config(lab: &LabClient) -> anyhow::Result<scenarios::RunConf
     scenarios::run_config(&view)
 }
 
-/// The scenario's repro, by id (the CLI only offers ids that have one).
-fn repro_of(id: &str) -> anyhow::Result<&'static crate::scenarios::Repro> {
-    match crate::scenarios::find(id).map(|s| &s.repro) {
-        Some(Ok(repro)) => Ok(repro),
-        Some(Err(why)) => anyhow::bail!("`{id}` has no repro: {why}"),
-        None => anyhow::bail!(
-            "no repro for `{id}`; one of: {}",
-            crate::scenarios::repro_ids().join(", ")
-        ),
-    }
-}
-
 /// The repro's setup calls ([`crate::scenarios::Repro::setup`]), each failure naming its call.
 pub(crate) async fn setup(lab: &LabClient, repro: &crate::scenarios::Repro) -> anyhow::Result<()> {
     for (method, path, body) in (repro.setup)() {
@@ -271,7 +259,7 @@ async fn run_profile(
     )
     .await
     .context("switching the profile (give --admin-token if the lab has one)")?;
-    let repro = repro_of(&args.scenario)?;
+    let repro = crate::scenarios::find_repro(&args.scenario).map_err(anyhow::Error::msg)?;
     let run_knobs = (repro.knobs)();
     if run_knobs.as_object().is_some_and(|o| !o.is_empty()) {
         lab.admin(reqwest::Method::PATCH, "/admin/config", Some(&run_knobs))

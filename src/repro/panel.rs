@@ -154,18 +154,9 @@ pub async fn start(
             }
         },
     };
-    let repro = match crate::scenarios::find(&id).map(|s| &s.repro) {
-        Some(Ok(repro)) => repro,
-        found => {
-            let why = match found {
-                Some(Err(why)) => format!("`{id}` has no Break it run: {why}"),
-                _ => format!("no Break it run for `{id}`"),
-            };
-            return AppError::NotFound {
-                detail: format!("{why}; one of: {}", crate::scenarios::repro_ids().join(", ")),
-            }
-            .into_response();
-        }
+    let repro = match crate::scenarios::find_repro(&id) {
+        Ok(repro) => repro,
+        Err(detail) => return AppError::NotFound { detail }.into_response(),
     };
     if let Some(why) = repro.cannot_run_here(&state) {
         return conflict(format!("{id} cannot run from the panel: {why}"));
@@ -259,9 +250,7 @@ async fn drive(
     status: &Arc<Mutex<RunStatus>>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
-    let repro = crate::scenarios::find(id)
-        .and_then(|s| s.repro.as_ref().ok())
-        .context("the scenario has no repro")?;
+    let repro = crate::scenarios::find_repro(id).map_err(anyhow::Error::msg)?;
     let switched: ConfigView = serde_json::from_value(
         lab.admin(
             reqwest::Method::POST,

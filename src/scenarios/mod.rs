@@ -234,6 +234,16 @@ pub fn find(id: &str) -> Option<&'static Scenario> {
     ALL.iter().find(|s| s.id == id)
 }
 
+/// The repro of scenario `id`, or why there is none (the scenario's reason, or the ids that
+/// have one): what `chokepoint repro` and the panel's Break it / Fix it run.
+pub fn find_repro(id: &str) -> Result<&'static Repro, String> {
+    match find(id).map(|s| &s.repro) {
+        Some(Ok(repro)) => Ok(repro),
+        Some(Err(why)) => Err(format!("`{id}` has no repro: {why}")),
+        None => Err(format!("no repro for `{id}`; one of: {}", repro_ids().join(", "))),
+    }
+}
+
 /// Route template → guard group, for every scenario route (the guard's route map).
 pub fn route_groups() -> HashMap<&'static str, Group> {
     ALL.iter()

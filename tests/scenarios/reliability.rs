@@ -671,7 +671,7 @@ async fn a_database_that_is_down_is_reported_as_down() {
             );
             // Only requests sent before the monitor could notice (probe timeout 2 s + one tick)
             // can be caught or time out waiting for a connection, and only on a stalled link.
-            let before_noticed = |sent: &Vec<Duration>| {
+            let before_noticed = |sent: &[Duration]| {
                 sent.iter().all(|t| *t < Duration::from_secs(3))
                     && (mode == crate::common::LinkMode::Hang || sent.is_empty())
             };
