@@ -9,6 +9,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+/// The `Retry-After` of a refusal that knows no better: one second.
+pub const RETRY_SOON: Duration = Duration::from_secs(1);
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// A query parameter is missing, malformed or out of its documented range.
@@ -50,9 +53,11 @@ pub enum AppError {
     #[error("statement timeout after {after:?}")]
     StatementTimeout { after: Duration },
 
-    /// Refused at once instead of queued (load shedding, a full bulkhead, an open breaker).
+    /// Refused at once instead of queued (load shedding, a full bulkhead, a full queue).
+    /// `retry_after` is when trying again makes sense: 1 s where nothing better is known, the
+    /// queue's time to drain where it is (the `Retry-After` header and `retry_after_ms`).
     #[error("shed: {detail}")]
-    Shed { detail: String },
+    Shed { detail: String, retry_after: Duration },
 
     /// The downstream circuit breaker is open.
     #[error("circuit open: {detail}")]
@@ -297,8 +302,8 @@ impl AppError {
                 "error": code,
                 "detail": format!("the query ran past the {} ms statement timeout", after.as_millis()),
             }),
-            AppError::Shed { detail } | AppError::CircuitOpen { detail, .. } => {
-                json!({"error": code, "detail": detail})
+            AppError::Shed { detail, retry_after } | AppError::CircuitOpen { detail, retry_after } => {
+                json!({"error": code, "detail": detail, "retry_after_ms": retry_after.as_millis() as u64})
             }
             AppError::RateLimited { retry_after } => json!({
                 "error": code,
@@ -545,10 +550,12 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
         let retry_after = match &self {
-            AppError::PoolTimeout { .. }
-            | AppError::Shed { .. }
-            | AppError::Redis(crate::infra::redis::RedisError::PoolTimeout(_)) => Some(Duration::from_secs(1)),
-            AppError::RateLimited { retry_after } | AppError::CircuitOpen { retry_after, .. } => Some(*retry_after),
+            AppError::PoolTimeout { .. } | AppError::Redis(crate::infra::redis::RedisError::PoolTimeout(_)) => {
+                Some(Duration::from_secs(1))
+            }
+            AppError::RateLimited { retry_after }
+            | AppError::CircuitOpen { retry_after, .. }
+            | AppError::Shed { retry_after, .. } => Some(*retry_after),
             _ => None,
         };
         // Logged once, by the edge, which knows the route and the request id.

@@ -148,9 +148,12 @@ impl Worker {
                 total_ms: done.total.as_secs_f64() * 1e3,
                 deadline_ms: deadline.as_millis() as u64,
             })),
-            Err(JobError::Shed { queue_max }) => Err(Status::resource_exhausted(format!(
+            Err(JobError::Shed { queue_max, .. }) => Err(Status::resource_exhausted(format!(
                 "{queue_max} jobs already queued (worker_queue_max): refused at once"
             ))),
+            Err(JobError::WouldMissDeadline { starts_in, deadline }) => Err(Status::resource_exhausted(
+                crate::scenarios::worker_pool::would_miss(starts_in, deadline, u64::from(work_ms)),
+            )),
             Err(JobError::DeadlineExceeded) => Err(Status::deadline_exceeded(format!(
                 "the {} ms deadline passed before a worker finished the job",
                 deadline.as_millis()

@@ -497,17 +497,17 @@ knob_table! {
     }
     deploy_queue_max: u32 {
         env: "DEPLOY_QUEUE_MAX",
-        range: Int(1, 1000000),
+        range: Int(0, 1000000),
         scenario: "burst",
-        fragile: 1000, hardened: 1000,
-        doc: "async mode: deployments allowed to wait for a worker; more are refused with 503 + Retry-After",
+        fragile: 1000, hardened: 0,
+        doc: "async mode: deployments allowed to wait for a worker; more are refused with 503 + Retry-After (the time to drain). 0 = auto: what the workers can start within deploy_timeout_ms (workers × (1 + timeout / work))",
     }
     deploy_workers: u32 {
         env: "DEPLOY_WORKERS",
-        range: Int(1, 256),
+        range: Int(0, 256),
         scenario: "burst",
-        fragile: 4, hardened: 4,
-        doc: "async mode: workers draining the deployment queue (keep below the pool size, so accepting always finds a connection)",
+        fragile: 0, hardened: 0,
+        doc: "async mode: workers draining the deployment queue. 0 = auto: the pool's maximum less one connection kept for accepting (pool / work deployments/s)",
     }
     cache_ttl_ms: u64 {
         env: "CACHE_TTL_MS",

@@ -232,6 +232,7 @@ impl DownstreamClient {
         let Some(_permit) = self.bulkhead.try_enter(knobs.downstream_max_concurrency) else {
             self.metrics.bulkhead_rejections.inc();
             return Err(AppError::Shed {
+ retry_after: crate::error::RETRY_SOON,
                 detail: format!(
                     "{} downstream calls already in flight (downstream_max_concurrency)",
                     knobs.downstream_max_concurrency
@@ -264,6 +265,7 @@ impl DownstreamClient {
             Err(out) => {
                 self.metrics.calls.with_label_values(&[endpoint, "pool_timeout"]).inc();
                 return Err(AppError::Shed {
+ retry_after: crate::error::RETRY_SOON,
                     detail: format!(
                         "no downstream connection free within {} ms ({} in use: downstream_pool_size; wait cap downstream_pool_wait_ms)",
                         out.waited.as_millis(),

@@ -9,9 +9,13 @@
 //! status and a second audit row. `GET /api/v1/deployments/{id}` reads one back.
 //!
 //! Knobs: `deploy_mode` (`sync` answers 201 after the work; `async` answers 202 + `Location`
-//! at once and `deploy_workers` drain a queue bounded by `deploy_queue_max`, refusing with 503 +
-//! `Retry-After` when it is full), `deploy_timeout_ms` (20 s like the report; 504), `deploy_work_ms`,
-//! and the pool knobs of `db-pool`. An `Idempotency-Key` header makes a retried POST safe: the
+//! at once and workers drain a bounded queue, refusing with 503 + `Retry-After` when it is
+//! full), `deploy_timeout_ms` (20 s like the report; 504), `deploy_work_ms`, and the pool knobs
+//! of `db-pool`. The async side follows from the pool ([`Drain`]): `deploy_workers = 0` (the
+//! default) is the pool's maximum less one connection kept for accepting, so the queue drains
+//! at the pool's speed; `deploy_queue_max = 0` (hardened) bounds the queue by what those
+//! workers can *start* within `deploy_timeout_ms`; a refusal's `Retry-After` is the time the
+//! queue ahead takes to drain. An `Idempotency-Key` header makes a retried POST safe: the
 //! key is unique in the table, so a retry answers with the deployment the first attempt created
 //! (200, `Idempotent-Replayed: true`) and never creates a second one.
 //!
@@ -46,7 +50,7 @@ use tokio::task::JoinSet;
 use crate::apidoc::{int, nullable, obj, path_param, string, Op, POOL_TIMEOUT, STORAGE_FULL};
 use crate::error::{AppError, AppResult};
 use crate::infra::database::{Conn, Database};
-use crate::knobs::{DeployMode, KnobStore};
+use crate::knobs::{DeployMode, KnobStore, Knobs};
 use crate::on_conn;
 use crate::scenarios::{around, Gauge, K6Script, Repro, RunConfig, Scenario, AROUND, POOL_WAITING};
 use crate::telemetry::{register, LATENCY_BUCKETS};
@@ -74,6 +78,59 @@ const JOB_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// than this may still be on its way into the queue).
 pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(5);
 const SWEEP_MIN_AGE: Duration = Duration::from_secs(2);
+/// Connections the automatic worker count leaves to acceptance (one short transaction per
+/// POST), so a 202 never waits behind 2 s of work.
+pub(crate) const ACCEPT_RESERVE: u32 = 1;
+/// The wait budget of the automatic queue bound when `deploy_timeout_ms` is 0 (no timeout):
+/// the report's 20 s.
+const DEFAULT_BUDGET_MS: u64 = 20_000;
+/// The automatic queue bound's ceiling (the knob's own range).
+const QUEUE_MAX_CEILING: u64 = 1_000_000;
+
+/// How the async queue drains under the knobs in force: the one place the worker count, the
+/// drain rate and the queue bound are derived, read by the dispatcher, acceptance, the
+/// refusal's `Retry-After` and `repro burst`'s prediction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Drain {
+    /// Workers running jobs at once (`deploy_workers`, or the pool less [`ACCEPT_RESERVE`]).
+    pub workers: u32,
+    /// Deployments completed per second when the queue is never empty: workers (at most the
+    /// pool) / work.
+    pub per_second: f64,
+    /// Deployments allowed to wait (`deploy_queue_max`, or workers × (1 + budget / work):
+    /// the jobs that start within the budget, counting the round that starts at once).
+    pub queue_max: u32,
+}
+
+impl Drain {
+    pub fn of(k: &Knobs) -> Self {
+        let pool = (k.db_pool_size + k.db_max_overflow).max(1);
+        let workers = match k.deploy_workers {
+            0 => pool.saturating_sub(ACCEPT_RESERVE).max(1),
+            n => n,
+        };
+        let running = u64::from(workers.min(pool));
+        let work_ms = k.deploy_work_ms.max(1);
+        let queue_max = match k.deploy_queue_max {
+            0 => {
+                let budget = if k.deploy_timeout_ms > 0 { k.deploy_timeout_ms } else { DEFAULT_BUDGET_MS };
+                (running * (1 + budget / work_ms)).min(QUEUE_MAX_CEILING) as u32
+            }
+            n => n,
+        };
+        Drain {
+            workers,
+            per_second: running as f64 * 1000.0 / work_ms as f64,
+            queue_max,
+        }
+    }
+
+    /// How long `depth` queued deployments take to drain: when a refused client should come
+    /// back (1 s at least, an hour at most).
+    pub fn time_to_drain(&self, depth: usize) -> Duration {
+        Duration::from_secs_f64((depth as f64 / self.per_second).clamp(1.0, 3600.0))
+    }
+}
 
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct Deployment {
@@ -252,12 +309,20 @@ impl Deployments {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn reserve(self: &Arc<Self>, max: u32) -> Result<Reservation, AppError> {
+    fn reserve(self: &Arc<Self>, drain: Drain) -> Result<Reservation, AppError> {
         let mut q = self.lock();
         let depth = q.jobs.len() + q.reserved;
-        if depth >= max as usize {
+        if depth >= drain.queue_max as usize {
+            let retry_after = drain.time_to_drain(depth);
             return Err(AppError::Shed {
-                detail: format!("the deployment queue is full ({depth} waiting, deploy_queue_max={max}); retry later"),
+                detail: format!(
+                    "the deployment queue is full ({depth} waiting, bound {} (deploy_queue_max); {} workers drain {:.1}/s: retry in {} s",
+                    drain.queue_max,
+                    drain.workers,
+                    drain.per_second,
+                    retry_after.as_secs_f64().ceil()
+                ),
+                retry_after,
             });
         }
         q.reserved += 1;
@@ -389,7 +454,7 @@ impl Deployments {
     async fn dispatch(self: Arc<Self>, db: Arc<Database>, knobs: Arc<KnobStore>) {
         let mut running = JoinSet::new();
         loop {
-            let limit = knobs.current().deploy_workers as usize;
+            let limit = Drain::of(&knobs.current()).workers as usize;
             while running.len() < limit {
                 let Some(job) = self.pop() else { break };
                 self.metrics.queue_wait.observe(job.enqueued.elapsed().as_secs_f64());
@@ -756,7 +821,7 @@ async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
                     Ok::<_, AppError>(created)
                 }
                 DeployMode::Async => {
-                    let reservation = state.deployments.reserve(k.deploy_queue_max)?;
+                    let reservation = state.deployments.reserve(Drain::of(&k))?;
                     // Not cancelled with the request: a row committed as `queued` is always
                     // enqueued, even if the client has stopped waiting.
                     let db = state.db.clone();
@@ -938,14 +1003,12 @@ fn repro_knobs() -> Value {
 /// The plan: what `repro burst` sends, at which rates, watching what.
 fn repro_plan(config: &RunConfig, _cpu_ms: Option<f64>) -> Plan {
     let knobs = &config.knobs;
-    let pool = || f64::from(knobs.db_pool_size + knobs.db_max_overflow);
     let mut plan = Plan::new(repro_knobs());
     plan.target = Target::post("/api/v1/deployments/", "{}");
-    let work = (knobs.deploy_work_ms as f64) / 1000.0;
     let cap = if knobs.deploy_mode == DeployMode::Async {
-        (knobs.deploy_workers as f64).min(pool()) / work
+        Drain::of(knobs).per_second
     } else {
-        pool() / work
+        f64::from(knobs.db_pool_size + knobs.db_max_overflow) * 1000.0 / knobs.deploy_work_ms.max(1) as f64
     };
     plan.rates = around(cap, AROUND);
     plan.watches = vec![
@@ -961,15 +1024,18 @@ fn repro_predict(config: &RunConfig, _cpu_ms: Option<f64>) -> Prediction {
     let pool = f64::from(knobs.db_pool_size + knobs.db_max_overflow);
     let work = (knobs.deploy_work_ms as f64) / 1000.0;
     if knobs.deploy_mode == DeployMode::Async {
-        let c = (knobs.deploy_workers as f64).min(pool) / work;
+        let d = Drain::of(knobs);
         Prediction {
             // Acceptance is not bounded by it: no capacity line for the answers.
             capacity_rps: None,
             formula: format!(
-                "min({} workers, {pool} connections) / {work} s work = {c:.1} deployments/s drained in the background",
-                (knobs.deploy_workers as f64)
+                "min({} workers, {pool} connections) / {work} s work = {:.1} deployments/s drained in the background",
+                d.workers, d.per_second
             ),
-            expect: "every POST is accepted at once (202); the queue absorbs the excess".into(),
+            expect: format!(
+                "POSTs are accepted at once (202) while the queue holds fewer than {} (what starts within the timeout); the rest get 503 with Retry-After",
+                d.queue_max
+            ),
         }
     } else {
         Prediction {

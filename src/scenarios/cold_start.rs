@@ -180,6 +180,16 @@ impl ElasticPool {
         p.idle_since.push(Instant::now());
     }
 
+    /// `Some((warm, wanted))` while fewer than `min_warm_workers` workers have finished their
+    /// cold start: `/ready` answers 503 until then, so the first burst after ready finds them
+    /// warm (the cold-start fix is only a fix once the provisioned workers exist).
+    pub fn warming(&self, k: &Knobs) -> Option<(usize, usize)> {
+        let p = self.lock();
+        let warm = p.idle_since.len() + p.busy;
+        let wanted = k.min_warm_workers as usize;
+        (warm < wanted).then_some((warm, wanted))
+    }
+
     /// Applies knob changes: provisions the warm minimum.
     pub fn apply(self: &Arc<Self>, k: &Knobs) {
         let mut p = self.lock();

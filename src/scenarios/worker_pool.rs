@@ -144,7 +144,11 @@ impl PoolMetrics {
             ),
             rejected: register(
                 registry,
-                IntCounter::new("worker_pool_rejected_total", "Jobs refused because the queue was full").unwrap(),
+                IntCounter::new(
+                    "worker_pool_rejected_total",
+                    "Jobs refused at once: the queue was full, or (deadline check on) the work queued ahead would make them miss their deadline",
+                )
+                .unwrap(),
             ),
         };
         for stage in ["client", "queued", "abandoned", "running"] {
@@ -160,6 +164,33 @@ impl PoolMetrics {
 struct Queue {
     jobs: VecDeque<Job>,
     running: usize,
+    /// When each running job's work ends (one entry per running job, any order): with the
+    /// queued jobs' work, when a new job would start.
+    running_ends: Vec<Instant>,
+}
+
+/// Slack kept between a job's predicted end and its deadline when admitting it (a sleeping
+/// thread wakes a little late).
+const ADMIT_MARGIN: Duration = Duration::from_millis(20);
+
+impl Queue {
+    /// When a job queued now would start on one of `workers` threads: every worker's next free
+    /// instant (a running job's end, or now), then the queued jobs handed out in order, each to
+    /// the worker free first.
+    fn start_of_next(&self, workers: usize, now: Instant) -> Instant {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let mut free: BinaryHeap<Reverse<Instant>> =
+            self.running_ends.iter().map(|&end| Reverse(end.max(now))).collect();
+        while free.len() < workers.max(1) {
+            free.push(Reverse(now));
+        }
+        for job in &self.jobs {
+            let Reverse(at) = free.pop().unwrap_or(Reverse(now));
+            free.push(Reverse(at + job.work));
+        }
+        free.peek().map_or(now, |r| r.0)
+    }
 }
 
 struct Shared {
@@ -225,12 +256,28 @@ impl WorkerPool {
         self.shared.alive.load(Ordering::SeqCst)
     }
 
-    /// Queues a job unless the queue holds `queue_max` already (`0` = unbounded).
-    fn submit(&self, job: Job, queue_max: u32) -> Result<(), Job> {
+    /// Queues a job unless the queue holds `queue_max` already (`0` = unbounded), or, with the
+    /// deadline check on, unless the work queued ahead means it cannot finish before its
+    /// deadline (deadline-aware admission: refused now rather than failed at the deadline).
+    fn submit(&self, job: Job, queue_max: u32) -> Result<(), JobError> {
         let mut q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-        let free_workers = (self.shared.alive.load(Ordering::SeqCst) as usize).saturating_sub(q.running);
+        let alive = self.shared.alive.load(Ordering::SeqCst) as usize;
+        let free_workers = alive.saturating_sub(q.running);
         if queue_max > 0 && q.jobs.len() >= queue_max as usize + free_workers {
-            return Err(job);
+            return Err(JobError::Shed {
+                queue_max,
+                retry_after: q.start_of_next(alive, Instant::now()).saturating_duration_since(Instant::now()),
+            });
+        }
+        if job.check_deadline {
+            let now = Instant::now();
+            let start = q.start_of_next(alive, now);
+            if start + job.work + ADMIT_MARGIN > job.deadline {
+                return Err(JobError::WouldMissDeadline {
+                    starts_in: start.saturating_duration_since(now),
+                    deadline: job.deadline.saturating_duration_since(job.enqueued),
+                });
+            }
         }
         q.jobs.push_back(job);
         self.shared.metrics.queue_depth.set(q.jobs.len() as i64);
@@ -263,6 +310,7 @@ fn worker(s: Arc<Shared>) {
                 }
                 if let Some(job) = q.jobs.pop_front() {
                     q.running += 1;
+                    q.running_ends.push(Instant::now() + job.work);
                     s.metrics.queue_depth.set(q.jobs.len() as i64);
                     break job;
                 }
@@ -303,7 +351,13 @@ fn worker(s: Arc<Shared>) {
                 s.metrics.wasted.inc();
             }
         }
-        s.queue.lock().unwrap_or_else(|p| p.into_inner()).running -= 1;
+        let mut q = s.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.running -= 1;
+        // This job's entry: the earliest end is as good as its own (the entries are only used
+        // as a multiset of free instants).
+        if let Some(i) = (0..q.running_ends.len()).min_by_key(|&i| q.running_ends[i]) {
+            q.running_ends.swap_remove(i);
+        }
     }
 }
 
@@ -372,8 +426,13 @@ async fn work(State(state): State<AppState>, headers: HeaderMap, params: Params)
             "total_ms": done.total.as_secs_f64() * 1e3,
             "deadline_ms": deadline_ms,
         }))),
-        Err(JobError::Shed { queue_max }) => Err(AppError::Shed {
+        Err(JobError::Shed { queue_max, retry_after }) => Err(AppError::Shed {
+            retry_after,
             detail: format!("{queue_max} jobs already queued (worker_queue_max)"),
+        }),
+        Err(JobError::WouldMissDeadline { starts_in, deadline }) => Err(AppError::Shed {
+            retry_after: starts_in,
+            detail: would_miss(starts_in, deadline, work_ms),
         }),
         Err(JobError::DeadlineExceeded) => Err(AppError::DeadlineExceeded { after: deadline_after }),
         Err(JobError::Dropped) => Err(AppError::Internal("the worker pool dropped the job".into())),
@@ -391,7 +450,11 @@ pub struct JobDone {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobError {
     /// The queue holds `worker_queue_max` jobs already: refused at once (503 / RESOURCE_EXHAUSTED).
-    Shed { queue_max: u32 },
+    Shed { queue_max: u32, retry_after: Duration },
+    /// Deadline-aware admission (`worker_deadline_check`): the work queued ahead would start
+    /// this job after its deadline could still be met; refused at once (503 /
+    /// RESOURCE_EXHAUSTED) instead of failing at the deadline.
+    WouldMissDeadline { starts_in: Duration, deadline: Duration },
     /// The deadline passed in the queue or while the job ran (504 / DEADLINE_EXCEEDED).
     DeadlineExceeded,
     /// The pool lost the job (it was stopping).
@@ -418,9 +481,9 @@ pub async fn run_job(state: &AppState, work_ms: u64, mode: WorkMode, deadline: D
         done: tx,
     };
     let pool = &state.worker_pool;
-    if pool.submit(job, queue_max).is_err() {
+    if let Err(refused) = pool.submit(job, queue_max) {
         pool.shared.metrics.rejected.inc();
-        return Err(JobError::Shed { queue_max });
+        return Err(refused);
     }
     match tokio::time::timeout(deadline, rx).await {
         Ok(Ok(Outcome::Done { queue_wait })) => Ok(JobDone {
@@ -632,4 +695,13 @@ mod tests {
         }
         assert_eq!(pool.threads(), 1);
     }
+}
+
+/// The refusal's text when a job could not finish before its deadline.
+pub(crate) fn would_miss(starts_in: Duration, deadline: Duration, work_ms: u64) -> String {
+    format!(
+        "the work queued ahead starts this job in {} ms; with {work_ms} ms of work it would end after its {} ms deadline: refused now (worker_deadline_check)",
+        starts_in.as_millis(),
+        deadline.as_millis()
+    )
 }

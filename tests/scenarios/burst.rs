@@ -191,6 +191,149 @@ async fn a_synchronous_burst_times_out_and_async_acceptance_cures_it() {
     );
 }
 
+/// Goodput, not only fast answers: the automatic async side (workers = pool − 1, a queue bound
+/// of what starts within the timeout, `Retry-After` = time to drain) completes at least what the
+/// synchronous profile completes inside the same timeout, at the pool's speed; a client that
+/// honours `Retry-After` gets every refused deployment done later; no accepted one is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_acceptance_drains_at_the_pools_speed_and_retry_after_brings_the_rest() {
+    // Pool of 6, 200 ms of work: pool / work = 30/s. Timeout 1 s. 60 clients at once.
+    const CLIENTS: usize = 60;
+    let app = spawn_app(
+        Db::Postgres,
+        &[
+            "--db-pool-size",
+            "6",
+            "--db-max-overflow",
+            "0",
+            "--deploy-work-ms",
+            "200",
+            "--deploy-timeout-ms",
+            "1000",
+        ],
+    )
+    .await;
+
+    // Fragile: synchronous creations inside the timeout.
+    let results = join_all((0..CLIENTS).map(|i| deploy(&app, None, json!({"name": format!("sync-{i}")})))).await;
+    let fragile_created = results.iter().filter(|r| r.0 == 201).count();
+
+    // The cure with its automatic values: 5 workers (one connection kept for accepting), a bound
+    // of 5 × (1 + 1000 / 200) = 30, every one of which starts within the 1 s budget.
+    app.set_knobs(json!({"deploy_mode": "async", "deploy_workers": 0, "deploy_queue_max": 0}))
+        .await;
+    let keys: Vec<String> = (0..CLIENTS).map(|i| format!("goodput-{i}")).collect();
+    let started = Instant::now();
+    let first = join_all(
+        keys.iter()
+            .enumerate()
+            .map(|(i, k)| deploy(&app, Some(k), json!({"name": format!("async-{i}")}))),
+    )
+    .await;
+    let accepted: Vec<_> = first.iter().filter(|r| r.0 == 202).collect();
+    let refused: Vec<_> = first.iter().filter(|r| r.0 == 503).collect();
+    assert_eq!(
+        accepted.len() + refused.len(),
+        CLIENTS,
+        "{:?}",
+        first.iter().map(|r| (r.0, r.2["error"].clone())).collect::<Vec<_>>()
+    );
+    assert!(
+        (30..=32).contains(&accepted.len()),
+        "accepted {} (bound 30)",
+        accepted.len()
+    );
+    // Retry-After is the queue's time to drain: 30 queued at 25/s = 1.2 s, rounded up to 2.
+    let after: Vec<u64> = refused
+        .iter()
+        .map(|r| r.3["retry-after"].to_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(after.iter().all(|a| (1..=3).contains(a)), "Retry-After {after:?}");
+    assert!(refused.iter().all(|r| r.2["error"] == "shed" && r.2["retry_after_ms"].as_u64() >= Some(900)));
+
+    // Goodput inside the same timeout + work: at least what sync completed, and ≥ 90% of 25/s.
+    let done_by = |ms: u64| {
+        let app = &app;
+        async move {
+            pg_count(
+                app,
+                &format!(
+                    "SELECT count(*) FROM deployments WHERE name LIKE 'async-%' AND status = 'succeeded' \
+                     AND completed_ms <= (SELECT min(created_ms) FROM deployments WHERE name LIKE 'async-%') + {ms}"
+                ),
+            )
+            .await
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            pg_count(&app, "SELECT count(*) FROM deployments WHERE name LIKE 'async-%' AND status = 'queued'").await == 0
+        })
+        .await,
+        "the accepted deployments drained"
+    );
+    let in_budget = done_by(1200).await;
+    let span = pg_count(
+        &app,
+        "SELECT max(completed_ms) - min(created_ms) FROM deployments WHERE name LIKE 'async-%'",
+    )
+    .await;
+    let rate = accepted.len() as f64 / (span as f64 / 1000.0);
+    eprintln!(
+        "fragile created {fragile_created} of {CLIENTS} inside 1 s; hardened accepted {}, {in_budget} done by 1.2 s, drained at {rate:.1}/s (5 workers / 0.2 s = 25/s)",
+        accepted.len()
+    );
+    assert!(
+        in_budget as usize >= fragile_created,
+        "hardened completed {in_budget} inside timeout + work, fragile {fragile_created}"
+    );
+    assert!(rate >= 0.9 * 25.0 * 0.8, "drained at {rate:.1}/s");
+
+    // A client that honours Retry-After: each refused one comes back once it says, with its key.
+    let mut pending: Vec<(usize, u64)> = first
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.0 == 503)
+        .map(|(i, r)| (i, r.3["retry-after"].to_str().unwrap().parse().unwrap()))
+        .collect();
+    let mut rounds = 0;
+    while !pending.is_empty() && rounds < 10 {
+        rounds += 1;
+        let wait = pending.iter().map(|p| p.1).min().unwrap();
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        let again = join_all(
+            pending
+                .iter()
+                .map(|(i, _)| deploy(&app, Some(&keys[*i]), json!({"name": format!("async-{i}")}))),
+        )
+        .await;
+        pending = pending
+            .iter()
+            .zip(again.iter())
+            .filter(|(_, r)| r.0 == 503)
+            .map(|((i, _), r)| (*i, r.3["retry-after"].to_str().unwrap().parse().unwrap()))
+            .collect();
+    }
+    assert!(pending.is_empty(), "{} still refused after {rounds} rounds", pending.len());
+    // Nothing lost: every accepted deployment ends `succeeded`, one per key.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            pg_count(&app, "SELECT count(*) FROM deployments WHERE name LIKE 'async-%' AND status = 'succeeded'").await
+                == CLIENTS as i64
+        })
+        .await,
+        "every deployment succeeded"
+    );
+    assert_eq!(
+        pg_count(&app, "SELECT count(*) FROM deployments WHERE name LIKE 'async-%'").await,
+        CLIENTS as i64
+    );
+    eprintln!(
+        "Retry-After client: all {CLIENTS} done in {:?}, {rounds} retry rounds",
+        started.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retried_posts_with_idempotency_keys_never_duplicate_nor_lose_a_write() {
     // Tight on purpose: clients give up after 400 ms, the server after 600 ms, and the pool

@@ -3,7 +3,7 @@
 //! milliseconds). With no warm workers, the 5 requests queued behind the cold starts pass the
 //! gateway timeout: success below 100%. With 3 warm workers, everyone is served.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::common::{spawn_app, Db, TestApp};
 use futures::future::join_all;
@@ -75,4 +75,36 @@ async fn cold_start_parameters_are_validated() {
     }
     let (status, _) = app.patch_config(json!({"max_workers": 0}), None).await;
     assert_eq!(status, 422);
+}
+
+/// Hardened: `/ready` answers 503 until the warm minimum has finished its cold start, so the
+/// serverless burst sent as soon as `/ready` says 200 is served 30 of 30, in every run (each a
+/// fresh process, the burst sent the moment readiness flips).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_waits_for_the_warm_minimum_and_the_first_burst_is_served() {
+    for run in 1..=3 {
+        let app = spawn_app(Db::Sqlite, &["--profile", "hardened"]).await;
+        let started = Instant::now();
+        let mut warming = 0;
+        loop {
+            let (status, body) = app.get_json("/ready").await;
+            if status == 200 {
+                break;
+            }
+            assert_eq!((status, body["error"].as_str()), (503, Some("not_ready")), "{body}");
+            if body["detail"].as_str().is_some_and(|d| d.contains("min_warm_workers")) {
+                warming += 1;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "never ready: {body}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let ready_after = started.elapsed();
+        assert_eq!(app.metric(r#"cold_start_workers{state="warm_idle"}"#).await, 3.0);
+        let (ok, timeouts) = serverless_run(&app).await;
+        eprintln!("run {run}: ready after {ready_after:?} ({warming} answers 'warming up'), {ok}/30 succeeded");
+        assert!(warming > 0, "/ready said ready before the warm workers were warm");
+        // The cold start is 1 s: readiness waited for it.
+        assert!(ready_after >= Duration::from_millis(900), "ready after {ready_after:?}");
+        assert_eq!((ok, timeouts), (30, 0), "run {run}");
+    }
 }

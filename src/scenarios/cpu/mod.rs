@@ -112,6 +112,7 @@ where
             let Some(permit) = state.cpu_pool.try_enter(knobs.cpu_max_concurrency) else {
                 state.guard.count_shed("cpu");
                 return Err(AppError::Shed {
+ retry_after: crate::error::RETRY_SOON,
                     detail: format!(
                         "{} CPU jobs already running (cpu_max_concurrency)",
                         knobs.cpu_max_concurrency
