@@ -36,7 +36,7 @@ export function setup() {
 
 export default function () {
   // 150 ms of work each: 10 workers serve 66/s; 200 users wait 3 s > the 2 s deadline.
-  const res = http.get(`${BASE_URL}/api/worker-pool?work_ms=150`, { tags: { name: 'worker-pool' } });
+  const res = http.get(`${BASE_URL}/api/worker-pool?work_ms=150&deadline_ms=2000`, { tags: { name: 'worker-pool' } });
   succeeded.add(res.status === 200);
   deadlineExceeded.add(res.status === 504);
   check(res, { 'answered': (r) => [200, 503, 504].includes(r.status) });

@@ -30,7 +30,7 @@ pub use crate::proto::worker as pb;
 pub use crate::proto::worker::SERVICE;
 /// `work_ms` 0 means this, as an absent `work_ms` does on `GET /api/worker-pool`. The bounds of
 /// both fields are the HTTP parameters' ([`WORK_MS`], [`DEADLINE_MS`]).
-const WORK_MS_DEFAULT: u32 = 100;
+const WORK_MS_DEFAULT: u32 = crate::scenarios::worker_pool::REPORT_WORK_MS as u32;
 
 /// The gRPC metrics.
 #[derive(Clone)]

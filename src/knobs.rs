@@ -436,8 +436,8 @@ knob_table! {
         env: "REQUEST_DEADLINE_MS",
         range: Int(1, 600_000),
         scenario: "worker-pool",
-        fragile: 2_000, hardened: 2_000,
-        doc: "default deadline of a worker-pool request (a grpc-timeout header or deadline_ms overrides it)",
+        fragile: 30_000, hardened: 30_000,
+        doc: "deadline of a worker-pool request that carries none (the report's longest client deadline; a grpc-timeout header or deadline_ms overrides it)",
     }
     min_warm_workers: u32 {
         env: "MIN_WARM_WORKERS",

@@ -490,7 +490,7 @@ impl Deployments {
             }
             .await;
             match result {
-                Ok(()) => break Ok(()),
+                Ok(claimed) => break Ok(claimed),
                 // The pool is busy: the job keeps its turn and tries again (not an attempt).
                 Err(AppError::PoolTimeout { .. }) => continue,
                 Err(e) if attempt < JOB_ATTEMPTS => {
@@ -504,7 +504,9 @@ impl Deployments {
             }
         };
         match outcome {
-            Ok(()) => self.count(DeployMode::Async, "created"),
+            Ok(true) => self.count(DeployMode::Async, "created"),
+            // Someone completed it first: counted once, by them.
+            Ok(false) => {}
             Err(e) => {
                 let detail = crate::error::error_chain(&e);
                 tracing::error!(deployment = %id, attempts = attempt, error = %detail, "deployment failed");
@@ -777,11 +779,23 @@ async fn accept_async(conn: &mut Conn, new: &NewDeployment) -> Result<Created, s
 /// A worker's transaction for a queued deployment.
 /// Claims the row first (`queued` → `succeeded`): a job that another worker or process already
 /// completed changes nothing.
-async fn complete_queued(conn: &mut Conn, id: &str, work: Duration) -> Result<(), sqlx::Error> {
-    on_conn!(conn, c => {
+/// Returns whether this run completed it (`false`: it was already done, e.g. queued twice by the
+/// sweep racing a worker that had just finished it).
+async fn complete_queued(conn: &mut Conn, id: &str, work: Duration) -> Result<bool, sqlx::Error> {
+    let claimed = on_conn!(conn, c => {
+        // Already done (queued twice: the sweep read it just before a worker finished it)? Then
+        // no work is spent on it. Read before the transaction: on SQLite a read inside it would
+        // have to upgrade to the write lock later, which fails under concurrent writers.
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM deployments WHERE id = $1")
+            .persistent(false)
+            .bind(id)
+            .fetch_optional(&mut **c)
+            .await?;
         let mut tx = sqlx::Connection::begin(&mut **c).await?;
-        // The work first: on SQLite a write would take the database's one write lock for it.
-        tokio::time::sleep(work).await;
+        if status.as_deref() == Some("queued") {
+            // The work first: on SQLite a write would take the database's one write lock for it.
+            tokio::time::sleep(work).await;
+        }
         let claimed = sqlx::query("UPDATE deployments SET status = 'succeeded' WHERE id = $1 AND status = 'queued'").persistent(false)
             .bind(id)
             .execute(&mut *tx)
@@ -793,8 +807,9 @@ async fn complete_queued(conn: &mut Conn, id: &str, work: Duration) -> Result<()
         } else {
             tx.rollback().await?;
         }
+        claimed == 1
     });
-    Ok(())
+    Ok(claimed)
 }
 
 fn location(id: &str) -> HeaderValue {
@@ -825,6 +840,7 @@ async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
                     // Not cancelled with the request: a row committed as `queued` is always
                     // enqueued, even if the client has stopped waiting.
                     let db = state.db.clone();
+                    let deployments = state.deployments.clone();
                     state
                         .lifecycle
                         .spawn(async move {
@@ -832,6 +848,9 @@ async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
                             let created = accept_async(&mut conn, &new).await?;
                             if let Created::New(d) = &created {
                                 reservation.enqueue(d.id.clone());
+                                // Counted here, with the row: a client gone before its 202 still
+                                // has an accepted deployment that will run.
+                                deployments.count(DeployMode::Async, "accepted");
                             }
                             Ok::<_, AppError>(created)
                         })
@@ -852,11 +871,14 @@ async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
     .await;
     match result {
         Ok(Created::New(d)) => {
-            let (status, outcome) = match mode {
-                DeployMode::Sync => (StatusCode::CREATED, "created"),
-                DeployMode::Async => (StatusCode::ACCEPTED, "accepted"),
+            let status = match mode {
+                DeployMode::Sync => {
+                    state.deployments.count(mode, "created");
+                    StatusCode::CREATED
+                }
+                // Counted as accepted where its row was committed.
+                DeployMode::Async => StatusCode::ACCEPTED,
             };
-            state.deployments.count(mode, outcome);
             (status, [(header::LOCATION, location(&d.id))], Json(d)).into_response()
         }
         Ok(Created::Replayed(d)) => {

@@ -49,9 +49,16 @@ pub const DEADLINE_MS: Num<u64> = Num {
     about: "the request's deadline in ms; without it, the grpc-timeout header",
 };
 
+/// The work of one call when the caller names none: the report's setup (200 users, 10 workers,
+/// client deadlines of 5 to 30 s) collapses at it. The queue 200 users make is 200 × 4.5 s / 10
+/// = 90 s, three times the longest deadline, so after the first 10 × ⌊30 s / 4.5 s⌋ = 60 calls
+/// every call queues behind abandoned work and misses its deadline; and 4.5 s fits the shortest
+/// deadline, 5 s, so the report's Option 1 (200 workers, no queue) serves every call.
+pub const REPORT_WORK_MS: u64 = 4_500;
+
 pub const WORK_MS: Num<u64> = Num {
     name: "work_ms",
-    default: Fallback::Value(100),
+    default: Fallback::Value(REPORT_WORK_MS),
     min: 1,
     max: 60_000,
     about: "milliseconds of work on a pool thread",
@@ -584,7 +591,7 @@ const REPRO: Repro = Repro::new(repro_knobs, repro_plan, repro_predict);
 
 /// The knobs `repro worker-pool` sets on top of the profile, to keep the run short and the numbers small.
 fn repro_knobs() -> Value {
-    json!({"worker_pool_size": 4})
+    json!({"worker_pool_size": 4, "request_deadline_ms": 2000})
 }
 
 /// The plan: what `repro worker-pool` sends, at which rates, watching what.

@@ -1,7 +1,8 @@
 //! worker-pool-grpc: the thread-pool report over real gRPC (tonic), on its own port. Measured:
 //! past the pool's capacity every call ends in status 4 DEADLINE_EXCEEDED while the workers
 //! finish abandoned work (fragile); a bounded queue answers RESOURCE_EXHAUSTED at once and no
-//! abandoned work runs (hardened).
+//! abandoned work runs (hardened). And the report's own setup (200 users, client deadlines of
+//! 5 s and 30 s) collapses at the defaults, scaled in time.
 
 use std::time::{Duration, Instant};
 
@@ -192,7 +193,7 @@ async fn bad_arguments_are_invalid_argument_naming_the_field() {
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{req:?}");
         assert!(status.message().contains(field), "{req:?}: {}", status.message());
     }
-    // The default work (100 ms) under the knob's 2 s deadline.
+    // The default work (4.5 s: the report's setup collapses at it) under the knob's 30 s deadline.
     let reply = c
         .work(WorkRequest {
             work_ms: 0,
@@ -202,7 +203,7 @@ async fn bad_arguments_are_invalid_argument_naming_the_field() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((reply.work_ms, reply.deadline_ms), (100, 2000));
+    assert_eq!((reply.work_ms, reply.deadline_ms), (4500, 30_000));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,4 +212,65 @@ async fn the_grpc_port_can_be_turned_off() {
     let (_, index) = app.get_json("/").await;
     assert!(index["grpc"].is_null(), "{index}");
     assert!(chokepoint::settings::Settings::from_flags(["--grpc-port", "http"]).is_err());
+}
+
+/// The report's own setup, every time divided by 10: 200 closed-loop users (no think time),
+/// 10 workers, the default work (4.5 s → 450 ms) and client deadlines of 5 s and 30 s (→ 500 ms
+/// and 3 s), calls started within a minute (→ 6 s) and followed to their end. Returns
+/// (OK, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, other).
+async fn report_setup(app: &TestApp, deadline: Duration) -> (usize, usize, usize, usize) {
+    const USERS: usize = 200;
+    let work = (chokepoint::scenarios::worker_pool::REPORT_WORK_MS / 10) as u32;
+    let window = Duration::from_secs(6);
+    // A few connections, as several client processes would open.
+    let mut channels = vec![];
+    for _ in 0..4 {
+        channels.push(client(app).await);
+    }
+    let end = Instant::now() + window;
+    let users = (0..USERS).map(|i| {
+        let mut c = channels[i % channels.len()].clone();
+        async move {
+            let mut codes = vec![];
+            while Instant::now() < end {
+                let (code, _) = call(&mut c, work, deadline).await;
+                if code == tonic::Code::ResourceExhausted {
+                    // Refused at once: a breath before the next call keeps the test's CPU bounded.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                codes.push(code);
+            }
+            codes
+        }
+    });
+    let codes: Vec<tonic::Code> = futures::future::join_all(users).await.into_iter().flatten().collect();
+    let n = |c| codes.iter().filter(|x| **x == c).count();
+    let (ok, late, refused) = (
+        n(tonic::Code::Ok),
+        n(tonic::Code::DeadlineExceeded),
+        n(tonic::Code::ResourceExhausted),
+    );
+    (ok, late, refused, codes.len() - ok - late - refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reports_setup_collapses_at_the_defaults_and_both_cures_serve() {
+    let share = |part: usize, of: (usize, usize, usize, usize)| part as f64 / (of.0 + of.1 + of.2 + of.3) as f64;
+    for deadline in [Duration::from_millis(500), Duration::from_secs(3)] {
+        // Fragile at its defaults (10 workers): most calls end DEADLINE_EXCEEDED.
+        let fragile = report_setup(&spawn_app(Db::Sqlite, &[]).await, deadline).await;
+        // Option 1 of the report: 200 workers, no queue.
+        let option1 = report_setup(&spawn_app(Db::Sqlite, &["--worker-pool-size", "200"]).await, deadline).await;
+        // Hardened: 20 workers, a bounded queue, deadline-aware admission.
+        let hardened = report_setup(&spawn_app(Db::Sqlite, &["--profile", "hardened"]).await, deadline).await;
+        eprintln!(
+            "report setup /10, deadline {deadline:?} (OK, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, other): fragile {fragile:?}, 200 workers {option1:?}, hardened {hardened:?}"
+        );
+        assert!(share(fragile.1, fragile) >= 0.8, "fragile {fragile:?}");
+        assert!(share(option1.0, option1) >= 0.95, "200 workers {option1:?}");
+        // Hardened: nothing late (a thread woken late may cut the odd call), and more served.
+        assert!(share(hardened.1, hardened) <= 0.005, "hardened {hardened:?}");
+        assert!(hardened.0 >= fragile.0, "hardened served {} < fragile {}", hardened.0, fragile.0);
+        assert_eq!((fragile.3, option1.3, hardened.3), (0, 0, 0), "unexpected codes");
+    }
 }
