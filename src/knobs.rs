@@ -215,6 +215,13 @@ knob_table! {
         fragile: 2, hardened: 2,
         doc: "offload mode: CPU jobs running at once; more are shed with 503",
     }
+    cpu_queue_max: u32 {
+        env: "CPU_QUEUE_MAX",
+        range: Int(0, 10_000),
+        scenario: "cpu",
+        fragile: 0, hardened: 2,
+        doc: "offload mode: CPU jobs allowed to wait for a slot, so a freed slot is taken at once and the cores never idle while work is offered; more are shed with 503 (0 = none wait)",
+    }
     max_in_flight: u32 {
         env: "MAX_IN_FLIGHT",
         range: Int(0, 100_000),

@@ -232,7 +232,7 @@ impl DownstreamClient {
         let Some(_permit) = self.bulkhead.try_enter(knobs.downstream_max_concurrency) else {
             self.metrics.bulkhead_rejections.inc();
             return Err(AppError::Shed {
- retry_after: crate::error::RETRY_SOON,
+                retry_after: crate::error::RETRY_SOON,
                 detail: format!(
                     "{} downstream calls already in flight (downstream_max_concurrency)",
                     knobs.downstream_max_concurrency

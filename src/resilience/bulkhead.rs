@@ -1,5 +1,7 @@
 //! Bulkhead: at most `limit` holders at once; the next one is refused at once instead of queued
-//! (that queue is the collapse). Used for CPU offload, downstream calls and global load shedding.
+//! (that queue is the collapse), or, with [`Bulkhead::enter_or_wait`], waits in a short bounded
+//! queue so a freed slot is taken at once (goodput: the slots never idle while work is offered).
+//! Used for CPU offload, downstream calls and global load shedding.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -8,6 +10,10 @@ use prometheus::IntGauge;
 
 pub struct Bulkhead {
     in_use: AtomicU32,
+    /// Callers waiting in [`Bulkhead::enter_or_wait`].
+    waiting: AtomicU32,
+    /// Woken when a permit is dropped.
+    freed: tokio::sync::Notify,
     gauge: Option<IntGauge>,
 }
 
@@ -20,8 +26,44 @@ impl Bulkhead {
     pub fn new(gauge: Option<IntGauge>) -> Arc<Self> {
         Arc::new(Self {
             in_use: AtomicU32::new(0),
+            waiting: AtomicU32::new(0),
+            freed: tokio::sync::Notify::new(),
             gauge,
         })
+    }
+
+    /// Enters like [`Bulkhead::try_enter`], or waits for a slot if fewer than `queue_max`
+    /// callers are waiting already; `None` (refused at once) when the queue is full too. The
+    /// wait ends when a permit is dropped (the caller's own timeout bounds it); a caller that
+    /// is cancelled while waiting leaves the queue.
+    pub async fn enter_or_wait(self: &Arc<Self>, limit: u32, queue_max: u32) -> Option<Permit> {
+        if let Some(p) = self.try_enter(limit) {
+            return Some(p);
+        }
+        let joined = self
+            .waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < queue_max).then_some(n + 1))
+            .is_ok();
+        if !joined {
+            return None;
+        }
+        struct Leave<'a>(&'a AtomicU32);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _leave = Leave(&self.waiting);
+        loop {
+            // Registered before the retry, so a permit dropped in between still wakes us.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(p) = self.try_enter(limit) {
+                return Some(p);
+            }
+            freed.await;
+        }
     }
 
     /// Enters if fewer than `limit` are inside (`limit == 0` means unlimited).
@@ -45,6 +87,7 @@ impl Bulkhead {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.bulkhead.in_use.fetch_sub(1, Ordering::SeqCst);
+        self.bulkhead.freed.notify_one();
         if let Some(g) = &self.bulkhead.gauge {
             g.dec();
         }

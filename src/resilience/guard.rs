@@ -190,7 +190,7 @@ impl Guard {
             self.count_shed("in_flight");
             return Admission::Refused(
                 AppError::Shed {
- retry_after: crate::error::RETRY_SOON,
+                    retry_after: crate::error::RETRY_SOON,
                     detail: format!("{} requests already in flight (max_in_flight)", knobs.max_in_flight),
                 }
                 .into_response(),

@@ -113,7 +113,11 @@ impl Drain {
         let work_ms = k.deploy_work_ms.max(1);
         let queue_max = match k.deploy_queue_max {
             0 => {
-                let budget = if k.deploy_timeout_ms > 0 { k.deploy_timeout_ms } else { DEFAULT_BUDGET_MS };
+                let budget = if k.deploy_timeout_ms > 0 {
+                    k.deploy_timeout_ms
+                } else {
+                    DEFAULT_BUDGET_MS
+                };
                 (running * (1 + budget / work_ms)).min(QUEUE_MAX_CEILING) as u32
             }
             n => n,

@@ -68,7 +68,9 @@ async fn ready(State(state): State<AppState>) -> Response {
     if let Some((warm, wanted)) = state.elastic.warming(&state.knobs.current()) {
         return AppError::Unavailable {
             code: "not_ready",
-            detail: format!("warming up: {warm} of {wanted} warm workers (min_warm_workers) have finished their cold start"),
+            detail: format!(
+                "warming up: {warm} of {wanted} warm workers (min_warm_workers) have finished their cold start"
+            ),
         }
         .into_response();
     }
@@ -157,9 +159,13 @@ fn operations() -> Vec<Op> {
             ]),
         ),
         Op::new("get", "/health", "Liveness").ok(200, "alive", obj(&[("status", string()), ("timestamp", num())])),
-        Op::new("get", "/ready", "Readiness: database reachable, the warm minimum (min_warm_workers) started, not draining")
-            .ok(200, "ready", obj(&[("status", string()), ("database", string())]))
-            .fails(503, "draining for shutdown or database unreachable (not_ready)"),
+        Op::new(
+            "get",
+            "/ready",
+            "Readiness: database reachable, the warm minimum (min_warm_workers) started, not draining",
+        )
+        .ok(200, "ready", obj(&[("status", string()), ("database", string())]))
+        .fails(503, "draining for shutdown or database unreachable (not_ready)"),
         Op::new("get", "/api/ping", "The canary for unrelated-route latency").ok(
             200,
             "pong",

@@ -273,7 +273,9 @@ impl WorkerPool {
         if queue_max > 0 && q.jobs.len() >= queue_max as usize + free_workers {
             return Err(JobError::Shed {
                 queue_max,
-                retry_after: q.start_of_next(alive, Instant::now()).saturating_duration_since(Instant::now()),
+                retry_after: q
+                    .start_of_next(alive, Instant::now())
+                    .saturating_duration_since(Instant::now()),
             });
         }
         if job.check_deadline {

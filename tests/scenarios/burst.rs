@@ -249,7 +249,9 @@ async fn async_acceptance_drains_at_the_pools_speed_and_retry_after_brings_the_r
         .map(|r| r.3["retry-after"].to_str().unwrap().parse().unwrap())
         .collect();
     assert!(after.iter().all(|a| (1..=3).contains(a)), "Retry-After {after:?}");
-    assert!(refused.iter().all(|r| r.2["error"] == "shed" && r.2["retry_after_ms"].as_u64() >= Some(900)));
+    assert!(refused
+        .iter()
+        .all(|r| r.2["error"] == "shed" && r.2["retry_after_ms"].as_u64() >= Some(900)));
 
     // Goodput inside the same timeout + work: at least what sync completed, and ≥ 90% of 25/s.
     let done_by = |ms: u64| {
@@ -267,7 +269,12 @@ async fn async_acceptance_drains_at_the_pools_speed_and_retry_after_brings_the_r
     };
     assert!(
         eventually(Duration::from_secs(10), || async {
-            pg_count(&app, "SELECT count(*) FROM deployments WHERE name LIKE 'async-%' AND status = 'queued'").await == 0
+            pg_count(
+                &app,
+                "SELECT count(*) FROM deployments WHERE name LIKE 'async-%' AND status = 'queued'",
+            )
+            .await
+                == 0
         })
         .await,
         "the accepted deployments drained"
@@ -314,11 +321,19 @@ async fn async_acceptance_drains_at_the_pools_speed_and_retry_after_brings_the_r
             .map(|((i, _), r)| (*i, r.3["retry-after"].to_str().unwrap().parse().unwrap()))
             .collect();
     }
-    assert!(pending.is_empty(), "{} still refused after {rounds} rounds", pending.len());
+    assert!(
+        pending.is_empty(),
+        "{} still refused after {rounds} rounds",
+        pending.len()
+    );
     // Nothing lost: every accepted deployment ends `succeeded`, one per key.
     assert!(
         eventually(Duration::from_secs(10), || async {
-            pg_count(&app, "SELECT count(*) FROM deployments WHERE name LIKE 'async-%' AND status = 'succeeded'").await
+            pg_count(
+                &app,
+                "SELECT count(*) FROM deployments WHERE name LIKE 'async-%' AND status = 'succeeded'",
+            )
+            .await
                 == CLIENTS as i64
         })
         .await,

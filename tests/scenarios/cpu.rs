@@ -25,13 +25,13 @@ async fn inline_cpu_work_slows_the_health_probe() {
     health_latency(&app, 5).await; // warm the connection
     let idle = health_latency(&app, 30).await;
 
-    // Act: 4 clients keep both workers computing fib(32), bounded in time and count.
+    // Act: 6 clients keep both workers computing fib(32), bounded in time and count.
     let (loaded, cpu_requests, shed) = health_under_cpu_load(&app).await;
 
     // Assert: the probe is at least 5x slower while the workers compute.
     let ratio = loaded.as_secs_f64() / idle.as_secs_f64();
-    eprintln!("idle {idle:?}, loaded {loaded:?}, ratio {ratio:.1}, cpu requests {cpu_requests}");
-    assert!(cpu_requests > 4, "the load never ran");
+    eprintln!("idle {idle:?}, loaded {loaded:?}, ratio {ratio:.1}, cpu requests {cpu_requests:.1}/s");
+    assert!(cpu_requests > 0.5, "the load never ran");
     assert_eq!(shed, 0, "the fragile profile never sheds");
     assert!(
         ratio >= 5.0,
@@ -46,11 +46,11 @@ async fn inline_cpu_work_slows_the_health_probe() {
     );
 }
 
-/// Keeps 4 clients on fib(32) for the duration of a `/health` measurement; returns the loaded
+/// Returns (the loaded probe's latency, fib(32) served per second, shed). Keeps 6 clients on fib(32) for the duration of a `/health` measurement; returns the loaded
 /// median and how many CPU requests were (answered 200, shed with 503).
-async fn health_under_cpu_load(app: &TestApp) -> (Duration, usize, usize) {
+async fn health_under_cpu_load(app: &TestApp) -> (Duration, f64, usize) {
     let stop = Arc::new(AtomicBool::new(false));
-    let load: Vec<_> = (0..4)
+    let load: Vec<_> = (0..6)
         .map(|_| {
             let (stop, client, url) = (
                 stop.clone(),
@@ -75,8 +75,12 @@ async fn health_under_cpu_load(app: &TestApp) -> (Duration, usize, usize) {
             })
         })
         .collect();
+    let started = Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let loaded = health_latency(app, 30).await;
+    // At least 3 s of load, so the served rate is measured over whole jobs.
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(started.elapsed())).await;
+    let window = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     let (mut ok, mut shed) = (0, 0);
     for h in load {
@@ -84,7 +88,7 @@ async fn health_under_cpu_load(app: &TestApp) -> (Duration, usize, usize) {
         ok += o;
         shed += s;
     }
-    (loaded, ok, shed)
+    (loaded, ok as f64 / window.as_secs_f64(), shed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,14 +104,15 @@ async fn offload_keeps_the_health_probe_fast_under_the_same_load() {
     app.switch_profile("hardened").await;
     let (hardened, hardened_ok, hardened_shed) = health_under_cpu_load(&app).await;
 
-    // Assert: the probe's slowdown drops by at least 3x; excess CPU work is shed, not queued.
+    // Assert: the probe's slowdown drops by at least 3x; only the excess CPU work is shed (2
+    // slots + 2 waiting, 6 clients), and the cores stay as busy as inline: goodput kept.
     let (r_fragile, r_hardened) = (
         fragile.as_secs_f64() / idle.as_secs_f64(),
         hardened.as_secs_f64() / idle.as_secs_f64(),
     );
     eprintln!(
-        "idle {idle:?}; fragile {fragile:?} (x{r_fragile:.1}, {fragile_ok} ok, {fragile_shed} shed); \
-         hardened {hardened:?} (x{r_hardened:.1}, {hardened_ok} ok, {hardened_shed} shed)"
+        "idle {idle:?}; fragile {fragile:?} (x{r_fragile:.1}, {fragile_ok:.1} ok/s, {fragile_shed} shed); \
+         hardened {hardened:?} (x{r_hardened:.1}, {hardened_ok:.1} ok/s, {hardened_shed} shed)"
     );
     assert_eq!(fragile_shed, 0, "fragile never sheds");
     assert!(r_fragile >= 5.0, "fragile probe ratio only {r_fragile:.1}");
@@ -115,8 +120,14 @@ async fn offload_keeps_the_health_probe_fast_under_the_same_load() {
         r_hardened * 3.0 <= r_fragile,
         "hardened ratio {r_hardened:.1} vs fragile {r_fragile:.1}"
     );
-    assert!(hardened_ok > 0, "offloaded work still completes");
-    assert!(hardened_shed > 0, "4 clients over a cap of 2: some work must be shed");
+    assert!(hardened_ok > 0.0, "offloaded work still completes");
+    assert!(hardened_shed > 0, "6 clients over 2 slots and 2 waiting: some work must be shed");
+    // Goodput: fib(32) served per second, on the same two cores, at least 90% of inline's (the
+    // waiting jobs take a freed slot at once; nothing idles between a refusal and a retry).
+    assert!(
+        hardened_ok >= 0.9 * fragile_ok,
+        "hardened served {hardened_ok:.1} fib(32)/s, fragile {fragile_ok:.1}/s"
+    );
     assert!(app.metric(r#"requests_shed_total{reason="cpu"}"#).await >= hardened_shed as f64);
 }
 

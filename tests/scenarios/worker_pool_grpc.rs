@@ -270,7 +270,12 @@ async fn the_reports_setup_collapses_at_the_defaults_and_both_cures_serve() {
         assert!(share(option1.0, option1) >= 0.95, "200 workers {option1:?}");
         // Hardened: nothing late (a thread woken late may cut the odd call), and more served.
         assert!(share(hardened.1, hardened) <= 0.005, "hardened {hardened:?}");
-        assert!(hardened.0 >= fragile.0, "hardened served {} < fragile {}", hardened.0, fragile.0);
+        assert!(
+            hardened.0 >= fragile.0,
+            "hardened served {} < fragile {}",
+            hardened.0,
+            fragile.0
+        );
         assert_eq!((fragile.3, option1.3, hardened.3), (0, 0, 0), "unexpected codes");
     }
 }

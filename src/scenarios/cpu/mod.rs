@@ -109,13 +109,17 @@ where
     let ((out, cpu), mode) = match knobs.cpu_mode {
         CpuMode::Inline => (job(), "inline"),
         CpuMode::Offload => {
-            let Some(permit) = state.cpu_pool.try_enter(knobs.cpu_max_concurrency) else {
+            let entered = state
+                .cpu_pool
+                .enter_or_wait(knobs.cpu_max_concurrency, knobs.cpu_queue_max)
+                .await;
+            let Some(permit) = entered else {
                 state.guard.count_shed("cpu");
                 return Err(AppError::Shed {
- retry_after: crate::error::RETRY_SOON,
+                    retry_after: crate::error::RETRY_SOON,
                     detail: format!(
-                        "{} CPU jobs already running (cpu_max_concurrency)",
-                        knobs.cpu_max_concurrency
+                        "{} CPU jobs already running (cpu_max_concurrency) and {} waiting (cpu_queue_max)",
+                        knobs.cpu_max_concurrency, knobs.cpu_queue_max
                     ),
                 });
             };
