@@ -318,7 +318,7 @@ function renderRun(snap) {
   if (run.result) {
     const r = run.result;
     const failures = Object.entries(r.failures || {}).map(([k, n]) => `${n} × ${k}`).join(', ') || 'none';
-    parts.push(`<span class="figures" data-run-result>result: ${r.ok} of ${r.requests} succeeded (${fmt(r.throughput_rps)} req/s), failures ${escapeHtml(failures)}; p50 ${fmt(r.p50_ms)} ms, p95 ${fmt(r.p95_ms)} ms, p99 ${fmt(r.p99_ms)} ms</span>`);
+    parts.push(`<span class="figures" data-run-result>result: ${r.ok} of ${r.requests} succeeded (${fmt(r.throughput_rps)} req/s answered), completed <b data-run-goodput>${fmt(r.goodput_rps)}</b>/s, failures ${escapeHtml(failures)}; p50 ${fmt(r.p50_ms)} ms, p95 ${fmt(r.p95_ms)} ms, p99 ${fmt(r.p99_ms)} ms</span>`);
     const watched = Object.entries(r.metrics || {}).map(([k, v]) => `${k} ${fmt(v)}`).join(', ');
     if (watched) parts.push(`<span class="muted">watched (a gauge's peak, a counter's increase): ${escapeHtml(watched)}</span>`);
   }

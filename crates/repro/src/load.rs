@@ -39,6 +39,10 @@ pub struct StageResult {
     pub max_ms: Option<f64>,
     /// Successful responses per second of the stage.
     pub throughput_rps: f64,
+    /// Work completed per second (goodput): the throughput, or where an answer only promises
+    /// the work (an async 202), the plan's `completed` counter's increase per second of the
+    /// stage.
+    pub goodput_rps: f64,
     /// The canary's p95 during the stage, when the scenario has one.
     pub canary_p95_ms: Option<f64>,
     /// The watched metrics: a gauge's maximum, a counter's increase.
@@ -248,6 +252,10 @@ pub async fn run_stage(
         None => None,
     };
     let after = lab.metrics().await;
+    let goodput = plan.completed.map(|series| {
+        let done = after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0);
+        done / elapsed.as_secs_f64().max(1e-3)
+    });
     let mut metrics = BTreeMap::new();
     for w in &plan.watches {
         let v = if w.counter {
@@ -281,6 +289,7 @@ pub async fn run_stage(
         p99_ms: q(0.99),
         max_ms: (!hist.is_empty()).then(|| (hist.max() as f64 / 1e3 * 100.0).round() / 100.0),
         throughput_rps: ((ok as f64 / window) * 100.0).round() / 100.0,
+        goodput_rps: (goodput.unwrap_or(ok as f64 / window) * 100.0).round() / 100.0,
         canary_p95_ms: canary_p95.map(|v| (v * 100.0).round() / 100.0),
         metrics,
         interrupted,

@@ -143,6 +143,10 @@ pub struct Plan {
     /// Requests in flight at most; beyond it a request is not sent and counts as `dropped`
     /// (the generator's own safety cap: bounded tasks and sockets).
     pub max_in_flight: u64,
+    /// A counter of the lab's that counts completed work, when an answer is not the work done
+    /// (an async 202 only promises it): its increase over the stage per second is the stage's
+    /// goodput. `None`: the work is done when the answer is a success (goodput = throughput).
+    pub completed: Option<&'static str>,
 }
 
 impl Plan {
@@ -159,6 +163,7 @@ impl Plan {
             settle: std::time::Duration::ZERO,
             after_run: None,
             max_in_flight: MAX_IN_FLIGHT,
+            completed: None,
         }
     }
 }

@@ -42,7 +42,7 @@ fn stage_table(run: &Run) -> String {
         .unwrap_or_default();
     let _ = write!(
         out,
-        "| offered req/s | requests | ok | failed | p50 ms | p95 ms | p99 ms | max ms | throughput req/s |"
+        "| offered req/s | requests | ok | failed | p50 ms | p95 ms | p99 ms | max ms | answered ok/s | failed/s | completed/s |"
     );
     if has_canary {
         out.push_str(" canary p95 ms |");
@@ -51,12 +51,12 @@ fn stage_table(run: &Run) -> String {
         let _ = write!(out, " {m} |");
     }
     out.push('\n');
-    out.push_str(&"|---".repeat(9 + usize::from(has_canary) + metric_names.len()));
+    out.push_str(&"|---".repeat(11 + usize::from(has_canary) + metric_names.len()));
     out.push_str("|\n");
     for s in &run.stages {
         let _ = write!(
             out,
-            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {:.1} |",
+            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} |",
             s.offered_rps,
             if s.interrupted { " (interrupted)" } else { "" },
             s.requests,
@@ -66,7 +66,9 @@ fn stage_table(run: &Run) -> String {
             ms(s.p95_ms),
             ms(s.p99_ms),
             ms(s.max_ms),
-            s.throughput_rps
+            s.throughput_rps,
+            s.failed() as f64 / s.seconds.max(1e-3),
+            s.goodput_rps
         );
         if has_canary {
             let _ = write!(out, " {} |", ms(s.canary_p95_ms));
@@ -106,10 +108,10 @@ fn run_section(run: &Run) -> String {
 fn side_by_side(report: &Report) -> String {
     let mut out = String::from("### Side by side\n\n| offered req/s |");
     for r in &report.runs {
-        let _ = write!(out, " {0} ok | {0} failed | {0} p95 ms | {0} req/s |", r.profile);
+        let _ = write!(out, " {0} ok | {0} failed | {0} p95 ms | {0} ok/s | {0} completed/s |", r.profile);
     }
     out.push('\n');
-    out.push_str(&"|---".repeat(1 + 4 * report.runs.len()));
+    out.push_str(&"|---".repeat(1 + 5 * report.runs.len()));
     out.push_str("|\n");
     let n = report.runs.iter().map(|r| r.stages.len()).max().unwrap_or(0);
     for i in 0..n {
@@ -124,14 +126,15 @@ fn side_by_side(report: &Report) -> String {
                 Some(s) => {
                     let _ = write!(
                         out,
-                        " {} | {} | {} | {:.1} |",
+                        " {} | {} | {} | {:.1} | {:.1} |",
                         s.ok,
                         s.failed(),
                         ms(s.p95_ms),
-                        s.throughput_rps
+                        s.throughput_rps,
+                        s.goodput_rps
                     );
                 }
-                None => out.push_str(" – | – | – | – |"),
+                None => out.push_str(" – | – | – | – | – |"),
             }
         }
         out.push('\n');

@@ -111,6 +111,7 @@ mod tests {
             p99_ms: Some(p95 * 1.2),
             max_ms: Some(p95 * 1.5),
             throughput_rps: served,
+            goodput_rps: served,
             canary_p95_ms: None,
             metrics: BTreeMap::from([("db_pool_waiting".to_string(), waiting)]),
             interrupted: false,
@@ -133,6 +134,7 @@ mod tests {
             settle: std::time::Duration::ZERO,
             after_run: None,
             max_in_flight: 10,
+            completed: None,
         };
         let prediction = Prediction {
             capacity_rps: Some(20.0),
