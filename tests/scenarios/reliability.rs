@@ -293,6 +293,9 @@ async fn start_binary(nofile: u32, env: &[(&str, &str)]) -> Proc {
 async fn silent_sockets_never_lock_out_the_observer_routes() {
     for profile in ["fragile", "hardened"] {
         let app = start_binary(1024, &[("PROFILE", profile)]).await;
+        // Ready first (hardened's warm workers take their cold start), as a kubelet would wait.
+        let ready = format!("{}/ready", app.base);
+        crate::common::wait_200(&reqwest::Client::new(), &ready, "never ready").await;
         let addr = app.base.trim_start_matches("http://").to_string();
         let mut silent = Vec::new();
         for _ in 0..1100 {
