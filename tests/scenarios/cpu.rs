@@ -121,7 +121,10 @@ async fn offload_keeps_the_health_probe_fast_under_the_same_load() {
         "hardened ratio {r_hardened:.1} vs fragile {r_fragile:.1}"
     );
     assert!(hardened_ok > 0.0, "offloaded work still completes");
-    assert!(hardened_shed > 0, "6 clients over 2 slots and 2 waiting: some work must be shed");
+    assert!(
+        hardened_shed > 0,
+        "6 clients over 2 slots and 2 waiting: some work must be shed"
+    );
     // Goodput: fib(32) served per second, on the same two cores, at least 90% of inline's (the
     // waiting jobs take a freed slot at once; nothing idles between a refusal and a retry).
     assert!(

@@ -108,7 +108,11 @@ fn run_section(run: &Run) -> String {
 fn side_by_side(report: &Report) -> String {
     let mut out = String::from("### Side by side\n\n| offered req/s |");
     for r in &report.runs {
-        let _ = write!(out, " {0} ok | {0} failed | {0} p95 ms | {0} ok/s | {0} completed/s |", r.profile);
+        let _ = write!(
+            out,
+            " {0} ok | {0} failed | {0} p95 ms | {0} ok/s | {0} completed/s |",
+            r.profile
+        );
     }
     out.push('\n');
     out.push_str(&"|---".repeat(1 + 5 * report.runs.len()));
