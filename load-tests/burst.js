@@ -112,7 +112,7 @@ export function teardown(data) {
     `${d('sync/timeout')} timed out, ${acceptedN} accepted, ${d('async/queue_full')} refused with Retry-After, ` +
     `${failed} accepted and failed`);
   const lost = acceptedN - d('async/created') - failed;
-  if (now.queue > 0 || now.busy > 0 || lost !== 0 || failed !== 0) {
+  if (now.queue > 0 || now.busy > 0 || lost > 0 || failed !== 0) {
     throw new Error(`accepted deployments not completed: ${lost} unaccounted, ${failed} failed, ` +
       `queue ${now.queue}, busy ${now.busy} after the drain wait`);
   }

@@ -41,7 +41,8 @@ run() {
        --only-summary --exit-code-on-error 0 --loglevel WARNING > "$work/$name.log" 2>&1; then
     log "$name: checks held"
   else
-    log "$name: FAILED"
+    log "$name: FAILED; the lab's warnings and errors:"
+    grep -E "WARN|ERROR" "$work/$name.lab.log" | tail -20 || true
     failed+=("$name")
   fi
   awk '/^[a-z-]+ \(/ {show=1; print; next} show && /^  (ok|FAIL) / {print; next} {show=0}' "$work/$name.log"

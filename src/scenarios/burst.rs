@@ -761,7 +761,14 @@ async fn create_sync(conn: &mut Conn, new: &NewDeployment, work: Duration) -> Re
 }
 
 /// The asynchronous acceptance: one short transaction writes the `queued` row.
-async fn accept_async(conn: &mut Conn, new: &NewDeployment) -> Result<Created, sqlx::Error> {
+/// `committed` runs the moment the `queued` row is committed, before the row is read back for
+/// the answer: a read-back that fails must not leave an accepted deployment out of the queue
+/// (the sweep would find it later and it would complete uncounted as accepted).
+async fn accept_async(
+    conn: &mut Conn,
+    new: &NewDeployment,
+    committed: impl FnOnce(&str),
+) -> Result<Created, sqlx::Error> {
     if let Some(key) = &new.idempotency_key {
         if let Some(existing) = find_by_key(conn, key).await? {
             return Ok(Created::Replayed(existing));
@@ -777,6 +784,9 @@ async fn accept_async(conn: &mut Conn, new: &NewDeployment) -> Result<Created, s
         tx.commit().await?;
         inserted
     });
+    if inserted {
+        committed(&id);
+    }
     created_or_replayed(conn, inserted, &id, new).await
 }
 
@@ -849,13 +859,13 @@ async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
                         .lifecycle
                         .spawn(async move {
                             let (mut conn, _) = db.acquire(acquire).await?;
-                            let created = accept_async(&mut conn, &new).await?;
-                            if let Created::New(d) = &created {
-                                reservation.enqueue(d.id.clone());
-                                // Counted here, with the row: a client gone before its 202 still
-                                // has an accepted deployment that will run.
+                            // Queued and counted with the row: a client gone before its 202,
+                            // or a failed read-back, still has an accepted deployment that runs.
+                            let created = accept_async(&mut conn, &new, |id| {
+                                reservation.enqueue(id.to_string());
                                 deployments.count(DeployMode::Async, "accepted");
-                            }
+                            })
+                            .await?;
                             Ok::<_, AppError>(created)
                         })
                         .await
