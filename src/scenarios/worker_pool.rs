@@ -677,6 +677,15 @@ fn grpc_repro_predict(config: &RunConfig, _cpu_ms: Option<f64>) -> Prediction {
     )
 }
 
+/// The refusal's text when a job could not finish before its deadline.
+pub(crate) fn would_miss(starts_in: Duration, deadline: Duration, work_ms: u64) -> String {
+    format!(
+        "the work queued ahead starts this job in {} ms; with {work_ms} ms of work it would end after its {} ms deadline: refused now (worker_deadline_check)",
+        starts_in.as_millis(),
+        deadline.as_millis()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -704,13 +713,4 @@ mod tests {
         }
         assert_eq!(pool.threads(), 1);
     }
-}
-
-/// The refusal's text when a job could not finish before its deadline.
-pub(crate) fn would_miss(starts_in: Duration, deadline: Duration, work_ms: u64) -> String {
-    format!(
-        "the work queued ahead starts this job in {} ms; with {work_ms} ms of work it would end after its {} ms deadline: refused now (worker_deadline_check)",
-        starts_in.as_millis(),
-        deadline.as_millis()
-    )
 }
