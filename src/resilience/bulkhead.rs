@@ -87,7 +87,11 @@ impl Bulkhead {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.bulkhead.in_use.fetch_sub(1, Ordering::SeqCst);
-        self.bulkhead.freed.notify_one();
+        // Only when someone waits: every request's in-flight permit ends here. A waiter counts
+        // itself before its last try, so a slot freed after that try sees it.
+        if self.bulkhead.waiting.load(Ordering::SeqCst) > 0 {
+            self.bulkhead.freed.notify_one();
+        }
         if let Some(g) = &self.bulkhead.gauge {
             g.dec();
         }

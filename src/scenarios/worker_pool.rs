@@ -270,17 +270,16 @@ impl WorkerPool {
         let mut q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
         let alive = self.shared.alive.load(Ordering::SeqCst) as usize;
         let free_workers = alive.saturating_sub(q.running);
-        if queue_max > 0 && q.jobs.len() >= queue_max as usize + free_workers {
-            return Err(JobError::Shed {
-                queue_max,
-                retry_after: q
-                    .start_of_next(alive, Instant::now())
-                    .saturating_duration_since(Instant::now()),
-            });
-        }
-        if job.check_deadline {
+        let full = queue_max > 0 && q.jobs.len() >= queue_max as usize + free_workers;
+        if full || job.check_deadline {
             let now = Instant::now();
             let start = q.start_of_next(alive, now);
+            if full {
+                return Err(JobError::Shed {
+                    queue_max,
+                    retry_after: start.saturating_duration_since(now),
+                });
+            }
             if start + job.work + ADMIT_MARGIN > job.deadline {
                 return Err(JobError::WouldMissDeadline {
                     starts_in: start.saturating_duration_since(now),
