@@ -28,6 +28,7 @@ EXERCISE = [
     ("GET", "/api/cpu-intensive?complexity=5"),
     ("GET", "/api/memory-spike?size_mb=1"),
     ("GET", "/api/db/hold?ms=5"),
+    ("GET", "/api/expensive-query?iterations=1"),
     ("GET", "/api/worker-pool?work_ms=5"),
     ("GET", "/api/cold-start?work_ms=5"),
     ("GET", "/api/deliver"),

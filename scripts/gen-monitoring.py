@@ -180,6 +180,24 @@ ROWS = [
             q("sum(rate(db_pool_acquire_timeouts_total[1m]))", "acquire timeouts/s"),
         ], "+L per round trip: the pool's capacity falls to pool / (hold + round trips × L)."),
     ]),
+    (("pool-too-big",), [
+        ("CPU-bound queries on the database", "short", [
+            q("sum(db_cpu_queries_running)", "running"),
+            q('sum(db_pool_connections{state="in_use"})', "connections in use"),
+        ], "Past the server's cores x 2 a bigger pool only puts more queries on the same cores (db_cpu_query_slots caps them)."),
+        ("CPU-bound query time p95 by phase", "s", [
+            q("histogram_quantile(0.95, sum by (phase, le) (rate(db_cpu_query_seconds_bucket[1m])))", "{{phase}}")],
+         "wait: in the app for a slot; run: on the database, which grows with the queries sharing its cores."),
+    ]),
+    (("adaptive-limit",), [
+        ("Adaptive concurrency limit by group", "short", [
+            q("max by (group) (concurrency_limit)", "limit {{group}}"),
+            q('sum(rate(requests_shed_total{reason="concurrency_limit"}[1m]))', "shed/s"),
+        ], "concurrency_limit = aimd | gradient: the limit found from latency (no capacity given), and what it refuses."),
+        ("Adaptive limit latency", "s", [
+            q("max by (group, kind) (concurrency_limit_rtt_seconds)", "{{group}} {{kind}}")],
+         "The no-queue baseline and the last window's mean: above 1.1x the baseline the limit comes down."),
+    ]),
     (("worker-pool-grpc",), [
         ("gRPC calls/s by code", "reqps", [
             q("sum by (grpc_method, grpc_code) (rate(grpc_server_handled_total[1m]))", "{{grpc_method}} {{grpc_code}}")],

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Runs the scripts that need a sick PostgreSQL link, load-tests/slow-link.js and
-# load-tests/poisoned-pool.js, the way their scenarios need them: the release binary with
-# LINK_PROXY=true against a fresh database on the PostgreSQL at 127.0.0.1:5432, once per profile
-# and script (a fresh process each), SMOKE=1 unless SMOKE=0 is given. Each script slows the
-# PostgreSQL link in its setup and clears it in its teardown. All must hold their thresholds.
-# Usage: scripts/k6-slow-link.sh [path/to/chokepoint]
+# Runs the scripts that need PostgreSQL the way their scenarios need it: load-tests/slow-link.js
+# and load-tests/poisoned-pool.js with LINK_PROXY=true (each slows the PostgreSQL link in its
+# setup and clears it in its teardown), and load-tests/pool-too-big.js with the burst report's
+# "raise the pool" advice (DB_POOL_SIZE=64 DB_MAX_OVERFLOW=0). The release binary against a fresh
+# database on the PostgreSQL at 127.0.0.1:5432, once per profile and script (a fresh process
+# each), SMOKE=1 unless SMOKE=0 is given. All must hold their thresholds.
+# Usage: scripts/k6-slow-link.sh [path/to/chokepoint]   (SCRIPTS="pool-too-big" runs a subset)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$(realpath "${1:-target/release/chokepoint}")
@@ -28,10 +29,14 @@ trap cleanup EXIT
 psql "$PGURL" -qc "create database $db" >/dev/null
 
 failed=()
-for script in slow-link poisoned-pool; do
+for script in ${SCRIPTS:-slow-link poisoned-pool pool-too-big}; do
+  case $script in
+    pool-too-big) lab_env=(DB_POOL_SIZE=64 DB_MAX_OVERFLOW=0) ;;
+    *) lab_env=(LINK_PROXY=true) ;;
+  esac
   for profile in fragile hardened; do
     start_lab "$BIN" "$work/$profile-$script.log" DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db" \
-      LINK_PROXY=true PROFILE="$profile" || die "the lab did not start"
+      "${lab_env[@]}" PROFILE="$profile" || die "the lab did not start"
     start=$(date +%s)
     if k6 run --quiet --no-usage-report -e SMOKE="${SMOKE:-1}" -e PROFILE="$profile" -e BASE_URL="$LAB_URL" \
          "load-tests/$script.js" > "$work/k6-$profile-$script.log" 2>&1; then
@@ -46,4 +51,4 @@ for script in slow-link poisoned-pool; do
   done
 done
 [ ${#failed[@]} -eq 0 ] || die "failed: ${failed[*]}"
-log "slow-link.js and poisoned-pool.js held their thresholds in fragile and hardened"
+log "${SCRIPTS:-slow-link poisoned-pool pool-too-big}: held their thresholds in fragile and hardened"

@@ -16,6 +16,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -27,8 +28,9 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::infra::checkout::{Holder, HOLDER};
-use crate::resilience::bulkhead::Permit;
-use crate::resilience::guard::{Admission, Group};
+use crate::knobs::ConcurrencyLimit;
+use crate::resilience::adaptive;
+use crate::resilience::guard::{Admission, Group, Held};
 use crate::scenarios::faults::{self, Abort, After};
 use crate::telemetry::{GaugeGuard, UNMATCHED_ROUTE};
 use crate::AppState;
@@ -178,7 +180,9 @@ enum Work<F> {
     Refused(Response),
     Run {
         fut: F,
-        _permit: Option<Permit>,
+        _permit: Option<Held>,
+        /// The group's adaptive limit, entered before the route runs (`concurrency_limit`).
+        limit: Option<(Group, (ConcurrencyLimit, Arc<adaptive::Limit>))>,
         timeout: Option<(Group, Duration)>,
         /// An injected delay before the route runs (inside the timeout) and a response-phase
         /// fault after it (src/scenarios/faults.rs).
@@ -242,11 +246,17 @@ where
             Admission::Exempt => Work::Run {
                 fut: self.inner.call(req),
                 _permit: None,
+                limit: None,
                 timeout: None,
                 delay: None,
                 after: None,
             },
-            Admission::Admitted { permit, group, timeout } => {
+            Admission::Admitted {
+                permit,
+                group,
+                timeout,
+                limit,
+            } => {
                 let fault = route
                     .as_ref()
                     .and_then(|r| state.faults.decide(&knobs, group, r.as_str(), req.headers()));
@@ -257,6 +267,7 @@ where
                     None => Work::Run {
                         fut: self.inner.call(req),
                         _permit: Some(permit),
+                        limit: limit.map(|l| (group, l)),
                         timeout: timeout.map(|t| (group, t)),
                         delay: fault.delay,
                         after: fault.after.map(|a| (fault.group, a)),
@@ -285,11 +296,17 @@ where
                     Work::Refused(resp) => resp,
                     Work::Run {
                         fut,
-                        _permit,
+                        mut _permit,
+                        limit,
                         timeout,
                         delay,
                         after,
-                    } => {
+                    } => 'run: {
+                        if let (Some((group, limit)), Some(held)) = (limit, _permit.as_mut()) {
+                            if let Err(refused) = state.guard.enter_limit(held, group, limit).await {
+                                break 'run refused;
+                            }
+                        }
                         let run = async {
                             if let Some(delay) = delay {
                                 tokio::time::sleep(delay).await;

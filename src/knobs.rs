@@ -62,6 +62,17 @@ pub enum CostModel {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+pub enum ConcurrencyLimit {
+    /// No adaptive limit: the fixed bounds of each cure (pools, slots, max_in_flight).
+    Fixed,
+    /// Additive increase, multiplicative decrease on latency past the no-queue baseline.
+    Aimd,
+    /// The limit scaled by the no-queue latency over the measured one (Little's law).
+    Gradient,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DeployMode {
     /// The deployment's work runs before the answer (fragile: waits pile up to the timeout).
     Sync,
@@ -194,6 +205,13 @@ knob_table! {
         fragile: 0, hardened: 10_000,
         doc: "longest a query may hold its connection (0 = unlimited)",
     }
+    db_cpu_query_slots: u32 {
+        env: "DB_CPU_QUERY_SLOTS",
+        range: Int(0, 1000),
+        scenario: "pool-too-big",
+        fragile: 0, hardened: 4,
+        doc: "CPU-bound queries (/api/expensive-query) running on the database at once, whatever the pool's size; the rest wait in the app, up to the acquire timeout, then 503 (0 = as many as the pool opens; hardened 4 = the lab PostgreSQL host's 2 cores x 2: set yours to its cores x 2)",
+    }
     cpu_mode: CpuMode {
         env: "CPU_MODE",
         range: Choice(&["inline", "offload"]),
@@ -221,6 +239,13 @@ knob_table! {
         scenario: "cpu",
         fragile: 0, hardened: 2,
         doc: "offload mode: CPU jobs allowed to wait for a slot, so a freed slot is taken at once and the cores never idle while work is offered; more are shed with 503 (0 = none wait)",
+    }
+    concurrency_limit: ConcurrencyLimit {
+        env: "CONCURRENCY_LIMIT",
+        range: Choice(&["fixed", "aimd", "gradient"]),
+        scenario: "adaptive-limit",
+        fragile: ConcurrencyLimit::Fixed, hardened: ConcurrencyLimit::Fixed,
+        doc: "an adaptive limit on the db and cpu routes in flight, found from their measured latency with no capacity given (aimd | gradient; past it 503 at once); fixed: none",
     }
     max_in_flight: u32 {
         env: "MAX_IN_FLIGHT",

@@ -78,6 +78,8 @@ pub struct AppStateInner {
     pub links: Arc<infra::link_proxy::LinkProxies>,
     /// CPU jobs running on the blocking pool in `offload` mode (bounded by `cpu_max_concurrency`).
     pub cpu_pool: Arc<Bulkhead>,
+    /// CPU-bound queries running on the database (bounded by `db_cpu_query_slots`; pool-too-big).
+    pub db_cpu_queries: Arc<scenarios::pool_too_big::CpuQueries>,
     /// The OS-thread pool of the worker-pool scenario (`worker_pool_size`, resized live).
     pub worker_pool: Arc<scenarios::worker_pool::WorkerPool>,
     /// The gRPC service's metrics, and where it listens (`GRPC_PORT`; `None` when off).
@@ -107,6 +109,10 @@ impl AppState {
         let tuned: [&dyn knobs::ApplyKnobs; 4] = [&*self.db, &*self.worker_pool, &self.elastic, &*self.cache];
         for part in tuned {
             part.apply_knobs(knobs);
+        }
+        // An adaptive limit switched off starts over when it is switched on again.
+        if knobs.concurrency_limit == knobs::ConcurrencyLimit::Fixed {
+            self.guard.limits.reset();
         }
     }
 
@@ -211,6 +217,7 @@ impl App {
             faults: Arc::new(scenarios::faults::Faults::new(&scenarios::route_groups(), &registry)),
             links: Arc::new(links),
             cpu_pool: Bulkhead::new(Some(scenarios::cpu::offload_gauge(&registry))),
+            db_cpu_queries: scenarios::pool_too_big::CpuQueries::new(&registry),
             worker_pool,
             grpc_metrics: grpc::GrpcMetrics::new(&registry),
             grpc_addr,

@@ -246,6 +246,28 @@ pub(crate) async fn calibrate(lab: &LabClient, path: &str, n: usize) -> anyhow::
     Ok(samples[n / 2])
 }
 
+/// Sets the swept knob to its value for stage `i`, when the plan sweeps one, and lets the
+/// lab settle (a resized pool opens its connections): the value set.
+pub(crate) async fn sweep_to(
+    lab: &LabClient,
+    plan: &chokepoint_repro::plan::Plan,
+    i: usize,
+) -> anyhow::Result<Option<f64>> {
+    let Some(value) = plan.sweep.as_ref().and_then(|s| s.values.get(i).map(|v| (s.knob, *v))) else {
+        return Ok(None);
+    };
+    let (knob, v) = value;
+    let body = serde_json::json!({ knob: crate::scenarios::seed_number(v) });
+    lab.admin(reqwest::Method::PATCH, "/admin/config", Some(&body))
+        .await
+        .with_context(|| format!("setting {knob}={v} for the sweep"))?;
+    tokio::time::sleep(SWEEP_SETTLE).await;
+    Ok(Some(v))
+}
+
+/// The pause after a swept knob changes, before the stage's load.
+const SWEEP_SETTLE: Duration = Duration::from_millis(700);
+
 async fn run_profile(
     args: &ReproArgs,
     profile: Profile,
@@ -290,14 +312,19 @@ async fn run_profile(
         if let Some((method, path)) = &plan.before_stage {
             lab.admin(method.clone(), path, None).await?;
         }
+        let swept = sweep_to(lab, &plan, i).await?;
         let label = format!(
-            "[{} {}] stage {}/{} at {rate} req/s",
+            "[{} {}] stage {}/{} at {rate} req/s{}",
             args.scenario,
             profile.as_str(),
             i + 1,
-            plan.rates.len()
+            plan.rates.len(),
+            swept.map_or(String::new(), |v| format!(
+                ", {}={v}",
+                plan.sweep.as_ref().map_or("", |s| s.knob)
+            ))
         );
-        let stage = run_stage(
+        let mut stage = run_stage(
             lab,
             &plan,
             rate,
@@ -307,6 +334,7 @@ async fn run_profile(
             args.quiet,
         )
         .await;
+        stage.swept = swept;
         stages.push(stage);
     }
     if let Some((method, path)) = &plan.after_run {
@@ -321,6 +349,7 @@ async fn run_profile(
             knobs,
             stages,
             verdict,
+            sweep_knob: plan.sweep.as_ref().map(|s| s.knob.to_string()),
         },
         request,
     ))

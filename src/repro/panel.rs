@@ -309,8 +309,13 @@ async fn drive(
         _ => fragile_plan.rates.iter().copied().fold(1.0, f64::max),
     }
     .clamp(1.0, MAX_RATE);
-    let rate = (rate * 10.0).round() / 10.0;
+    let mut rate = (rate * 10.0).round() / 10.0;
     let mut plan = (repro.plan)(&config, cpu_ms);
+    // A sweep (pool-too-big) runs its last value, the one that breaks, at its own rate.
+    if let Some(last) = plan.sweep.as_ref().map(|s| s.values.len().saturating_sub(1)) {
+        super::sweep_to(&lab, &plan, last).await?;
+        rate = plan.rates.get(last).copied().unwrap_or(rate);
+    }
     plan.max_in_flight = MAX_IN_FLIGHT;
     let prediction = (repro.predict)(&config, cpu_ms);
     tokio::time::sleep(plan.settle).await;

@@ -15,7 +15,9 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::error::AppError;
+use crate::knobs::ConcurrencyLimit;
 use crate::knobs::Knobs;
+use crate::resilience::adaptive::{self, Limits};
 use crate::resilience::bulkhead::{Bulkhead, Permit};
 use crate::telemetry::register;
 
@@ -71,6 +73,8 @@ pub struct Guard {
     /// Route template → group, from the scenarios' operations; other routes are `Other`.
     routes: HashMap<&'static str, Group>,
     in_flight: Arc<Bulkhead>,
+    /// The adaptive limits of the db and cpu groups (`concurrency_limit`).
+    pub limits: Limits,
     limiter: ArcSwap<Limiter>,
     shed: IntCounterVec,
     rate_limited: IntCounter,
@@ -92,7 +96,7 @@ impl Guard {
         let mut guard = Self::register_all(registry);
         guard.routes = routes;
         // Present from the start, so dashboards and rate() see zero rather than nothing.
-        for reason in ["in_flight", "cpu"] {
+        for reason in ["in_flight", "cpu", "concurrency_limit"] {
             guard.shed.with_label_values(&[reason]);
         }
         for group in [Group::Cpu, Group::Io, Group::Db, Group::Downstream] {
@@ -105,6 +109,7 @@ impl Guard {
         Self {
             routes: HashMap::new(),
             in_flight: Bulkhead::new(None),
+            limits: Limits::new(registry),
             limiter: ArcSwap::from_pointee(limiter(100, 200)),
             shed: register(
                 registry,
@@ -157,15 +162,24 @@ impl Guard {
     }
 }
 
+/// What an admitted request holds until its response is ready: its in-flight slot, and its
+/// group's adaptive-limit slot when `concurrency_limit` is on (its latency is sampled on drop).
+pub struct Held {
+    _in_flight: Permit,
+    _limit: Option<adaptive::Permit>,
+}
+
 /// What the guard decided for one request.
 pub enum Admission {
     /// Exempt route: no limit, no timeout.
     Exempt,
     /// Admitted: hold the permit until the response is ready; cut the request at `timeout`.
     Admitted {
-        permit: Permit,
+        permit: Held,
         group: Group,
         timeout: Option<Duration>,
+        /// The group's adaptive limit to enter before the route runs ([`Guard::enter_limit`]).
+        limit: Option<(ConcurrencyLimit, Arc<adaptive::Limit>)>,
     },
     /// Refused at once (429 rate limited, 503 shed).
     Refused(Response),
@@ -196,10 +210,49 @@ impl Guard {
                 .into_response(),
             );
         };
+        let limit = match (knobs.concurrency_limit, group) {
+            (ConcurrencyLimit::Fixed, _) => None,
+            (algo, Group::Db) => Some((algo, &self.limits.db)),
+            (algo, Group::Cpu) => Some((algo, &self.limits.cpu)),
+            _ => None,
+        };
         Admission::Admitted {
-            permit,
+            permit: Held {
+                _in_flight: permit,
+                _limit: None,
+            },
             group,
             timeout: group.timeout(knobs),
+            limit: limit.map(|(algo, l)| (algo, l.clone())),
+        }
+    }
+
+    /// Enters the group's adaptive limit (waiting briefly for a slot) and keeps its permit in
+    /// `held`; the 503 to answer instead when the limit and its short queue are full.
+    pub async fn enter_limit(
+        &self,
+        held: &mut Held,
+        group: Group,
+        (algo, limit): (ConcurrencyLimit, Arc<adaptive::Limit>),
+    ) -> Result<(), Response> {
+        match limit.enter_or_wait(algo).await {
+            Some(p) => {
+                held._limit = Some(p);
+                Ok(())
+            }
+            None => {
+                self.count_shed("concurrency_limit");
+                Err(AppError::Shed {
+                    retry_after: crate::error::RETRY_SOON,
+                    detail: format!(
+                        "{} {} requests already in flight and as many waiting: the adaptive limit found from their \
+                         latency (concurrency_limit)",
+                        limit.current(),
+                        group.as_str()
+                    ),
+                }
+                .into_response())
+            }
         }
     }
 

@@ -6,6 +6,7 @@
 //! lab must retune them while load runs, so the equivalent decisions are made here against the
 //! live knobs. Rate limiting uses `governor` (GCRA), rebuilt when its knobs change.
 
+pub mod adaptive;
 pub mod breaker;
 pub mod bulkhead;
 pub mod guard;

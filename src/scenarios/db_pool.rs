@@ -293,7 +293,13 @@ async fn expensive_query(State(state): State<AppState>, params: Params) -> AppRe
     let iterations: i64 = params.get(&QUERY_ITERATIONS)?;
     let rows = iterations * ROWS_PER_ITERATION;
     let (acquire, statement) = db_timeouts(&state);
-    let (mut conn, waited) = state.db.acquire(acquire).await?;
+    // pool-too-big's cure: at most `db_cpu_query_slots` of these on the database at once; the
+    // wait for a slot comes out of the acquire budget.
+    let slots = state.knobs.current().db_cpu_query_slots;
+    let (_slot, slot_wait) = state.db_cpu_queries.enter(slots, acquire).await?;
+    let (mut conn, waited) = state.db.acquire(acquire.saturating_sub(slot_wait)).await?;
+    let waited = waited + slot_wait;
+    let _running = state.db_cpu_queries.running();
     let start = Instant::now();
     let (count, checksum): (i64, i64) = match &mut *conn {
         Conn::Pg(c) => crate::pg_tx!(c, tx => {
@@ -319,6 +325,7 @@ async fn expensive_query(State(state): State<AppState>, params: Params) -> AppRe
             .await?
         }
     };
+    state.db_cpu_queries.ran(start.elapsed());
     Ok(Json(json!({
         "created_tasks": iterations,
         "total_tasks": count,

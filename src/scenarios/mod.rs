@@ -23,6 +23,7 @@ use crate::apidoc::Op;
 use crate::resilience::guard::Group;
 use crate::AppState;
 
+pub mod adaptive_limit;
 pub mod burst;
 pub mod cache_stampede;
 pub mod cold_start;
@@ -36,6 +37,7 @@ pub mod healthy;
 pub mod io;
 pub mod memory;
 pub mod poisoned_pool;
+pub mod pool_too_big;
 pub mod retry_storm;
 pub mod slow_link;
 pub mod worker_pool;
@@ -59,6 +61,8 @@ pub static ALL: &[Scenario] = &[
     slow_link::SCENARIO,
     connection_leak::SCENARIO,
     poisoned_pool::SCENARIO,
+    pool_too_big::SCENARIO,
+    adaptive_limit::SCENARIO,
 ];
 
 /// One failure mode, as it describes itself.
@@ -345,13 +349,14 @@ mod tests {
     }
 
     /// Every repro sends a request to one of its own scenario's routes (db-replicas: db-pool's,
-    /// on several replicas; slow-link: db-pool's, through a sick link), and its plan has stages and something to watch.
+    /// on several replicas; slow-link: db-pool's, through a sick link; pool-too-big: db-pool's CPU-bound
+    /// query), and its plan has stages and something to watch.
     #[test]
     fn every_repro_loads_its_own_routes() {
         assert!(repro_ids().len() >= 10, "{:?}", repro_ids());
         for s in ALL {
             let Ok(repro) = &s.repro else { continue };
-            let owner = if s.id == "db-replicas" || s.id == "slow-link" {
+            let owner = if ["db-replicas", "slow-link", "pool-too-big", "adaptive-limit"].contains(&s.id) {
                 find("db-pool").unwrap()
             } else {
                 s

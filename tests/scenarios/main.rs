@@ -8,6 +8,7 @@
 
 mod common;
 
+mod adaptive_limit;
 mod admin;
 mod api_surface;
 mod burst;
@@ -24,6 +25,7 @@ mod memory;
 mod openapi_lab;
 mod panel;
 mod poisoned_pool;
+mod pool_too_big;
 mod recovery;
 mod reliability;
 mod repro;

@@ -146,13 +146,19 @@ fn draw(report: &Report, root: &Area) -> Result<(), Box<dyn std::error::Error>> 
         ))?;
     }
     let panels = body.split_evenly((1, 3));
+    // A sweep's x axis is the knob (pool-too-big: the pool size), not the offered rate.
+    let sweep = report.runs.iter().find_map(|r| r.sweep_knob.clone());
+    let x_desc = sweep.clone().unwrap_or_else(|| "offered load (req/s)".to_string());
+    let x_desc = x_desc.as_str();
+    let x_unit = if sweep.is_some() { "" } else { " req/s" };
     let offered_max = runs_max(report, |r| {
         r.stages
             .iter()
-            .map(|s| s.offered_rps)
-            .chain(r.prediction.capacity_rps)
+            .map(|s| s.x())
+            .chain(r.prediction.capacity_rps.filter(|_| sweep.is_none()))
             .collect()
     });
+    let capacity_max = runs_max(report, |r| r.prediction.capacity_rps.into_iter().collect());
     let x_max = nice_ceil(offered_max * 1.05);
     let predicted: Vec<f64> = {
         let mut p: Vec<f64> = report.runs.iter().filter_map(|r| r.prediction.capacity_rps).collect();
@@ -169,10 +175,14 @@ fn draw(report: &Report, root: &Area) -> Result<(), Box<dyn std::error::Error>> 
             runs_max(report, |r| {
                 r.stages
                     .iter()
-                    .map(|s| s.throughput_rps.max(s.failed() as f64 / s.seconds.max(1e-3)))
+                    .map(|s| {
+                        s.throughput_rps
+                            .max(s.goodput_rps)
+                            .max(s.failed() as f64 / s.seconds.max(1e-3))
+                    })
                     .collect()
             })
-            .max(offered_max)
+            .max(if sweep.is_some() { capacity_max } else { offered_max })
                 * 1.05,
         );
         let mut chart = ChartBuilder::on(&panels[0])
@@ -183,19 +193,21 @@ fn draw(report: &Report, root: &Area) -> Result<(), Box<dyn std::error::Error>> 
             .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
         chart
             .configure_mesh()
-            .x_desc("offered load (req/s)")
+            .x_desc(x_desc)
             .x_labels(6)
             .x_label_formatter(&|v| tick(*v))
             .y_labels(6)
             .y_label_formatter(&|v| tick(*v))
             .light_line_style(WHITE.mix(0.0))
             .draw()?;
-        chart.draw_series(DashedLineSeries::new(
-            [(0.0, 0.0), (x_max.min(y_max), x_max.min(y_max))],
-            3,
-            4,
-            RGBColor(0xbb, 0xbb, 0xbb).into(),
-        ))?;
+        if sweep.is_none() {
+            chart.draw_series(DashedLineSeries::new(
+                [(0.0, 0.0), (x_max.min(y_max), x_max.min(y_max))],
+                3,
+                4,
+                RGBColor(0xbb, 0xbb, 0xbb).into(),
+            ))?;
+        }
         for &c in &predicted {
             chart.draw_series(DashedLineSeries::new(
                 [(0.0, c), (x_max, c)],
@@ -211,11 +223,11 @@ fn draw(report: &Report, root: &Area) -> Result<(), Box<dyn std::error::Error>> 
         }
         for (i, run) in report.runs.iter().enumerate() {
             let l = look(i, &run.profile);
-            let ok: Vec<(f64, f64)> = run.stages.iter().map(|s| (s.offered_rps, s.throughput_rps)).collect();
+            let ok: Vec<(f64, f64)> = run.stages.iter().map(|s| (s.x(), s.throughput_rps)).collect();
             let failed: Vec<(f64, f64)> = run
                 .stages
                 .iter()
-                .map(|s| (s.offered_rps, s.failed() as f64 / s.seconds.max(1e-3)))
+                .map(|s| (s.x(), s.failed() as f64 / s.seconds.max(1e-3)))
                 .collect();
             let dash = l.dashed.then_some((8, 5));
             draw_series(
@@ -226,6 +238,22 @@ fn draw(report: &Report, root: &Area) -> Result<(), Box<dyn std::error::Error>> 
                 l.square,
                 &format!("{} succeeded", run.profile),
             )?;
+            // Goodput, where the answer only promises the work (an async 202): its own line.
+            if run
+                .stages
+                .iter()
+                .any(|s| (s.goodput_rps - s.throughput_rps).abs() > 0.05)
+            {
+                let completed: Vec<(f64, f64)> = run.stages.iter().map(|s| (s.x(), s.goodput_rps)).collect();
+                draw_series(
+                    &mut chart,
+                    &completed,
+                    l.color.mix(0.8).stroke_width(2),
+                    Some((1, 4)),
+                    l.square,
+                    &format!("{} completed", run.profile),
+                )?;
+            }
             if failed.iter().any(|p| p.1 > 0.0) {
                 draw_series(
                     &mut chart,
@@ -244,7 +272,7 @@ fn draw(report: &Report, root: &Area) -> Result<(), Box<dyn std::error::Error>> 
                     l.color.stroke_width(1),
                 ))?;
                 chart.draw_series(std::iter::once(Text::new(
-                    format!("{} knee: {knee:.0} req/s ", run.profile),
+                    format!("{} knee: {knee:.0}{x_unit} ", run.profile),
                     (knee, y_max * (0.5 - 0.07 * i as f64)),
                     label_font
                         .clone()
@@ -285,7 +313,7 @@ fn draw(report: &Report, root: &Area) -> Result<(), Box<dyn std::error::Error>> 
             .build_cartesian_2d(0.0..x_max, (lo..hi).log_scale())?;
         chart
             .configure_mesh()
-            .x_desc("offered load (req/s)")
+            .x_desc(x_desc)
             .x_labels(6)
             .x_label_formatter(&|v| tick(*v))
             .y_label_formatter(&|v| {
@@ -310,7 +338,7 @@ fn draw(report: &Report, root: &Area) -> Result<(), Box<dyn std::error::Error>> 
             let pick = |f: fn(&crate::load::StageResult) -> Option<f64>| -> Vec<(f64, f64)> {
                 run.stages
                     .iter()
-                    .filter_map(|s| f(s).filter(|v| *v > 0.0).map(|v| (s.offered_rps, v)))
+                    .filter_map(|s| f(s).filter(|v| *v > 0.0).map(|v| (s.x(), v)))
                     .collect()
             };
             let lines: [Percentile; 3] = [
@@ -342,7 +370,7 @@ fn draw(report: &Report, root: &Area) -> Result<(), Box<dyn std::error::Error>> 
             .build_cartesian_2d(0.0..x_max, 0.0..100.0)?;
         chart
             .configure_mesh()
-            .x_desc("offered load (req/s)")
+            .x_desc(x_desc)
             .x_labels(6)
             .x_label_formatter(&|v| tick(*v))
             .y_labels(6)
@@ -354,7 +382,7 @@ fn draw(report: &Report, root: &Area) -> Result<(), Box<dyn std::error::Error>> 
             let points: Vec<(f64, f64)> = run
                 .stages
                 .iter()
-                .map(|s| (s.offered_rps, 100.0 * s.failed() as f64 / s.requests.max(1) as f64))
+                .map(|s| (s.x(), 100.0 * s.failed() as f64 / s.requests.max(1) as f64))
                 .collect();
             draw_series(
                 &mut chart,

@@ -49,6 +49,15 @@ pub struct StageResult {
     pub metrics: BTreeMap<String, f64>,
     /// Stopped early by Ctrl-C.
     pub interrupted: bool,
+    /// The swept knob's value during the stage, when the plan sweeps one ([`crate::plan::Sweep`]).
+    pub swept: Option<f64>,
+}
+
+impl StageResult {
+    /// Where the stage sits on the report's x axis: the swept knob's value, or the offered rate.
+    pub fn x(&self) -> f64 {
+        self.swept.unwrap_or(self.offered_rps)
+    }
 }
 
 impl StageResult {
@@ -293,6 +302,7 @@ pub async fn run_stage(
         canary_p95_ms: canary_p95.map(|v| (v * 100.0).round() / 100.0),
         metrics,
         interrupted,
+        swept: None,
     }
 }
 

@@ -147,6 +147,17 @@ pub struct Plan {
     /// (an async 202 only promises it): its increase over the stage per second is the stage's
     /// goodput. `None`: the work is done when the answer is a success (goodput = throughput).
     pub completed: Option<&'static str>,
+    /// Sweep a knob instead of the rate: before stage `i` the run sets `knob` to `values[i]`
+    /// (live, through `PATCH /admin/config`), and `rates[i]` stays the offered load. The
+    /// report's x axis is then the knob (pool-too-big sweeps the pool at one rate).
+    pub sweep: Option<Sweep>,
+}
+
+/// A knob swept across a run's stages ([`Plan::sweep`]).
+#[derive(Debug, Clone)]
+pub struct Sweep {
+    pub knob: &'static str,
+    pub values: Vec<f64>,
 }
 
 impl Plan {
@@ -164,6 +175,7 @@ impl Plan {
             after_run: None,
             max_in_flight: MAX_IN_FLIGHT,
             completed: None,
+            sweep: None,
         }
     }
 }

@@ -40,6 +40,9 @@ fn stage_table(run: &Run) -> String {
         .first()
         .map(|s| s.metrics.keys().collect())
         .unwrap_or_default();
+    if let Some(knob) = &run.sweep_knob {
+        let _ = write!(out, "| {knob} ");
+    }
     let _ = write!(
         out,
         "| offered req/s | requests | ok | failed | p50 ms | p95 ms | p99 ms | max ms | answered ok/s | failed/s | completed/s |"
@@ -51,9 +54,14 @@ fn stage_table(run: &Run) -> String {
         let _ = write!(out, " {m} |");
     }
     out.push('\n');
-    out.push_str(&"|---".repeat(11 + usize::from(has_canary) + metric_names.len()));
+    out.push_str(
+        &"|---".repeat(11 + usize::from(has_canary) + usize::from(run.sweep_knob.is_some()) + metric_names.len()),
+    );
     out.push_str("|\n");
     for s in &run.stages {
+        if let Some(v) = s.swept {
+            let _ = write!(out, "| {v} ");
+        }
         let _ = write!(
             out,
             "| {}{} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} |",
@@ -106,7 +114,8 @@ fn run_section(run: &Run) -> String {
 }
 
 fn side_by_side(report: &Report) -> String {
-    let mut out = String::from("### Side by side\n\n| offered req/s |");
+    let knob = report.runs.iter().find_map(|r| r.sweep_knob.clone());
+    let mut out = format!("### Side by side\n\n| {} |", knob.as_deref().unwrap_or("offered req/s"));
     for r in &report.runs {
         let _ = write!(
             out,
@@ -119,11 +128,7 @@ fn side_by_side(report: &Report) -> String {
     out.push_str("|\n");
     let n = report.runs.iter().map(|r| r.stages.len()).max().unwrap_or(0);
     for i in 0..n {
-        let offered = report
-            .runs
-            .iter()
-            .find_map(|r| r.stages.get(i))
-            .map_or(0.0, |s| s.offered_rps);
+        let offered = report.runs.iter().find_map(|r| r.stages.get(i)).map_or(0.0, |s| s.x());
         let _ = write!(out, "| {offered} |");
         for r in &report.runs {
             match r.stages.get(i) {
@@ -172,7 +177,7 @@ pub fn text(report: &Report) -> String {
 pub fn write(report: &Report, dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let md = format!(
-        "{}\n![throughput and latency against offered load](chart.svg)\n",
+        "{}\n![throughput and latency against offered load (or the swept knob)](chart.svg)\n",
         text(report)
     );
     std::fs::write(dir.join("report.md"), md).context("writing report.md")?;

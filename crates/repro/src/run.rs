@@ -18,6 +18,8 @@ pub struct Run {
     pub key_knobs: std::collections::BTreeMap<String, Value>,
     pub stages: Vec<StageResult>,
     pub verdict: Verdict,
+    /// The knob its stages sweep (each stage's `swept` value), when it sweeps one.
+    pub sweep_knob: Option<String>,
 }
 
 /// The whole report.
