@@ -158,6 +158,16 @@ function gaugeSeries(pairs) {
 
 const MAX_LINE = { color: '#e6e6e6', dash: [6, 4], width: 1 };
 
+/** The work completed per second, all scenarios (goodput: an async 202 counts when its worker
+ *  creates the deployment, not when it is accepted). */
+function completedSeries() {
+  if (!history.some((s) => Object.values(s.groups).some((g) => g.rps > 0))) return [];
+  return [{
+    name: 'completed/s', color: '#7ee787', dash: [1, 3], width: 2.5,
+    values: history.map((s) => Object.values(s.groups).reduce((sum, g) => sum + (g.completed_rps || 0), 0)),
+  }];
+}
+
 /** The run's offered rate and predicted capacity while it sends. */
 function runSeries() {
   const active = (s) => s.run && ['running', 'stopping'].includes(s.run.state);
@@ -171,7 +181,7 @@ function runSeries() {
 function redraw() {
   if (history.length === 0 || typeof uPlot === 'undefined') return;
   const sets = {
-    'chart-rps': [...groupSeries('rps', 1), ...runSeries()],
+    'chart-rps': [...groupSeries('rps', 1), ...completedSeries(), ...runSeries()],
     'chart-p95': groupSeries('p95_ms', 1),
     'chart-db': gaugeSeries([['db_in_use', 'in use'], ['db_idle', 'idle'], ['db_waiting', 'waiting'], ['db_max', 'max (pool size + overflow)', MAX_LINE]]),
     'chart-queues': gaugeSeries([['worker_queue', 'worker-pool queue'], ['worker_busy', 'worker threads busy'], ['cold_start_queue', 'cold-start queue'], ['deploy_queue', 'deploy queue'], ['http_in_flight', 'in flight'], ['worker_threads', 'max (worker threads)', MAX_LINE]]),

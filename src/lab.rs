@@ -232,6 +232,9 @@ struct Totals {
     errors: f64,
     /// Requests whose client gave up before the answer (status 499).
     abandoned: f64,
+    /// Work completed: successful answers that did the work (not a 202, which only promises
+    /// it), plus the async deployments the workers created (the goodput).
+    completed: f64,
 }
 
 #[derive(Default)]
@@ -312,16 +315,22 @@ impl Sampler {
         let mut by_group = Map::new();
         for (gi, &g) in groups().iter().enumerate() {
             let cur = totals.get(g).cloned().unwrap_or_default();
-            let (rps, error_rate, abandoned_rps) = match &self.prev {
+            let (rps, error_rate, abandoned_rps, completed_rps) = match &self.prev {
                 Some((at, prev)) => {
                     let secs = now.duration_since(*at).as_secs_f64().max(1e-3);
                     let before = prev.get(g).cloned().unwrap_or_default();
                     let n = (cur.requests - before.requests).max(0.0);
                     let errors = (cur.errors - before.errors).max(0.0);
                     let abandoned = (cur.abandoned - before.abandoned).max(0.0);
-                    (n / secs, if n > 0.0 { errors / n } else { 0.0 }, abandoned / secs)
+                    let completed = (cur.completed - before.completed).max(0.0);
+                    (
+                        n / secs,
+                        if n > 0.0 { errors / n } else { 0.0 },
+                        abandoned / secs,
+                        completed / secs,
+                    )
                 }
-                None => (0.0, 0.0, 0.0),
+                None => (0.0, 0.0, 0.0, 0.0),
             };
             let mut window = new_histogram();
             for second in &self.windows {
@@ -336,7 +345,8 @@ impl Sampler {
                        "p50_ms": q(0.5), "p95_ms": q(0.95), "p99_ms": q(0.99),
                        "max_ms": (!window.is_empty()).then(|| significant(window.max() as f64 / 1e3)),
                        "window_requests": window.len(),
-                       "abandoned_rps": (abandoned_rps * 100.0).round() / 100.0}),
+                       "abandoned_rps": (abandoned_rps * 100.0).round() / 100.0,
+                       "completed_rps": (completed_rps * 100.0).round() / 100.0}),
             );
         }
         self.prev = Some((now, totals));
@@ -551,6 +561,20 @@ fn group_totals(families: &[MetricFamily]) -> HashMap<String, Totals> {
             }
             if status == crate::edge::CLIENT_CLOSED {
                 t.abandoned += v;
+            }
+            let route = label(m, "route").unwrap_or("");
+            if (200..400).contains(&status) && status != 202 && route != crate::scenarios::burst::STATUS_ROUTE {
+                t.completed += v;
+            }
+        }
+    }
+    // An accepted deployment is completed when a worker creates it.
+    if let Some(g) = group_of(crate::scenarios::burst::DEPLOYMENTS_ROUTE) {
+        for f in families.iter().filter(|f| f.name() == "deployments_total") {
+            for m in f.get_metric() {
+                if label(m, "mode") == Some("async") && label(m, "outcome") == Some("created") {
+                    out.entry(g.to_string()).or_default().completed += m.get_counter().get_value();
+                }
             }
         }
     }

@@ -110,10 +110,6 @@ impl AppState {
         for part in tuned {
             part.apply_knobs(knobs);
         }
-        // An adaptive limit switched off starts over when it is switched on again.
-        if knobs.concurrency_limit == knobs::ConcurrencyLimit::Fixed {
-            self.guard.limits.reset();
-        }
     }
 
     /// Clears every fault rule and link toxic (`POST /admin/reset`).

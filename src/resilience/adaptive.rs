@@ -230,12 +230,6 @@ impl Limit {
     pub fn current(&self) -> u32 {
         self.estimator.lock().unwrap_or_else(|p| p.into_inner()).current()
     }
-
-    /// Back to the initial limit (the knob switched to `fixed`, or the lab was reset).
-    pub fn reset(&self) {
-        *self.estimator.lock().unwrap_or_else(|p| p.into_inner()) = Estimator::default();
-        self.metrics.limit.with_label_values(&[self.group]).set(INITIAL as i64);
-    }
 }
 
 impl Drop for Permit {
@@ -316,11 +310,6 @@ impl Limits {
             db: limit("db"),
             cpu: limit("cpu"),
         }
-    }
-
-    pub fn reset(&self) {
-        self.db.reset();
-        self.cpu.reset();
     }
 }
 

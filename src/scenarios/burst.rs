@@ -56,11 +56,16 @@ use crate::scenarios::{around, Gauge, K6Script, Repro, RunConfig, Scenario, AROU
 use crate::telemetry::{register, LATENCY_BUCKETS};
 use crate::AppState;
 
+/// The burst report's endpoint (the panel counts its async deployments as they complete).
+pub const DEPLOYMENTS_ROUTE: &str = "/api/v1/deployments/";
+/// A deployment's status, read back (polling: not work).
+pub const STATUS_ROUTE: &str = "/api/v1/deployments/{id}";
+
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/v1/deployments/", post(create))
+        .route(DEPLOYMENTS_ROUTE, post(create))
         .route("/api/v1/deployments", post(create))
-        .route("/api/v1/deployments/{id}", get(show))
+        .route(STATUS_ROUTE, get(show))
 }
 
 pub(crate) const NAME_LEN: std::ops::RangeInclusive<usize> = 1..=200;

@@ -222,6 +222,7 @@ await test('lab: Break it starves the pool in red, with the prediction drawn, an
   await until('the predicted capacity on the requests chart', async () =>
     lab.evaluate(() => charts['chart-rps'] && charts['chart-rps'].u.series.some((s) => s.label === 'predicted capacity (run)')));
   assert.ok(await lab.evaluate(() => charts['chart-db'].u.series.some((s) => s.label.startsWith('max'))), 'the pool chart has its max line');
+  assert.ok(await lab.evaluate(() => charts['chart-rps'].u.series.some((s) => s.label === 'completed/s')), 'the requests chart has the completed/s (goodput) series');
   for (const [name, viewport] of [['1440', { width: 1440, height: 900 }], ['390', { width: 390, height: 844 }]]) {
     await lab.setViewportSize(viewport);
     await lab.evaluate(() => window.scrollTo(0, 0));

@@ -138,19 +138,7 @@ async fn gradient_finds_the_pool_from_latency_and_follows_a_live_resize() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gradient_finds_the_cores_on_the_cpu_routes() {
-    // Offload with room for 32 jobs at once: only the 2 cores bound them.
-    let app = spawn_app_alone(
-        Db::Sqlite,
-        &[
-            "--cpu-mode",
-            "offload",
-            "--cpu-max-concurrency",
-            "32",
-            "--cpu-queue-max",
-            "0",
-        ],
-    )
-    .await;
+    let app = spawn_app_alone(Db::Sqlite, &["--cpu-mode", "offload"]).await;
     let path = "/api/cpu-intensive?complexity=27";
     let mut alone = Vec::new();
     for _ in 0..9 {
@@ -161,22 +149,39 @@ async fn gradient_finds_the_cores_on_the_cpu_routes() {
     alone.sort_by(f64::total_cmp);
     let per_call = alone[4];
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
-    app.set_knobs(json!({"concurrency_limit": "gradient"})).await;
     let rate = (2.0 * cores / per_call).round();
-    let (stage, samples) = load_sampling(&app, path, rate, 6, "cpu").await;
-    let limit = median_between(&samples, 3.0, 6.0);
+    // Alternating stages under the same load, so a neighbour on the shared cores costs both
+    // alike: the hand-tuned cure (2 slots and a queue of 2, the hardened values) against the
+    // adaptive limit with room for 32 jobs, where only the cores bound them.
+    let hand_tuned = json!({"concurrency_limit": "fixed", "cpu_max_concurrency": 2, "cpu_queue_max": 2});
+    let adaptive = json!({"concurrency_limit": "gradient", "cpu_max_concurrency": 32, "cpu_queue_max": 0});
+    let (mut tuned_done, mut adaptive_done, mut limits) = (0.0, 0.0, Vec::new());
+    for _ in 0..2 {
+        app.set_knobs(hand_tuned.clone()).await;
+        let (stage, _) = load_sampling(&app, path, rate, 3, "cpu").await;
+        tuned_done += stage.goodput_rps;
+        app.set_knobs(adaptive.clone()).await;
+        let (stage, samples) = load_sampling(&app, path, rate, 4, "cpu").await;
+        adaptive_done += stage.goodput_rps;
+        limits.extend(samples.iter().filter(|(t, _)| *t >= 2.0).map(|s| s.1));
+    }
+    limits.sort_by(f64::total_cmp);
+    let limit = limits[limits.len() / 2];
     eprintln!(
-        "adaptive-limit cpu: {:.1} ms per call alone, {rate}/s offered, limit {limit} ({cores} cores), {} completed/s of {:.1}",
+        "adaptive-limit cpu: {:.1} ms per call alone, {rate}/s offered, limit {limit} ({cores} cores); \
+         completed/s: adaptive {:.1}, hand-tuned {:.1} (cores / call alone {:.1})",
         per_call * 1e3,
-        stage.goodput_rps,
+        adaptive_done / 2.0,
+        tuned_done / 2.0,
         cores / per_call
     );
     assert!(
         (cores * 0.9..=cores * 1.1).contains(&limit),
-        "the limit should find the {cores} cores: {limit} ({samples:?})"
+        "the limit should find the {cores} cores: {limit} ({limits:?})"
     );
+    // Measured 92-97% on a quiet machine; the stages include the limit's own probing.
     assert!(
-        stage.goodput_rps >= 0.85 * cores / per_call,
-        "completes ~ cores / call (measured 92-95%): {stage:?}"
+        adaptive_done >= 0.8 * tuned_done,
+        "the adaptive limit completes about what the hand-tuned one does: {adaptive_done} vs {tuned_done}"
     );
 }

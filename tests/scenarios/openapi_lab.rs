@@ -175,6 +175,13 @@ async fn lab_events_carry_live_numbers_and_knob_changes() {
     .await
     .expect("healthy traffic in a snapshot");
     assert!(busy["groups"]["healthy"]["p95_ms"].as_f64().is_some());
+    // Every ping did its work: the completed/s (goodput) series counts them.
+    let done = busy["groups"]["healthy"]["completed_rps"].as_f64().unwrap_or(0.0);
+    let answered = busy["groups"]["healthy"]["rps"].as_f64().unwrap();
+    assert!(
+        done > 0.9 * answered && done <= answered + 0.01,
+        "completed {done}/s of {answered}/s answered"
+    );
     load.await.unwrap();
 
     // The percentiles are exact: on a fixed-latency route the panel's p50 is the client's.
