@@ -2,8 +2,9 @@
 // transiently; with no retry logic every transient failure is a lost delivery.
 // fragile (1 attempt): more than 10% of deliveries are lost to a transient error (502).
 // hardened (3 attempts, backoff + jitter, 20% retry budget): under 10% lost, and the attempts
-// per delivery stay bounded (mean under 1.5). The hardened breaker may also open on an unlucky
-// run of failures: those deliveries fail fast with 503 (counted in circuit_open, not as lost).
+// per delivery stay bounded (mean under 1.5). The hardened breaker judges 50 attempts once 20
+// are in, so the receiver's 20% does not open it by chance; if it does open, those deliveries
+// fail fast with 503 (counted in circuit_open, not as lost).
 import http from 'k6/http';
 import { check } from 'k6';
 import { Rate, Trend } from 'k6/metrics';

@@ -335,7 +335,7 @@ knob_table! {
         env: "DOWNSTREAM_TIMEOUT_CAP_MS",
         range: Int(0, 600_000),
         scenario: "downstream",
-        fragile: 0, hardened: 2_500,
+        fragile: 0, hardened: 5_000,
         doc: "caps every downstream call's timeout, /api/no-timeout included (0 = calls keep their own)",
     }
     downstream_max_concurrency: u32 {
@@ -384,14 +384,14 @@ knob_table! {
         env: "BREAKER_MIN_CALLS",
         range: Int(1, 10_000),
         scenario: "downstream",
-        fragile: 5, hardened: 5,
+        fragile: 20, hardened: 20,
         doc: "calls in the window before the rate is judged",
     }
     breaker_window_calls: u32 {
         env: "BREAKER_WINDOW_CALLS",
         range: Int(1, 10_000),
         scenario: "downstream",
-        fragile: 20, hardened: 20,
+        fragile: 50, hardened: 50,
         doc: "the last N calls the failure rate is computed over",
     }
     breaker_open_ms: u64 {

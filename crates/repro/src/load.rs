@@ -280,11 +280,13 @@ pub async fn run_stage(
     let q = |q: f64| (!hist.is_empty()).then(|| (hist.value_at_quantile(q) as f64 / 1e3 * 100.0).round() / 100.0);
     // Successes per second between the first and the last completion (plus one arrival
     // interval): the offered rate when everything is served, whatever the latency; the rate the
-    // resource drained at when a queue made the stage run over.
+    // resource drained at when a queue made the stage run over. Never a window shorter than the
+    // stage: a few successes bunched together (a breaker that opened after them) are a few
+    // successes in the stage, not a rate.
     let window = if ok == 0 {
         length.as_secs_f64()
     } else {
-        (last_done.saturating_sub(first_done)).as_secs_f64() + 1.0 / rate
+        ((last_done.saturating_sub(first_done)).as_secs_f64() + 1.0 / rate).max(sent as f64 / rate)
     }
     .max(1e-3);
     StageResult {
