@@ -54,7 +54,7 @@ per_request() { # name binary
   local a b
   a=$(instructions "$1" "$N1" "$2")
   b=$(instructions "$1" "$N2" "$2")
-  python3 -c "print(round(($b - $a) / ($N2 - $N1)))"
+  awk -v a="$a" -v b="$b" -v n1="$N1" -v n2="$N2" 'BEGIN { printf "%.0f\n", (b - a) / (n2 - n1) }'
 }
 
 hello=$(per_request hello target/release/examples/hello_axum)

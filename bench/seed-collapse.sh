@@ -79,8 +79,11 @@ for line in open(f"{out}/runs.tsv"):
         "probe95": val("probe_duration", "p(95)"), "probe_max": val("probe_duration", "max"),
         "rss_mib": int(peak_kib) / 1024, "abandoned": int(float(abandoned)), "secs": int(secs),
     }
-    # Goodput: the work completed (2xx answers) per second of the run (k6's counter rate).
+    # Goodput: the work completed (2xx answers) per second of the run (k6's counter rate); for
+    # cpu-stress also the CPU seconds the served calls report, per second (cores of work served):
+    # its calls' count swings with the mix of complexities, the work does not.
     r["goodput"] = val("served_2xx", "rate")
+    r["work"] = val("cpu_work_served_seconds", "rate")
     rows.append(r)
     bad = lambda why: problems.append(f"{profile} {script}: {why}")
     # A collapse is large: bounds a shared machine cannot miss. Smoke runs are shorter, not gentler.
@@ -124,6 +127,9 @@ for script in sorted({r["script"] for r in rows}):
         ratio = h["goodput"] / max(f["goodput"], 1e-9)
         lines.append(f"- goodput, {script}: hardened {h['goodput']:.1f}/s ({h['served']:.0f} completed) against fragile's "
                      f"{f['goodput']:.1f}/s ({f['served']:.0f}): {ratio:.0%}{'' if ratio >= 1 else ' (below fragile)'}")
+        if f["work"] > 0:
+            lines.append(f"- CPU work served, {script}: hardened {h['work']:.2f} cores against fragile's {f['work']:.2f}: "
+                         f"{h['work'] / f['work']:.0%}")
 table = "\n".join(lines) + "\n"
 open(f"{out}/table.md", "w").write(table)
 print(table)

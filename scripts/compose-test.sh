@@ -46,13 +46,13 @@ log "${services[*]} up; the app ready on PostgreSQL after $(( $(date +%s) - t0 )
 
 prom() { curl -fsS "http://127.0.0.1:9090/api/v1/$1"; }
 wait_ready http://127.0.0.1:9090/-/ready 300 0.2 || die "Prometheus never became ready"
-scraped() { prom 'query?query=up%7Bjob%3D%22chokepoint%22%7D' | python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else "none")'; }
+scraped() { prom 'query?query=up%7Bjob%3D%22chokepoint%22%7D' | jq -r '.data.result[0].value[1] // "none"'; }
 for _ in $(seq 1 60); do [ "$(scraped)" = 1 ] && break; sleep 0.5; done
 [ "$(scraped)" = 1 ] || die "Prometheus does not scrape the app (up{job=\"chokepoint\"} = $(scraped))"
-rules=$(prom rules | python3 -c 'import json,sys; print(sum(len(g["rules"]) for g in json.load(sys.stdin)["data"]["groups"]))')
+rules=$(prom rules | jq '[.data.groups[].rules | length] | add')
 want=$(grep -c -- '- alert:' k8s/monitoring/alerts.rules.yml)
 [ "$rules" = "$want" ] || die "Prometheus loaded $rules rules, the file has $want"
-log "Prometheus $(prom status/buildinfo | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["version"])') scrapes the app (up = 1) and loaded all $rules alert rules"
+log "Prometheus $(prom status/buildinfo | jq -r .data.version) scrapes the app (up = 1) and loaded all $rules alert rules"
 
 # The db-pool collapse, made quick: pool 2, acquire timeout 100 ms, 30 clients holding 1 s each.
 curl -fsS -XPATCH http://127.0.0.1:8000/admin/config -H "authorization: Bearer $TOKEN" \
@@ -66,9 +66,7 @@ done
 t0=$(date +%s)
 state=none
 while [ $(( $(date +%s) - t0 )) -lt 150 ]; do
-  state=$(prom alerts | python3 -c 'import json,sys
-a=[x["state"] for x in json.load(sys.stdin)["data"]["alerts"] if x["labels"]["alertname"]=="DBPoolAcquireTimeouts"]
-print(a[0] if a else "none")')
+  state=$(prom alerts | jq -r '[.data.alerts[] | select(.labels.alertname == "DBPoolAcquireTimeouts") | .state][0] // "none"')
   [ "$state" = firing ] && break
   sleep 2
 done

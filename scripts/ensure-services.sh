@@ -77,3 +77,11 @@ if ! command -v promtool >/dev/null; then
 fi
 command -v promtool >/dev/null || die "promtool is still missing after installing prometheus"
 log "promtool: $(promtool --version 2>&1 | head -n1)"
+
+# --- jq (the scripts read the binary's JSON with it) ---------------------------------------
+if ! command -v jq >/dev/null; then
+  log "installing jq (Debian package)"
+  apt_install jq
+fi
+command -v jq >/dev/null || die "jq is still missing after installing it"
+log "jq: $(jq --version)"

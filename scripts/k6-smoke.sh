@@ -18,11 +18,8 @@ log "$(k6 version | head -1)"
 # The scripts come from the catalog (`chokepoint scenarios --json`: every scenario whose k6
 # script runs against one process). Order matters: burst last (its accepted work keeps
 # connections busy after it ends).
-mapfile -t SCRIPTS < <("$BIN" scenarios --json | python3 -c '
-import json, sys
-rows = [s for s in json.load(sys.stdin) if s["k6_smoke"]]
-rows.sort(key=lambda s: s["id"] == "burst")
-print("\n".join(s["k6"] for s in rows))')
+command -v jq >/dev/null || die "jq is missing (Debian's jq; scripts/install-tools.sh installs it)"
+mapfile -t SCRIPTS < <("$BIN" scenarios --json | jq -r '[.[] | select(.k6_smoke)] | sort_by(.id == "burst") | .[].k6')
 [ ${#SCRIPTS[@]} -gt 0 ] || die "$BIN scenarios --json listed no k6 script"
 
 work=$(mktemp -d)

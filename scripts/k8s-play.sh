@@ -81,19 +81,19 @@ play() { # overlay: renders, adapts and plays it; the app pods' addresses in APP
   log "$overlay: ${#pods[@]} pods played; ${#APPS[@]} app pod(s) ready on PostgreSQL"
 }
 get() { in_ns curl -fsS "$@"; }
-config_value() { # ip python-expression-on-the-config
-  get "http://$1:8000/admin/config" | python3 -c "import json,sys; c=json.load(sys.stdin); print($2)"
+config_value() { # ip jq-filter-on-the-config
+  get "http://$1:8000/admin/config" | jq -r "$2"
 }
 
 # ---- fragile (the base) ----------------------------------------------------------------------
 play fragile
 ip=${APPS[0]}
 grep -q '"postgres"' <<< "$(get "http://$ip:8000/ready")" || die "fragile: /ready does not name PostgreSQL"
-[ "$(config_value "$ip" 'c["startup_only"]["database_url"]["value"]')" = postgres://postgres@postgres:5432/chokepoint ] \
+[ "$(config_value "$ip" '.startup_only.database_url.value')" = postgres://postgres@postgres:5432/chokepoint ] \
   || die "fragile: DATABASE_URL from the ConfigMap not in /admin/config"
-[ "$(config_value "$ip" 'c["startup_only"]["memory_leak_limit_mb"]["value"]')" = 384 ] || die "fragile: MEMORY_LEAK_LIMIT_MB=384 not applied"
-[ "$(config_value "$ip" 'c["knobs"]["db_max_overflow"]["source"] + str(c["knobs"]["db_max_overflow"]["value"])')" = startup10 ] || die "fragile: DB_MAX_OVERFLOW=10 from the ConfigMap not applied"
-[ "$(config_value "$ip" 'c["startup_only"]["admin_token"]["value"]')" = "(set)" ] || die "fragile: the Secret's ADMIN_TOKEN not applied"
+[ "$(config_value "$ip" '.startup_only.memory_leak_limit_mb.value')" = 384 ] || die "fragile: MEMORY_LEAK_LIMIT_MB=384 not applied"
+[ "$(config_value "$ip" '.knobs.db_max_overflow | "\(.source)\(.value)"')" = startup10 ] || die "fragile: DB_MAX_OVERFLOW=10 from the ConfigMap not applied"
+[ "$(config_value "$ip" '.startup_only.admin_token.value')" = "(set)" ] || die "fragile: the Secret's ADMIN_TOKEN not applied"
 patch() { in_ns curl -s -o /dev/null -w '%{http_code}' -XPATCH "http://$ip:8000/admin/config" \
   -H 'content-type: application/json' -d '{"db_pool_timeout_ms":2000}' "$@"; }
 [ "$(patch)" = 401 ] || die "fragile: a change without the token was not refused"
@@ -106,7 +106,7 @@ teardown
 
 # ---- hardened ---------------------------------------------------------------------------------
 play hardened
-[ "$(config_value "${APPS[0]}" 'c["profile_at_startup"]')" = hardened ] || die "hardened: the profile is not hardened"
+[ "$(config_value "${APPS[0]}" '.profile_at_startup')" = hardened ] || die "hardened: the profile is not hardened"
 log "hardened: PROFILE=hardened from the overlay's generated ConfigMap"
 teardown
 

@@ -81,7 +81,7 @@ python3 scripts/check-compose.py docker/compose.yaml
 
 # --- 4: rules, config, generated files -------------------------------------------------------
 promtool check rules k8s/monitoring/alerts.rules.yml
-CHOKEPOINT_BIN="$BIN" python3 scripts/gen-monitoring.py --check || die "generated monitoring files are stale"
+"$BIN" catalog || die "the files the catalog writes are stale (dashboard, alert rules, tables): run chokepoint catalog --write"
 sed -e "s#/etc/prometheus/alerts.rules.yml#$PWD/k8s/monitoring/alerts.rules.yml#" docker/prometheus.yml \
   > "$work/prometheus.yml"
 promtool check config "$work/prometheus.yml"
@@ -105,7 +105,7 @@ found=""
 for _ in $(seq 1 60); do
   curl -fsS "http://127.0.0.1:$app_port/api/ping" >/dev/null || true
   body=$(curl -fsS "http://127.0.0.1:$prom_port/api/v1/query?query=http_requests_total" 2>/dev/null || true)
-  if python3 -c 'import json,sys; d=json.loads(sys.argv[1]); sys.exit(0 if d["data"]["result"] else 1)' "$body" 2>/dev/null; then
+  if [ -n "$body" ] && jq -e '.data.result | length > 0' <<<"$body" >/dev/null 2>&1; then
     found=1
     break
   fi
@@ -113,7 +113,7 @@ for _ in $(seq 1 60); do
 done
 [ -n "$found" ] || { tail -20 "$work/prometheus.log"; die "Prometheus scraped no http_requests_total within 60 s"; }
 rules=$(curl -fsS "http://127.0.0.1:$prom_port/api/v1/rules" \
-  | python3 -c 'import json,sys; print(sum(len(g["rules"]) for g in json.load(sys.stdin)["data"]["groups"]))')
+  | jq '[.data.groups[].rules | length] | add')
 [ "$rules" -gt 0 ] || die "Prometheus loaded no alert rules"
 log "Prometheus scraped the app with the shipped config: http_requests_total has data; $rules alert rules loaded"
 log "all deploy artefacts valid"

@@ -30,6 +30,10 @@ pub enum Command {
     Scenarios(ScenariosArgs),
     /// Print the knob table (markdown, as in docs/knobs.md), generated from the one declaration.
     Knobs,
+    /// Check the parts of the repository's pages that the catalog writes (the README's and
+    /// load-tests/README.md's scenario tables, docs/knobs.md's table, the report schema's
+    /// scenario enum): exit 1 naming the stale ones, or rewrite them with `--write`.
+    Catalog(CatalogArgs),
     /// Reproduce a catalog row under open-model load and print a breaking-point report
     /// (in-process lab by default; the serve settings, e.g. DATABASE_URL, apply to it).
     Repro(Box<ReproCommand>),
@@ -50,6 +54,17 @@ pub struct ScenariosArgs {
     /// One JSON array instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Arguments of `chokepoint catalog`.
+#[derive(Debug, Clone, Args)]
+pub struct CatalogArgs {
+    /// Rewrite the stale parts instead of failing on them.
+    #[arg(long)]
+    pub write: bool,
+    /// The repository's root.
+    #[arg(long, default_value = ".")]
+    pub root: std::path::PathBuf,
 }
 
 /// Arguments of `chokepoint healthcheck`.

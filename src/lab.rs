@@ -428,86 +428,17 @@ fn active_faults(state: &AppState, knobs: &Knobs) -> Value {
 }
 
 /// The resources at their limit right now, each with the scenario it belongs to, the tiles
-/// that show it (the panel turns them red) and what the numbers say: a pool whose connections are
-/// all in use or that has waiters, a worker pool whose threads are all busy or that has a queue,
-/// a non-empty cold-start or deploy queue, an open breaker.
+/// that show it (the panel turns them red) and what the numbers say: every catalog scenario's
+/// saturation rule ([`crate::scenarios::Scenario::saturation`]), in catalog order.
 pub fn saturation(gauges: &Map<String, Value>) -> Vec<Value> {
-    let n = |k: &str| gauges.get(k).and_then(Value::as_f64).unwrap_or(0.0);
-    let mut out = Vec::new();
-    let mut add = |resource: &str, scenario: &str, tiles: &[&str], detail: Vec<String>| {
-        if !detail.is_empty() {
-            out.push(json!({"resource": resource, "scenario": scenario, "tiles": tiles, "detail": detail.join(", ")}));
-        }
-    };
-    let mut db = Vec::new();
-    let mut db_tiles = Vec::new();
-    if n("db_max") > 0.0 && n("db_in_use") >= n("db_max") {
-        db.push(format!("{} of {} connections in use", n("db_in_use"), n("db_max")));
-        db_tiles.extend(["db_in_use", "db_max"]);
-    }
-    if n("db_waiting") > 0.0 {
-        db.push(format!("{} requests waiting for a connection", n("db_waiting")));
-        db_tiles.push("db_waiting");
-    }
-    add("DB pool", "db-pool", &db_tiles, db);
-    if n("db_leaked") > 0.0 {
-        add(
-            "DB pool (leaked sessions)",
-            "connection-leak",
-            &["db_leaked", "db_oldest_hold_s"],
-            vec![format!(
-                "{} connections kept past their request (db_leak_ms; POST /admin/reset lets them go)",
-                n("db_leaked")
-            )],
-        );
-    }
-    if n("db_poisoned_errors") > 0.0 {
-        add(
-            "DB connections (poisoned)",
-            "poisoned-pool",
-            &["db_poisoned_errors"],
-            vec![format!(
-                "{} requests failed on a connection inside an aborted transaction (db_skip_release_check is on)",
-                n("db_poisoned_errors")
-            )],
-        );
-    }
-    let mut workers = Vec::new();
-    let mut worker_tiles = Vec::new();
-    if n("worker_threads") > 0.0 && n("worker_busy") >= n("worker_threads") {
-        workers.push(format!("{} of {} threads busy", n("worker_busy"), n("worker_threads")));
-        worker_tiles.extend(["worker_busy", "worker_threads"]);
-    }
-    if n("worker_queue") > 0.0 {
-        workers.push(format!("{} calls queued", n("worker_queue")));
-        worker_tiles.push("worker_queue");
-    }
-    add("worker pool", "worker-pool", &worker_tiles, workers);
-    if n("cold_start_queue") > 0.0 {
-        add(
-            "cold-start queue",
-            "cold-start",
-            &["cold_start_queue"],
-            vec![format!("{} requests queued for a warm worker", n("cold_start_queue"))],
-        );
-    }
-    if n("deploy_queue") > 0.0 {
-        add(
-            "deploy queue",
-            "burst",
-            &["deploy_queue"],
-            vec![format!("{} deployments queued", n("deploy_queue"))],
-        );
-    }
-    if gauges.get("breaker").and_then(Value::as_str) == Some("open") {
-        add(
-            "downstream breaker",
-            "downstream",
-            &["breaker"],
-            vec!["open: calls fail fast".into()],
-        );
-    }
-    out
+    let readings = crate::scenarios::Readings(gauges);
+    crate::scenarios::ALL
+        .iter()
+        .filter_map(|s| Some((s.id, (s.saturation?)(&readings)?)))
+        .map(|(scenario, x)| {
+            json!({"resource": x.resource, "scenario": scenario, "tiles": x.tiles, "detail": x.detail.join(", ")})
+        })
+        .collect()
 }
 
 /// `fragile` or `hardened` when every knob has that profile's value (the knobs set at start-up
@@ -634,8 +565,10 @@ mod tests {
             s[0]["detail"].as_str().unwrap().contains("37 requests waiting"),
             "{s:?}"
         );
-        assert_eq!(s[1]["scenario"], "worker-pool");
-        assert_eq!(s[2]["resource"], "downstream breaker");
+        let scenarios: Vec<&str> = s.iter().filter_map(|x| x["scenario"].as_str()).collect();
+        assert_eq!(scenarios, ["db-pool", "downstream", "worker-pool"], "{s:?}");
+        assert_eq!(s[1]["resource"], "downstream breaker");
+        assert_eq!(s[2]["tiles"], json!(["worker_queue"]));
     }
 
     #[test]

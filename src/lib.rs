@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod apidoc;
+pub mod catalog;
 pub mod cli;
 pub mod downstream;
 pub mod edge;

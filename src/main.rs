@@ -48,6 +48,27 @@ fn main() -> ExitCode {
             print!("{}", chokepoint::knobs::markdown_table());
             ExitCode::SUCCESS
         }
+        Command::Catalog(args) => match chokepoint::catalog::check(&args.root, args.write) {
+            Ok(stale) if stale.is_empty() => {
+                println!("every generated part is current");
+                ExitCode::SUCCESS
+            }
+            Ok(stale) if args.write => {
+                println!("rewrote: {}", stale.join(", "));
+                ExitCode::SUCCESS
+            }
+            Ok(stale) => {
+                eprintln!(
+                    "stale: {}; run `chokepoint catalog --write` (or `cargo run --release -- catalog --write`)",
+                    stale.join(", ")
+                );
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("chokepoint catalog: {e} (run it from the repository's root, or pass --root)");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -12,28 +12,17 @@
 //! Metrics: `concurrency_limit{group}`, `concurrency_limit_rtt_seconds{group,kind}`,
 //! `requests_shed_total{reason="concurrency_limit"}`.
 
-use axum::Router;
 use chokepoint_repro::plan::{Plan, Prediction, Watch};
 use serde_json::{json, Value};
 
 use crate::scenarios::db_pool::{hold_plan, hold_prediction};
-use crate::scenarios::{Gauge, K6Script, Repro, RunConfig, Scenario};
+use crate::scenarios::Panel;
+use crate::scenarios::{Gauge, Repro, RunConfig, Scenario};
 
-pub const SCENARIO: Scenario = Scenario {
-    id: "adaptive-limit",
-    title: "an adaptive concurrency limit: the capacity found from measured latency, none given",
-    doc: "docs/scenarios/adaptive-limit.md",
-    k6: K6Script {
-        path: "load-tests/adaptive-limit.js",
-        source: include_str!("../../load-tests/adaptive-limit.js"),
-        smoke: true,
-    },
-    test: "tests/scenarios/adaptive_limit.rs",
-    // It limits db-pool's and cpu's routes; it has none of its own.
-    router: Router::new,
-    operations: Vec::new,
-    repro: Ok(Repro::new(repro_knobs, repro_plan, repro_predict)),
-    gauges: &[
+// It limits db-pool's and cpu's routes; it has none of its own.
+pub const SCENARIO: Scenario = crate::scenarios::scenario!("adaptive-limit", "an adaptive concurrency limit: the capacity found from measured latency, none given", without routes)
+    .repro(Repro::new(repro_knobs, repro_plan, repro_predict))
+    .gauges(&[
         Gauge {
             key: "limit_db",
             metric: "concurrency_limit",
@@ -46,8 +35,24 @@ pub const SCENARIO: Scenario = Scenario {
             labels: &[("group", "cpu")],
             reading: crate::scenarios::Reading::Value,
         },
-    ],
-};
+    ])
+    .dashboard(DASHBOARD);
+
+/// Its row of the Grafana dashboard (k8s/monitoring/grafana-dashboard.json).
+const DASHBOARD: &[Panel] = &[
+    Panel {
+        title: "Adaptive concurrency limit by group",
+        unit: "short",
+        targets: &[("max by (group) (concurrency_limit)", "limit {{group}}"), ("sum(rate(requests_shed_total{reason=\"concurrency_limit\"}[1m]))", "shed/s")],
+        description: "concurrency_limit = aimd | gradient: the limit found from latency (no capacity given), and what it refuses.",
+    },
+    Panel {
+        title: "Adaptive limit latency",
+        unit: "s",
+        targets: &[("max by (group, kind) (concurrency_limit_rtt_seconds)", "{{group}} {{kind}}")],
+        description: "The no-queue baseline and the last window's mean: above 1.1x the baseline the limit comes down.",
+    },
+];
 
 /// The hold of each request, as `repro db-pool`'s.
 const HOLD_MS: u64 = 100;

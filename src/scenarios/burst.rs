@@ -52,7 +52,9 @@ use crate::error::{AppError, AppResult};
 use crate::infra::database::{Conn, Database};
 use crate::knobs::{DeployMode, KnobStore, Knobs};
 use crate::on_conn;
-use crate::scenarios::{around, Gauge, K6Script, Repro, RunConfig, Scenario, AROUND, POOL_WAITING};
+use crate::scenarios::{around, Gauge, Repro, RunConfig, Scenario, AROUND, POOL_WAITING};
+use crate::scenarios::{Alert, Panel};
+use crate::scenarios::{Readings, Saturated};
 use crate::telemetry::{register, LATENCY_BUCKETS};
 use crate::AppState;
 
@@ -943,21 +945,71 @@ async fn show(State(state): State<AppState>, Path(id): Path<String>) -> AppResul
 }
 
 /// The catalog entry (see [`crate::scenarios::ALL`]).
-pub const SCENARIO: Scenario = Scenario {
-    id: "burst",
-    title: "synchronous deployments hold connections until requests time out",
-    doc: "docs/scenarios/burst.md",
-    k6: K6Script {
-        path: "load-tests/burst.js",
-        source: include_str!("../../load-tests/burst.js"),
-        smoke: true,
+pub const SCENARIO: Scenario = crate::scenarios::scenario!(
+    "burst",
+    "synchronous deployments hold connections until requests time out"
+)
+.repro(REPRO)
+.gauges(&[Gauge::value("deploy_queue", "deploy_queue_depth")])
+.saturation(saturation)
+.dashboard(DASHBOARD)
+.alerts(ALERTS);
+
+/// Its row of the Grafana dashboard (k8s/monitoring/grafana-dashboard.json).
+const DASHBOARD: &[Panel] = &[
+    Panel {
+        title: "Deployments by outcome",
+        unit: "reqps",
+        targets: &[(
+            "sum by (mode, outcome) (rate(deployments_total[1m]))",
+            "{{mode}} {{outcome}}",
+        )],
+        description: "sync: timeouts at the 20 s request timeout. async: accepted now, created at database speed.",
     },
-    test: "tests/scenarios/burst.rs",
-    router,
-    operations,
-    repro: Ok(REPRO),
-    gauges: &[Gauge::value("deploy_queue", "deploy_queue_depth")],
-};
+    Panel {
+        title: "Async queue and workers",
+        unit: "short",
+        targets: &[
+            ("sum(deploy_queue_depth)", "queued"),
+            ("sum(deploy_workers_busy)", "busy workers"),
+        ],
+        description: "",
+    },
+    Panel {
+        title: "Transaction time p95 / queue wait p95",
+        unit: "s",
+        targets: &[
+            (
+                "histogram_quantile(0.95, sum by (instance, le) (rate(deploy_transaction_seconds_bucket[1m])))",
+                "transaction {{instance}}",
+            ),
+            (
+                "histogram_quantile(0.95, sum by (instance, le) (rate(deploy_queue_wait_seconds_bucket[1m])))",
+                "queue wait {{instance}}",
+            ),
+        ],
+        description: "",
+    },
+];
+
+/// The alerts that fire on its collapse (k8s/monitoring/alerts.rules.yml).
+const ALERTS: &[Alert] = &[
+    Alert {
+        name: "DeploymentRequestTimeouts",
+        expr: "sum by (instance) (rate(deployments_total{outcome=\"timeout\"}[1m])) > 0",
+        for_: "30s",
+        severity: "critical",
+        summary: "POST /api/v1/deployments/ timing out on {{ $labels.instance }}",
+        description: "Synchronous deployments wait for the pool until the request timeout (504). Consider deploy_mode=async (docs/scenarios/burst.md).",
+    },
+];
+
+/// Its saturation banner: deployments queued.
+fn saturation(r: &Readings) -> Option<Saturated> {
+    (r.n("deploy_queue") > 0.0).then(|| {
+        Saturated::new("deploy queue").because(&["deploy_queue"], format!("{} deployments queued", r.n("deploy_queue")))
+    })
+}
 
 /// Its routes in the OpenAPI document, each with its guard group.
 fn operations() -> Vec<Op> {

@@ -36,7 +36,8 @@ use crate::error::{AppError, AppResult};
 use crate::infra::database::Database;
 use crate::infra::redis::Redis;
 use crate::knobs::Knobs;
-use crate::scenarios::{K6Script, Repro, RunConfig, Scenario};
+use crate::scenarios::{Alert, Panel};
+use crate::scenarios::{Repro, RunConfig, Scenario};
 use crate::telemetry::{register, GaugeGuard};
 use crate::AppState;
 
@@ -314,21 +315,60 @@ impl crate::knobs::ApplyKnobs for Cache {
 }
 
 /// The catalog entry (see [`crate::scenarios::ALL`]).
-pub const SCENARIO: Scenario = Scenario {
-    id: "cache-stampede",
-    title: "expired keys send every reader to the database",
-    doc: "docs/scenarios/cache-stampede.md",
-    k6: K6Script {
-        path: "load-tests/cache-stampede.js",
-        source: include_str!("../../load-tests/cache-stampede.js"),
-        smoke: true,
+pub const SCENARIO: Scenario =
+    crate::scenarios::scenario!("cache-stampede", "expired keys send every reader to the database")
+        .repro(REPRO)
+        .dashboard(DASHBOARD)
+        .alerts(ALERTS);
+
+/// Its row of the Grafana dashboard (k8s/monitoring/grafana-dashboard.json).
+const DASHBOARD: &[Panel] = &[
+    Panel {
+        title: "Cache reads by result",
+        unit: "reqps",
+        targets: &[("sum by (result) (rate(cache_requests_total[1m]))", "{{result}}")],
+        description: "",
     },
-    test: "tests/scenarios/cache_stampede.rs",
-    router,
-    operations,
-    repro: Ok(REPRO),
-    gauges: &[],
-};
+    Panel {
+        title: "Database loads",
+        unit: "short",
+        targets: &[
+            ("sum(rate(cache_db_loads_total[1m]))", "loads/s"),
+            ("sum(cache_loads_in_flight)", "in flight"),
+        ],
+        description: "A stampede: one load per reader. Single-flight: one per key.",
+    },
+    Panel {
+        title: "Redis",
+        unit: "short",
+        targets: &[
+            ("sum by (kind) (rate(redis_errors_total[1m]))", "errors/s {{kind}}"),
+            ("sum by (state) (redis_pool_connections)", "pool {{state}}"),
+            ("sum(redis_pool_waiting)", "pool waiting"),
+        ],
+        description: "",
+    },
+];
+
+/// The alerts that fire on its collapse (k8s/monitoring/alerts.rules.yml).
+const ALERTS: &[Alert] = &[
+    Alert {
+        name: "CacheStampede",
+        expr: "sum by (instance) (rate(cache_db_loads_total[1m]))\n  > 0.5 * sum by (instance) (rate(cache_requests_total[1m]))\nand sum by (instance) (rate(cache_requests_total[1m])) > 1\n",
+        for_: "1m",
+        severity: "warning",
+        summary: "Most cache reads go to the database on {{ $labels.instance }}",
+        description: "Database loads are {{ $value | humanize }}/s: a flush or mass expiry sends every reader to the database (single-flight and jittered TTLs cure it).",
+    },
+    Alert {
+        name: "RedisErrors",
+        expr: "sum by (instance, kind) (rate(redis_errors_total[1m])) > 0",
+        for_: "30s",
+        severity: "warning",
+        summary: "Redis operations failing ({{ $labels.kind }}) on {{ $labels.instance }}",
+        description: "Without serve-stale, every cache read answers 500 redis_error.",
+    },
+];
 
 /// Its routes in the OpenAPI document, each with its guard group.
 fn operations() -> Vec<Op> {

@@ -30,7 +30,9 @@ use crate::apidoc::{int, num, obj, Op};
 use crate::error::{AppError, AppResult};
 use crate::knobs::Knobs;
 use crate::params::{Fallback, Num, Params};
-use crate::scenarios::{around, Gauge, K6Script, Repro, RunConfig, Scenario, AROUND};
+use crate::scenarios::{around, Gauge, Repro, RunConfig, Scenario, AROUND};
+use crate::scenarios::{Alert, Panel};
+use crate::scenarios::{Readings, Saturated};
 use crate::telemetry::register;
 use crate::AppState;
 
@@ -260,21 +262,52 @@ impl crate::knobs::ApplyKnobs for Arc<ElasticPool> {
 }
 
 /// The catalog entry (see [`crate::scenarios::ALL`]).
-pub const SCENARIO: Scenario = Scenario {
-    id: "cold-start",
-    title: "requests wait behind cold starts",
-    doc: "docs/scenarios/cold-start.md",
-    k6: K6Script {
-        path: "load-tests/cold-start.js",
-        source: include_str!("../../load-tests/cold-start.js"),
-        smoke: true,
+pub const SCENARIO: Scenario = crate::scenarios::scenario!("cold-start", "requests wait behind cold starts")
+    .repro(REPRO)
+    .gauges(&[Gauge::value("cold_start_queue", "cold_start_queue_depth")])
+    .saturation(saturation)
+    .dashboard(DASHBOARD)
+    .alerts(ALERTS);
+
+/// Its row of the Grafana dashboard (k8s/monitoring/grafana-dashboard.json).
+const DASHBOARD: &[Panel] = &[
+    Panel {
+        title: "Workers by state",
+        unit: "short",
+        targets: &[("sum by (state) (cold_start_workers)", "{{state}}")],
+        description: "",
     },
-    test: "tests/scenarios/cold_start.rs",
-    router,
-    operations,
-    repro: Ok(REPRO),
-    gauges: &[Gauge::value("cold_start_queue", "cold_start_queue_depth")],
-};
+    Panel {
+        title: "Queue and gateway timeouts",
+        unit: "short",
+        targets: &[
+            ("sum(cold_start_queue_depth)", "queued"),
+            ("sum(rate(cold_start_gateway_timeouts_total[1m]))", "gateway timeouts/s"),
+            ("sum(rate(cold_start_cold_starts_total[1m]))", "cold starts/s"),
+        ],
+        description: "",
+    },
+];
+
+/// The alerts that fire on its collapse (k8s/monitoring/alerts.rules.yml).
+const ALERTS: &[Alert] = &[Alert {
+    name: "ColdStartGatewayTimeouts",
+    expr: "sum by (instance) (rate(cold_start_gateway_timeouts_total[1m])) > 0",
+    for_: "30s",
+    severity: "warning",
+    summary: "Cold-start requests pass the gateway timeout on {{ $labels.instance }}",
+    description: "Requests queued behind cold starts: keep workers warm (min_warm_workers).",
+}];
+
+/// Its saturation banner: requests queued for a warm worker.
+fn saturation(r: &Readings) -> Option<Saturated> {
+    (r.n("cold_start_queue") > 0.0).then(|| {
+        Saturated::new("cold-start queue").because(
+            &["cold_start_queue"],
+            format!("{} requests queued for a warm worker", r.n("cold_start_queue")),
+        )
+    })
+}
 
 /// Its routes in the OpenAPI document, each with its guard group.
 fn operations() -> Vec<Op> {

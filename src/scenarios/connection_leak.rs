@@ -28,7 +28,9 @@ use crate::error::{AppError, AppResult};
 use crate::infra::checkout::Checkout;
 use crate::infra::database::Conn;
 use crate::resilience::guard::Group;
-use crate::scenarios::{around, Gauge, K6Script, Repro, RunConfig, Scenario, POOL_WAITING};
+use crate::scenarios::{around, Gauge, Repro, RunConfig, Scenario, POOL_WAITING};
+use crate::scenarios::{Alert, Panel};
+use crate::scenarios::{Readings, Saturated};
 use crate::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -96,31 +98,86 @@ async fn session(State(state): State<AppState>) -> AppResult<Json<Value>> {
 }
 
 /// The catalog entry (see [`crate::scenarios::ALL`]).
-pub const SCENARIO: Scenario = Scenario {
-    id: "connection-leak",
-    title: "sessions nobody closes drain the database pool",
-    doc: "docs/scenarios/connection-leak.md",
-    k6: K6Script {
-        path: "load-tests/connection-leak.js",
-        source: include_str!("../../load-tests/connection-leak.js"),
-        smoke: true,
+pub const SCENARIO: Scenario =
+    crate::scenarios::scenario!("connection-leak", "sessions nobody closes drain the database pool")
+        .repro(REPRO)
+        .gauges(&[
+            Gauge::value("db_leaked", "db_connections_leaked"),
+            Gauge {
+                key: "db_held_over_10s",
+                metric: "db_connections_held",
+                labels: &[("over", "10s")],
+                reading: crate::scenarios::Reading::Value,
+            },
+            Gauge::value("db_oldest_hold_s", "db_connection_oldest_hold_seconds"),
+            Gauge::value("db_leaks_detected", "db_connection_leaks_detected_total"),
+        ])
+        .saturation(saturation)
+        .dashboard(DASHBOARD)
+        .alerts(ALERTS);
+
+/// Its row of the Grafana dashboard (k8s/monitoring/grafana-dashboard.json).
+const DASHBOARD: &[Panel] = &[
+    Panel {
+        title: "Leaked and long-held connections",
+        unit: "short",
+        targets: &[
+            ("sum(db_connections_leaked)", "leaked"),
+            ("sum by (over) (db_connections_held)", "held over {{over}}"),
+        ],
+        description:
+            "Connections kept past their request (db_leak_ms), and checkouts open longer than 1 s / 10 s / 60 s.",
     },
-    test: "tests/scenarios/connection_leak.rs",
-    router,
-    operations,
-    repro: Ok(REPRO),
-    gauges: &[
-        Gauge::value("db_leaked", "db_connections_leaked"),
-        Gauge {
-            key: "db_held_over_10s",
-            metric: "db_connections_held",
-            labels: &[("over", "10s")],
-            reading: crate::scenarios::Reading::Value,
-        },
-        Gauge::value("db_oldest_hold_s", "db_connection_oldest_hold_seconds"),
-        Gauge::value("db_leaks_detected", "db_connection_leaks_detected_total"),
-    ],
-};
+    Panel {
+        title: "Oldest hold",
+        unit: "s",
+        targets: &[("max(db_connection_oldest_hold_seconds)", "oldest")],
+        description: "The age of the longest-held pooled connection: a leak climbs without bound.",
+    },
+    Panel {
+        title: "Leaks detected/s by route",
+        unit: "short",
+        targets: &[(
+            "sum by (route) (rate(db_connection_leaks_detected_total[1m]))",
+            "{{route}}",
+        )],
+        description: "The leak detector (db_leak_detect_ms) names the route that took the connection.",
+    },
+    Panel {
+        title: "Connection hold p95",
+        unit: "s",
+        targets: &[(
+            "histogram_quantile(0.95, sum by (le) (rate(db_connection_hold_seconds_bucket[1m])))",
+            "p95",
+        )],
+        description: "Checkout to release: the pool's service time, the denominator of its capacity.",
+    },
+];
+
+/// The alerts that fire on its collapse (k8s/monitoring/alerts.rules.yml).
+const ALERTS: &[Alert] = &[
+    Alert {
+        name: "ConnectionLeak",
+        expr: "max by (instance) (db_connections_held{over=\"60s\"}) > 0",
+        for_: "2m",
+        severity: "warning",
+        summary: "{{ $labels.instance }} holds {{ $value }} pooled connection(s) for over a minute",
+        description: "A connection checked out for more than 60 s is a leak or a runaway query: the pool loses a slot for as long (capacity = pool / hold). db_connection_leaks_detected_total{route} and the WARN log name the route and request id that took it (db_leak_detect_ms); POST /admin/reset releases the lab's leaked sessions.",
+    },
+];
+
+/// Its saturation banner: connections kept past their request.
+fn saturation(r: &Readings) -> Option<Saturated> {
+    (r.n("db_leaked") > 0.0).then(|| {
+        Saturated::new("DB pool (leaked sessions)").because(
+            &["db_leaked", "db_oldest_hold_s"],
+            format!(
+                "{} connections kept past their request (db_leak_ms; POST /admin/reset lets them go)",
+                r.n("db_leaked")
+            ),
+        )
+    })
+}
 
 fn operations() -> Vec<Op> {
     vec![Op::new(

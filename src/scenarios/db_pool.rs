@@ -21,7 +21,9 @@ use crate::error::{AppError, AppResult};
 use crate::infra::database::Conn;
 use crate::params::{Fallback, Num, Params, Text};
 use crate::resilience::guard::Group;
-use crate::scenarios::{around, Gauge, K6Script, Reading, Repro, RunConfig, Scenario, AROUND, POOL_WAITING};
+use crate::scenarios::{around, Gauge, Reading, Repro, RunConfig, Scenario, AROUND, POOL_WAITING};
+use crate::scenarios::{Alert, Panel};
+use crate::scenarios::{Readings, Saturated};
 use crate::AppState;
 
 /// How long each `/api/db-pool-exhaust` query holds its connection (the seed's 5 s).
@@ -339,20 +341,9 @@ async fn expensive_query(State(state): State<AppState>, params: Params) -> AppRe
 }
 
 /// The catalog entry (see [`crate::scenarios::ALL`]).
-pub const SCENARIO: Scenario = Scenario {
-    id: "db-pool",
-    title: "requests queue for pooled connections",
-    doc: "docs/scenarios/db-pool.md",
-    k6: K6Script {
-        path: "load-tests/db-pool.js",
-        source: include_str!("../../load-tests/db-pool.js"),
-        smoke: true,
-    },
-    test: "tests/scenarios/db_pool.rs",
-    router,
-    operations,
-    repro: Ok(REPRO),
-    gauges: &[
+pub const SCENARIO: Scenario = crate::scenarios::scenario!("db-pool", "requests queue for pooled connections")
+    .repro(REPRO)
+    .gauges(&[
         Gauge {
             key: "db_in_use",
             metric: "db_pool_connections",
@@ -367,8 +358,94 @@ pub const SCENARIO: Scenario = Scenario {
         },
         Gauge::value("db_waiting", "db_pool_waiting"),
         Gauge::value("db_max", "db_pool_max_connections"),
-    ],
-};
+    ])
+    .saturation(saturation)
+    .dashboard(DASHBOARD)
+    .alerts(ALERTS);
+
+/// Its row of the Grafana dashboard (k8s/monitoring/grafana-dashboard.json).
+const DASHBOARD: &[Panel] = &[
+    Panel {
+        title: "Waiting for a connection",
+        unit: "short",
+        targets: &[("sum by (instance) (db_pool_waiting)", "{{instance}}")],
+        description: "The first sign: waiters > 0 means throughput is pinned at pool / hold time.",
+    },
+    Panel {
+        title: "Connections",
+        unit: "short",
+        targets: &[
+            ("sum by (state) (db_pool_connections)", "{{state}}"),
+            ("sum(db_pool_max_connections)", "max"),
+        ],
+        description:
+            "in_use at max with waiters: starved. in_use below max with timeouts: the server refuses (db-replicas).",
+    },
+    Panel {
+        title: "Acquire wait p95",
+        unit: "s",
+        targets: &[(
+            "histogram_quantile(0.95, sum by (instance, le) (rate(db_pool_acquire_wait_seconds_bucket[1m])))",
+            "{{instance}}",
+        )],
+        description: "Near the acquire timeout (30 s fragile) the waiters start failing.",
+    },
+    Panel {
+        title: "Acquire timeouts/s by replica",
+        unit: "reqps",
+        targets: &[(
+            "sum by (instance) (rate(db_pool_acquire_timeouts_total[1m]))",
+            "{{instance}}",
+        )],
+        description: "503 db_pool_timeout. Growing with the replica count: db-replicas.",
+    },
+];
+
+/// The alerts that fire on its collapse (k8s/monitoring/alerts.rules.yml).
+const ALERTS: &[Alert] = &[
+    Alert {
+        name: "DBPoolWaiters",
+        expr: "max by (instance) (db_pool_waiting) > 0",
+        for_: "1m",
+        severity: "warning",
+        summary: "Requests queue for database connections on {{ $labels.instance }}",
+        description: "{{ $value }} requests have waited for a pooled connection for 1 minute: throughput is pinned at pool size / hold time (docs/scenarios/db-pool.md).",
+    },
+    Alert {
+        name: "DBPoolAcquireTimeouts",
+        expr: "sum by (instance) (rate(db_pool_acquire_timeouts_total[1m])) > 0",
+        for_: "30s",
+        severity: "critical",
+        summary: "Database pool acquire timeouts on {{ $labels.instance }}",
+        description: "{{ $value | humanize }}/s requests gave up waiting for a connection (503 db_pool_timeout). With several replicas, check the pools against max_connections (docs/scenarios/db-replicas.md).",
+    },
+    Alert {
+        name: "DatabaseUnreachable",
+        expr: "min by (instance) (db_up) == 0",
+        for_: "30s",
+        severity: "critical",
+        summary: "The database is unreachable from {{ $labels.instance }}",
+        description: "The monitor's ping has failed for 30 s: DB routes answer 503 db_unavailable and /ready fails. Not pool exhaustion: check the database itself (docs/reliability.md).",
+    },
+];
+
+/// Its saturation banner: every connection in use, or requests waiting for one.
+fn saturation(r: &Readings) -> Option<Saturated> {
+    let mut s = Saturated::new("DB pool");
+    if r.n("db_max") > 0.0 && r.n("db_in_use") >= r.n("db_max") {
+        s = s.because(
+            &["db_in_use", "db_max"],
+            format!("{} of {} connections in use", r.n("db_in_use"), r.n("db_max")),
+        );
+    }
+    if r.n("db_waiting") > 0.0 {
+        s = s.because(
+            &["db_waiting"],
+            format!("{} requests waiting for a connection", r.n("db_waiting")),
+        );
+    }
+    s.if_any()
+}
 
 /// Its routes in the OpenAPI document, each with its guard group.
 fn operations() -> Vec<Op> {

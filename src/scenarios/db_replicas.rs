@@ -4,28 +4,16 @@
 //! `db-pool`'s routes, run on several replicas in front of one PostgreSQL (the k8s `replicas`
 //! overlay, `scripts/k6-replicas.sh`), and PgBouncer in transaction mode is the cure.
 
-use axum::Router;
 use chokepoint_repro::plan::{Plan, Prediction};
 use serde_json::{json, Value};
 
-use crate::scenarios::{K6Script, Repro, RunConfig, Scenario};
+use crate::scenarios::{Repro, RunConfig, Scenario};
 
 /// The catalog entry (see [`crate::scenarios::ALL`]).
-pub const SCENARIO: Scenario = Scenario {
-    id: "db-replicas",
-    title: "replicas × pool size passes the server's max_connections",
-    doc: "docs/scenarios/db-replicas.md",
-    k6: K6Script {
-        path: "load-tests/db-replicas.js",
-        source: include_str!("../../load-tests/db-replicas.js"),
-        smoke: false,
-    },
-    test: "tests/scenarios/db_replicas.rs",
-    router: Router::new,
-    operations: Vec::new,
-    repro: Ok(REPRO),
-    gauges: &[],
-};
+pub const SCENARIO: Scenario = crate::scenarios::scenario!("db-replicas", "replicas × pool size passes the server's max_connections", without routes)
+    .k6_run_by("scripts/k6-replicas.sh")
+    .repro(REPRO)
+    .dashboard_row_with("db-pool");
 
 /// `chokepoint repro db-replicas`: its plan and prediction.
 const REPRO: Repro = Repro {

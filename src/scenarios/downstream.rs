@@ -20,7 +20,9 @@ use crate::error::AppResult;
 use crate::infra::http_client::CallTimeout;
 use crate::params::{Fallback, Num, Params};
 use crate::resilience::guard::Group;
-use crate::scenarios::{seed_number, Gauge, K6Script, Reading, Repro, RunConfig, Scenario};
+use crate::scenarios::{seed_number, Gauge, Reading, Repro, RunConfig, Scenario};
+use crate::scenarios::{Alert, Panel};
+use crate::scenarios::{Readings, Saturated};
 use crate::AppState;
 
 /// The seed's fixed downstream delays and fan-out.
@@ -119,26 +121,96 @@ async fn no_timeout(State(state): State<AppState>) -> AppResult<Json<Value>> {
 }
 
 /// The catalog entry (see [`crate::scenarios::ALL`]).
-pub const SCENARIO: Scenario = Scenario {
-    id: "downstream",
-    title: "a slow dependency piles requests up behind it",
-    doc: "docs/scenarios/downstream.md",
-    k6: K6Script {
-        path: "load-tests/downstream.js",
-        source: include_str!("../../load-tests/downstream.js"),
-        smoke: true,
+pub const SCENARIO: Scenario =
+    crate::scenarios::scenario!("downstream", "a slow dependency piles requests up behind it")
+        .repro(REPRO)
+        .gauges(&[Gauge {
+            key: "breaker",
+            metric: "circuit_breaker_state",
+            labels: &[],
+            reading: Reading::BreakerState,
+        }])
+        .saturation(saturation)
+        .dashboard(DASHBOARD)
+        .alerts(ALERTS);
+
+/// Its row of the Grafana dashboard (k8s/monitoring/grafana-dashboard.json).
+const DASHBOARD: &[Panel] = &[
+    Panel {
+        title: "Downstream calls in flight",
+        unit: "short",
+        targets: &[("sum(downstream_calls_in_flight)", "in flight")],
+        description: "A slow dependency without timeouts piles calls up here.",
     },
-    test: "tests/scenarios/downstream.rs",
-    router,
-    operations,
-    repro: Ok(REPRO),
-    gauges: &[Gauge {
-        key: "breaker",
-        metric: "circuit_breaker_state",
-        labels: &[],
-        reading: Reading::BreakerState,
-    }],
-};
+    Panel {
+        title: "Calls by outcome",
+        unit: "reqps",
+        targets: &[("sum by (outcome) (rate(downstream_calls_total[1m]))", "{{outcome}}")],
+        description: "",
+    },
+    Panel {
+        title: "Connection pool: in use and waiting",
+        unit: "short",
+        targets: &[
+            ("sum(downstream_pool_connections_in_use)", "in use"),
+            ("sum(downstream_pool_waiting)", "waiting for a connection"),
+            ("sum(rate(downstream_pool_timeouts_total[1m]))", "gave up waiting/s"),
+        ],
+        description: "downstream_pool_size connections; past them calls queue (fragile: without limit, the cascade).",
+    },
+    Panel {
+        title: "Attempts per call (retry amplification)",
+        unit: "short",
+        targets: &[(
+            "sum(rate(downstream_attempts_total[1m])) / sum(rate(downstream_calls_total[1m]))",
+            "attempts / call",
+        )],
+        description: "Naive retries multiply the load on the struggling dependency.",
+    },
+    Panel {
+        title: "Breaker state and rejections",
+        unit: "short",
+        targets: &[
+            ("max(circuit_breaker_state)", "state (0 closed, 1 open, 2 half-open)"),
+            ("sum(rate(circuit_breaker_rejections_total[1m]))", "rejections/s"),
+            (
+                "sum(rate(downstream_bulkhead_rejections_total[1m]))",
+                "bulkhead rejections/s",
+            ),
+            (
+                "sum(rate(downstream_retries_denied_total[1m]))",
+                "retries denied by budget/s",
+            ),
+        ],
+        description: "",
+    },
+];
+
+/// The alerts that fire on its collapse (k8s/monitoring/alerts.rules.yml).
+const ALERTS: &[Alert] = &[
+    Alert {
+        name: "CircuitBreakerOpen",
+        expr: "max by (instance) (circuit_breaker_state) == 1",
+        for_: "30s",
+        severity: "warning",
+        summary: "Downstream circuit breaker open on {{ $labels.instance }}",
+        description: "Downstream calls fail fast with 503 circuit_open while the dependency recovers.",
+    },
+    Alert {
+        name: "DownstreamConnectionQueue",
+        expr: "max by (instance) (downstream_pool_waiting) > 10",
+        for_: "1m",
+        severity: "warning",
+        summary: "{{ $value }} downstream calls waiting for a connection on {{ $labels.instance }}",
+        description: "The downstream client's pool (downstream_pool_size) is exhausted and calls queue behind it: the cascade. Cap the wait with downstream_pool_wait_ms.",
+    },
+];
+
+/// Its saturation banner: the breaker open.
+fn saturation(r: &Readings) -> Option<Saturated> {
+    (r.text("breaker") == Some("open"))
+        .then(|| Saturated::new("downstream breaker").because(&["breaker"], "open: calls fail fast".into()))
+}
 
 /// Its routes in the OpenAPI document, each with its guard group.
 fn operations() -> Vec<Op> {

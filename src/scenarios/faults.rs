@@ -48,30 +48,61 @@ use crate::error::{AppError, AppResult};
 use crate::knobs::Knobs;
 use crate::params::parse_duration;
 use crate::resilience::guard::Group;
-use crate::scenarios::{K6Script, Scenario};
+use crate::scenarios::Scenario;
+use crate::scenarios::{Alert, Panel};
 use crate::telemetry::register;
 use crate::AppState;
 
-pub const SCENARIO: Scenario = Scenario {
-    id: "faults",
-    title: "injected latency, errors, resets and response-phase faults on any route group",
-    doc: "docs/scenarios/faults.md",
-    k6: K6Script {
-        path: "load-tests/faults.js",
-        source: include_str!("../../load-tests/faults.js"),
-        smoke: true,
-    },
-    test: "tests/scenarios/faults.rs",
-    router: Router::new,
-    operations: Vec::new,
-    repro: Err(
-        "an injected fault has no capacity to sweep: the share of failed answers is the \
+pub const SCENARIO: Scenario = crate::scenarios::scenario!("faults", "injected latency, errors, resets and response-phase faults on any route group", without routes)
+    .no_repro("an injected fault has no capacity to sweep: the share of failed answers is the \
                  rule's rate at every load, and its cure is the caller's (an Idempotency-Key, a \
                  timeout, a bounded retry), not a profile; load-tests/faults.js shows the duplicates \
-                 and the key that prevents them",
-    ),
-    gauges: &[],
-};
+                 and the key that prevents them")
+    .dashboard(DASHBOARD)
+    .alerts(ALERTS);
+
+/// Its row of the Grafana dashboard (k8s/monitoring/grafana-dashboard.json).
+const DASHBOARD: &[Panel] = &[
+    Panel {
+        title: "Injected faults/s by group and kind",
+        unit: "reqps",
+        targets: &[(
+            "sum by (group, kind) (rate(faults_injected_total[1m]))",
+            "{{group}} {{kind}}",
+        )],
+        description: "Failures made on purpose (rules in /admin/faults, or allowed headers): not real ones.",
+    },
+    Panel {
+        title: "Fault rules set",
+        unit: "short",
+        targets: &[(
+            "sum by (group, kind) (max by (group, kind) (faults_active))",
+            "{{group}} {{kind}}",
+        )],
+        description: "1 while a rule of that kind is set on the group.",
+    },
+    Panel {
+        title: "Connections reset by a fault/s",
+        unit: "short",
+        targets: &[(
+            "sum(rate(http_connections_closed_total{reason=\"fault_reset\"}[1m]))",
+            "resets/s",
+        )],
+        description: "",
+    },
+];
+
+/// The alerts that fire on its collapse (k8s/monitoring/alerts.rules.yml).
+const ALERTS: &[Alert] = &[
+    Alert {
+        name: "FaultInjectionActive",
+        expr: "max by (instance, group, kind) (faults_active) > 0",
+        for_: "10m",
+        severity: "info",
+        summary: "Faults are injected on the {{ $labels.group }} routes ({{ $labels.kind }}) of {{ $labels.instance }}",
+        description: "A fault rule has been set for 10 minutes: failures on this group are injected (faults_injected_total, x-chokepoint-fault), not real. DELETE /admin/faults clears every rule.",
+    },
+];
 
 /// The groups a rule can target, in the order `GET /admin/faults` lists them.
 pub const GROUPS: [Group; 5] = [Group::Cpu, Group::Io, Group::Db, Group::Downstream, Group::Other];

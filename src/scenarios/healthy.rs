@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::apidoc::{any, nullable, num, obj, string, Op};
 use crate::error::AppError;
-use crate::scenarios::{Gauge, K6Script, Scenario};
+use crate::scenarios::{Gauge, Scenario};
 use crate::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -124,24 +124,11 @@ pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
 }
 
 /// The catalog entry (see [`crate::scenarios::ALL`]).
-pub const SCENARIO: Scenario = Scenario {
-    id: "healthy",
-    title: "the baseline: probes and fast routes, the canaries of every collapse",
-    doc: "docs/scenarios/healthy.md",
-    k6: K6Script {
-        path: "load-tests/baseline.js",
-        source: include_str!("../../load-tests/baseline.js"),
-        smoke: true,
-    },
-    test: "tests/scenarios/api_surface.rs",
-    router,
-    operations,
-    repro: Err(
-        "the healthy reference: nothing collapses, so there is no capacity to sweep; \
-                 load-tests/baseline.js is the canary beside every other run",
-    ),
-    gauges: &[Gauge::value("http_in_flight", "http_requests_in_flight")],
-};
+pub const SCENARIO: Scenario = crate::scenarios::scenario!("healthy", "the baseline: probes and fast routes, the canaries of every collapse", k6: "baseline")
+    .test_file("tests/scenarios/api_surface.rs")
+    .no_repro("the healthy reference: nothing collapses, so there is no capacity to sweep; \
+                 load-tests/baseline.js is the canary beside every other run")
+    .gauges(&[Gauge::value("http_in_flight", "http_requests_in_flight")]);
 
 /// Its routes in the OpenAPI document, each with its guard group.
 fn operations() -> Vec<Op> {

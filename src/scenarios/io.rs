@@ -15,7 +15,7 @@ use crate::apidoc::{array_of, int, num, obj, string, Op};
 use crate::error::AppResult;
 use crate::params::{Fallback, Num, Params};
 use crate::resilience::guard::Group;
-use crate::scenarios::{seed_number, K6Script, Scenario};
+use crate::scenarios::{seed_number, Scenario};
 use crate::AppState;
 
 pub const DELAY: Num<f64> = Num {
@@ -108,25 +108,13 @@ async fn parallel_io(params: Params) -> AppResult<Json<Value>> {
 }
 
 /// The catalog entry (see [`crate::scenarios::ALL`]).
-pub const SCENARIO: Scenario = Scenario {
-    id: "io",
-    title: "a blocked thread freezes every route it serves",
-    doc: "docs/scenarios/io.md",
-    k6: K6Script {
-        path: "load-tests/io.js",
-        source: include_str!("../../load-tests/io.js"),
-        smoke: true,
-    },
-    test: "tests/scenarios/io.rs",
-    router,
-    operations,
-    repro: Err(
+pub const SCENARIO: Scenario = crate::scenarios::scenario!("io", "a blocked thread freezes every route it serves")
+    .no_repro(
         "its collapse is a blocked worker thread, not a rate past a capacity, and no knob \
                  cures it (the cure is in the code: await, or move the work off the workers); \
                  load-tests/io.js shows both",
-    ),
-    gauges: &[],
-};
+    )
+    .dashboard_row_with("cpu");
 
 /// Its routes in the OpenAPI document, each with its guard group.
 fn operations() -> Vec<Op> {

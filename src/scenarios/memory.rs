@@ -24,7 +24,8 @@ use serde_json::{json, Value};
 use crate::apidoc::{int, num, obj, string, Op};
 use crate::error::{AppError, AppResult};
 use crate::params::{Fallback, Num, Params};
-use crate::scenarios::{Gauge, K6Script, Reading, Repro, RunConfig, Scenario};
+use crate::scenarios::{Alert, Panel};
+use crate::scenarios::{Gauge, Reading, Repro, RunConfig, Scenario};
 use crate::telemetry::register;
 use crate::AppState;
 
@@ -309,20 +310,9 @@ async fn clear_memory(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// The catalog entry (see [`crate::scenarios::ALL`]).
-pub const SCENARIO: Scenario = Scenario {
-    id: "memory",
-    title: "RSS climbs towards the container limit",
-    doc: "docs/scenarios/memory.md",
-    k6: K6Script {
-        path: "load-tests/memory.js",
-        source: include_str!("../../load-tests/memory.js"),
-        smoke: true,
-    },
-    test: "tests/scenarios/memory.rs",
-    router,
-    operations,
-    repro: Ok(REPRO),
-    gauges: &[
+pub const SCENARIO: Scenario = crate::scenarios::scenario!("memory", "RSS climbs towards the container limit")
+    .repro(REPRO)
+    .gauges(&[
         Gauge {
             key: "retained_mb",
             metric: "memory_retained_bytes",
@@ -335,8 +325,50 @@ pub const SCENARIO: Scenario = Scenario {
             labels: &[],
             reading: Reading::MiB,
         },
-    ],
-};
+    ])
+    .dashboard(DASHBOARD)
+    .alerts(ALERTS);
+
+/// Its row of the Grafana dashboard (k8s/monitoring/grafana-dashboard.json).
+const DASHBOARD: &[Panel] = &[
+    Panel {
+        title: "RSS vs limits",
+        unit: "bytes",
+        targets: &[
+            ("process_resident_memory_bytes", "RSS {{instance}}"),
+            ("process_memory_limit_bytes > 0", "container limit {{instance}}"),
+            ("memory_limit_bytes", "safety cap {{instance}}"),
+        ],
+        description: "RSS climbing linearly to the cgroup limit ends in an OOMKill.",
+    },
+    Panel {
+        title: "Held by the memory endpoints",
+        unit: "bytes",
+        targets: &[
+            ("sum(memory_retained_bytes)", "retained (leak)"),
+            ("sum(memory_spike_bytes)", "spikes"),
+        ],
+        description: "",
+    },
+    Panel {
+        title: "Refused at the cap (507)",
+        unit: "reqps",
+        targets: &[("sum(rate(memory_cap_refusals_total[1m]))", "refusals")],
+        description: "",
+    },
+];
+
+/// The alerts that fire on its collapse (k8s/monitoring/alerts.rules.yml).
+const ALERTS: &[Alert] = &[
+    Alert {
+        name: "RSSNearMemoryLimit",
+        expr: "max by (instance) (process_resident_memory_bytes) > 0.9 * max by (instance) (process_memory_limit_bytes > 0)",
+        for_: "1m",
+        severity: "critical",
+        summary: "RSS above 90% of the container memory limit on {{ $labels.instance }}",
+        description: "The next allocation may be an OOMKill. Retained memory: memory_retained_bytes; clear it with POST /api/clear-memory.",
+    },
+];
 
 /// Its routes in the OpenAPI document, each with its guard group.
 fn operations() -> Vec<Op> {

@@ -65,7 +65,8 @@ pub static ALL: &[Scenario] = &[
     adaptive_limit::SCENARIO,
 ];
 
-/// One failure mode, as it describes itself.
+/// One failure mode, as it describes itself. Written with [`scenario!`], which derives its files
+/// from its id, then the builder methods below for what differs.
 pub struct Scenario {
     /// The catalog id (`db-pool`): the OpenAPI tag of its routes, the panel's route group, the
     /// `repro` argument, the doc page's and k6 script's file name.
@@ -74,10 +75,11 @@ pub struct Scenario {
     pub title: &'static str,
     /// `docs/scenarios/<id>.md`.
     pub doc: &'static str,
-    /// The k6 script that triggers it.
+    /// The k6 script that triggers it: `load-tests/<id>.js`.
     pub k6: K6Script,
-    /// The test file that shows the collapse and the cure.
-    pub test: &'static str,
+    /// The test file that shows the collapse and the cure, when it is not
+    /// `tests/scenarios/<id with underscores>.rs` (see [`Scenario::test`]).
+    test_file: Option<&'static str>,
     pub router: fn() -> Router<AppState>,
     /// Its routes in the OpenAPI document, each with its guard group.
     pub operations: fn() -> Vec<Op>,
@@ -86,6 +88,200 @@ pub struct Scenario {
     pub repro: Result<Repro, &'static str>,
     /// What the live panel reads for it.
     pub gauges: &'static [Gauge],
+    /// When its resource is at its limit, from the panel's gauges (the saturation banner).
+    pub saturation: Option<SaturationRule>,
+    /// Its row of the Grafana dashboard: the metric that shows the collapse first, then the
+    /// cure's (`chokepoint catalog --write` writes k8s/monitoring/grafana-dashboard.json).
+    pub dashboard: &'static [Panel],
+    /// The scenario whose dashboard row it shares (its collapse shows on the same panels).
+    pub dashboard_row_with: Option<&'static str>,
+    /// The Prometheus alerts that fire on its collapse (k8s/monitoring/alerts.rules.yml).
+    pub alerts: &'static [Alert],
+}
+
+/// One Grafana time series panel.
+pub struct Panel {
+    pub title: &'static str,
+    /// Grafana's unit id (`s`, `reqps`, `short`, `bytes`, `percentunit`, `Bps`).
+    pub unit: &'static str,
+    /// PromQL expression and legend, one per series.
+    pub targets: &'static [(&'static str, &'static str)],
+    pub description: &'static str,
+}
+
+/// One Prometheus alerting rule.
+pub struct Alert {
+    pub name: &'static str,
+    pub expr: &'static str,
+    /// How long the condition holds before it fires (`30s`, `1m`).
+    pub for_: &'static str,
+    /// `info`, `warning` or `critical`.
+    pub severity: &'static str,
+    pub summary: &'static str,
+    pub description: &'static str,
+}
+
+/// A scenario's saturation rule: its resource at its limit right now, or `None`.
+pub type SaturationRule = fn(&Readings) -> Option<Saturated>;
+
+/// What a saturation rule reads: the live panel's gauges, by key.
+pub struct Readings<'a>(pub &'a serde_json::Map<String, serde_json::Value>);
+
+impl Readings<'_> {
+    /// A number (0 when absent).
+    pub fn n(&self, key: &str) -> f64 {
+        self.0.get(key).and_then(serde_json::Value::as_f64).unwrap_or(0.0)
+    }
+
+    /// A reading shown as text (the breaker's state).
+    pub fn text(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(serde_json::Value::as_str)
+    }
+}
+
+/// A resource at its limit, as the panel's banner shows it: the tiles it turns red and what the
+/// numbers say.
+#[derive(Debug, Default)]
+pub struct Saturated {
+    pub resource: &'static str,
+    pub tiles: Vec<&'static str>,
+    pub detail: Vec<String>,
+}
+
+impl Saturated {
+    pub fn new(resource: &'static str) -> Saturated {
+        Saturated {
+            resource,
+            ..Saturated::default()
+        }
+    }
+
+    /// Adds what one reading says, with the tiles that show it.
+    pub fn because(mut self, tiles: &[&'static str], detail: String) -> Saturated {
+        self.tiles.extend_from_slice(tiles);
+        self.detail.push(detail);
+        self
+    }
+
+    /// `None` when no reading said anything.
+    pub fn if_any(self) -> Option<Saturated> {
+        (!self.detail.is_empty()).then_some(self)
+    }
+}
+
+/// A catalog entry whose files follow from its id: `docs/scenarios/<id>.md`, `load-tests/<id>.js`
+/// (embedded, and run by the k6 smoke), `tests/scenarios/<id with underscores>.rs`, and the
+/// calling module's own `router` and `operations` functions. `without routes` for a scenario
+/// that loads another's routes; `k6: "<name>"` for a script not named after the id.
+macro_rules! scenario {
+    ($id:literal, $title:expr) => {
+        $crate::scenarios::scenario!(@files $id, $id, $title).routes(router, operations)
+    };
+    ($id:literal, $title:expr, without routes) => {
+        $crate::scenarios::scenario!(@files $id, $id, $title)
+    };
+    ($id:literal, $title:expr, k6: $k6:literal) => {
+        $crate::scenarios::scenario!(@files $id, $k6, $title).routes(router, operations)
+    };
+    (@files $id:literal, $k6:literal, $title:expr) => {
+        $crate::scenarios::Scenario::new(
+            $id,
+            $title,
+            concat!("docs/scenarios/", $id, ".md"),
+            $crate::scenarios::K6Script {
+                path: concat!("load-tests/", $k6, ".js"),
+                source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/load-tests/", $k6, ".js")),
+                run_by: $crate::scenarios::K6_SMOKE,
+            },
+        )
+    };
+}
+pub(crate) use scenario;
+
+impl Scenario {
+    /// What [`scenario!`] builds: no routes, no repro (a catalog test requires one or a reason),
+    /// no gauges.
+    #[doc(hidden)]
+    pub const fn new(id: &'static str, title: &'static str, doc: &'static str, k6: K6Script) -> Scenario {
+        Scenario {
+            id,
+            title,
+            doc,
+            k6,
+            test_file: None,
+            router: Router::new,
+            operations: Vec::new,
+            repro: Err(""),
+            gauges: &[],
+            saturation: None,
+            dashboard: &[],
+            dashboard_row_with: None,
+            alerts: &[],
+        }
+    }
+
+    pub const fn dashboard(mut self, panels: &'static [Panel]) -> Scenario {
+        self.dashboard = panels;
+        self
+    }
+
+    pub const fn dashboard_row_with(mut self, id: &'static str) -> Scenario {
+        self.dashboard_row_with = Some(id);
+        self
+    }
+
+    pub const fn alerts(mut self, alerts: &'static [Alert]) -> Scenario {
+        self.alerts = alerts;
+        self
+    }
+
+    pub const fn saturation(mut self, rule: SaturationRule) -> Scenario {
+        self.saturation = Some(rule);
+        self
+    }
+
+    pub const fn routes(mut self, router: fn() -> Router<AppState>, operations: fn() -> Vec<Op>) -> Scenario {
+        self.router = router;
+        self.operations = operations;
+        self
+    }
+
+    pub const fn repro(mut self, repro: Repro) -> Scenario {
+        self.repro = Ok(repro);
+        self
+    }
+
+    /// It has no `chokepoint repro`, and this is why (shown to users).
+    pub const fn no_repro(mut self, why: &'static str) -> Scenario {
+        self.repro = Err(why);
+        self
+    }
+
+    pub const fn gauges(mut self, gauges: &'static [Gauge]) -> Scenario {
+        self.gauges = gauges;
+        self
+    }
+
+    /// Its k6 script needs more than one lab process or a service the k6 smoke does not
+    /// start: `script` (under `scripts/`) runs it in CI instead.
+    pub const fn k6_run_by(mut self, script: &'static str) -> Scenario {
+        self.k6.run_by = script;
+        self
+    }
+
+    /// Its test file is not named after its id.
+    pub const fn test_file(mut self, path: &'static str) -> Scenario {
+        self.test_file = Some(path);
+        self
+    }
+
+    /// The test file that shows the collapse and the cure.
+    pub fn test(&self) -> String {
+        match self.test_file {
+            Some(path) => path.to_string(),
+            None => format!("tests/scenarios/{}.rs", self.id.replace('-', "_")),
+        }
+    }
 }
 
 /// A scenario's `chokepoint repro`: the knobs the run sets on top of the profile, the plan
@@ -186,9 +382,19 @@ pub struct K6Script {
     pub path: &'static str,
     /// The script itself (its opening comment explains the scenario in the panel).
     pub source: &'static str,
-    /// Run by `scripts/k6-smoke.sh` against one lab process; false when it needs more than one
-    /// (db-replicas runs in `scripts/k6-replicas.sh`).
-    pub smoke: bool,
+    /// The script that runs it in CI: [`K6_SMOKE`] against one lab process per profile, or
+    /// its own when it needs more (db-replicas: `scripts/k6-replicas.sh`).
+    pub run_by: &'static str,
+}
+
+/// The k6 smoke: every script it runs against one lab per profile.
+pub const K6_SMOKE: &str = "scripts/k6-smoke.sh";
+
+impl K6Script {
+    /// Run by the k6 smoke.
+    pub fn in_smoke(&self) -> bool {
+        self.run_by == K6_SMOKE
+    }
 }
 
 /// One number of the live panel: a key of the snapshot's `gauges`, read from a metric.
@@ -274,7 +480,9 @@ pub struct Listing {
     pub doc: &'static str,
     pub k6: &'static str,
     pub k6_smoke: bool,
-    pub test: &'static str,
+    /// The script that runs its k6 script in CI.
+    pub k6_run_by: &'static str,
+    pub test: String,
     pub routes: Vec<String>,
     /// Why `chokepoint repro <id>` has no run for it (null: it has one).
     pub no_repro: Option<&'static str>,
@@ -288,8 +496,9 @@ pub fn listing() -> Vec<Listing> {
             title: s.title,
             doc: s.doc,
             k6: s.k6.path,
-            k6_smoke: s.k6.smoke,
-            test: s.test,
+            k6_smoke: s.k6.in_smoke(),
+            k6_run_by: s.k6.run_by,
+            test: s.test(),
             routes: (s.operations)()
                 .iter()
                 .map(|op| format!("{} {}", op.method.to_uppercase(), op.path))
@@ -317,8 +526,26 @@ mod tests {
         let mut ids = BTreeSet::new();
         for s in ALL {
             assert!(ids.insert(s.id), "{} twice in ALL", s.id);
-            for file in [s.doc, s.k6.path, s.test] {
+            for file in [s.doc, s.k6.path, &s.test()] {
                 assert!(root().join(file).is_file(), "{}: {file} is missing", s.id);
+            }
+            if !s.k6.in_smoke() {
+                let runner = std::fs::read_to_string(root().join(s.k6.run_by))
+                    .unwrap_or_else(|e| panic!("{}: its k6 runner {}: {e}", s.id, s.k6.run_by));
+                assert!(
+                    runner.contains(s.k6.path.trim_start_matches("load-tests/")),
+                    "{}: {} does not run {}",
+                    s.id,
+                    s.k6.run_by,
+                    s.k6.path
+                );
+            }
+            if let Err(why) = s.repro {
+                assert!(
+                    !why.is_empty(),
+                    "{}: no repro and no reason why (.repro or .no_repro)",
+                    s.id
+                );
             }
             assert_eq!(s.doc, format!("docs/scenarios/{}.md", s.id));
             let source = std::fs::read_to_string(root().join(s.k6.path)).unwrap();
@@ -336,7 +563,8 @@ mod tests {
         for (dir, ext) in [("docs/scenarios", "md"), ("load-tests", "js")] {
             for entry in std::fs::read_dir(root().join(dir)).unwrap() {
                 let path = entry.unwrap().path();
-                if path.extension().and_then(|e| e.to_str()) != Some(ext) {
+                // docs/scenarios/README.md is the catalog's index (src/catalog.rs writes it).
+                if path.extension().and_then(|e| e.to_str()) != Some(ext) || path.ends_with("README.md") {
                     continue;
                 }
                 let rel = format!("{dir}/{}", path.file_name().unwrap().to_string_lossy());
@@ -344,6 +572,34 @@ mod tests {
                     ALL.iter().any(|s| s.doc == rel || s.k6.path == rel),
                     "{rel} belongs to no scenario in ALL"
                 );
+            }
+        }
+    }
+
+    /// Every scenario but `healthy` (the overview row) has its dashboard row or shares one that
+    /// exists; alert names are unique.
+    #[test]
+    fn every_scenario_is_on_the_dashboard() {
+        let mut names = BTreeSet::new();
+        for s in ALL {
+            match s.dashboard_row_with {
+                Some(other) => {
+                    let owner = find(other).unwrap_or_else(|| panic!("{}: shares the row of unknown `{other}`", s.id));
+                    assert!(
+                        !owner.dashboard.is_empty() && s.dashboard.is_empty(),
+                        "{}: shares {other}'s row",
+                        s.id
+                    );
+                }
+                None => assert!(
+                    s.id == "healthy" || !s.dashboard.is_empty(),
+                    "{} has no dashboard row",
+                    s.id
+                ),
+            }
+            for a in s.alerts {
+                assert!(names.insert(a.name), "alert {} twice", a.name);
+                assert!(["info", "warning", "critical"].contains(&a.severity), "{}", a.name);
             }
         }
     }
@@ -380,23 +636,6 @@ mod tests {
             let plan = (repro.plan)(&defaults, Some(5.0));
             assert!(!plan.rates.is_empty() && !plan.watches.is_empty(), "{}", s.id);
         }
-    }
-
-    /// The report's JSON schema names exactly the scenarios that have a repro.
-    #[test]
-    fn the_report_schema_lists_every_repro() {
-        let schema: serde_json::Value =
-            serde_json::from_str(include_str!("../../docs/repro-report.schema.json")).unwrap();
-        let mut listed: Vec<&str> = schema["properties"]["scenario"]["enum"]
-            .as_array()
-            .expect("an enum of scenario ids")
-            .iter()
-            .filter_map(|v| v.as_str())
-            .collect();
-        let mut ids = repro_ids();
-        listed.sort_unstable();
-        ids.sort_unstable();
-        assert_eq!(listed, ids, "docs/repro-report.schema.json's scenario enum");
     }
 
     /// Every route is declared once, by one scenario.

@@ -28,7 +28,9 @@ use crate::apidoc::{boolean, nullable, obj, string, Op, POOL_TIMEOUT};
 use crate::error::{AppError, AppResult};
 use crate::params::{Params, Text};
 use crate::resilience::guard::Group;
-use crate::scenarios::{Gauge, K6Script, Scenario};
+use crate::scenarios::{Alert, Panel};
+use crate::scenarios::{Gauge, Scenario};
+use crate::scenarios::{Readings, Saturated};
 use crate::AppState;
 
 pub const NAME: Text = Text {
@@ -93,35 +95,75 @@ async fn read_claim(State(state): State<AppState>, params: Params) -> AppResult<
 }
 
 /// The catalog entry (see [`crate::scenarios::ALL`]).
-pub const SCENARIO: Scenario = Scenario {
-    id: "poisoned-pool",
-    title: "a cancelled BEGIN poisons a pooled connection: every query on it fails",
-    doc: "docs/scenarios/poisoned-pool.md",
-    k6: K6Script {
-        path: "load-tests/poisoned-pool.js",
-        source: include_str!("../../load-tests/poisoned-pool.js"),
-        // It needs PostgreSQL and LINK_PROXY=true: scripts/k6-slow-link.sh runs it.
-        smoke: false,
-    },
-    test: "tests/scenarios/poisoned_pool.rs",
-    router,
-    operations,
-    repro: Err(
-        "its collapse is one connection poisoned by a BEGIN cancelled on a slow \
+pub const SCENARIO: Scenario = crate::scenarios::scenario!(
+    "poisoned-pool",
+    "a cancelled BEGIN poisons a pooled connection: every query on it fails"
+)
+// It needs PostgreSQL and LINK_PROXY=true.
+.k6_run_by("scripts/k6-slow-link.sh")
+.no_repro(
+    "its collapse is one connection poisoned by a BEGIN cancelled on a slow \
                  PostgreSQL link, not a rate past a capacity: it needs PostgreSQL behind the link \
                  proxy (LINK_PROXY=true) and the guard off; load-tests/poisoned-pool.js \
                  (scripts/k6-slow-link.sh) shows it and the cure",
-    ),
-    gauges: &[
-        Gauge::value("db_poisoned_errors", "db_poisoned_errors_total"),
-        Gauge {
-            key: "db_rolled_back_at_release",
-            metric: "db_connections_recovered_total",
-            labels: &[("action", "rolled_back")],
-            reading: crate::scenarios::Reading::Value,
-        },
-    ],
-};
+)
+.gauges(&[
+    Gauge::value("db_poisoned_errors", "db_poisoned_errors_total"),
+    Gauge {
+        key: "db_rolled_back_at_release",
+        metric: "db_connections_recovered_total",
+        labels: &[("action", "rolled_back")],
+        reading: crate::scenarios::Reading::Value,
+    },
+])
+.saturation(saturation)
+.dashboard(DASHBOARD)
+.alerts(ALERTS);
+
+/// Its row of the Grafana dashboard (k8s/monitoring/grafana-dashboard.json).
+const DASHBOARD: &[Panel] = &[
+    Panel {
+        title: "Poisoned answers/s",
+        unit: "short",
+        targets: &[("sum(rate(db_poisoned_errors_total[1m]))", "25P02/s")],
+        description:
+            "Requests failed on a connection inside an aborted transaction: never, with the release-time guard on.",
+    },
+    Panel {
+        title: "Connections rolled back at release/s",
+        unit: "short",
+        targets: &[(
+            "sum by (action) (rate(db_connections_recovered_total[1m]))",
+            "{{action}}",
+        )],
+        description: "The release-time guard at work: each one was a poisoned connection in waiting.",
+    },
+];
+
+/// The alerts that fire on its collapse (k8s/monitoring/alerts.rules.yml).
+const ALERTS: &[Alert] = &[
+    Alert {
+        name: "PoisonedConnection",
+        expr: "sum by (instance) (increase(db_poisoned_errors_total[5m])) > 0",
+        for_: "0m",
+        severity: "critical",
+        summary: "{{ $labels.instance }} serves requests on a poisoned database connection",
+        description: "Queries failed with 25P02 (current transaction is aborted): a pooled connection is inside a transaction an earlier, cancelled request left open, and fails every route it serves until it is recycled. The release-time guard prevents it: check db_skip_release_check is false.",
+    },
+];
+
+/// Its saturation banner: requests failed on a connection inside an aborted transaction.
+fn saturation(r: &Readings) -> Option<Saturated> {
+    (r.n("db_poisoned_errors") > 0.0).then(|| {
+        Saturated::new("DB connections (poisoned)").because(
+            &["db_poisoned_errors"],
+            format!(
+                "{} requests failed on a connection inside an aborted transaction (db_skip_release_check is on)",
+                r.n("db_poisoned_errors")
+            ),
+        )
+    })
+}
 
 fn operations() -> Vec<Op> {
     let claim = obj(&[

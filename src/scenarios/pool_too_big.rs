@@ -24,7 +24,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use chokepoint_repro::plan::{Plan, Prediction, Sweep, Target, Watch};
 use prometheus::{HistogramOpts, HistogramVec, IntGauge, Registry};
 use serde_json::{json, Value};
@@ -32,25 +31,16 @@ use serde_json::{json, Value};
 use crate::error::AppError;
 use crate::infra::database::Backend;
 use crate::resilience::bulkhead::{Bulkhead, Permit};
-use crate::scenarios::{Gauge, K6Script, Repro, RunConfig, Scenario};
+use crate::scenarios::{Alert, Panel};
+use crate::scenarios::{Gauge, Repro, RunConfig, Scenario};
 use crate::telemetry::register;
 
-pub const SCENARIO: Scenario = Scenario {
-    id: "pool-too-big",
-    title: "the pool that is too big: past the database's cores × 2, a bigger pool serves less and answers slower",
-    doc: "docs/scenarios/pool-too-big.md",
-    k6: K6Script {
-        path: "load-tests/pool-too-big.js",
-        source: include_str!("../../load-tests/pool-too-big.js"),
-        // It needs PostgreSQL: scripts/k6-pool-too-big.sh runs it.
-        smoke: false,
-    },
-    test: "tests/scenarios/pool_too_big.rs",
-    // Its load is db-pool's `/api/expensive-query` (the seed's CPU-bound query).
-    router: Router::new,
-    operations: Vec::new,
-    repro: Ok(REPRO),
-    gauges: &[
+// Its load is db-pool's `/api/expensive-query` (the seed's CPU-bound query).
+pub const SCENARIO: Scenario = crate::scenarios::scenario!("pool-too-big", "the pool that is too big: past the database's cores × 2, a bigger pool serves less and answers slower", without routes)
+    // It needs PostgreSQL.
+    .k6_run_by("scripts/k6-slow-link.sh")
+    .repro(REPRO)
+    .gauges(&[
         Gauge::value("cpu_queries_running", "db_cpu_queries_running"),
         Gauge {
             key: "db_in_use",
@@ -58,8 +48,37 @@ pub const SCENARIO: Scenario = Scenario {
             labels: &[("state", "in_use")],
             reading: crate::scenarios::Reading::Value,
         },
-    ],
-};
+    ])
+    .dashboard(DASHBOARD)
+    .alerts(ALERTS);
+
+/// Its row of the Grafana dashboard (k8s/monitoring/grafana-dashboard.json).
+const DASHBOARD: &[Panel] = &[
+    Panel {
+        title: "CPU-bound queries on the database",
+        unit: "short",
+        targets: &[("sum(db_cpu_queries_running)", "running"), ("sum(db_pool_connections{state=\"in_use\"})", "connections in use")],
+        description: "Past the server's cores x 2 a bigger pool only puts more queries on the same cores (db_cpu_query_slots caps them).",
+    },
+    Panel {
+        title: "CPU-bound query time p95 by phase",
+        unit: "s",
+        targets: &[("histogram_quantile(0.95, sum by (phase, le) (rate(db_cpu_query_seconds_bucket[1m])))", "{{phase}}")],
+        description: "wait: in the app for a slot; run: on the database, which grows with the queries sharing its cores.",
+    },
+];
+
+/// The alerts that fire on its collapse (k8s/monitoring/alerts.rules.yml).
+const ALERTS: &[Alert] = &[
+    Alert {
+        name: "DatabaseOversubscribed",
+        expr: "max by (instance) (db_cpu_queries_running) > 8\nand on (instance)\nhistogram_quantile(0.95, sum by (instance, le) (rate(db_cpu_query_seconds_bucket{phase=\"run\"}[1m]))) > 0.1\n",
+        for_: "2m",
+        severity: "warning",
+        summary: "{{ $labels.instance }} runs more CPU-bound queries at once than the database has cores for",
+        description: "More than 8 CPU-bound queries share the database and their p95 run time is over 100 ms: the pool has outgrown the server's cores (HikariCP: connections = cores x 2 + spindles), so each query runs longer and everything else on the database waits behind them. A bigger pool will not help; db_cpu_query_slots = the server's cores x 2 puts the queue back in the app.",
+    },
+];
 
 /// The query `repro pool-too-big` sends: 20 000 rows of recursive CTE, about 5 ms of one
 /// PostgreSQL core.

@@ -28,7 +28,8 @@ use crate::apidoc::{any, boolean, downstream_failures, int, num, obj, string, Op
 use crate::error::{AppError, AppResult};
 use crate::infra::http_client::CallTimeout;
 use crate::params::{Choice, Fallback, Num, Params};
-use crate::scenarios::{K6Script, Repro, RunConfig, Scenario};
+use crate::scenarios::Alert;
+use crate::scenarios::{Repro, RunConfig, Scenario};
 use crate::AppState;
 
 /// A buffered upload without `Content-Length` is counted against the memory cap in steps of this.
@@ -158,21 +159,25 @@ async fn upload(
 }
 
 /// The catalog entry (see [`crate::scenarios::ALL`]).
-pub const SCENARIO: Scenario = Scenario {
-    id: "retry-storm",
-    title: "no retry loses deliveries; naive retries multiply the load",
-    doc: "docs/scenarios/retry-storm.md",
-    k6: K6Script {
-        path: "load-tests/retry-storm.js",
-        source: include_str!("../../load-tests/retry-storm.js"),
-        smoke: true,
+pub const SCENARIO: Scenario = crate::scenarios::scenario!(
+    "retry-storm",
+    "no retry loses deliveries; naive retries multiply the load"
+)
+.repro(REPRO)
+.dashboard_row_with("downstream")
+.alerts(ALERTS);
+
+/// The alerts that fire on its collapse (k8s/monitoring/alerts.rules.yml).
+const ALERTS: &[Alert] = &[
+    Alert {
+        name: "RetryAmplification",
+        expr: "sum by (instance) (rate(downstream_attempts_total[1m]))\n  / sum by (instance) (rate(downstream_calls_total[1m])) > 2\n",
+        for_: "1m",
+        severity: "warning",
+        summary: "Each downstream call makes more than 2 attempts on {{ $labels.instance }}",
+        description: "Retries multiply the load on a struggling dependency (×{{ $value | humanize }}): add backoff, jitter and a retry budget.",
     },
-    test: "tests/scenarios/retry_storm.rs",
-    router,
-    operations,
-    repro: Ok(REPRO),
-    gauges: &[],
-};
+];
 
 /// Its routes in the OpenAPI document, each with its guard group.
 fn operations() -> Vec<Op> {

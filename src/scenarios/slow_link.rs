@@ -30,27 +30,62 @@ use crate::apidoc::{admin_auth, array_of, obj, path_param, Op};
 use crate::error::{AppError, AppResult};
 use crate::infra::link_proxy::{ToxicSpec, Toxics, LINKS};
 use crate::scenarios::db_pool::{hold_plan, hold_prediction};
-use crate::scenarios::{around, K6Script, Repro, RunConfig, Scenario, AROUND};
+use crate::scenarios::{around, Repro, RunConfig, Scenario, AROUND};
+use crate::scenarios::{Alert, Panel};
 use crate::AppState;
 use chokepoint_repro::plan::{Plan, Prediction};
 use serde_json::Value;
 
-pub const SCENARIO: Scenario = Scenario {
-    id: "slow-link",
-    title: "a sick link to a dependency: +20 ms per database round trip cuts the pool's capacity",
-    doc: "docs/scenarios/slow-link.md",
-    k6: K6Script {
-        path: "load-tests/slow-link.js",
-        source: include_str!("../../load-tests/slow-link.js"),
-        // It needs PostgreSQL and LINK_PROXY=true: scripts/k6-slow-link.sh runs it.
-        smoke: false,
+pub const SCENARIO: Scenario = crate::scenarios::scenario!("slow-link", "a sick link to a dependency: +20 ms per database round trip cuts the pool's capacity", without routes)
+    // It needs PostgreSQL and LINK_PROXY=true.
+    .k6_run_by("scripts/k6-slow-link.sh")
+    .repro(REPRO)
+    .dashboard(DASHBOARD)
+    .alerts(ALERTS);
+
+/// Its row of the Grafana dashboard (k8s/monitoring/grafana-dashboard.json).
+const DASHBOARD: &[Panel] = &[
+    Panel {
+        title: "Link toxics set",
+        unit: "short",
+        targets: &[(
+            "sum by (link, toxic) (max by (link, toxic) (link_faults_active))",
+            "{{link}} {{toxic}}",
+        )],
+        description: "1 while a toxic is set on a dependency link (LINK_PROXY).",
     },
-    test: "tests/scenarios/slow_link.rs",
-    router: Router::new,
-    operations: Vec::new,
-    repro: Ok(REPRO),
-    gauges: &[],
-};
+    Panel {
+        title: "Bytes through each link/s",
+        unit: "Bps",
+        targets: &[(
+            "sum by (link, direction) (rate(link_bytes_total[1m]))",
+            "{{link}} {{direction}}",
+        )],
+        description: "",
+    },
+    Panel {
+        title: "DB pool under a slow link",
+        unit: "short",
+        targets: &[
+            ("sum(db_pool_waiting)", "waiting"),
+            ("sum(db_pool_connections{state=\"in_use\"})", "in use"),
+            ("sum(rate(db_pool_acquire_timeouts_total[1m]))", "acquire timeouts/s"),
+        ],
+        description: "+L per round trip: the pool's capacity falls to pool / (hold + round trips × L).",
+    },
+];
+
+/// The alerts that fire on its collapse (k8s/monitoring/alerts.rules.yml).
+const ALERTS: &[Alert] = &[
+    Alert {
+        name: "LinkFaultActive",
+        expr: "max by (instance, link, toxic) (link_faults_active) > 0",
+        for_: "10m",
+        severity: "info",
+        summary: "The {{ $labels.link }} link of {{ $labels.instance }} is sick on purpose ({{ $labels.toxic }})",
+        description: "A link-proxy toxic has been set for 10 minutes: the dependency is fine, its link is slowed or cut by the lab (LINK_PROXY). DELETE /admin/links clears every toxic.",
+    },
+];
 
 /// The latency `repro slow-link` adds to each chunk PostgreSQL sends (the issue's +20 ms).
 const REPRO_LATENCY_MS: f64 = 20.0;

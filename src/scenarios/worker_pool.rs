@@ -31,7 +31,9 @@ use tokio::sync::oneshot;
 use crate::apidoc::{int, num, obj, string, Op};
 use crate::error::{AppError, AppResult};
 use crate::params::{Choice, Fallback, Num, Params};
-use crate::scenarios::{around, Gauge, K6Script, Repro, RunConfig, Scenario, AROUND};
+use crate::scenarios::{around, Gauge, Repro, RunConfig, Scenario, AROUND};
+use crate::scenarios::{Alert, Panel};
+use crate::scenarios::{Readings, Saturated};
 use crate::telemetry::{register, GaugeGuard, LATENCY_BUCKETS};
 use crate::AppState;
 
@@ -518,41 +520,90 @@ impl crate::knobs::ApplyKnobs for WorkerPool {
 }
 
 /// The catalog entry (see [`crate::scenarios::ALL`]).
-pub const SCENARIO: Scenario = Scenario {
-    id: "worker-pool",
-    title: "queue wait passes the deadline",
-    doc: "docs/scenarios/worker-pool.md",
-    k6: K6Script {
-        path: "load-tests/worker-pool.js",
-        source: include_str!("../../load-tests/worker-pool.js"),
-        smoke: true,
-    },
-    test: "tests/scenarios/worker_pool.rs",
-    router,
-    operations,
-    repro: Ok(REPRO),
-    gauges: &[
+pub const SCENARIO: Scenario = crate::scenarios::scenario!("worker-pool", "queue wait passes the deadline")
+    .repro(REPRO)
+    .gauges(&[
         Gauge::value("worker_queue", "worker_pool_queue_depth"),
         Gauge::value("worker_busy", "worker_pool_busy"),
         Gauge::value("worker_threads", "worker_pool_threads"),
-    ],
-};
+    ])
+    .saturation(saturation)
+    .dashboard(DASHBOARD)
+    .alerts(ALERTS);
+
+/// Its row of the Grafana dashboard (k8s/monitoring/grafana-dashboard.json).
+const DASHBOARD: &[Panel] = &[
+    Panel {
+        title: "Busy workers and queue",
+        unit: "short",
+        targets: &[
+            ("sum(worker_pool_busy)", "busy"),
+            ("sum(worker_pool_threads)", "threads"),
+            ("sum(worker_pool_queue_depth)", "queued"),
+        ],
+        description: "",
+    },
+    Panel {
+        title: "Queue wait p95 vs deadline",
+        unit: "s",
+        targets: &[
+            (
+                "histogram_quantile(0.95, sum by (instance, le) (rate(worker_pool_queue_wait_seconds_bucket[1m])))",
+                "p95 wait {{instance}}",
+            ),
+            (
+                "knob_value{knob=\"request_deadline_ms\"} / 1000",
+                "deadline {{instance}}",
+            ),
+        ],
+        description: "Once the wait passes the deadline, every request gets DEADLINE_EXCEEDED.",
+    },
+    Panel {
+        title: "Deadline exceeded, wasted work, rejected",
+        unit: "reqps",
+        targets: &[
+            (
+                "sum(rate(worker_pool_deadline_exceeded_total[1m]))",
+                "deadline exceeded",
+            ),
+            ("sum(rate(worker_pool_wasted_work_total[1m]))", "wasted work"),
+            ("sum(rate(worker_pool_rejected_total[1m]))", "rejected (queue full)"),
+        ],
+        description: "",
+    },
+];
+
+/// The alerts that fire on its collapse (k8s/monitoring/alerts.rules.yml).
+const ALERTS: &[Alert] = &[
+    Alert {
+        name: "WorkerQueueWaitNearDeadline",
+        expr: "histogram_quantile(0.95, sum by (instance, le) (rate(worker_pool_queue_wait_seconds_bucket[1m])))\n  > on (instance) (0.8 * max by (instance) (knob_value{knob=\"request_deadline_ms\"}) / 1000)\n",
+        for_: "1m",
+        severity: "critical",
+        summary: "Worker-pool queue wait near the request deadline on {{ $labels.instance }}",
+        description: "p95 queue wait is {{ $value | humanizeDuration }}: requests will reach workers after their deadline (DEADLINE_EXCEEDED while workers stay busy).",
+    },
+];
+
+/// Its saturation banner: every thread busy, or calls queued.
+fn saturation(r: &Readings) -> Option<Saturated> {
+    let mut s = Saturated::new("worker pool");
+    if r.n("worker_threads") > 0.0 && r.n("worker_busy") >= r.n("worker_threads") {
+        s = s.because(
+            &["worker_busy", "worker_threads"],
+            format!("{} of {} threads busy", r.n("worker_busy"), r.n("worker_threads")),
+        );
+    }
+    if r.n("worker_queue") > 0.0 {
+        s = s.because(&["worker_queue"], format!("{} calls queued", r.n("worker_queue")));
+    }
+    s.if_any()
+}
 
 /// The same report over real gRPC (`src/grpc.rs`, `GRPC_PORT`): no HTTP routes of its own.
-pub const GRPC_SCENARIO: Scenario = Scenario {
-    id: "worker-pool-grpc",
-    title: "queue wait passes the deadline, over real gRPC: DEADLINE_EXCEEDED",
-    doc: "docs/scenarios/worker-pool-grpc.md",
-    k6: K6Script {
-        path: "load-tests/worker-pool-grpc.js",
-        source: include_str!("../../load-tests/worker-pool-grpc.js"),
-        smoke: true,
-    },
-    test: "tests/scenarios/worker_pool_grpc.rs",
-    router: Router::new,
-    operations: Vec::new,
-    repro: Ok(GRPC_REPRO),
-    gauges: &[
+pub const GRPC_SCENARIO: Scenario = crate::scenarios::scenario!("worker-pool-grpc", "queue wait passes the deadline, over real gRPC: DEADLINE_EXCEEDED", without routes)
+    .repro(GRPC_REPRO)
+    .gauges(&[
         Gauge {
             key: "grpc_deadline_exceeded",
             metric: "grpc_server_handled_total",
@@ -565,8 +616,43 @@ pub const GRPC_SCENARIO: Scenario = Scenario {
             labels: &[("grpc_code", "ResourceExhausted")],
             reading: crate::scenarios::Reading::Value,
         },
-    ],
-};
+    ])
+    .dashboard(GRPC_DASHBOARD)
+    .alerts(GRPC_ALERTS);
+
+/// Its row of the Grafana dashboard (k8s/monitoring/grafana-dashboard.json).
+const GRPC_DASHBOARD: &[Panel] = &[
+    Panel {
+        title: "gRPC calls/s by code",
+        unit: "reqps",
+        targets: &[(
+            "sum by (grpc_method, grpc_code) (rate(grpc_server_handled_total[1m]))",
+            "{{grpc_method}} {{grpc_code}}",
+        )],
+        description: "DeadlineExceeded climbing with OK falling: the pool is past workers / work time.",
+    },
+    Panel {
+        title: "gRPC handling p95",
+        unit: "s",
+        targets: &[(
+            "histogram_quantile(0.95, sum by (grpc_method, le) (rate(grpc_server_handling_seconds_bucket[1m])))",
+            "p95 {{grpc_method}}",
+        )],
+        description: "Pinned at the deadline in fragile; short in hardened (RESOURCE_EXHAUSTED at once).",
+    },
+];
+
+/// The alerts that fire on its collapse (k8s/monitoring/alerts.rules.yml).
+const GRPC_ALERTS: &[Alert] = &[
+    Alert {
+        name: "GrpcDeadlineExceeded",
+        expr: "sum by (instance, grpc_method) (rate(grpc_server_handled_total{grpc_code=\"DeadlineExceeded\"}[5m]))\n  / sum by (instance, grpc_method) (rate(grpc_server_handled_total[5m])) > 0.5\n",
+        for_: "2m",
+        severity: "critical",
+        summary: "Most {{ $labels.grpc_method }} calls on {{ $labels.instance }} end in DEADLINE_EXCEEDED",
+        description: "The worker pool is past its capacity (workers / work time): calls wait in its queue past their deadline while the workers run calls nobody waits for (worker_pool_wasted_work_total). Cure: a bounded queue (RESOURCE_EXHAUSTED at once), deadline checks, more workers.",
+    },
+];
 
 /// Its routes in the OpenAPI document, each with its guard group.
 fn operations() -> Vec<Op> {

@@ -28,7 +28,8 @@ use crate::error::{AppError, AppResult};
 use crate::knobs::{CostModel, CpuMode};
 use crate::params::{Fallback, Num, Params};
 use crate::resilience::guard::Group;
-use crate::scenarios::{around, K6Script, Repro, RunConfig, Scenario, AROUND};
+use crate::scenarios::{around, Repro, RunConfig, Scenario, AROUND};
+use crate::scenarios::{Alert, Panel};
 use crate::AppState;
 
 pub mod seed_cost;
@@ -305,21 +306,50 @@ async fn burn(State(state): State<AppState>, params: Params) -> AppResult<Json<V
 }
 
 /// The catalog entry (see [`crate::scenarios::ALL`]).
-pub const SCENARIO: Scenario = Scenario {
-    id: "cpu",
-    title: "inline CPU work starves unrelated routes",
-    doc: "docs/scenarios/cpu.md",
-    k6: K6Script {
-        path: "load-tests/cpu.js",
-        source: include_str!("../../../load-tests/cpu.js"),
-        smoke: true,
+pub const SCENARIO: Scenario = crate::scenarios::scenario!("cpu", "inline CPU work starves unrelated routes")
+    .repro(REPRO)
+    .dashboard(DASHBOARD)
+    .alerts(ALERTS);
+
+/// Its row of the Grafana dashboard (k8s/monitoring/grafana-dashboard.json).
+const DASHBOARD: &[Panel] = &[
+    Panel {
+        title: "Canary latency p95 (/api/ping, /health)",
+        unit: "s",
+        targets: &[("histogram_quantile(0.95, sum by (route, le) (rate(http_request_duration_seconds_bucket{route=~\"/api/ping|/health\"}[1m])))", "{{route}}")],
+        description: "Fast routes slowed by CPU work on the async workers: the collapse shows here first.",
     },
-    test: "tests/scenarios/cpu.rs",
-    router,
-    operations,
-    repro: Ok(REPRO),
-    gauges: &[],
-};
+    Panel {
+        title: "Process CPU (cores)",
+        unit: "short",
+        targets: &[("rate(process_cpu_seconds_total[1m])", "{{instance}}")],
+        description: "",
+    },
+    Panel {
+        title: "Offloaded CPU jobs running",
+        unit: "short",
+        targets: &[("sum(cpu_offload_jobs_running)", "running")],
+        description: "cpu_mode=offload: bounded by cpu_max_concurrency.",
+    },
+    Panel {
+        title: "Shed / rate-limited / timed out",
+        unit: "reqps",
+        targets: &[("sum by (reason) (rate(requests_shed_total[1m]))", "shed {{reason}}"), ("sum(rate(requests_rate_limited_total[1m]))", "rate limited"), ("sum by (group) (rate(request_timeouts_total[1m]))", "timeout {{group}}")],
+        description: "The fixes at work: refused fast instead of queued.",
+    },
+];
+
+/// The alerts that fire on its collapse (k8s/monitoring/alerts.rules.yml).
+const ALERTS: &[Alert] = &[
+    Alert {
+        name: "LoadShedding",
+        expr: "sum by (instance, reason) (rate(requests_shed_total[1m])) > 0",
+        for_: "30s",
+        severity: "warning",
+        summary: "Requests shed ({{ $labels.reason }}) on {{ $labels.instance }}",
+        description: "{{ $value | humanize }}/s requests refused with 503 instead of queued: the fix is working, and the service is over capacity.",
+    },
+];
 
 /// Its routes in the OpenAPI document, each with its guard group.
 fn operations() -> Vec<Op> {
