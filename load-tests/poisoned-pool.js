@@ -12,7 +12,7 @@
 // threshold: more than 10%).
 // hardened (the guard on, the default): every cut-off BEGIN is rolled back on release
 // (db_connections_recovered_total{action="rolled_back"}); the reads all succeed.
-// Needs PostgreSQL and LINK_PROXY=true: scripts/k6-slow-link.sh starts such a lab.
+// Needs PostgreSQL and LINK_PROXY=true: scripts/ci/k6-slow-link.sh starts such a lab.
 import http from 'k6/http';
 import { check } from 'k6';
 import { Counter, Rate } from 'k6/metrics';

@@ -11,7 +11,7 @@
 // hardened (db_cpu_query_slots=4, cores x 2): 4 heavy queries run at once, the rest wait in the
 // app (250 ms, then 503), the light query finds a free connection and an unloaded server:
 // p95 < 100 ms (measured ~20 ms).
-// Needs PostgreSQL: scripts/k6-slow-link.sh starts such a lab. queries_completed is the goodput.
+// Needs PostgreSQL: scripts/ci/k6-slow-link.sh starts such a lab. queries_completed is the goodput.
 import http from 'k6/http';
 import { check } from 'k6';
 import { Counter } from 'k6/metrics';

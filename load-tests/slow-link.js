@@ -7,7 +7,7 @@
 // (smoke: 10 s).
 // hardened (250 ms acquire timeout): the excess gets 503 db_pool_timeout in ms: p95 under 700 ms
 // (the ~0.25 s hold + the 250 ms wait).
-// Needs PostgreSQL and LINK_PROXY=true: scripts/k6-slow-link.sh starts such a lab.
+// Needs PostgreSQL and LINK_PROXY=true: scripts/ci/k6-slow-link.sh starts such a lab.
 import http from 'k6/http';
 import { check } from 'k6';
 import { BASE_URL, dur, pick, adminHeaders, checkLab } from './lib/lab.js';

@@ -26,7 +26,7 @@ pub enum Command {
     /// Exit 0 when the local server answers 200 on a path (a container HEALTHCHECK without curl).
     Healthcheck(HealthcheckArgs),
     /// List the scenario catalog: id, title, doc page, k6 script, test file, routes (`--json`
-    /// for scripts: scripts/k6-smoke.sh and scripts/gen-monitoring.py read it).
+    /// for scripts: scripts/ci/k6-smoke.sh reads it).
     Scenarios(ScenariosArgs),
     /// Print the knob table (markdown, as in docs/knobs.md), generated from the one declaration.
     Knobs,

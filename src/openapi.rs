@@ -4,7 +4,7 @@
 //! with, the admin body from the knob table, and the guard's answers (429, 503, 504) from the
 //! guard's own route classification, so the spec cannot drift from the code on those. The rest
 //! (success bodies, each endpoint's own failures) is written here; schemathesis checks it
-//! against the running server in CI (`scripts/api-fuzz.sh`).
+//! against the running server in CI (`scripts/ci/api-fuzz.sh`).
 
 use std::sync::LazyLock;
 

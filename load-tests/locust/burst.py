@@ -13,7 +13,7 @@ sleeps the 503's Retry-After and retries with the same Idempotency-Key (the repo
 not; it retried at once).
 
 PROFILE (fragile | hardened) picks the checks; RESULT=file.json keeps the numbers, so a driver
-can check that hardened completed at least what fragile did (scripts/locust-smoke.sh).
+can check that hardened completed at least what fragile did (scripts/ci/locust-smoke.sh).
 """
 import os
 import sys

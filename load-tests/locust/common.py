@@ -2,7 +2,7 @@
 
 The checks run when Locust quits: a failed one prints why and sets Locust's exit code to 1,
 so `locust --headless` fails like a k6 threshold. The numbers go to RESULT (a JSON file) when
-it is set, for a driver that compares two runs (scripts/locust-smoke.sh).
+it is set, for a driver that compares two runs (scripts/ci/locust-smoke.sh).
 """
 import json
 import os

@@ -1,5 +1,5 @@
 // Every database endpoint, concurrently, across the replicas in BASE_URLS: the check that
-// scripts/k6-replicas.sh runs behind PgBouncer in transaction mode (Debian's 1.18, no
+// scripts/ci/k6-replicas.sh runs behind PgBouncer in transaction mode (Debian's 1.18, no
 // max_prepared_statements). With sqlx's statement cache off (statement-cache-capacity=0) only
 // unnamed statements are sent, so consecutive statements landing on different server connections
 // cannot fail with `prepared statement "sqlx_s_1" does not exist` / `already exists`: any 5xx

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL cluster (and PgBouncer in front of it) in a directory of its own: the
-# one fixture of the db-replicas scenario, used by scripts/k6-replicas.sh and by the Rust tests
+# one fixture of the db-replicas scenario, used by scripts/ci/k6-replicas.sh and by the Rust tests
 # (tests/scenarios/common/private_pg.rs runs this script). Runs the servers as `postgres` when
 # called as root (initdb and pgbouncer refuse root).
 #

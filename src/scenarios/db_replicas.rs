@@ -2,7 +2,7 @@
 //! size + overflow) passes PostgreSQL's `max_connections` and the server refuses connections
 //! that no single replica's pool would ever ask for. It has no routes of its own: it is
 //! `db-pool`'s routes, run on several replicas in front of one PostgreSQL (the k8s `replicas`
-//! overlay, `scripts/k6-replicas.sh`), and PgBouncer in transaction mode is the cure.
+//! overlay, `scripts/ci/k6-replicas.sh`), and PgBouncer in transaction mode is the cure.
 
 use chokepoint_repro::plan::{Plan, Prediction};
 use serde_json::{json, Value};
@@ -11,7 +11,7 @@ use crate::scenarios::{Repro, RunConfig, Scenario};
 
 /// The catalog entry (see [`crate::scenarios::ALL`]).
 pub const SCENARIO: Scenario = crate::scenarios::scenario!("db-replicas", "replicas × pool size passes the server's max_connections", without routes)
-    .k6_run_by("scripts/k6-replicas.sh")
+    .k6_run_by("scripts/ci/k6-replicas.sh")
     .repro(REPRO)
     .dashboard_row_with("db-pool");
 

@@ -1,9 +1,11 @@
 //! The catalog: one module per failure mode, each describing itself with one [`Scenario`] value
-//! (its id, title, doc page, k6 script and test file; its router and OpenAPI operations, each
-//! route with its guard group; its live-panel gauges). [`ALL`] is the one list: `App::build`
-//! merges its routers, the guard takes its route map from it, `/openapi.json`, the `GET /`
-//! index, `/lab/scenarios.json`, the lab's route groups and gauges, and `chokepoint scenarios`
-//! (read by `scripts/k6-smoke.sh` and `scripts/gen-monitoring.py`) all derive from it.
+//! (its id, from which its doc page, k6 script and test file follow; its router and OpenAPI
+//! operations, each route with its guard group; its live-panel gauges and saturation rule; its
+//! dashboard row and alerts). [`ALL`] is the one list: `App::build` merges its routers, the
+//! guard takes its route map from it, `/openapi.json`, the `GET /` index, `/lab/scenarios.json`,
+//! the lab's route groups, gauges and saturation banners, `chokepoint scenarios` (read by
+//! `scripts/ci/k6-smoke.sh`) and everything `chokepoint catalog --write` writes
+//! ([`crate::catalog`]) all derive from it.
 //!
 //! `healthy` holds the probes and the fast routes whose latency shows when something else is
 //! starving the process; `db-replicas` has no routes of its own (it is `db-pool`'s routes on
@@ -383,12 +385,12 @@ pub struct K6Script {
     /// The script itself (its opening comment explains the scenario in the panel).
     pub source: &'static str,
     /// The script that runs it in CI: [`K6_SMOKE`] against one lab process per profile, or
-    /// its own when it needs more (db-replicas: `scripts/k6-replicas.sh`).
+    /// its own when it needs more (db-replicas: `scripts/ci/k6-replicas.sh`).
     pub run_by: &'static str,
 }
 
 /// The k6 smoke: every script it runs against one lab per profile.
-pub const K6_SMOKE: &str = "scripts/k6-smoke.sh";
+pub const K6_SMOKE: &str = "scripts/ci/k6-smoke.sh";
 
 impl K6Script {
     /// Run by the k6 smoke.

@@ -100,12 +100,12 @@ pub const SCENARIO: Scenario = crate::scenarios::scenario!(
     "a cancelled BEGIN poisons a pooled connection: every query on it fails"
 )
 // It needs PostgreSQL and LINK_PROXY=true.
-.k6_run_by("scripts/k6-slow-link.sh")
+.k6_run_by("scripts/ci/k6-slow-link.sh")
 .no_repro(
     "its collapse is one connection poisoned by a BEGIN cancelled on a slow \
                  PostgreSQL link, not a rate past a capacity: it needs PostgreSQL behind the link \
                  proxy (LINK_PROXY=true) and the guard off; load-tests/poisoned-pool.js \
-                 (scripts/k6-slow-link.sh) shows it and the cure",
+                 (scripts/ci/k6-slow-link.sh) shows it and the cure",
 )
 .gauges(&[
     Gauge::value("db_poisoned_errors", "db_poisoned_errors_total"),

@@ -38,7 +38,7 @@ use crate::telemetry::register;
 // Its load is db-pool's `/api/expensive-query` (the seed's CPU-bound query).
 pub const SCENARIO: Scenario = crate::scenarios::scenario!("pool-too-big", "the pool that is too big: past the database's cores × 2, a bigger pool serves less and answers slower", without routes)
     // It needs PostgreSQL.
-    .k6_run_by("scripts/k6-slow-link.sh")
+    .k6_run_by("scripts/ci/k6-slow-link.sh")
     .repro(REPRO)
     .gauges(&[
         Gauge::value("cpu_queries_running", "db_cpu_queries_running"),

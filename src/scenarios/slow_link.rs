@@ -38,7 +38,7 @@ use serde_json::Value;
 
 pub const SCENARIO: Scenario = crate::scenarios::scenario!("slow-link", "a sick link to a dependency: +20 ms per database round trip cuts the pool's capacity", without routes)
     // It needs PostgreSQL and LINK_PROXY=true.
-    .k6_run_by("scripts/k6-slow-link.sh")
+    .k6_run_by("scripts/ci/k6-slow-link.sh")
     .repro(REPRO)
     .dashboard(DASHBOARD)
     .alerts(ALERTS);

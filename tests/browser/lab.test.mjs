@@ -1,5 +1,5 @@
 // Browser test of the pages chokepoint serves (/lab and /docs), in a real headless Chromium
-// driven by playwright-core. Run by scripts/browser-test.sh, which starts the release binary
+// driven by playwright-core. Run by scripts/ci/browser-test.sh, which starts the release binary
 // with ADMIN_TOKEN set and passes BASE_URL and ADMIN_TOKEN.
 //
 // Asserts: no console errors or page errors on either page; the lab shows live numbers that

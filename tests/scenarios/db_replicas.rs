@@ -8,7 +8,7 @@
 //!
 //! The private cluster and PgBouncer run as the `postgres` user when the test runs as root
 //! (initdb and pgbouncer refuse root): the fixture is scripts/lib/private-pg.sh, shared with
-//! scripts/k6-replicas.sh. scripts/ensure-services.sh installs pgbouncer.
+//! scripts/ci/k6-replicas.sh. scripts/ensure-services.sh installs pgbouncer.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

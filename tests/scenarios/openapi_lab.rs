@@ -1,6 +1,6 @@
 //! The OpenAPI document, the docs page and the live lab panel's event stream, against a running
-//! app. (schemathesis fuzzes the whole spec in CI — scripts/api-fuzz.sh — and a real Chromium
-//! opens both pages — scripts/browser-test.sh.)
+//! app. (schemathesis fuzzes the whole spec in CI — scripts/ci/api-fuzz.sh — and a real Chromium
+//! opens both pages — scripts/ci/browser-test.sh.)
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! A throwaway PostgreSQL cluster of the test's own (initdb in a temp dir, its own port), and
 //! PgBouncer in front of it, for the tests that must change the server itself:
 //! `max_connections` (db-replicas), or stop and start it (the fault suite). Both come from the
-//! one fixture `scripts/lib/private-pg.sh`, which `scripts/k6-replicas.sh` uses too; it runs
+//! one fixture `scripts/lib/private-pg.sh`, which `scripts/ci/k6-replicas.sh` uses too; it runs
 //! the servers as `postgres` when the tests run as root (initdb and pgbouncer refuse root).
 
 #![allow(dead_code)]

@@ -5,14 +5,14 @@
 # "raise the pool" advice (DB_POOL_SIZE=64 DB_MAX_OVERFLOW=0). The release binary against a fresh
 # database on the PostgreSQL at 127.0.0.1:5432, once per profile and script (a fresh process
 # each), SMOKE=1 unless SMOKE=0 is given. All must hold their thresholds.
-# Usage: scripts/k6-slow-link.sh [path/to/chokepoint]   (SCRIPTS="pool-too-big" runs a subset)
+# Usage: scripts/ci/k6-slow-link.sh [path/to/chokepoint]   (SCRIPTS="pool-too-big" runs a subset)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 BIN=$(realpath "${1:-target/release/chokepoint}")
 LOG_TAG=k6-slow-link
 . scripts/lib/lab.sh
 [ -x "$BIN" ] || die "$BIN not found: build it first (cargo build --release)"
-command -v k6 >/dev/null || die "k6 not found (scripts/k6-smoke.sh installs it)"
+command -v k6 >/dev/null || die "k6 not found (scripts/ci/k6-smoke.sh installs it)"
 command -v psql >/dev/null || die "psql not found (PostgreSQL's client)"
 PGURL=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 psql "$PGURL" -Atqc 'select 1' >/dev/null 2>&1 ||

@@ -4,13 +4,13 @@
 # directly (PROFILE=fragile: the server refuses connections, requests fail), then through
 # PgBouncer in transaction mode (PROFILE=hardened: no failures). Both must hold their thresholds.
 # Then every database endpoint through the same PgBouncer (scripts/lib/db-endpoints.k6.js): no 5xx.
-# Usage: scripts/k6-replicas.sh [path/to/chokepoint]
+# Usage: scripts/ci/k6-replicas.sh [path/to/chokepoint]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 BIN=$(realpath "${1:-target/release/chokepoint}")
 . scripts/lib/common.sh
 [ -x "$BIN" ] || die "$BIN not found"
-command -v k6 >/dev/null || die "k6 not found (scripts/k6-smoke.sh installs it)"
+command -v k6 >/dev/null || die "k6 not found (scripts/ci/k6-smoke.sh installs it)"
 PG=scripts/lib/private-pg.sh # the fixture tests/scenarios/db_replicas.rs uses too
 
 work=$(mktemp -d)

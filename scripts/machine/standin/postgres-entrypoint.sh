@@ -1,5 +1,5 @@
 #!/bin/bash
-# Stand-in for the official postgres image's entrypoint (scripts/lib/standin-bases.sh), the part
+# Stand-in for the official postgres image's entrypoint (scripts/machine/standin-bases.sh), the part
 # the compose stack uses: initialise $PGDATA once (POSTGRES_PASSWORD, POSTGRES_HOST_AUTH_METHOD,
 # POSTGRES_DB), listen on every interface, then run the command as the postgres user.
 set -euo pipefail

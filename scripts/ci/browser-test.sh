@@ -3,9 +3,9 @@
 # chromium package, driven by playwright-core from npm) against the release binary, and fails
 # on a console error or a failed assertion (tests/browser/lab.test.mjs). Screenshots go to
 # target/browser/.
-# Usage: scripts/browser-test.sh [path/to/chokepoint]   (INSTALL_ONLY=1: install and stop)
+# Usage: scripts/ci/browser-test.sh [path/to/chokepoint]   (INSTALL_ONLY=1: install and stop)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 BIN=${1:-target/release/chokepoint}
 LOG_TAG=browser
 . scripts/lib/common.sh

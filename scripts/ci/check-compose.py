@@ -4,7 +4,7 @@ schema (shipped inside the docker-compose 1.29.2 wheel from PyPI, downloaded onc
 installed), plus the checks a schema cannot make: every bind-mounted file exists, every image
 is pinned to a tag, and every service with `build` uses the repository's Dockerfile.
 
-    python3 scripts/check-compose.py docker/compose.yaml
+    python3 scripts/ci/check-compose.py docker/compose.yaml
 """
 
 import json

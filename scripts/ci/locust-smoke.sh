@@ -9,9 +9,9 @@
 #   of work, 6 s of calls followed to their end). Fragile (10 workers): >= 80% DEADLINE_EXCEEDED;
 #   Option 1 (200 workers): >= 95% OK; hardened: no DEADLINE_EXCEEDED and at least fragile's OK.
 # Locust and grpcio come from PyPI (scripts/requirements-locust.txt), in .ci-tools/locust.
-# Usage: scripts/locust-smoke.sh [path/to/chokepoint]   (INSTALL_ONLY=1: install, then stop)
+# Usage: scripts/ci/locust-smoke.sh [path/to/chokepoint]   (INSTALL_ONLY=1: install, then stop)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 BIN=${1:-target/release/chokepoint}
 LOG_TAG=locust
 . scripts/lib/common.sh

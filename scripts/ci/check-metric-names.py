@@ -2,7 +2,7 @@
 """Every metric the dashboard and the alert rules use must exist in the app's /metrics, so a
 renamed metric breaks CI, not the workshop.
 
-    python3 scripts/check-metric-names.py http://127.0.0.1:8000
+    python3 scripts/ci/check-metric-names.py http://127.0.0.1:8000
 
 Exercises one request of each scenario (so labelled series exist), scrapes /metrics, extracts
 the metric names from every PromQL expression in k8s/monitoring/alerts.rules.yml and
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 # One request per scenario, small and fast.
 EXERCISE = [

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Builds docker/Dockerfile with podman exactly as users build it (local stand-in base images
-# under the Dockerfile's own names: scripts/lib/standin-bases.sh) and runs the image the way the
+# under the Dockerfile's own names: scripts/machine/standin-bases.sh) and runs the image the way the
 # pod runs it: non-root (65532), read-only root, /tmp a tmpfs, every capability dropped, 512 MiB
 # and no swap. Asserts /health, /ready, /metrics, the `healthcheck` subcommand, a clean SIGTERM
 # (exit 0), the OOM lesson (the fragile leak is a kernel OOM kill, exit 137; MEMORY_BUDGET_MB
 # answers 507 instead and the container lives), and the binary's size (stripped, <= 30 MB).
-# The image is built first by scripts/container-build.sh (the Dockerfile as users build it), or,
+# The image is built first by scripts/ci/container-build.sh (the Dockerfile as users build it), or,
 # with IMAGE_BUILT=1, taken as CI's background build left it.
-# Usage: scripts/container-test.sh        (IMAGE=localhost/chokepoint:dev by default)
+# Usage: scripts/ci/container-test.sh        (IMAGE=localhost/chokepoint:dev by default)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 . scripts/lib/common.sh
-. scripts/lib/podman.sh
+. scripts/machine/podman.sh
 IMAGE=${IMAGE:-localhost/chokepoint:dev}
 MAX_BINARY_MB=30
 name=chokepoint-ct-$$
@@ -24,10 +24,10 @@ trap cleanup EXIT
 
 podman_setup
 if [ "${IMAGE_BUILT:-}" = 1 ]; then
-  # CI built it in the background (scripts/container-build.sh) from this very tree.
+  # CI built it in the background (scripts/ci/container-build.sh) from this very tree.
   podman image exists "$IMAGE" || die "IMAGE_BUILT=1 but there is no $IMAGE"
 else
-  bash scripts/container-build.sh
+  bash scripts/ci/container-build.sh
 fi
 
 podman create --name "$name-size" "$IMAGE" >/dev/null

@@ -11,12 +11,12 @@
 # reached through a TLS-inspecting egress only the host trusts.
 # Each carries the label org.chokepoint.stand-in; an image of that name WITHOUT the label is a real
 # one and is left alone. Built once and kept in podman's storage (about 2 min when cold).
-# Usage: scripts/lib/standin-bases.sh [--rebuild]     (WANT_SERVICES=1: also the compose services)
+# Usage: scripts/machine/standin-bases.sh [--rebuild]     (WANT_SERVICES=1: also the compose services)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LOG_TAG=standin-bases
 . scripts/lib/common.sh
-export CONTAINERS_CONF=${CONTAINERS_CONF:-$(realpath scripts/lib/containers.conf)}
+export CONTAINERS_CONF=${CONTAINERS_CONF:-$(realpath scripts/machine/containers.conf)}
 STAMP=4 # bump when what the stand-ins contain changes
 SVC_STAMP=5 # the same, for the compose services' stand-ins
 REBUILD=${1:-}
@@ -111,10 +111,10 @@ GR
 elif [ $state = 2 ]; then
   log "$RUNTIME_IMG is a real image: used as it is"
 fi
-# ---- the compose stack's services (scripts/compose-test.sh), with `--services` ----------------
+# ---- the compose stack's services (scripts/ci/compose-test.sh), with `--services` ----------------
 # postgres:16-alpine, redis:7-alpine and prom/prometheus:v2.53.0, stood in for by Debian's
 # PostgreSQL 15, Redis 7.0 and Prometheus 2.42 in one debootstrap root, each imported under its
-# name with the official image's entrypoint behaviour (scripts/lib/standin/*-entrypoint.sh).
+# name with the official image's entrypoint behaviour (scripts/machine/standin/*-entrypoint.sh).
 if [ "${WANT_SERVICES:-}" = 1 ]; then
   want=()
   for img in docker.io/library/postgres:16-alpine docker.io/library/redis:7-alpine docker.io/prom/prometheus:v2.53.0; do
@@ -129,8 +129,8 @@ if [ "${WANT_SERVICES:-}" = 1 ]; then
       bookworm "$work/svc" "$MIRROR" > "$work/debootstrap-svc.log" 2>&1 \
       || { tail -20 "$work/debootstrap-svc.log"; die "debootstrap (services) failed"; }
     rm -rf "$work/svc/var/cache/apt/archives/"*.deb "$work/svc/var/lib/apt/lists/"* "$work/svc/usr/share/doc"
-    install -m 0755 scripts/lib/standin/postgres-entrypoint.sh "$work/svc/usr/local/bin/docker-entrypoint.sh"
-    install -m 0755 scripts/lib/standin/redis-entrypoint.sh "$work/svc/usr/local/bin/redis-entrypoint.sh"
+    install -m 0755 scripts/machine/standin/postgres-entrypoint.sh "$work/svc/usr/local/bin/docker-entrypoint.sh"
+    install -m 0755 scripts/machine/standin/redis-entrypoint.sh "$work/svc/usr/local/bin/redis-entrypoint.sh"
     mkdir -p "$work/svc/prometheus" "$work/svc/var/run/postgresql"
     # Debian's build keeps its data in /var/lib/prometheus/metrics2 unless told otherwise.
     chown -R 65534:65534 "$work/svc/prometheus" "$work/svc/var/lib/prometheus"

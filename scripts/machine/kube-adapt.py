@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Turns rendered kustomize output into what `podman kube play` (4.3) can run, for
-scripts/k8s-play.sh. Writes into OUT_DIR:
+scripts/ci/k8s-play.sh. Writes into OUT_DIR:
   configmap-<name>.yaml    every ConfigMap (passed with --configmap: envFrom/valueFrom read them)
   secret-<name>.yaml       every Secret (k8s-play.sh makes each a `podman secret`)
   deploy-<name>[-<i>].yaml one file per Deployment, one per replica (podman plays one pod each)

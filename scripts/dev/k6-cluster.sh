@@ -3,13 +3,13 @@
 # TestRun (k8s/load/testrun.yaml) split over N runner pods when one k6 process cannot generate the
 # load. The script is packed with `k6 archive` (its ./lib imports included), so nothing needs the
 # repository inside the cluster.
-#   scripts/k6-cluster.sh load-tests/db-replicas.js               # one pod, output here
-#   scripts/k6-cluster.sh load-tests/cascade.js 4 -e PROFILE=hardened   # TestRun, parallelism 4
+#   scripts/dev/k6-cluster.sh load-tests/db-replicas.js               # one pod, output here
+#   scripts/dev/k6-cluster.sh load-tests/cascade.js 4 -e PROFILE=hardened   # TestRun, parallelism 4
 # Extra arguments go to `k6 run` (after BASE_URL=http://chokepoint.chokepoint.svc:8000).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 . scripts/lib/common.sh
-script=${1:?usage: scripts/k6-cluster.sh load-tests/<script>.js [PARALLELISM] [k6 run args...]}
+script=${1:?usage: scripts/dev/k6-cluster.sh load-tests/<script>.js [PARALLELISM] [k6 run args...]}
 parallelism=${2:-1}
 shift $(( $# >= 2 ? 2 : 1 ))
 [ -f "$script" ] || die "$script not found"

@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # Plays the Kubernetes manifests with `podman kube play` inside a private network namespace:
 # renders k8s/overlays/{fragile,hardened,oom,replicas} as kubectl would, adapts what podman 4.3
-# cannot express (scripts/lib/kube-adapt.py: Services become network aliases, `$(VAR)` args are
+# cannot express (scripts/machine/kube-adapt.py: Services become network aliases, `$(VAR)` args are
 # expanded as the kubelet does, probes are dropped, one pod per replica; the Secret becomes a
-# podman secret) and runs the pods on the image scripts/container-test.sh built and the stand-in
+# podman secret) and runs the pods on the image scripts/ci/container-test.sh built and the stand-in
 # postgres and redis images. Asserts: the app ready on PostgreSQL; ConfigMap and Secret values in
 # /admin/config; 401 without the token and 200 with it; the 512Mi limit; hardened's profile;
 # the replicas overlay's three app pods and PostgreSQL's max_connections 40; the OOM lesson
 # (overlays/oom: the leak is a kernel OOM kill). Prints what podman could not express.
-# Usage: scripts/k8s-play.sh
+# Usage: scripts/ci/k8s-play.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 . scripts/lib/common.sh
-. scripts/lib/podman.sh
+. scripts/machine/podman.sh
 netns=cp-play-$$
 net=cp-play-$$
 work=$(mktemp -d)
@@ -40,7 +40,7 @@ trap cleanup EXIT
 
 podman_setup
 WANT_SERVICES=1 standin_bases
-podman image exists localhost/chokepoint:dev || bash scripts/container-test.sh
+podman image exists localhost/chokepoint:dev || bash scripts/ci/container-test.sh
 use_kustomize
 ip netns add "$netns"
 ip -n "$netns" link set lo up
@@ -55,7 +55,7 @@ pod_ip() { # pod name -> its address on $net
 play() { # overlay: renders, adapts and plays it; the app pods' addresses in APPS
   local overlay=$1 dir=$work/$1 f alias app replica
   render "k8s/overlays/$overlay" > "$work/$overlay.yaml" || die "rendering $overlay failed"
-  python3 scripts/lib/kube-adapt.py "$work/$overlay.yaml" "$dir"
+  python3 scripts/machine/kube-adapt.py "$work/$overlay.yaml" "$dir"
   for f in "$dir"/secret-*.yaml; do
     local s; s=$(basename "$f" .yaml); s=${s#secret-}
     podman secret create "$s" "$f" >/dev/null && secrets+=("$s")

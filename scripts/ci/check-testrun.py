@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks k8s/load/testrun.yaml against the k6-operator TestRun fields it uses (k6.io/v1alpha1),
 and that every load-tests/ script packs with `k6 archive` (the form the TestRun and
-scripts/k6-cluster.sh ship, ./lib imports included).
+scripts/dev/k6-cluster.sh ship, ./lib imports included).
 
 The schema below is written from the operator's documented API (its CRD,
 config/crd/bases/k6.io_testruns.yaml in grafana/k6-operator: `parallelism` and `script` required;
@@ -41,7 +41,7 @@ SCHEMA = {
 }
 
 def main() -> int:
-    root = pathlib.Path(__file__).resolve().parent.parent
+    root = pathlib.Path(__file__).resolve().parent.parent.parent
     doc = yaml.safe_load((root / "k8s/load/testrun.yaml").read_text())
     jsonschema.validate(doc, SCHEMA)
     args = doc["spec"]["arguments"]

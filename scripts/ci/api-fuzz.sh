@@ -4,15 +4,15 @@
 # content types, headers and bodies that the spec does not document. Afterwards the process must
 # be alive and /api/ping as fast as before the run.
 #
-# Bounded to keep CI fast: in the generated phases, scripts/fuzz_hooks.py lowers valid-but-slow generated values: sleeps, holds and blocking
+# Bounded to keep CI fast: in the generated phases, scripts/ci/fuzz_hooks.py lowers valid-but-slow generated values: sleeps, holds and blocking
 # calls of up to a second; out-of-range values are left alone), the route
 # groups' request timeouts are 1.5 s, and /lab/events (an endless stream) is not called.
 # Admin writes need a token schemathesis does not have: they are checked answering 401.
 # `not_a_server_error` is off: 500/502/503/504/507 are documented failure modes here; the
 # status-code check still fails any code an operation does not document.
-# Usage: scripts/api-fuzz.sh [path/to/chokepoint]   (INSTALL_ONLY=1: install and stop)
+# Usage: scripts/ci/api-fuzz.sh [path/to/chokepoint]   (INSTALL_ONLY=1: install and stop)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 BIN=${1:-target/release/chokepoint}
 MAX_EXAMPLES=${FUZZ_MAX_EXAMPLES:-15}
 MIN_CASES=${FUZZ_MIN_CASES:-1000}

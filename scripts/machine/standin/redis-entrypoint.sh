@@ -1,5 +1,5 @@
 #!/bin/bash
-# Stand-in for the official redis image's entrypoint (scripts/lib/standin-bases.sh): without a
+# Stand-in for the official redis image's entrypoint (scripts/machine/standin-bases.sh): without a
 # config file it turns protected mode off (the container's network is the boundary), as the
 # official image does, and runs as the redis user.
 set -euo pipefail

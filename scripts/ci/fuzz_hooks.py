@@ -1,4 +1,4 @@
-"""schemathesis hooks for scripts/api-fuzz.sh.
+"""schemathesis hooks for scripts/ci/api-fuzz.sh.
 
 The spec documents the real ranges (a 30 s blocking call is valid). To keep the run short, a
 generated value that is valid but slow is lowered to a bound here, after generation: values
