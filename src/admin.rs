@@ -25,7 +25,7 @@ use serde_json::Value;
 use crate::error::AppError;
 use crate::knobs::{self, Knobs, Profile, Source, SPECS};
 use crate::settings::{Settings, StartupSetting};
-use crate::AppState;
+use crate::state::AppState;
 
 /// What `GET /admin/config` (and every admin write) answers: the typed view that the admin API,
 /// `repro`, the lab and the tests all read, instead of indexing JSON by path.

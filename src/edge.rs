@@ -32,8 +32,8 @@ use crate::knobs::ConcurrencyLimit;
 use crate::resilience::adaptive;
 use crate::resilience::guard::{Admission, Group, Held};
 use crate::scenarios::faults::{self, Abort, After};
+use crate::state::AppState;
 use crate::telemetry::{GaugeGuard, UNMATCHED_ROUTE};
-use crate::AppState;
 
 /// The request id header, kept from the request or generated, and always on the response.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

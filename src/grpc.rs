@@ -22,8 +22,8 @@ use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
 use crate::scenarios::worker_pool::{parse_grpc_timeout, run_job, JobError, WorkMode, DEADLINE_MS, WORK_MS};
+use crate::state::AppState;
 use crate::telemetry::{register, LATENCY_BUCKETS};
-use crate::AppState;
 
 /// The code generated from `proto/` (`src/proto.rs`).
 pub use crate::proto::worker as pb;

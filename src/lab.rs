@@ -33,7 +33,7 @@ use tokio::sync::watch;
 
 use crate::knobs::{Knobs, Profile};
 use crate::scenarios::{Reading, ALL};
-use crate::{AppState, AppStateInner};
+use crate::state::{AppState, AppStateInner};
 
 const LAB_HTML: &str = include_str!("../assets/lab.html");
 const LAB_JS: &[u8] = include_bytes!("../assets/lab.js");

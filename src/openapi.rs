@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 use crate::apidoc::{admin_auth, array_of, boolean, nullable, obj, path_param, string, Op};
 use crate::resilience::guard::{is_exempt, Group};
 use crate::scenarios::ALL;
-use crate::AppState;
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()

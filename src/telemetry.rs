@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use tracing_subscriber::EnvFilter;
 
-use crate::AppState;
+use crate::state::AppState;
 
 /// Latency buckets (seconds) shared by every histogram: fine at the fast end, and reaching past
 /// the 30 s acquire timeout and the 60 s downstream timeout the lab demonstrates.

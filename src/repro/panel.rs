@@ -33,7 +33,7 @@ use chokepoint_repro::load::{run_stage, StageResult, CLIENT_TIMEOUT};
 use crate::admin::{authorize, ConfigView, KnobChange};
 use crate::error::AppError;
 use crate::knobs::Profile;
-use crate::AppState;
+use crate::state::AppState;
 
 /// Offered load at most, req/s.
 pub const MAX_RATE: f64 = 400.0;

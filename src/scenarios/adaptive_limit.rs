@@ -16,8 +16,7 @@ use chokepoint_repro::plan::{Plan, Prediction, Watch};
 use serde_json::{json, Value};
 
 use crate::scenarios::db_pool::{hold_plan, hold_prediction};
-use crate::scenarios::Panel;
-use crate::scenarios::{Gauge, Repro, RunConfig, Scenario};
+use crate::scenarios::{Gauge, Panel, Repro, RunConfig, Scenario};
 
 // It limits db-pool's and cpu's routes; it has none of its own.
 pub const SCENARIO: Scenario = crate::scenarios::scenario!("adaptive-limit", "an adaptive concurrency limit: the capacity found from measured latency, none given", without routes)

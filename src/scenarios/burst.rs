@@ -52,11 +52,11 @@ use crate::error::{AppError, AppResult};
 use crate::infra::database::{Conn, Database};
 use crate::knobs::{DeployMode, KnobStore, Knobs};
 use crate::on_conn;
-use crate::scenarios::{around, Gauge, Repro, RunConfig, Scenario, AROUND, POOL_WAITING};
-use crate::scenarios::{Alert, Panel};
-use crate::scenarios::{Readings, Saturated};
+use crate::scenarios::{
+    around, Alert, Gauge, Panel, Readings, Repro, RunConfig, Saturated, Scenario, AROUND, POOL_WAITING,
+};
+use crate::state::AppState;
 use crate::telemetry::{register, LATENCY_BUCKETS};
-use crate::AppState;
 
 /// The burst report's endpoint (the panel counts its async deployments as they complete).
 pub const DEPLOYMENTS_ROUTE: &str = "/api/v1/deployments/";

@@ -36,10 +36,9 @@ use crate::error::{AppError, AppResult};
 use crate::infra::database::Database;
 use crate::infra::redis::Redis;
 use crate::knobs::Knobs;
-use crate::scenarios::{Alert, Panel};
-use crate::scenarios::{Repro, RunConfig, Scenario};
+use crate::scenarios::{Alert, Panel, Repro, RunConfig, Scenario};
+use crate::state::AppState;
 use crate::telemetry::{register, GaugeGuard};
-use crate::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -30,11 +30,9 @@ use crate::apidoc::{int, num, obj, Op};
 use crate::error::{AppError, AppResult};
 use crate::knobs::Knobs;
 use crate::params::{Fallback, Num, Params};
-use crate::scenarios::{around, Gauge, Repro, RunConfig, Scenario, AROUND};
-use crate::scenarios::{Alert, Panel};
-use crate::scenarios::{Readings, Saturated};
+use crate::scenarios::{around, Alert, Gauge, Panel, Readings, Repro, RunConfig, Saturated, Scenario, AROUND};
+use crate::state::AppState;
 use crate::telemetry::register;
-use crate::AppState;
 
 pub const WORK_MS: Num<u64> = Num {
     name: "work_ms",

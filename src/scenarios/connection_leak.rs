@@ -28,10 +28,8 @@ use crate::error::{AppError, AppResult};
 use crate::infra::checkout::Checkout;
 use crate::infra::database::Conn;
 use crate::resilience::guard::Group;
-use crate::scenarios::{around, Gauge, Repro, RunConfig, Scenario, POOL_WAITING};
-use crate::scenarios::{Alert, Panel};
-use crate::scenarios::{Readings, Saturated};
-use crate::AppState;
+use crate::scenarios::{around, Alert, Gauge, Panel, Readings, Repro, RunConfig, Saturated, Scenario, POOL_WAITING};
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/db/session", get(session))

@@ -21,10 +21,10 @@ use crate::error::{AppError, AppResult};
 use crate::infra::database::Conn;
 use crate::params::{Fallback, Num, Params, Text};
 use crate::resilience::guard::Group;
-use crate::scenarios::{around, Gauge, Reading, Repro, RunConfig, Scenario, AROUND, POOL_WAITING};
-use crate::scenarios::{Alert, Panel};
-use crate::scenarios::{Readings, Saturated};
-use crate::AppState;
+use crate::scenarios::{
+    around, Alert, Gauge, Panel, Reading, Readings, Repro, RunConfig, Saturated, Scenario, AROUND, POOL_WAITING,
+};
+use crate::state::AppState;
 
 /// How long each `/api/db-pool-exhaust` query holds its connection (the seed's 5 s).
 const EXHAUST_HOLD: Duration = Duration::from_secs(5);

@@ -20,10 +20,8 @@ use crate::error::AppResult;
 use crate::infra::http_client::CallTimeout;
 use crate::params::{Fallback, Num, Params};
 use crate::resilience::guard::Group;
-use crate::scenarios::{seed_number, Gauge, Reading, Repro, RunConfig, Scenario};
-use crate::scenarios::{Alert, Panel};
-use crate::scenarios::{Readings, Saturated};
-use crate::AppState;
+use crate::scenarios::{seed_number, Alert, Gauge, Panel, Reading, Readings, Repro, RunConfig, Saturated, Scenario};
+use crate::state::AppState;
 
 /// The seed's fixed downstream delays and fan-out.
 const CALL_DELAY_S: u32 = 3;

@@ -48,10 +48,9 @@ use crate::error::{AppError, AppResult};
 use crate::knobs::Knobs;
 use crate::params::parse_duration;
 use crate::resilience::guard::Group;
-use crate::scenarios::Scenario;
-use crate::scenarios::{Alert, Panel};
+use crate::scenarios::{Alert, Panel, Scenario};
+use crate::state::AppState;
 use crate::telemetry::register;
-use crate::AppState;
 
 pub const SCENARIO: Scenario = crate::scenarios::scenario!("faults", "injected latency, errors, resets and response-phase faults on any route group", without routes)
     .no_repro("an injected fault has no capacity to sweep: the share of failed answers is the \

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::apidoc::{any, nullable, num, obj, string, Op};
 use crate::error::AppError;
 use crate::scenarios::{Gauge, Scenario};
-use crate::AppState;
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -16,7 +16,7 @@ use crate::error::AppResult;
 use crate::params::{Fallback, Num, Params};
 use crate::resilience::guard::Group;
 use crate::scenarios::{seed_number, Scenario};
-use crate::AppState;
+use crate::state::AppState;
 
 pub const DELAY: Num<f64> = Num {
     name: "delay",

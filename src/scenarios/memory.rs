@@ -24,10 +24,9 @@ use serde_json::{json, Value};
 use crate::apidoc::{int, num, obj, string, Op};
 use crate::error::{AppError, AppResult};
 use crate::params::{Fallback, Num, Params};
-use crate::scenarios::{Alert, Panel};
-use crate::scenarios::{Gauge, Reading, Repro, RunConfig, Scenario};
+use crate::scenarios::{Alert, Gauge, Panel, Reading, Repro, RunConfig, Scenario};
+use crate::state::AppState;
 use crate::telemetry::register;
-use crate::AppState;
 
 const MIB: u64 = 1024 * 1024;
 /// Touch stride: the smallest page size we run on, so every page gets written.

@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::apidoc::Op;
 use crate::resilience::guard::Group;
-use crate::AppState;
+use crate::state::AppState;
 
 pub mod adaptive_limit;
 pub mod burst;

@@ -28,10 +28,8 @@ use crate::apidoc::{boolean, nullable, obj, string, Op, POOL_TIMEOUT};
 use crate::error::{AppError, AppResult};
 use crate::params::{Params, Text};
 use crate::resilience::guard::Group;
-use crate::scenarios::{Alert, Panel};
-use crate::scenarios::{Gauge, Scenario};
-use crate::scenarios::{Readings, Saturated};
-use crate::AppState;
+use crate::scenarios::{Alert, Gauge, Panel, Readings, Saturated, Scenario};
+use crate::state::AppState;
 
 pub const NAME: Text = Text {
     name: "name",

@@ -31,8 +31,7 @@ use serde_json::{json, Value};
 use crate::error::AppError;
 use crate::infra::database::Backend;
 use crate::resilience::bulkhead::{Bulkhead, Permit};
-use crate::scenarios::{Alert, Panel};
-use crate::scenarios::{Gauge, Repro, RunConfig, Scenario};
+use crate::scenarios::{Alert, Gauge, Panel, Repro, RunConfig, Scenario};
 use crate::telemetry::register;
 
 // Its load is db-pool's `/api/expensive-query` (the seed's CPU-bound query).

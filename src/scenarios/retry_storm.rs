@@ -28,9 +28,8 @@ use crate::apidoc::{any, boolean, downstream_failures, int, num, obj, string, Op
 use crate::error::{AppError, AppResult};
 use crate::infra::http_client::CallTimeout;
 use crate::params::{Choice, Fallback, Num, Params};
-use crate::scenarios::Alert;
-use crate::scenarios::{Repro, RunConfig, Scenario};
-use crate::AppState;
+use crate::scenarios::{Alert, Repro, RunConfig, Scenario};
+use crate::state::AppState;
 
 /// A buffered upload without `Content-Length` is counted against the memory cap in steps of this.
 const UPLOAD_COUNT_STEP: u64 = 4 * 1024 * 1024;

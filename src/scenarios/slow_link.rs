@@ -30,9 +30,8 @@ use crate::apidoc::{admin_auth, array_of, obj, path_param, Op};
 use crate::error::{AppError, AppResult};
 use crate::infra::link_proxy::{ToxicSpec, Toxics, LINKS};
 use crate::scenarios::db_pool::{hold_plan, hold_prediction};
-use crate::scenarios::{around, Repro, RunConfig, Scenario, AROUND};
-use crate::scenarios::{Alert, Panel};
-use crate::AppState;
+use crate::scenarios::{around, Alert, Panel, Repro, RunConfig, Scenario, AROUND};
+use crate::state::AppState;
 use chokepoint_repro::plan::{Plan, Prediction};
 use serde_json::Value;
 

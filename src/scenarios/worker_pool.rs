@@ -31,11 +31,9 @@ use tokio::sync::oneshot;
 use crate::apidoc::{int, num, obj, string, Op};
 use crate::error::{AppError, AppResult};
 use crate::params::{Choice, Fallback, Num, Params};
-use crate::scenarios::{around, Gauge, Repro, RunConfig, Scenario, AROUND};
-use crate::scenarios::{Alert, Panel};
-use crate::scenarios::{Readings, Saturated};
+use crate::scenarios::{around, Alert, Gauge, Panel, Readings, Repro, RunConfig, Saturated, Scenario, AROUND};
+use crate::state::AppState;
 use crate::telemetry::{register, GaugeGuard, LATENCY_BUCKETS};
-use crate::AppState;
 
 pub const MODE: Choice = Choice {
     name: "mode",

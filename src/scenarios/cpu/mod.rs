@@ -28,9 +28,8 @@ use crate::error::{AppError, AppResult};
 use crate::knobs::{CostModel, CpuMode};
 use crate::params::{Fallback, Num, Params};
 use crate::resilience::guard::Group;
-use crate::scenarios::{around, Repro, RunConfig, Scenario, AROUND};
-use crate::scenarios::{Alert, Panel};
-use crate::AppState;
+use crate::scenarios::{around, Alert, Panel, Repro, RunConfig, Scenario, AROUND};
+use crate::state::AppState;
 
 pub mod seed_cost;
 
