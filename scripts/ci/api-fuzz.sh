@@ -71,7 +71,7 @@ root=$PWD
 fuzz() ( # a subshell: its cd stays its own
   mkdir -p "$work/$1"
   cd "$work/$1"
-  PYTHONPATH="$root/scripts" SCHEMATHESIS_HOOKS=fuzz_hooks "$root/$VENV/bin/schemathesis" run "$work/openapi.json" --url "$LAB_URL" \
+  PYTHONPATH="$root/scripts/ci" SCHEMATHESIS_HOOKS=fuzz_hooks "$root/$VENV/bin/schemathesis" run "$work/openapi.json" --url "$LAB_URL" \
     --checks all --exclude-checks not_a_server_error,positive_data_acceptance \
     --exclude-path /lab/events \
     --max-examples "$MAX_EXAMPLES" --seed 20261123 --workers 1 \
